@@ -1,0 +1,33 @@
+import json
+
+import pytest
+import torch
+
+from zscir.checkpoint import load_checkpoint, save_checkpoint
+from zscir.errors import ZscirError
+
+
+def test_roundtrip_and_sidecar(tmp_path):
+    state = {"w": torch.randn(3, 4), "b": torch.arange(5)}
+    save_checkpoint(tmp_path / "m", state, {"config": {"width": 4}})
+    loaded, meta = load_checkpoint(tmp_path / "m.safetensors")
+    assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"])
+    assert meta["config"] == {"width": 4} and meta["format_version"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]  # no temp files left
+
+
+def test_mismatched_pair_detected(tmp_path):
+    save_checkpoint(tmp_path / "a", {"w": torch.zeros(2)}, {})
+    save_checkpoint(tmp_path / "b", {"w": torch.ones(2)}, {})
+    (tmp_path / "b.json").write_text((tmp_path / "a.json").read_text())
+    with pytest.raises(ZscirError, match="sha256 differs"):
+        load_checkpoint(tmp_path / "b")
+
+
+def test_missing_and_foreign_files(tmp_path):
+    with pytest.raises(ZscirError, match="not found"):
+        load_checkpoint(tmp_path / "nothing")
+    save_checkpoint(tmp_path / "c", {"w": torch.zeros(2)}, {})
+    (tmp_path / "c.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ZscirError, match="not a zscir checkpoint"):
+        load_checkpoint(tmp_path / "c")

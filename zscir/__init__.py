@@ -1,0 +1,3 @@
+"""zscir: zero-shot composed image retrieval."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,157 @@
+"""The frozen CLIP backbone: one visual pass, text encoding, pseudo-word prompts.
+
+Textual inversion needs one operation open_clip does not offer: encode a
+prompt in which some token embeddings are produced by a network instead of
+looked up in the vocabulary. :meth:`Backbone.encode_prompts` does it for a
+batch of prompts, each with any number of placeholders, without a per-sample
+loop: the placeholder positions are found with one mask and filled with
+``masked_scatter`` in row-major order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
+
+from zscir.backbone.preprocess import Preprocess
+from zscir.errors import ZscirError
+
+PLACEHOLDER = "*"
+
+
+@dataclass
+class ImageFeatures:
+    """Output of one visual pass.
+
+    pooled: [B, D] projected global feature (not normalised).
+    tokens: [B, 1 + P, vision_width] final-block outputs (CLS + patches) before
+            ``ln_post``, or None when not requested.
+    """
+
+    pooled: torch.Tensor
+    tokens: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return self.pooled.shape[0]
+
+    def __getitem__(self, index) -> "ImageFeatures":
+        return ImageFeatures(self.pooled[index], None if self.tokens is None else self.tokens[index])
+
+    def to(self, device=None, dtype=None) -> "ImageFeatures":
+        return ImageFeatures(self.pooled.to(device=device, dtype=dtype),
+                             None if self.tokens is None else self.tokens.to(device=device, dtype=dtype))
+
+
+class Backbone:
+    """A frozen open_clip CLIP model with its tokenizer, preprocessing and identity."""
+
+    placeholder = PLACEHOLDER
+
+    def __init__(self, model, tokenizer, preprocess: Preprocess, identity: dict, device: torch.device):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.identity = identity
+        self.device = torch.device(device)
+        visual = model.visual
+        self.image_size = preprocess.size
+        self.vision_width = visual.transformer.width if hasattr(visual, "transformer") else None
+        self.embed_dim = int(visual.output_dim)
+        self._has_clip_text = hasattr(model, "token_embedding")
+        self.token_dim = model.token_embedding.weight.shape[1] if self._has_clip_text else None
+        self.context_length = int(getattr(model, "context_length", None) or tokenizer.context_length)
+
+    # identity -------------------------------------------------------------
+    @property
+    def identity_str(self) -> str:
+        return f"{self.identity['model']}@{self.identity['pretrained']}"
+
+    @property
+    def preprocess_name(self) -> str:
+        return self.preprocess.name
+
+    @property
+    def cast_dtype(self) -> torch.dtype:
+        return self.model.visual.conv1.weight.dtype if hasattr(self.model.visual, "conv1") else torch.float32
+
+    # images ---------------------------------------------------------------
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor, with_tokens: bool = False) -> ImageFeatures:
+        """One visual pass -> projected pooled feature and, optionally, the pre-``ln_post`` tokens."""
+        images = images.to(self.device, self.cast_dtype)
+        visual = self.model.visual
+        if not with_tokens:
+            return ImageFeatures(self.model.encode_image(images).float())
+        if not hasattr(visual, "_embeds"):
+            raise ZscirError(f"{self.identity_str}: token outputs need an open_clip VisionTransformer image tower")
+        x = visual.transformer(visual._embeds(images))
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return ImageFeatures(pooled.float(), x.float())
+
+    # text -----------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts, context_length=self.context_length)
+        full = (tokens[:, -1] != 0).nonzero().flatten().tolist()
+        truncated = [i for i in full if len(self.tokenizer.encode(texts[i])) + 2 > self.context_length]
+        if truncated:
+            warnings.warn(f"{len(truncated)} prompt(s) truncated at the context length {self.context_length}, "
+                          f"e.g. {texts[truncated[0]][:80]!r}", stacklevel=2)
+        return tokens.to(self.device)
+
+    @property
+    def placeholder_token_id(self) -> int:
+        """Token id of :data:`PLACEHOLDER`, derived from the tokenizer (never hard-coded)."""
+        ids = self.tokenizer.encode(PLACEHOLDER)
+        if len(ids) != 1:
+            raise ZscirError(f"the tokenizer of {self.identity_str} splits the placeholder {PLACEHOLDER!r} into {len(ids)} tokens")
+        return ids[0]
+
+    def _encode_token_embeddings(self, tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """open_clip's ``encode_text`` from the token-embedding stage on."""
+        m = self.model
+        cast = m.transformer.get_cast_dtype()
+        x = embeddings.to(cast) + m.positional_embedding.to(cast)
+        x = m.transformer(x, attn_mask=m.attn_mask)
+        x = m.ln_final(x)
+        x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        if m.text_projection is not None:
+            x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
+        return x.float()
+
+    def _require_clip_text(self):
+        if not self._has_clip_text:
+            raise ZscirError(f"{self.identity_str}: pseudo-word prompts need a CLIP-style text tower (token_embedding)")
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenize(list(texts))
+        if not self._has_clip_text:
+            return self.model.encode_text(tokens).float()
+        return self._encode_token_embeddings(tokens, self.model.token_embedding(tokens))
+
+    def encode_prompts(self, prompts: list[str], pseudo_words: torch.Tensor) -> torch.Tensor:
+        """Encode prompts whose placeholders are filled, in row-major order, by ``pseudo_words`` [N, token_dim].
+
+        Runs with whatever grad mode the caller has: gradients reach ``pseudo_words``
+        through the frozen text tower.
+        """
+        self._require_clip_text()
+        tokens = self.tokenize(list(prompts))
+        slots = tokens == self.placeholder_token_id
+        if int(slots.sum()) != pseudo_words.shape[0]:
+            raise ZscirError(f"prompts hold {int(slots.sum())} placeholders {PLACEHOLDER!r} "
+                             f"but {pseudo_words.shape[0]} pseudo-words were given")
+        embeddings = self.model.token_embedding(tokens)
+        embeddings = embeddings.masked_scatter(slots.unsqueeze(-1), pseudo_words.to(embeddings.dtype))
+        return self._encode_token_embeddings(tokens, embeddings)
+
+    @staticmethod
+    def normalize(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1)

@@ -1,0 +1,104 @@
+"""Load a backbone by open_clip name + pretrained tag, hf-hub id, or local file.
+
+The identity recorded in checkpoints and caches is the model name plus the
+pretrained tag, the hub id, or the sha256 of a local weights file: two files
+with the same name but different bytes never share a cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import open_clip
+import torch
+
+from zscir.backbone.clip import Backbone
+from zscir.backbone.preprocess import make_preprocess
+from zscir.errors import MissingWeightsError, ZscirError
+from zscir.utils.hashing import sha256_file
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Make zscir's model configs (tiny test models, the shapes-world CLIP) known to open_clip."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+def _hf_cache_hint() -> str:
+    return os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface/hub"
+
+
+def resolve_identity(name: str, pretrained: Optional[str]) -> dict:
+    if name.startswith("hf-hub:"):
+        return {"model": name, "pretrained": name}
+    if pretrained is None:
+        return {"model": name, "pretrained": "random-init"}
+    if os.path.isfile(pretrained):
+        return {"model": name, "pretrained": "sha256:" + sha256_file(pretrained)}
+    return {"model": name, "pretrained": pretrained}
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs its own errors on the root logger; ours are raised as one line instead."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def _create_model(name: str, pretrained: Optional[str], device, precision: str, cache_dir: Optional[str]):
+    register_model_configs()
+    is_hub = name.startswith("hf-hub:")
+    if not is_hub and name not in open_clip.list_models():
+        raise ZscirError(f"unknown CLIP model {name!r} (option --clip): expected an open_clip model name "
+                         f"such as ViT-B-32, ViT-L-14, or an hf-hub:ORG/REPO id")
+    if pretrained is not None and not is_hub and not os.path.isfile(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags and (os.sep in pretrained or pretrained.endswith((".safetensors", ".bin", ".pt", ".pth"))):
+            raise ZscirError(f"pretrained weights file not found: {pretrained} (option --pretrained)")
+        if pretrained not in tags:
+            raise ZscirError(f"unknown pretrained tag {pretrained!r} for {name} (option --pretrained): "
+                             f"expected one of {', '.join(tags) or '(none)'} or a local weights file")
+    try:
+        with _quiet_open_clip():
+            model = open_clip.create_model(name, pretrained=None if is_hub else pretrained, device=device,
+                                           precision=precision, cache_dir=cache_dir, weights_only=True)
+    except (RuntimeError, OSError, ValueError) as e:
+        msg = str(e)
+        if is_hub or "download" in msg.lower() or "offline" in msg.lower() or "connect" in msg.lower():
+            where = name if is_hub else f"{name} / {pretrained}"
+            raise MissingWeightsError(
+                f"weights for {where} are not available offline: put them in the Hugging Face cache "
+                f"({_hf_cache_hint()}) or pass --pretrained /path/to/weights.safetensors") from None
+        raise ZscirError(f"could not build {name} with weights {pretrained}: {msg.splitlines()[0]}") from None
+    return model
+
+
+def load_backbone(name: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu",
+                  preprocess: str = "targetpad", precision: str = "fp32",
+                  cache_dir: Optional[str] = None) -> Backbone:
+    """Build a frozen :class:`Backbone`.
+
+    ``pretrained`` is an open_clip tag, a local state-dict file, or None for a
+    random init (tests). ``precision`` is open_clip's ('fp32', 'bf16', 'fp16').
+    """
+    model = _create_model(name, pretrained, device, precision, cache_dir)
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg.get("size", model.visual.image_size)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    prep = make_preprocess(preprocess, int(size), cfg.get("mean", None) or (0.48145466, 0.4578275, 0.40821073),
+                           cfg.get("std", None) or (0.26862954, 0.26130258, 0.27577711))
+    tokenizer = open_clip.get_tokenizer(name)
+    return Backbone(model, tokenizer, prep, resolve_identity(name, pretrained), torch.device(device))
