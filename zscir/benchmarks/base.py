@@ -1,0 +1,133 @@
+"""What a benchmark loader returns: one gallery, its queries, and how to score them.
+
+Every loader turns an official layout into :class:`EvalSplit` objects, so the
+runner, the metrics and the submission writers never see a benchmark's own
+file formats. Image ids are strings everywhere (CIRCO's integer ids included);
+``id_type`` says how the official submission files spell them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from zscir.errors import ZscirError
+
+# metric families: how a split is scored and how its rankings are written
+KINDS = ("circo", "cirr", "fashioniq")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One composed query.
+
+    qid:       the key of this query in submission files (CIRCO ``id``, CIRR ``pairid``,
+               FashionIQ's position in the caption file).
+    reference: image id of the reference image.
+    captions:  the modification text(s) as annotated (FashionIQ: two; others: one).
+    targets:   ground-truth image ids, the annotated target first; empty on test splits.
+    subset:    CIRR's ``img_set`` members (the reference included, as annotated).
+    """
+
+    qid: str
+    reference: str
+    captions: tuple[str, ...]
+    targets: tuple[str, ...] = ()
+    subset: tuple[str, ...] = ()
+
+
+@dataclass
+class EvalSplit:
+    """A gallery and the queries ranked against it."""
+
+    benchmark: str                 # registry name, e.g. "circo"
+    split: str                     # e.g. "val", "test1", "val_coarse"
+    kind: str                      # metric family, one of KINDS
+    gallery: list[str]             # image ids in gallery order (the tie-break order)
+    images: dict[str, Path]        # every image id used (gallery and references) -> file
+    queries: list[Query]
+    category: str | None = None    # FashionIQ category
+    id_type: Callable[[str], Any] = str   # how submission files spell image ids (int for CIRCO)
+    sources: list[str] = field(default_factory=list)   # annotation files read
+    notes: dict[str, Any] = field(default_factory=dict)  # loader facts worth recording (counts, quirks)
+
+    @property
+    def name(self) -> str:
+        parts = [self.benchmark, self.category, self.split]
+        return "/".join(p for p in parts if p)
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace("/", "_")
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return bool(self.queries) and all(q.targets for q in self.queries)
+
+    @cached_property
+    def gallery_index(self) -> dict[str, int]:
+        return {image_id: i for i, image_id in enumerate(self.gallery)}
+
+    def check(self) -> "EvalSplit":
+        """Fail fast on an inconsistent split: unknown kind, duplicate or missing ids, missing files."""
+        if self.kind not in KINDS:
+            raise ZscirError(f"{self.name}: unknown metric kind {self.kind!r}, expected one of {KINDS}")
+        if len(self.gallery_index) != len(self.gallery):
+            dup = next(g for i, g in enumerate(self.gallery) if self.gallery_index[g] != i)
+            raise ZscirError(f"{self.name}: image id {dup!r} appears twice in the gallery list ({self.sources[-1]})")
+        for q in self.queries:
+            if q.reference not in self.images:
+                raise ZscirError(f"{self.name}: query {q.qid}: reference image {q.reference!r} is not in the image list")
+            for t in q.targets:
+                if t not in self.gallery_index:
+                    raise ZscirError(f"{self.name}: query {q.qid}: ground-truth image {t!r} is not in the gallery")
+            for m in q.subset:
+                if m not in self.gallery_index:
+                    raise ZscirError(f"{self.name}: query {q.qid}: img_set member {m!r} is not in the gallery")
+        require_files(self.images.values(), what=f"{self.name} image")
+        return self
+
+
+def require_files(paths: Iterable[Path], what: str) -> None:
+    """Raise naming the first expected file that is missing, with a count of all missing ones."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        more = f" ({len(missing)} files missing in all)" if len(missing) > 1 else ""
+        raise ZscirError(f"{what} missing: expected {missing[0]}{more}")
+
+
+def read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise ZscirError(f"{what} not found: expected {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ZscirError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+def read_jsonl(path: Path, what: str) -> list[dict]:
+    if not path.is_file():
+        raise ZscirError(f"{what} not found: expected {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ZscirError(f"{what} {path}, line {line_no}: not valid JSON: {e}") from None
+    return rows
+
+
+def field_of(record: dict, name: str, path: Path, where: str) -> Any:
+    """``record[name]`` or an error naming the file, the record and the field."""
+    try:
+        return record[name]
+    except (KeyError, TypeError):
+        raise ZscirError(f"{path}: {where} has no field {name!r}") from None

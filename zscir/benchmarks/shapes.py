@@ -1,0 +1,27 @@
+"""The shapes world: zscir's offline procedural benchmark, stored in the CIRCO layout.
+
+Its annotation files are CIRCO's schema (``annotations/{val,test,val_coarse,
+test_coarse,...}.json``) over a gallery list in CIRCO's place, so the CIRCO
+loader reads it unchanged. Without a root, the default world is built on
+first use (``zscir.world.build.default_world``) and reused afterwards.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from zscir.benchmarks import circo
+from zscir.benchmarks.base import EvalSplit
+
+FINE_SPLITS = ("val", "test", "train")
+COARSE_SPLITS = ("val_coarse", "test_coarse", "train_coarse")
+
+
+def default_root() -> Path:
+    from zscir.world.build import default_world  # imported on use: building the world is heavy
+
+    return Path(default_world())
+
+
+def load(root: str | Path | None = None, split: str = "val", benchmark: str = "shapes") -> list[EvalSplit]:
+    return circo.load(default_root() if root is None else root, split, benchmark=benchmark)
