@@ -57,6 +57,7 @@ class Backbone:
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.identity = identity
+        self.source: dict | None = None  # how to load it again: {"name", "pretrained"} (set by load_backbone)
         self.device = torch.device(device)
         visual = model.visual
         self.image_size = preprocess.size

@@ -101,4 +101,27 @@ def load_backbone(name: str, pretrained: Optional[str] = None, device: str | tor
     prep = make_preprocess(preprocess, int(size), cfg.get("mean", None) or (0.48145466, 0.4578275, 0.40821073),
                            cfg.get("std", None) or (0.26862954, 0.26130258, 0.27577711))
     tokenizer = open_clip.get_tokenizer(name)
-    return Backbone(model, tokenizer, prep, resolve_identity(name, pretrained), torch.device(device))
+    backbone = Backbone(model, tokenizer, prep, resolve_identity(name, pretrained), torch.device(device))
+    backbone.source = {"name": name, "pretrained": portable_path(pretrained)}
+    return backbone
+
+
+def portable_path(pretrained: Optional[str]) -> Optional[str]:
+    """Record files shipped in the repository's checkpoints/ relative to the repository, others as given."""
+    if pretrained is None or not os.path.isfile(pretrained):
+        return pretrained
+    from zscir.utils.paths import repo_checkpoints_dir
+
+    path = Path(pretrained).resolve()
+    root = repo_checkpoints_dir().parent
+    return str(path.relative_to(root)) if path.is_relative_to(repo_checkpoints_dir()) else str(path)
+
+
+def resolve_portable_path(pretrained: Optional[str]) -> Optional[str]:
+    """Inverse of :func:`portable_path`: a repository-relative path is resolved against the repository."""
+    if pretrained is None or os.path.isfile(pretrained):
+        return pretrained
+    from zscir.utils.paths import repo_checkpoints_dir
+
+    candidate = repo_checkpoints_dir().parent / pretrained
+    return str(candidate) if candidate.is_file() else pretrained

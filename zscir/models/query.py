@@ -1,0 +1,131 @@
+"""Query encoders: (reference image features, modification texts) -> normalised query features.
+
+Shared by evaluation and retrieval. Training-free baselines are selected by
+name; trained models by checkpoint path, dispatched on the checkpoint's
+``kind`` through :data:`CHECKPOINT_KINDS` (supervised heads register there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from zscir.backbone import Backbone, ImageFeatures, load_backbone
+from zscir.backbone.loading import resolve_portable_path
+from zscir.errors import ZscirError
+from zscir.models import prompts
+
+
+class QueryEncoder:
+    needs_tokens = False
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+
+    @property
+    def identity(self) -> dict:
+        return {"method": self.name, "backbone": self.backbone.identity, "preprocess": self.backbone.preprocess_name}
+
+    @torch.no_grad()
+    def encode_queries(self, ref: ImageFeatures, texts: list[str]) -> torch.Tensor:
+        if len(ref) != len(texts):
+            raise ZscirError(f"{len(ref)} reference images but {len(texts)} modification texts")
+        return F.normalize(self._encode(ref.to(self.backbone.device, torch.float32), list(texts)), dim=-1)
+
+    def _encode(self, ref: ImageFeatures, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ImageOnly(QueryEncoder):
+    name = "image"
+
+    def _encode(self, ref, texts):
+        return ref.pooled
+
+
+class TextOnly(QueryEncoder):
+    name = "text"
+
+    def _encode(self, ref, texts):
+        return self.backbone.encode_text([prompts.clean_text(t) for t in texts])
+
+
+class ImageTextSum(QueryEncoder):
+    name = "sum"
+
+    def _encode(self, ref, texts):
+        text = self.backbone.encode_text([prompts.clean_text(t) for t in texts])
+        return F.normalize(ref.pooled, dim=-1) + F.normalize(text, dim=-1)
+
+
+class PseudoWordQuery(QueryEncoder):
+    """FTI4CIR ("a photo of * with * ... but {text}") or single token ("a photo of * but {text}")."""
+
+    def __init__(self, backbone: Backbone, network, meta: dict, checkpoint_sha: str | None = None):
+        super().__init__(backbone)
+        self.network = network.eval().to(backbone.device)
+        self.meta, self.checkpoint_sha = meta, checkpoint_sha
+        self.name = meta["method"]
+        self.needs_tokens = self.name == "fti"
+
+    @property
+    def identity(self) -> dict:
+        return {**super().identity, "checkpoint_sha256": self.checkpoint_sha}
+
+    def _encode(self, ref, texts):
+        if self.needs_tokens and ref.tokens is None:
+            raise ZscirError("the FTI query encoder needs reference-image tokens (encode_image(..., with_tokens=True))")
+        pw = self.network(ref.pooled, ref.tokens)
+        if self.name == "single":
+            return self.backbone.encode_prompts([prompts.single_query_prompt(t) for t in texts], pw.subject)
+        return self.backbone.encode_prompts([prompts.query_prompt(r, t) for r, t in zip(pw.counts.tolist(), texts)],
+                                            prompts.interleave(pw.subject, pw.attributes, pw.counts))
+
+    @classmethod
+    def from_checkpoint(cls, path, backbone: Backbone | None):
+        from zscir.models.factory import load_mapping_checkpoint
+
+        network, meta = load_mapping_checkpoint(path)
+        backbone = backbone_for(meta, backbone, path)
+        return cls(backbone, network, meta, meta.get("weights_sha256"))
+
+
+BASELINES: dict[str, type[QueryEncoder]] = {"image": ImageOnly, "text": TextOnly, "sum": ImageTextSum}
+CHECKPOINT_KINDS: dict[str, Callable] = {"mapping": PseudoWordQuery.from_checkpoint}
+
+
+def backbone_for(meta: dict, backbone: Backbone | None, path) -> Backbone:
+    """The backbone a checkpoint was trained on: check the given one, or load the recorded source."""
+    if backbone is None:
+        source = meta.get("backbone_source")
+        if not source:
+            raise ZscirError(f"{path} does not record where its backbone's weights are: pass --clip and --pretrained")
+        backbone = load_backbone(source["name"], resolve_portable_path(source["pretrained"]),
+                                 preprocess=meta.get("preprocess", "targetpad"))
+    if backbone.identity != meta["backbone"]:
+        raise ZscirError(f"{path} was trained on backbone {meta['backbone']} but the given backbone is "
+                         f"{backbone.identity}: pass the matching --clip/--pretrained")
+    return backbone
+
+
+def load_query_encoder(model: str, backbone: Backbone | None = None) -> QueryEncoder:
+    """``model``: a baseline name (image, text, sum) or a zscir checkpoint path."""
+    if model in BASELINES:
+        if backbone is None:
+            raise ZscirError(f"the {model!r} baseline needs a backbone (--clip NAME --pretrained TAG|FILE)")
+        return BASELINES[model](backbone)
+    from zscir.checkpoint import load_checkpoint
+
+    if not Path(model).with_suffix(".json").is_file() and not Path(model).is_file():
+        raise ZscirError(f"--model {model!r} is neither a baseline ({', '.join(BASELINES)}) nor a checkpoint file")
+    _, meta = load_checkpoint(model, verify=False)
+    kind = meta.get("kind")
+    if kind not in CHECKPOINT_KINDS:
+        if kind == "supervised":
+            import zscir.models.supervised  # noqa: F401  (registers its kind)
+        if kind not in CHECKPOINT_KINDS:
+            raise ZscirError(f"{model}: unknown checkpoint kind {kind!r}")
+    return CHECKPOINT_KINDS[kind](model, backbone)
