@@ -1,0 +1,76 @@
+"""Subprocess driver for the pretraining tests: resume after SIGKILL, and 2-process equivalence.
+
+Usage:
+  python pretrain_driver.py train FEATURES.npz RUN_DIR [--slow SECONDS] [--resume]
+  torchrun --nproc_per_node N pretrain_driver.py grads FEATURES.npz OUT.safetensors
+"""
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from zscir.backbone import load_backbone
+from zscir.models import objective as objective_module
+from zscir.training.pretrain import PretrainConfig, batch_loss, epoch_order, make_gather, train
+from zscir.training.pretrain_data import PretrainingSet
+
+SUBJECTS = ["a dog", "a red car", "a small cat", "a tall tree"]
+ATTRIBUTES = ["on the grass", "parked near a fence", "sleeping on a sofa", "in a snowy field"]
+
+
+def load(features):
+    torch.manual_seed(0)
+    bb = load_backbone("zscir-tiny-test")
+    z = np.load(features)
+    n = len(z["pooled"])
+    return bb, PretrainingSet([str(i) for i in range(n)], [SUBJECTS[i % 4] for i in range(n)],
+                              [ATTRIBUTES[i % 4] for i in range(n)], bb, pooled=z["pooled"], tokens=z["tokens"])
+
+
+def config(run_dir):
+    return PretrainConfig(out=run_dir, network_config="fti4cir-tiny", dropout=0.5, epochs=3, batch_size=8,
+                          lr=1e-3, lr_decay_epoch=2, save_every_steps=2, seed=3)
+
+
+def main():
+    torch.set_num_threads(1)
+    mode, features, out = sys.argv[1:4]
+    bb, data = load(features)
+    if mode == "train":
+        if "--slow" in sys.argv:
+            delay = float(sys.argv[sys.argv.index("--slow") + 1])
+            fast = objective_module.OBJECTIVES["fti"]
+
+            def slow(*args, **kw):
+                time.sleep(delay)
+                return fast(*args, **kw)
+
+            import zscir.training.pretrain as pretrain_module
+            pretrain_module.OBJECTIVES = {**objective_module.OBJECTIVES, "fti": slow}
+        train(config(out), bb, data, resume="--resume" in sys.argv, progress_bar=False)
+    elif mode == "grads":
+        from accelerate import Accelerator
+        from safetensors.torch import save_file
+
+        from zscir.models.factory import backbone_dims, create_mapping_network
+        from zscir.models.objective import LossWeights
+
+        acc = Accelerator(cpu=True)
+        torch.manual_seed(0)
+        net = create_mapping_network("fti4cir-tiny", backbone_dims(bb))
+        net = acc.prepare(net)
+        global_batch = epoch_order(len(data), 0, 0)[:8]
+        loss, _ = batch_loss(net, bb, data, global_batch, acc.process_index, acc.num_processes,
+                             objective_module.fti_loss, LossWeights(), make_gather(acc))
+        acc.backward(loss)
+        loss = acc.reduce(loss.detach(), reduction="mean")  # as train() reports it
+        if acc.is_main_process:
+            grads = {n: p.grad.detach().clone() for n, p in acc.unwrap_model(net).named_parameters()}
+            save_file({**grads, "loss": loss.detach().reshape(1), "processes": torch.tensor([acc.num_processes])}, out)
+        acc.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Pretraining loop: exact resume after SIGKILL, and 2 processes (gloo) == 1 process."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+DRIVER = str(Path(__file__).parent / "drivers" / "pretrain_driver.py")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory, tiny_backbone):
+    torch.manual_seed(5)
+    feats = tiny_backbone.encode_image(torch.randn(24, 3, 32, 32), with_tokens=True)
+    path = tmp_path_factory.mktemp("feats") / "features.npz"
+    np.savez(path, pooled=feats.pooled.numpy().astype(np.float16), tokens=feats.tokens.numpy().astype(np.float16))
+    return str(path)
+
+
+def _steps_logged(run_dir: Path) -> int:
+    log = run_dir / "log.jsonl"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, features):
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, DRIVER, "train", features, str(straight)], env=ENV, check=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, DRIVER, "train", features, str(killed), "--slow", "0.4"], env=ENV)
+    deadline = time.time() + 120
+    while _steps_logged(killed) < 5 and time.time() < deadline and proc.poll() is None:  # 3 steps/epoch: mid epoch 2
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((killed / "train_state.json").read_text())["progress"]
+    assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"
+    assert 0 < state["global_step"] < 9
+    subprocess.run([sys.executable, DRIVER, "train", features, str(killed), "--resume"], env=ENV, check=True)
+
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert json.loads((killed / "model.json").read_text())["training"]["steps"] == 9
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_give_same_loss_and_gradients_as_one(tmp_path, features):
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not on PATH")
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    subprocess.run([sys.executable, DRIVER, "grads", features, str(one)], env=ENV, check=True)
+    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29571", DRIVER, "grads", features, str(two)],
+                   env=ENV, check=True, capture_output=True)
+    g1, g2 = load_file(one), load_file(two)
+    assert g1["processes"].item() == 1 and g2["processes"].item() == 2
+    torch.testing.assert_close(g2["loss"], g1["loss"], atol=1e-5, rtol=1e-5)
+    for k in g1:
+        if k not in ("loss", "processes"):
+            torch.testing.assert_close(g2[k], g1[k], atol=1e-5, rtol=1e-4, msg=k)
+    assert sum(v.abs().sum() for k, v in g1.items() if k not in ("loss", "processes")) > 0

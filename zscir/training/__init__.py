@@ -1,0 +1,1 @@
+"""Training loops: FTI4CIR / single-token pretraining, supervised heads."""

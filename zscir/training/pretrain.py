@@ -1,0 +1,184 @@
+"""Pretraining of a mapping network (FTI4CIR or single token) on unlabeled images.
+
+Read top to bottom: resolve the config, build the data (captions split into
+subject/attribute, frozen-CLIP features from the cache), build the network and
+optimizer, then the loop. The loop is written once against ``accelerate``:
+one CPU, one GPU, or many GPUs / nodes through ``accelerate launch`` (or
+``torchrun``). Each process takes an equal share of every global batch; the
+contrastive loss gathers the features of all processes (with gradient) so its
+denominator spans the global batch, exactly as on one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from zscir.errors import ZscirError
+from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
+from zscir.models.objective import OBJECTIVES, LossWeights
+from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state
+from zscir.utils.atomic import atomic_write_json
+
+DEFAULT_CONFIGS = {"fti": "fti4cir", "single": "single"}
+
+
+@dataclass
+class PretrainConfig:
+    out: str = "runs/pretrain"
+    method: str = "fti"                   # fti | single
+    network_config: Optional[str] = None  # a name in zscir/models/configs (default per method)
+    dropout: Optional[float] = None       # overrides the network config
+    epochs: int = 60
+    batch_size: int = 256                 # global batch, split over processes
+    lr: float = 4e-5
+    weight_decay: float = 0.01
+    lr_decay_epoch: int = 10              # lr x lr_decay from this epoch on
+    lr_decay: float = 0.1
+    temperature: float = 0.2
+    orth_weight: float = 1.0
+    reg_weight: float = 1.4
+    seed: int = 0
+    save_every_steps: int = 500
+    mixed_precision: str = "no"           # no | bf16 | fp16 (accelerate; GPU)
+    max_steps: Optional[int] = None       # stop early (smoke runs, benchmarks)
+    data: dict = field(default_factory=dict)  # how the data was built (recorded, not used by the loop)
+
+    def resolved_network_config(self) -> dict:
+        name = self.network_config or DEFAULT_CONFIGS[self.method]
+        cfg = get_mapping_config(name)
+        if cfg["method"] != self.method:
+            raise ZscirError(f"network config {name!r} is for method {cfg['method']!r}, not --method {self.method}")
+        if self.dropout is not None:
+            cfg["dropout"] = self.dropout
+        return cfg
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of epoch ``epoch``: a function of (seed, epoch) only, so a resumed run sees the same."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def make_gather(accelerator):
+    """All-gather (image, text) features across processes, keeping the gradient of the local share."""
+    if accelerator.num_processes == 1:
+        return lambda v, t: (v, t)
+    from torch.distributed.nn.functional import all_gather
+
+    return lambda v, t: (torch.cat(all_gather(v.contiguous())), torch.cat(all_gather(t.contiguous())))
+
+
+def local_share(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """This process's share of a global batch."""
+    return global_batch[rank::world]
+
+
+def batch_loss(network, backbone, data, global_batch, rank, world, objective, weights, gather):
+    """Loss of one global batch as seen by process ``rank`` (identical on every process)."""
+    batch = data.batch(local_share(global_batch, rank, world))
+    return objective(network, backbone, batch.pooled, batch.tokens, batch.subjects, batch.attributes, weights, gather)
+
+
+def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = False, progress_bar: bool = True) -> Path:
+    """Run (or resume) pretraining; return the path of the final mapping-network checkpoint."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    run_dir = Path(cfg.out)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.batch_size % world:
+        raise ZscirError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
+    steps_per_epoch = len(data) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ZscirError(f"only {len(data)} captioned images: fewer than one batch of --batch-size {cfg.batch_size}")
+
+    torch.manual_seed(cfg.seed + rank)
+    net_cfg = cfg.resolved_network_config()
+    network = create_mapping_network(net_cfg, backbone_dims(backbone)).to(backbone.device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    record = {"pretrain": asdict(cfg), "network": net_cfg, "backbone": backbone.identity,
+              "backbone_source": backbone.source, "preprocess": backbone.preprocess_name, "num_images": len(data),
+              "num_processes": world}
+    progress = Progress()
+    if resume and has_train_state(run_dir):
+        progress = load_train_state(run_dir, network, optimizer, rank)
+        accelerator.print(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step_in_epoch}")
+    elif accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", record)
+    network, optimizer = accelerator.prepare(network, optimizer)
+    objective = OBJECTIVES[cfg.method]
+    weights = LossWeights(cfg.temperature, cfg.orth_weight, cfg.reg_weight)
+    gather = make_gather(accelerator)
+    log = open(run_dir / "log.jsonl", "a") if accelerator.is_main_process else None
+
+    def checkpoint():
+        rngs = [torch.get_rng_state()]
+        if world > 1:
+            rngs = [None] * world
+            torch.distributed.all_gather_object(rngs, torch.get_rng_state())
+        if accelerator.is_main_process:
+            save_train_state(run_dir, accelerator.unwrap_model(network), optimizer.optimizer
+                             if hasattr(optimizer, "optimizer") else optimizer, progress, record, rngs)
+
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    bar = tqdm(total=total_steps, initial=progress.global_step, disable=not (progress_bar and accelerator.is_main_process),
+               desc=f"pretrain {cfg.method}", unit="step")
+    network.train()
+    while progress.epoch < cfg.epochs and progress.global_step < total_steps:
+        lr = cfg.lr * (cfg.lr_decay if progress.epoch >= cfg.lr_decay_epoch else 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batches = epoch_order(len(data), cfg.seed, progress.epoch)[: steps_per_epoch * cfg.batch_size]
+        batches = batches.reshape(steps_per_epoch, cfg.batch_size)
+        while progress.step_in_epoch < steps_per_epoch and progress.global_step < total_steps:
+            t0 = time.perf_counter()
+            with accelerator.autocast():
+                loss, terms = batch_loss(network, backbone, data, batches[progress.step_in_epoch], rank, world,
+                                         objective, weights, gather)
+            t1 = time.perf_counter()
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            t2 = time.perf_counter()
+            progress.step_in_epoch += 1
+            progress.global_step += 1
+            # per-sample terms are local means: their mean over processes is the global-batch value
+            loss = accelerator.reduce(loss.detach(), reduction="mean")
+            terms = {k: accelerator.reduce(v.detach(), reduction="mean") for k, v in terms.items()}
+            if not math.isfinite(loss.item()):
+                raise ZscirError(f"loss became {loss.item()} at step {progress.global_step}: lower --lr")
+            if log is not None:
+                entry = {"step": progress.global_step, "epoch": progress.epoch, "lr": lr, "loss": loss.item(),
+                         **{k: float(v) for k, v in terms.items()},
+                         "samples_per_s": cfg.batch_size / (t2 - t0), "data_wait_s": data.last_wait_s,
+                         "forward_s": t1 - t0 - data.last_wait_s, "backward_s": t2 - t1}
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{entry['loss']:.3f}", sps=f"{entry['samples_per_s']:.0f}")
+            bar.update(1)
+            if cfg.save_every_steps and progress.global_step % cfg.save_every_steps == 0:
+                checkpoint()
+        if progress.step_in_epoch == steps_per_epoch:
+            progress.epoch += 1
+            progress.step_in_epoch = 0
+        checkpoint()
+    bar.close()
+    final = run_dir / "model.safetensors"
+    if accelerator.is_main_process:
+        save_mapping_checkpoint(run_dir / "model", accelerator.unwrap_model(network), net_cfg, backbone,
+                                {"training": {"steps": progress.global_step, "epochs_done": progress.epoch,
+                                              "data": cfg.data}})
+        log.close()
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,83 @@
+"""What pretraining iterates over: per image, cached frozen-CLIP features and a split caption.
+
+Features come from the shared feature store (computed once, fp16, memory-mapped),
+so epochs after the first cost only the mapping network and the text encoder.
+``feature_cache`` chooses how much is cached:
+
+- ``full``: pooled features and tokens (fastest; tokens are large: logged before writing);
+- ``globals``: pooled features only, tokens recomputed from the images each step;
+- ``off``: nothing cached, one visual pass per image per step (the official code's way;
+  kept for the benchmark in ``eval/bench_pretrain_cache.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from zscir.errors import ZscirError
+
+FEATURE_CACHE_MODES = ("full", "globals", "off")
+
+
+@dataclass
+class Batch:
+    pooled: torch.Tensor           # [b, D] float32
+    tokens: torch.Tensor | None    # [b, 1+P, W] float32, None when the method needs none
+    subjects: list[str]
+    attributes: list[str]
+
+
+class PretrainingSet:
+    """Aligned ids, split captions, and features (cached or recomputed) of the pretraining images."""
+
+    def __init__(self, ids: Sequence[str], subjects: Sequence[str], attributes: Sequence[str], backbone,
+                 sources=None, pooled: np.ndarray | None = None, tokens=None, mode: str = "full",
+                 need_tokens: bool = True):
+        if mode not in FEATURE_CACHE_MODES:
+            raise ZscirError(f"unknown --feature-cache {mode!r}: expected one of {', '.join(FEATURE_CACHE_MODES)}")
+        if not (len(ids) == len(subjects) == len(attributes)):
+            raise ValueError("ids, subjects and attributes must align")
+        if mode != "full" and sources is None:
+            raise ValueError(f"feature cache mode {mode!r} recomputes features and needs the image sources")
+        if mode == "full" and need_tokens and tokens is None:
+            raise ValueError("feature cache mode 'full' needs cached tokens")
+        self.ids, self.subjects, self.attributes = list(ids), list(subjects), list(attributes)
+        self.backbone, self.sources, self.mode, self.need_tokens = backbone, sources, mode, need_tokens
+        self.pooled, self.tokens = pooled, tokens
+        self.last_wait_s = 0.0  # time the last batch() spent reading or recomputing features
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _encode_images(self, idx: np.ndarray):
+        pixels = torch.stack([self.backbone.preprocess(self.sources[i].load()) for i in idx])
+        return self.backbone.encode_image(pixels, with_tokens=self.need_tokens)
+
+    def batch(self, idx: np.ndarray) -> Batch:
+        start = time.perf_counter()
+        batch = self._batch(np.asarray(idx, dtype=np.int64))
+        self.last_wait_s = time.perf_counter() - start
+        return batch
+
+    def _batch(self, idx: np.ndarray) -> Batch:
+        order = np.argsort(idx, kind="stable")  # memmaps read fastest in file order
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(idx))
+        if self.mode == "off":
+            feats = self._encode_images(idx)
+            pooled, tokens = feats.pooled, feats.tokens
+        else:
+            pooled = torch.from_numpy(np.asarray(self.pooled[idx[order]], dtype=np.float32)[inverse])
+            if not self.need_tokens:
+                tokens = None
+            elif self.mode == "full":
+                tokens = torch.from_numpy(np.asarray(self.tokens[idx[order]], dtype=np.float32)[inverse])
+            else:
+                tokens = self._encode_images(idx).tokens
+        return Batch(pooled.to(self.backbone.device), None if tokens is None else tokens.to(self.backbone.device),
+                     [self.subjects[i] for i in idx], [self.attributes[i] for i in idx])
