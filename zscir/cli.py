@@ -19,6 +19,8 @@ from zscir.errors import ZscirError
 # command name -> "module:attribute" of a click command or group
 COMMANDS: dict[str, str] = {
     "backbone": "zscir.backbone.cli:backbone",
+    "eval": "zscir.evaluation.cli:eval_command",
+    "pretrain": "zscir.training.pretrain_cli:pretrain",
 }
 
 

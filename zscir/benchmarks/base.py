@@ -54,11 +54,16 @@ class EvalSplit:
     id_type: Callable[[str], Any] = str   # how submission files spell image ids (int for CIRCO)
     sources: list[str] = field(default_factory=list)   # annotation files read
     notes: dict[str, Any] = field(default_factory=dict)  # loader facts worth recording (counts, quirks)
+    gallery_label: str = ""        # names the gallery's feature cache; splits with one gallery share it
 
     @property
     def name(self) -> str:
         parts = [self.benchmark, self.category, self.split]
         return "/".join(p for p in parts if p)
+
+    @property
+    def gallery_name(self) -> str:
+        return self.gallery_label or self.name.replace("/", "-")
 
     @property
     def slug(self) -> str:

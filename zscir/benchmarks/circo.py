@@ -71,7 +71,7 @@ def load(root: str | Path, split: str = "val", benchmark: str = "circo") -> list
     gallery, images = read_gallery(root)
     split_obj = EvalSplit(benchmark=benchmark, split=split, kind="circo", gallery=gallery, images=images,
                           queries=queries, id_type=_id_type(gallery),
-                          sources=[str(ann_path), str(root / GALLERY_LIST)])
+                          sources=[str(ann_path), str(root / GALLERY_LIST)], gallery_label=benchmark)
     return [split_obj.check()]
 
 

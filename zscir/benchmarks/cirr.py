@@ -73,7 +73,8 @@ def build_split(benchmark: str, split: str, root: Path, records: list, captions_
             1 for r in records if r.get("target_hard") not in (r.get("target_soft") or {}))
     notes["blank_captions"] = sum(1 for q in queries if not q.captions[0].strip())
     return EvalSplit(benchmark=benchmark, split=split, kind="cirr", gallery=gallery, images=images,
-                     queries=queries, sources=[str(captions_path), str(gallery_path)], notes=notes).check()
+                     queries=queries, sources=[str(captions_path), str(gallery_path)], notes=notes,
+                     gallery_label=f"cirr-{split}").check()
 
 
 def load(root: str | Path, split: str = "val", benchmark: str = "cirr") -> list[EvalSplit]:

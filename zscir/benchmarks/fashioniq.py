@@ -102,11 +102,13 @@ def parse_record(record: dict, path: Path, position: int) -> Query:
 
 
 def make_split(benchmark: str, root: Path, category: str, split: str, queries: list[Query], gallery: list[str],
-               sources: list[str], finder: ImageFinder, notes: dict | None = None) -> EvalSplit:
+               sources: list[str], finder: ImageFinder, notes: dict | None = None,
+               gallery_label: str = "") -> EvalSplit:
     needed = list(dict.fromkeys(gallery + [q.reference for q in queries]))
     images = finder.resolve(category, needed, f"{benchmark} {category} {split}")
     return EvalSplit(benchmark=benchmark, split=split, kind="fashioniq", category=category, gallery=gallery,
-                     images=images, queries=queries, sources=sources, notes=notes or {}).check()
+                     images=images, queries=queries, sources=sources, notes=notes or {},
+                     gallery_label=gallery_label or f"fashioniq-{category}-{split}").check()
 
 
 def load(root: str | Path, split: str = "val", categories=CATEGORIES, benchmark: str = "fashioniq") -> list[EvalSplit]:

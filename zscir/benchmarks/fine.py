@@ -83,8 +83,9 @@ def load_fashioniq(root: str | Path, split: str = "val", categories=fashioniq.CA
         else:
             ids, g_path = fashioniq.read_gallery(root, category, split)
             sources.append(str(g_path))
+        label = f"fine-fashioniq-{category}-{split}" if gallery == "fine" else ""
         out.append(fashioniq.make_split(benchmark, root, category, split, queries, ids, sources, finder,
-                                        notes={"gallery": gallery}))
+                                        notes={"gallery": gallery}, gallery_label=label))
     return out
 
 

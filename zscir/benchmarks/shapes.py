@@ -12,14 +12,18 @@ from pathlib import Path
 
 from zscir.benchmarks import circo
 from zscir.benchmarks.base import EvalSplit
+from zscir.errors import ZscirError
 
 FINE_SPLITS = ("val", "test", "train")
 COARSE_SPLITS = ("val_coarse", "test_coarse", "train_coarse")
 
 
 def default_root() -> Path:
-    from zscir.world.build import default_world  # imported on use: building the world is heavy
-
+    try:
+        from zscir.world.build import default_world  # imported on use: building the world is heavy
+    except ImportError as e:
+        raise ZscirError(f"the shapes world is not available in this installation ({e}): pass --root DIR "
+                         "with a world made by `zscir world generate`") from None
     return Path(default_world())
 
 

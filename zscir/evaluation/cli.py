@@ -1,0 +1,53 @@
+"""`zscir eval`: evaluate query encoders on a benchmark; a thin shell over :func:`zscir.evaluation.run.evaluate`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from zscir.benchmarks import BENCHMARKS
+from zscir.evaluation.protocol import FIQ_CAPTION_MODES, PREPROCESS_CHOICES, Protocol
+from zscir.benchmarks.fine import FINE_GALLERIES
+
+
+@click.command("eval")
+@click.argument("benchmark", type=click.Choice(list(BENCHMARKS)))
+@click.option("--root", type=click.Path(file_okay=False), help="Benchmark folder (default for shapes: the built-in world).")
+@click.option("--model", "models", multiple=True,
+              help="image | text | sum (training-free, need --clip) or a checkpoint path; repeatable. "
+                   "Default: the baselines (shapes: plus the shipped checkpoints).")
+@click.option("--clip", help="open_clip model name of the backbone (e.g. ViT-L-14).")
+@click.option("--pretrained", help="pretrained tag (e.g. openai) or a local weights file.")
+@click.option("--split", "splits", multiple=True, help="Split(s) to run, repeatable (default: val; shapes: val and val_coarse).")
+@click.option("--category", "categories", multiple=True, type=click.Choice(["dress", "shirt", "toptee"]),
+              help="FashionIQ categories (default: all three).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default runs/eval-BENCHMARK-TIME).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
+@click.option("--fiq-captions", type=click.Choice(FIQ_CAPTION_MODES), default="both-orders", show_default=True,
+              help="How FashionIQ's two captions form the query.")
+@click.option("--remove-reference/--keep-reference", default=None,
+              help="Drop the reference from its ranking (default: the benchmark's official choice).")
+@click.option("--fine-gallery", type=click.Choice(FINE_GALLERIES), default="fine", show_default=True,
+              help="Fine-FashionIQ gallery: FineCIR's smaller one or the full split.")
+@click.option("--preprocess", type=click.Choice(PREPROCESS_CHOICES), default=None,
+              help="Image preprocessing (default: targetpad, or the checkpoint's).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: ZSCIR_CACHE/features/eval).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def eval_command(benchmark, root, models, clip, pretrained, splits, categories, out_dir, as_json, fiq_captions,
+                 remove_reference, fine_gallery, preprocess, cache_dir, device, batch_size, no_progress):
+    """Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir."""
+    from zscir.evaluation import report
+    from zscir.evaluation.run import EvalRequest, evaluate
+
+    protocol = Protocol(fiq_captions=fiq_captions, remove_reference=remove_reference, fine_gallery=fine_gallery,
+                        preprocess=preprocess)
+    results = evaluate(EvalRequest(
+        benchmark=benchmark, root=root, splits=splits or None, models=models or None, clip=clip,
+        pretrained=pretrained, protocol=protocol, categories=categories or None, out_dir=out_dir,
+        cache_root=cache_dir, device=device, batch_size=batch_size, progress=not no_progress,
+        command=" ".join(["zscir"] + sys.argv[1:])))
+    click.echo(json.dumps(results, indent=2) if as_json else report.text(results))

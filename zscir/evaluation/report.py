@@ -1,0 +1,114 @@
+"""Evaluation results as tables: plain text for the terminal, Markdown for the run directory.
+
+One table per split (FashionIQ: one per split, a column pair per category plus
+the category means), a row per model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+
+
+def _fmt(x) -> str:
+    return f"{x:.2f}" if isinstance(x, (int, float)) else str(x)
+
+
+def _split_info(results: dict, split: str) -> dict:
+    for m in results["models"]:
+        if split in m["splits"]:
+            return m["splits"][split]
+    return {}
+
+
+def tables(results: dict) -> list[Table]:
+    out: list[Table] = []
+    done: set[str] = set()
+    for split in results["splits"]:
+        if split in done:
+            continue
+        info = _split_info(results, split)
+        if info.get("kind") == "fashioniq" and info.get("category") and info.get("metrics"):
+            group = split.replace(f"/{info['category']}/", "/")
+            members = [s for s in results["splits"] if s.replace(f"/{_split_info(results, s).get('category')}/", "/") == group]
+            done.update(members)
+            out.append(_fashioniq_table(results, group, members))
+            continue
+        done.add(split)
+        out.append(_split_table(results, split, info))
+    return out
+
+
+def _split_table(results: dict, split: str, info: dict) -> Table:
+    title = f"{split}: {info.get('queries', '?')} queries, gallery of {info.get('gallery', '?')}"
+    metrics = info.get("metrics")
+    if not metrics:
+        rows = [[m["name"], ", ".join(m["splits"][split]["rankings"])] for m in results["models"]]
+        return Table(title + " (no ground truth: submission files written)", ["model", "rankings"], rows)
+    cols = list(metrics)
+    rows = [[m["name"]] + [_fmt(m["splits"][split]["metrics"][c]) for c in cols] for m in results["models"]]
+    return Table(title, ["model"] + cols, rows)
+
+
+def _fashioniq_table(results: dict, group: str, members: list[str]) -> Table:
+    cats = [_split_info(results, s)["category"] for s in members]
+    keys = list(_split_info(results, members[0])["metrics"])
+    cols = [f"{c} {k}" for c in cats for k in keys]
+    rows = []
+    for m in results["models"]:
+        agg = m["aggregates"].get(group, {}).get("metrics", {})
+        agg_cols = list(agg)
+        row = [m["name"]] + [_fmt(m["splits"][s]["metrics"][k]) for s in members for k in keys]
+        rows.append(row + [_fmt(agg[k]) for k in agg_cols])
+    agg_names = [f"mean {k}" if k != "avg" else "avg" for k in results["models"][0]["aggregates"].get(group, {}).get("metrics", {})]
+    n_q = sum(_split_info(results, s)["queries"] for s in members)
+    return Table(f"{group}: {n_q} queries over {len(members)} categories", ["model"] + cols + agg_names, rows)
+
+
+def text(results: dict) -> str:
+    lines = [f"{results['title']} - protocol: " + ", ".join(
+        f"{k}={v}" for k, v in (results.get("protocol") or {}).items()
+        if k in ("remove_reference", "fiq_captions", "fine_gallery", "preprocess"))]
+    for t in tables(results):
+        widths = [max(len(r[i]) for r in [t.columns] + t.rows) for i in range(len(t.columns))]
+        lines.append("")
+        lines.append(t.title)
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(t.columns, widths))))
+        lines.append("  ".join("-" * w for w in widths))
+        for r in t.rows:
+            lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    lines.append("")
+    lines.append(f"results: {results['out_dir']}/results.json, results.md; rankings in {results['out_dir']}/rankings/")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# {results['title']} evaluation", "",
+             f"zscir {results['zscir_version']}, {results['created']}, {results.get('seconds', '?')} s; "
+             f"data: `{results['root']}`", ""]
+    for t in tables(results):
+        lines += [f"## {t.title}", "", "| " + " | ".join(t.columns) + " |",
+                  "|" + "|".join(["---"] + ["---:"] * (len(t.columns) - 1)) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in t.rows]
+        lines.append("")
+    lines += ["## Protocol", ""]
+    lines += [f"- {k}: {v}" for k, v in (results.get("protocol") or {}).items()]
+    lines += ["", "## Models", ""]
+    for m in results["models"]:
+        lines.append(f"- **{m['name']}**: `{m['model']}`, backbone {m['backbone']}, preprocess {m['preprocess']}, "
+                     f"{m['seconds']} s")
+        for split, r in m["splits"].items():
+            t = ", ".join(f"{k} {v:.2f} s" for k, v in r["timings_s"].items())
+            fc = r["feature_cache"]
+            extra = ""
+            if r["skipped_queries"] or r["corrupt_images"]:
+                extra = f"; {len(r['corrupt_images'])} corrupt images, {r['skipped_queries']} queries skipped"
+            lines.append(f"  - {split}: {t}; features {fc['encoded']} encoded, {fc['reused']} reused{extra}")
+    lines.append("")
+    return "\n".join(lines)

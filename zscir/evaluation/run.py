@@ -1,0 +1,287 @@
+"""The evaluation runner: benchmark splits x query encoders -> metrics, rankings, results files.
+
+    from zscir.evaluation.run import EvalRequest, evaluate
+    results = evaluate(EvalRequest("cirr", root="~/data/CIRR", models=["sum"], clip="ViT-B-32", pretrained="openai"))
+
+For each model and split: gallery features (cached on disk, see
+:mod:`zscir.evaluation.features`), reference features, query features (the
+normalised mean over the protocol's query texts), fp32 cosine similarities,
+stable top-50 rankings (and CIRR's subset rankings), the benchmark's metrics
+when the split has ground truth, and the rankings in submission format.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from zscir import __version__
+from zscir.benchmarks import BenchmarkSpec, get_benchmark, load_splits, resolve_root
+from zscir.benchmarks.base import EvalSplit
+from zscir.errors import ZscirError
+from zscir.evaluation import report
+from zscir.evaluation.features import (CacheReport, GalleryFeatures, ReferenceFeatures, default_cache_root,
+                                       gallery_features, reference_features)
+from zscir.evaluation.metrics import fashioniq_average, stable_topk, subset_ranking
+from zscir.evaluation.protocol import Protocol
+from zscir.evaluation.scoring import score_split
+from zscir.evaluation.submission import SUBSET_K, check_payloads, ranking_payloads, write_rankings
+from zscir.utils.atomic import atomic_write_json, atomic_write_text
+
+BASELINES = ("image", "text", "sum")
+RANK_CHUNK = 256   # queries scored at once: 256 x 123k fp32 scores = 126 MB
+
+
+@dataclass
+class EvalRequest:
+    benchmark: str
+    root: str | Path | None = None
+    splits: Sequence[str] | None = None          # None = the benchmark's default splits
+    models: Sequence[str] | None = None          # baseline names or checkpoint paths; None = defaults
+    clip: str | None = None                      # backbone for baselines (and to check checkpoints against)
+    pretrained: str | None = None
+    protocol: Protocol = field(default_factory=Protocol)
+    categories: Sequence[str] | None = None      # FashionIQ categories (None = all three)
+    out_dir: str | Path | None = None            # None = runs/eval-<benchmark>-<time>
+    cache_root: str | Path | None = None         # None = <zscir cache>/features/eval
+    device: str = "cpu"
+    batch_size: int = 64
+    progress: bool = True
+    command: str | None = None                   # the command line, recorded in the results
+
+
+class Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _say(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- models and backbones
+def load_backbone_for(req: EvalRequest, spec: BenchmarkSpec):
+    """The backbone given by --clip/--pretrained, else the shapes world's own for the shapes world, else None."""
+    from zscir.backbone import load_backbone
+
+    preprocess = req.protocol.preprocess or "targetpad"
+    if req.clip:
+        return load_backbone(req.clip, req.pretrained, device=req.device, preprocess=preprocess)
+    if req.pretrained:
+        raise ZscirError("--pretrained needs --clip (the open_clip model name the weights belong to)")
+    if spec.name == "shapes":
+        from zscir.evaluation.defaults import shapes_backbone
+
+        return shapes_backbone(device=req.device, preprocess=preprocess)
+    return None
+
+
+def default_models(spec: BenchmarkSpec, backbone) -> list[str]:
+    if spec.name == "shapes":
+        from zscir.evaluation.defaults import shipped_checkpoints
+
+        return list(BASELINES) + [str(p) for p in shipped_checkpoints(backbone)]
+    if backbone is None:
+        raise ZscirError(f"nothing to evaluate: pass --model (a checkpoint, or {', '.join(BASELINES)} "
+                         "with --clip/--pretrained)")
+    return list(BASELINES)
+
+
+def model_slug(model: str, taken: set[str]) -> str:
+    base = model if model in BASELINES else Path(model).name.removesuffix(".safetensors").removesuffix(".json")
+    slug, n = base, 2
+    while slug in taken:
+        slug, n = f"{base}-{n}", n + 1
+    taken.add(slug)
+    return slug
+
+
+def load_query_encoder_for(model: str, backbone, protocol: Protocol):
+    from zscir.models.query import load_query_encoder
+
+    qe = load_query_encoder(model, backbone=backbone)
+    if protocol.preprocess and not qe.backbone.preprocess_name.startswith(protocol.preprocess):
+        # a checkpoint loads its backbone with its own preprocessing; the protocol option overrides it
+        from zscir.backbone import make_preprocess
+
+        p = qe.backbone.preprocess
+        qe.backbone.preprocess = make_preprocess(protocol.preprocess, p.size, p.mean, p.std)
+    return qe
+
+
+# ---------------------------------------------------------------- one split
+def encode_queries(qe, split: EvalSplit, refs: ReferenceFeatures, protocol: Protocol, batch_size: int,
+                   progress: bool) -> tuple[torch.Tensor, np.ndarray]:
+    """[Q, D] normalised query features and a mask of the queries that have them (reference readable)."""
+    valid = np.array([q.reference in refs.row_of for q in split.queries], dtype=bool)
+    todo = [q for q, ok in zip(split.queries, valid) if ok]
+    chunks = []
+    bar = tqdm(total=len(todo), unit="query", desc=f"queries {split.name}", disable=not progress,
+               dynamic_ncols=True, file=sys.stderr)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        texts = [protocol.query_texts(split, q) for q in batch]
+        owner = torch.tensor([n for n, ts in enumerate(texts) for _ in ts])
+        flat_texts = [t for ts in texts for t in ts]
+        ref_ids = [batch[n].reference for n in owner.tolist()]
+        feats = qe.encode_queries(refs.get(ref_ids), flat_texts).float().cpu()
+        # several texts per query (FashionIQ's two caption orders): mean of normalised features, renormalised
+        summed = torch.zeros(len(batch), feats.shape[1]).index_add_(0, owner, feats)
+        chunks.append(F.normalize(summed, dim=-1))
+        bar.update(len(batch))
+    bar.close()
+    dim = chunks[0].shape[1] if chunks else 1
+    out = torch.zeros(len(split.queries), dim)
+    if chunks:
+        out[torch.from_numpy(valid)] = torch.cat(chunks)
+    return out, valid
+
+
+def rank_split(split: EvalSplit, queries: torch.Tensor, valid: np.ndarray, gallery: GalleryFeatures,
+               protocol: Protocol, top_k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Top-k gallery indices per query (and CIRR's subset ranking), in the split's gallery index space.
+
+    Ranking runs over the gallery images that have features; ``gallery.positions``
+    is increasing, so ties are still broken by gallery order.
+    """
+    g = gallery.normalized()
+    reduced = np.full(len(split.gallery), -1, dtype=np.int64)
+    reduced[gallery.positions] = np.arange(len(gallery.positions))
+
+    def to_gallery(r: np.ndarray) -> np.ndarray:
+        return np.where(r >= 0, gallery.positions[np.maximum(r, 0)], -1)
+
+    exclude = np.full(len(split.queries), -1, dtype=np.int64)
+    if protocol.remove_reference:
+        exclude = np.array([reduced[split.gallery_index[q.reference]] if q.reference in split.gallery_index else -1
+                            for q in split.queries], dtype=np.int64)
+    ranked = np.full((len(split.queries), top_k), -1, dtype=np.int64)
+    subset = np.full((len(split.queries), SUBSET_K), -1, dtype=np.int64) if split.kind == "cirr" else None
+    rows = np.nonzero(valid)[0]
+    for start in range(0, len(rows), RANK_CHUNK):
+        idx = rows[start:start + RANK_CHUNK]
+        scores = (queries[torch.from_numpy(idx)] @ g.T).numpy()   # fp32 cosine similarities
+        ranked[idx] = to_gallery(stable_topk(scores, top_k, exclude[idx]))
+        if subset is not None:
+            members = [[reduced[split.gallery_index[m]] for m in split.queries[i].subset] for i in idx]
+            # CIRR's subset excludes the reference whatever the protocol says for the full ranking
+            ref = np.array([reduced[split.gallery_index[split.queries[i].reference]]
+                            if split.queries[i].reference in split.gallery_index else -1 for i in idx])
+            subset[idx] = to_gallery(subset_ranking(scores, members, ref, k=SUBSET_K))
+    return ranked, subset
+
+
+def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, cache_root: Path,
+                   out_dir: Path, rankings_dir: Path) -> dict:
+    bb = qe.backbone
+    timer = Timer()
+    cache = CacheReport()
+    with timer("gallery"):
+        gallery = gallery_features(bb, split, cache_root, cache, req.batch_size, req.progress)
+    with timer("references"):
+        refs = reference_features(bb, split, gallery, qe.needs_tokens, cache_root, cache, req.batch_size,
+                                  req.progress)
+    with timer("queries"):
+        queries, valid = encode_queries(qe, split, refs, protocol, req.batch_size, req.progress)
+    with timer("ranking"):
+        ranked, subset = rank_split(split, queries, valid, gallery, protocol, protocol.top_k)
+        metrics = score_split(split, ranked, subset)
+    with timer("writing"):
+        paths = write_rankings(rankings_dir, split, ranked, subset)
+        problems = check_payloads(split, ranking_payloads(split, ranked, subset))
+    corrupt = {c["id"]: c["reason"] for c in cache.corrupt}
+    return {
+        "split": split.name, "kind": split.kind, "category": split.category,
+        "queries": len(split.queries), "gallery": len(split.gallery),
+        "metrics": metrics,
+        "skipped_queries": int((~valid).sum()),
+        "corrupt_images": [{"id": i, "reason": r} for i, r in corrupt.items()],
+        "rankings": [str(p.relative_to(out_dir)) for p in paths],
+        "submission_problems": problems[:20], "num_submission_problems": len(problems),
+        "feature_cache": {"encoded": cache.encoded, "reused": cache.reused,
+                          "images_per_s": round(cache.images_per_s, 1)},
+        "timings_s": {k: round(v, 3) for k, v in timer.seconds.items()},
+        "loader_notes": split.notes, "sources": split.sources,
+    }
+
+
+def aggregates(split_results: list[dict]) -> dict[str, dict]:
+    """FashionIQ: the mean over categories of each split."""
+    groups: dict[str, dict[str, dict]] = {}
+    for r in split_results:
+        if r["kind"] == "fashioniq" and r["category"] and r["metrics"]:
+            name = r["split"].replace(f"/{r['category']}/", "/")
+            groups.setdefault(name, {})[r["category"]] = r["metrics"]
+    return {name: {"categories": list(per_cat), "metrics": fashioniq_average(per_cat)} for name, per_cat in groups.items()}
+
+
+# ---------------------------------------------------------------- the run
+def evaluate(req: EvalRequest) -> dict:
+    t_start = time.perf_counter()
+    spec = get_benchmark(req.benchmark)
+    protocol = req.protocol.resolved(spec)
+    root = resolve_root(spec, req.root)
+    split_names = list(req.splits or spec.default_splits)
+    splits = [s for name in split_names
+              for s in load_splits(spec.name, root, name, categories=req.categories, **protocol.loader_options())]
+    backbone = load_backbone_for(req, spec)
+    models = list(req.models or default_models(spec, backbone))
+    out_dir = Path(req.out_dir) if req.out_dir else Path("runs") / f"eval-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cache_root = Path(req.cache_root) if req.cache_root else default_cache_root()
+
+    results = {
+        "zscir_version": __version__, "benchmark": spec.name, "title": spec.title, "root": str(root),
+        "splits": [s.name for s in splits], "protocol": None, "models": [], "out_dir": str(out_dir),
+        "feature_cache": str(cache_root), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": req.command,
+    }
+    taken: set[str] = set()
+    for model in models:
+        t_model = time.perf_counter()
+        qe = load_query_encoder_for(model, backbone, protocol)
+        slug = model_slug(model, taken)
+        _say(f"evaluating {slug} ({qe.backbone.identity_str}, {qe.backbone.preprocess_name}) on "
+             f"{', '.join(s.name for s in splits)}")
+        split_results = [evaluate_split(qe, s, protocol, req, cache_root, out_dir, out_dir / "rankings" / slug)
+                         for s in splits]
+        results["models"].append({
+            "model": model, "name": slug, "identity": qe.identity,
+            "backbone": qe.backbone.identity_str, "preprocess": qe.backbone.preprocess_name,
+            "splits": {r["split"]: r for r in split_results},
+            "aggregates": aggregates(split_results),
+            "seconds": round(time.perf_counter() - t_model, 3),
+        })
+    results["protocol"] = protocol.record(spec.name, sorted({m["preprocess"] for m in results["models"]}))
+    results["seconds"] = round(time.perf_counter() - t_start, 3)
+    write_results(out_dir, results)
+    return results
+
+
+def write_results(out_dir: Path, results: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "results.json", results)
+    atomic_write_text(out_dir / "results.md", report.markdown(results))
+
+
+def load_results(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise ZscirError(f"no evaluation results in {run_dir}: expected {path}")
+    return json.loads(path.read_text())
