@@ -1,0 +1,427 @@
+"""A directory of cached image features: versioned, incremental, resumable, memory-mapped.
+
+Layout of a store directory::
+
+    meta.json               what the features are: format version, backbone identity,
+                            preprocessing, embedding width, dtype (written once)
+    manifest.json           what the store holds: the shards in order, the rows deleted
+                            from each (tombstones), and the consolidated pooled file
+    shards/<name>.rows.json      ids and keys of a shard (written last: marks it complete)
+    shards/<name>.pooled.npy     fp16 [n, D] projected pooled features, not normalised
+    shards/<name>.tokens.npy     fp16 [n, 1+P, W] final-block tokens (CLS + patches), optional
+    pooled.g<gen>.npy, ids.g<gen>.json   all live pooled rows in one file, for one memmap
+
+Every file is written to a temporary name and renamed; the manifest is rewritten
+(atomically) after each finished shard, so a killed update keeps every shard it
+finished and the next update encodes only what is still missing. An update
+holds an exclusive lock on the directory; readers need none (shards are never
+modified in place, only replaced and then unlinked).
+
+The store is keyed by backbone identity and preprocessing (one store per pair,
+see :meth:`FeatureStore.for_backbone`) and, per image, by the key of
+:mod:`zscir.features.sources` (file path + size + mtime_ns, or content hash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from zscir.errors import ZscirError
+from zscir.features.encode import encode_sources
+from zscir.features.shards import DTYPE, RowView, open_array, read_rows, shard_files, write_shard
+from zscir.features.sources import as_sources
+from zscir.utils.atomic import atomic_path, atomic_write_json
+
+FORMAT = "zscir-features"
+FORMAT_VERSION = 1
+COMPACT_DEAD_FRACTION = 0.5  # rewrite a shard once more than half of its rows are deleted
+
+
+class Features(NamedTuple):
+    ids: list[str]
+    pooled: np.ndarray            # fp16 [N, D]: a read-only memmap when all rows are loaded in store order
+    tokens: RowView | None        # fp16 [N, 1+P, W] rows read lazily, or None when not cached
+
+
+@dataclass
+class UpdateReport:
+    total: int = 0                # images requested
+    reused: int = 0               # already in the store with the same key
+    encoded: int = 0              # newly encoded
+    deleted: int = 0              # rows dropped: image gone, changed, or lacking requested tokens
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) skipped
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["corrupt"] = [{"id": i, "reason": r} for i, r in self.corrupt]
+        d["num_corrupt"] = len(self.corrupt)
+        return d
+
+    def summary(self) -> str:
+        s = (f"{self.total} images: {self.encoded} encoded, {self.reused} reused, {self.deleted} dropped, "
+             f"{len(self.corrupt)} corrupt skipped ({self.images_per_s:.1f} images/s)")
+        return s
+
+
+def backbone_fingerprint(backbone) -> dict[str, Any]:
+    """What makes two features comparable: the model's identity and the preprocessing."""
+    return {"backbone": dict(backbone.identity), "preprocess": backbone.preprocess_name}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80]
+
+
+def _stderr(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+class FeatureStore:
+    """Cached image features for one backbone + preprocessing, in directory ``root``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @classmethod
+    def for_backbone(cls, cache_root: str | Path, backbone) -> "FeatureStore":
+        """The store for ``backbone`` under ``cache_root``: one subdirectory per identity + preprocessing."""
+        fp = backbone_fingerprint(backbone)
+        digest = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
+        name = _slug(f"{fp['backbone'].get('model', 'model')}-{fp['preprocess']}") + f"-{digest}"
+        return cls(Path(cache_root) / name)
+
+    # ---------------------------------------------------------------- paths and small files
+    @property
+    def shard_dir(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "meta.json"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def exists(self) -> bool:
+        return self.meta_path.is_file()
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        if not self.exists():
+            raise ZscirError(f"no feature store at {str(self.root)!r} (expected {self.meta_path.name}); "
+                             "build it first")
+        meta = json.loads(self.meta_path.read_text())
+        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            raise ZscirError(f"feature store {str(self.root)!r} has format {meta.get('format')!r} version "
+                             f"{meta.get('format_version')!r}; this zscir reads {FORMAT!r} version {FORMAT_VERSION}")
+        return meta
+
+    def _read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.is_file():
+            return {"generation": 0, "next_shard": 0, "shards": [], "consolidated": None}
+        return json.loads(self.manifest_path.read_text())
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        manifest["generation"] += 1
+        atomic_write_json(self.manifest_path, manifest, indent=1)
+
+    def check_backbone(self, backbone) -> None:
+        """Raise if this store's features came from another backbone or preprocessing than ``backbone``'s."""
+        meta = self.meta
+        have = {"backbone": meta["backbone"], "preprocess": meta["preprocess"]}
+        want = backbone_fingerprint(backbone)
+        if have != want:
+            raise ZscirError(
+                f"feature store {str(self.root)!r} holds features of {_describe(have)}, "
+                f"but the model uses {_describe(want)}; rebuild it or use another directory")
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _stderr(f"waiting for another update of {self.root} to finish ...")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    # ---------------------------------------------------------------- reading
+    def _live_rows(self, manifest: dict[str, Any]) -> list[tuple[int, int, str, str]]:
+        """(shard position, row, id, key) of every live row, in store order."""
+        rows = []
+        for s, shard in enumerate(manifest["shards"]):
+            ids, keys = read_rows(self.shard_dir, shard["name"])
+            dead = set(shard["dead"])
+            rows.extend((s, r, i, k) for r, (i, k) in enumerate(zip(ids, keys)) if r not in dead)
+        return rows
+
+    def ids(self) -> list[str]:
+        return self.load().ids
+
+    def __len__(self) -> int:
+        manifest = self._read_manifest()
+        return sum(s["rows"] - len(s["dead"]) for s in manifest["shards"])
+
+    def load(self, ids: Sequence[str] | None = None, tokens: bool | None = None) -> Features:
+        """Read the features: all live rows in store order, or the rows of ``ids`` in that order.
+
+        ``tokens``: None = return tokens when every row has them, else None;
+        True = require them (error if any row lacks tokens); False = skip them.
+        """
+        meta = self.meta
+        for attempt in range(3):  # an update may replace the files between our reads; retry then
+            try:
+                return self._load(meta, ids, tokens)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError("unreachable")
+
+    def _load(self, meta, ids, tokens) -> Features:
+        manifest = self._read_manifest()
+        shards = manifest["shards"]
+        cons = manifest.get("consolidated")
+        live = None
+        if cons is not None:
+            all_ids = json.loads((self.root / cons["ids"]).read_text())
+            pooled = open_array(self.root / cons["pooled"])
+        else:  # an update was interrupted before consolidating: gather from the shards (in memory)
+            live = self._live_rows(manifest)
+            all_ids = [i for _, _, i, _ in live]
+            pooled = self._gather_pooled(shards, live, meta["embed_dim"])
+
+        token_view = None
+        have_tokens = all(s["tokens"] for s in shards if s["rows"] > len(s["dead"]))
+        if tokens or (tokens is None and have_tokens and shards):
+            if not have_tokens:
+                raise ZscirError(f"feature store {str(self.root)!r} has no token features for some images; "
+                                 "update it with tokens enabled")
+            live = live if live is not None else self._live_rows(manifest)
+            token_view = RowView([shard_files(self.shard_dir, s["name"])["tokens"] for s in shards],
+                                 np.array([s for s, _, _, _ in live], dtype=np.int64),
+                                 np.array([r for _, r, _, _ in live], dtype=np.int64))
+
+        if ids is None:
+            return Features(all_ids, pooled, token_view)
+        positions = self.positions(ids, all_ids)
+        sub_tokens = None
+        if token_view is not None:
+            sub_tokens = RowView(token_view.paths, token_view.shard_of_row[positions],
+                                 token_view.row_in_shard[positions])
+        return Features(list(ids), np.asarray(pooled[positions]), sub_tokens)
+
+    def positions(self, ids: Sequence[str], all_ids: Sequence[str] | None = None) -> np.ndarray:
+        """Row numbers of ``ids`` in store order; an id that is not stored is an error."""
+        all_ids = self.load(tokens=False).ids if all_ids is None else all_ids
+        where = {i: n for n, i in enumerate(all_ids)}
+        missing = [i for i in ids if i not in where]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ZscirError(f"feature store {str(self.root)!r} has no features for image id(s) "
+                             f"{', '.join(repr(m) for m in missing[:3])}{more}; update it first")
+        return np.array([where[i] for i in ids], dtype=np.int64)
+
+    def _gather_pooled(self, shards, live, dim: int) -> np.ndarray:
+        out = np.empty((len(live), dim), dtype=DTYPE)
+        arrays = [open_array(shard_files(self.shard_dir, s["name"])["pooled"]) for s in shards]
+        s_of = np.array([s for s, _, _, _ in live], dtype=np.int64)
+        r_of = np.array([r for _, r, _, _ in live], dtype=np.int64)
+        for s in np.unique(s_of):
+            where = np.nonzero(s_of == s)[0]
+            out[where] = arrays[s][r_of[where]]
+        return out
+
+    # ---------------------------------------------------------------- writing
+    def update(self, backbone, items: Iterable[Any], with_tokens: bool = False, batch_size: int = 64,
+               shard_size: int = 2048, flush_seconds: float = 120.0, workers: int | None = None,
+               progress: bool = True) -> UpdateReport:
+        """Make the store hold exactly ``items``' features: encode new or changed images, drop the rest.
+
+        Finished shards survive a kill; rerunning continues where it stopped.
+        Corrupt images are skipped and listed in the report.
+        """
+        t0 = time.perf_counter()
+        sources = as_sources(items)
+        report = UpdateReport(total=len(sources))
+        with self._locked():
+            self._init_meta(backbone)
+            manifest = self._read_manifest()
+            self._collect_garbage(manifest)
+
+            live = self._live_rows(manifest)
+            wanted = {s.id: s.key for s in sources}
+            kept: set[str] = set()
+            for s, r, image_id, key in live:
+                shard = manifest["shards"][s]
+                if wanted.get(image_id) == key and (shard["tokens"] or not with_tokens):
+                    kept.add(image_id)
+                else:
+                    shard["dead"].append(r)
+                    report.deleted += 1
+            report.reused = len(kept)
+            if report.deleted:
+                self._compact(manifest)
+                self._commit(manifest, consolidated=False)
+
+            todo = [s for s in sources if s.id not in kept]
+            self._encode_into(manifest, backbone, todo, report, with_tokens, batch_size, shard_size,
+                              flush_seconds, workers, progress)
+            if manifest.get("consolidated") is None:
+                self._consolidate(manifest)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _init_meta(self, backbone) -> None:
+        if self.exists():
+            self.check_backbone(backbone)
+            return
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **backbone_fingerprint(backbone),
+                "backbone_str": getattr(backbone, "identity_str", None),
+                "embed_dim": int(backbone.embed_dim), "dtype": "float16",
+                "pooled": "projected image embedding, not normalised",
+                "tokens": "final transformer block outputs (CLS + patches) before ln_post",
+                "image_key": "file:<abs path>:<size>:<mtime_ns> or sha256:<content hash>"}
+        atomic_write_json(self.meta_path, meta)
+
+    def _commit(self, manifest: dict[str, Any], consolidated: bool) -> None:
+        if not consolidated:
+            manifest["consolidated"] = None  # the consolidated file no longer matches the shards
+        self._write_manifest(manifest)
+
+    def _new_shard_name(self, manifest) -> str:
+        name = f"shard-{manifest['next_shard']:06d}"
+        manifest["next_shard"] += 1
+        return name
+
+    def _encode_into(self, manifest, backbone, todo, report, with_tokens, batch_size, shard_size,
+                     flush_seconds, workers, progress) -> None:
+        if not todo:
+            return
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        buf_ids: list[str] = []
+        buf_keys: list[str] = []
+        buf_pooled: list[np.ndarray] = []
+        buf_tokens: list[np.ndarray] = []
+        last_flush = time.perf_counter()
+        t_start = time.perf_counter()
+
+        def flush() -> None:
+            nonlocal buf_ids, buf_keys, buf_pooled, buf_tokens, last_flush
+            if not buf_ids:
+                return
+            name = self._new_shard_name(manifest)
+            write_shard(self.shard_dir, name, buf_ids, buf_keys, np.concatenate(buf_pooled),
+                        np.concatenate(buf_tokens) if with_tokens else None)
+            manifest["shards"].append({"name": name, "rows": len(buf_ids), "tokens": with_tokens, "dead": []})
+            self._commit(manifest, consolidated=False)
+            buf_ids, buf_keys, buf_pooled, buf_tokens = [], [], [], []
+            last_flush = time.perf_counter()
+
+        bar = tqdm(total=len(todo), unit="img", desc=f"encoding {self.root.name}", disable=not progress,
+                   dynamic_ncols=True, file=sys.stderr)
+        announced = False
+        try:
+            for batch in encode_sources(backbone, todo, batch_size, with_tokens, workers):
+                report.corrupt.extend(batch.corrupt)
+                bar.update(len(batch.ids) + len(batch.corrupt))
+                if batch.corrupt:
+                    bar.set_postfix(corrupt=len(report.corrupt))
+                if not batch.ids:
+                    continue
+                if with_tokens and not announced and progress:
+                    per_image = batch.tokens[0].nbytes
+                    _stderr(f"token features: {tuple(batch.tokens.shape[1:])} fp16 per image, "
+                            f"~{per_image * len(todo) / 1e9:.2f} GB for {len(todo)} images "
+                            "(update without tokens for a globals-only cache)")
+                    announced = True
+                buf_ids += batch.ids
+                buf_keys += batch.keys
+                buf_pooled.append(batch.pooled)
+                if with_tokens:
+                    buf_tokens.append(batch.tokens)
+                report.encoded += len(batch.ids)
+                if len(buf_ids) >= shard_size or time.perf_counter() - last_flush >= flush_seconds:
+                    flush()
+            flush()
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - t_start
+        report.images_per_s = (report.encoded + len(report.corrupt)) / max(elapsed, 1e-9)
+
+    def _compact(self, manifest) -> None:
+        """Drop fully deleted shards; rewrite those that are mostly deleted."""
+        kept = []
+        for shard in manifest["shards"]:
+            live_rows = shard["rows"] - len(shard["dead"])
+            if live_rows == 0:
+                continue
+            if len(shard["dead"]) > COMPACT_DEAD_FRACTION * shard["rows"]:
+                shard = self._rewrite_shard(manifest, shard)
+            kept.append(shard)
+        manifest["shards"] = kept
+
+    def _rewrite_shard(self, manifest, shard) -> dict[str, Any]:
+        files = shard_files(self.shard_dir, shard["name"])
+        ids, keys = read_rows(self.shard_dir, shard["name"])
+        dead = set(shard["dead"])
+        rows = np.array([r for r in range(shard["rows"]) if r not in dead], dtype=np.int64)
+        name = self._new_shard_name(manifest)
+        write_shard(self.shard_dir, name, [ids[r] for r in rows], [keys[r] for r in rows],
+                    open_array(files["pooled"])[rows],
+                    open_array(files["tokens"])[rows] if shard["tokens"] else None)
+        return {"name": name, "rows": len(rows), "tokens": shard["tokens"], "dead": []}
+
+    def _consolidate(self, manifest) -> None:
+        """Write all live pooled rows into one file so that readers get a single memmap."""
+        live = self._live_rows(manifest)
+        pooled = self._gather_pooled(manifest["shards"], live, self.meta["embed_dim"])
+        gen = manifest["generation"] + 1
+        names = {"pooled": f"pooled.g{gen:06d}.npy", "ids": f"ids.g{gen:06d}.json"}
+        with atomic_path(self.root / names["pooled"]) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, pooled)
+        atomic_write_json(self.root / names["ids"], [i for _, _, i, _ in live], indent=None)
+        manifest["consolidated"] = names
+        self._commit(manifest, consolidated=True)
+        self._collect_garbage(manifest)
+
+    def _collect_garbage(self, manifest) -> None:
+        """Remove files no manifest entry refers to: leftovers of replaced data or of a kill."""
+        referenced = set()
+        for shard in manifest["shards"]:
+            referenced.update(p.name for p in shard_files(self.shard_dir, shard["name"]).values())
+        if self.shard_dir.is_dir():
+            for p in self.shard_dir.iterdir():
+                if p.name not in referenced:
+                    p.unlink(missing_ok=True)
+        cons = manifest.get("consolidated") or {}
+        for p in self.root.iterdir():
+            if re.fullmatch(r"(pooled|ids)\.g\d+\.(npy|json)", p.name) and p.name not in cons.values():
+                p.unlink(missing_ok=True)
+            elif p.name.startswith(".") and p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)
+
+
+def _describe(fp: dict[str, Any]) -> str:
+    bb = fp["backbone"]
+    return f"{bb.get('model')}@{bb.get('pretrained')} (preprocess {fp['preprocess']})"
