@@ -226,3 +226,21 @@ def test_registry_names_and_errors(tmp_path):
         load_splits("circo", None, "val")
     with pytest.raises(ZscirError, match="is not a directory"):
         load_splits("circo", tmp_path / "nope", "val")
+
+
+# ---------------------------------------------------------------- shapes world (CIRCO layout)
+def test_shapes_world_loads_every_split_through_the_circo_loader(tmp_path):
+    build = pytest.importorskip("zscir.world.build")
+    root = build.generate_world(tmp_path / "world", build.WorldConfig.tiny(), workers=1, progress=False,
+                                log=lambda *_: None)
+    record = json.loads((root / "world.json").read_text())["counts"]
+    for split in ("val", "val_coarse", "test", "test_coarse"):
+        (s,) = load_splits("shapes", root, split)
+        raw = json.loads((root / "annotations" / f"{split}.json").read_text())
+        assert s.kind == "circo" and s.has_ground_truth and len(s.queries) == len(raw) == 16
+        assert len(s.gallery) == record["eval_gallery"] and s.gallery_name == "shapes"
+        assert all(q.targets == tuple(map(str, r["gt_img_ids"])) for q, r in zip(s.queries, raw))
+        assert s.images[s.gallery[0]].suffix == ".png"
+    for split in ("train", "train_coarse"):
+        (s,) = load_splits("shapes", root, split)
+        assert len(s.gallery) == record["train_gallery"] and s.gallery_name == "shapes-train"

@@ -315,3 +315,55 @@ def test_cli_json_and_errors(world_run, tiny_weights, capsys, tmp_path):
     fails(["eval", "circo", "--root", str(root), "--model", "sum"], "needs a backbone")
     fails(["eval", "circo", "--root", str(root), "--split", "dev", "--model", "sum"], "split 'dev'")
     fails(["eval", "cirr", "--root", str(root), "--fine-gallery", "x"], "Invalid value")
+
+
+# ---------------------------------------------------------------- shapes world, checkpoints, default models
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    build = pytest.importorskip("zscir.world.build")
+    return build.generate_world(tmp_path_factory.mktemp("shapes") / "world", build.WorldConfig.tiny(), workers=1,
+                                progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def fti_checkpoint(tmp_path_factory, tiny_weights):
+    """A (random-init) FTI mapping network saved as a zscir checkpoint on the tiny backbone."""
+    from zscir.backbone import load_backbone
+    from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
+
+    bb = load_backbone(TINY, tiny_weights)
+    torch.manual_seed(0)
+    net = create_mapping_network("fti4cir-tiny", backbone_dims(bb))
+    folder = tmp_path_factory.mktemp("ckpts")
+    save_mapping_checkpoint(folder / "shapes_fti", net, get_mapping_config("fti4cir-tiny"), bb)
+    return folder / "shapes_fti.safetensors"
+
+
+def test_shapes_fine_and_coarse_with_a_token_checkpoint(tmp_path, tiny_world, tiny_weights, fti_checkpoint, capsys):
+    """`zscir eval shapes`: default splits val + val_coarse; an FTI checkpoint needs reference tokens."""
+    from zscir.evaluation.defaults import shipped_checkpoints
+
+    assert shipped_checkpoints(None, fti_checkpoint.parent) == [fti_checkpoint]
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "shapes", "--root", str(tiny_world), "--clip", TINY, "--pretrained", tiny_weights,
+              "--model", "sum", "--model", str(fti_checkpoint), "--out", str(tmp_path / "run"),
+              "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    assert e.value.code == 0
+    printed = capsys.readouterr().out
+    assert "shapes/val: 16 queries" in printed and "shapes/val_coarse: 16 queries" in printed
+    assert "shapes_fti" in printed and "mAP@10" in printed
+    res = json.loads((tmp_path / "run/results.json").read_text())
+    fti = res["models"][1]
+    assert fti["identity"]["method"] == "fti" and len(fti["identity"]["checkpoint_sha256"]) == 64
+    val = fti["splits"]["shapes/val"]
+    # the gallery was cached by the sum run; FTI adds the references with tokens (16 distinct at most)
+    assert val["feature_cache"]["encoded"] <= 16 and val["feature_cache"]["reused"] >= len(load_splits("shapes", tiny_world, "val")[0].gallery)
+    assert fti["splits"]["shapes/val_coarse"]["feature_cache"]["encoded"] == 0   # same references: reused
+    split = load_splits("shapes", tiny_world, "val_coarse")[0]
+    ranked, _ = read_rankings(split, tmp_path / "run/rankings/shapes_fti")
+    assert score_split(split, ranked) == pytest.approx(fti["splits"]["shapes/val_coarse"]["metrics"])
+
+
+def test_checkpoint_on_another_backbone_is_refused(tmp_path, tiny_world, fti_checkpoint):
+    with pytest.raises(ZscirError, match="was trained on backbone"):
+        run(tmp_path, tiny_world, None, benchmark="shapes", models=[str(fti_checkpoint)])

@@ -34,9 +34,10 @@ def annotation_path(root: Path, split: str) -> Path:
     return path
 
 
-def read_gallery(root: Path) -> tuple[list[str], dict[str, Path]]:
+def read_gallery(root: Path, gallery_list: Path = GALLERY_LIST,
+                 image_dir: Path = IMAGE_DIR) -> tuple[list[str], dict[str, Path]]:
     """Image ids in list order and their files (``file_name`` when given, else ``{id:012d}.jpg``)."""
-    list_path = root / GALLERY_LIST
+    list_path = root / gallery_list
     info = read_json(list_path, "CIRCO gallery list (COCO 2017 unlabeled image info)")
     entries = field_of(info, "images", list_path, "the top-level object")
     ids, files = [], {}
@@ -44,7 +45,7 @@ def read_gallery(root: Path) -> tuple[list[str], dict[str, Path]]:
         image_id = field_of(entry, "id", list_path, f"images[{i}]")
         name = entry.get("file_name") or f"{int(image_id):012d}.jpg"
         ids.append(str(image_id))
-        files[str(image_id)] = root / IMAGE_DIR / name
+        files[str(image_id)] = root / image_dir / name
     return ids, files
 
 
@@ -61,17 +62,19 @@ def parse_query(record: dict, path: Path, position: int) -> Query:
     return Query(qid=str(qid), reference=str(reference), captions=(caption,), targets=tuple(gts))
 
 
-def load(root: str | Path, split: str = "val", benchmark: str = "circo") -> list[EvalSplit]:
+def load(root: str | Path, split: str = "val", benchmark: str = "circo", gallery_list: Path = GALLERY_LIST,
+         image_dir: Path = IMAGE_DIR, gallery_label: str | None = None) -> list[EvalSplit]:
+    """One split in the CIRCO layout; ``gallery_list``/``image_dir`` (relative to root) may name another gallery."""
     root = Path(root)
     ann_path = annotation_path(root, split)
     records = read_json(ann_path, f"CIRCO {split} annotations")
     if not isinstance(records, list):
         raise ZscirError(f"{ann_path}: expected a JSON list of queries, got {type(records).__name__}")
     queries = [parse_query(r, ann_path, i) for i, r in enumerate(records)]
-    gallery, images = read_gallery(root)
+    gallery, images = read_gallery(root, gallery_list, image_dir)
     split_obj = EvalSplit(benchmark=benchmark, split=split, kind="circo", gallery=gallery, images=images,
                           queries=queries, id_type=_id_type(gallery),
-                          sources=[str(ann_path), str(root / GALLERY_LIST)], gallery_label=benchmark)
+                          sources=[str(ann_path), str(root / gallery_list)], gallery_label=gallery_label or benchmark)
     return [split_obj.check()]
 
 

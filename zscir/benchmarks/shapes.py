@@ -2,7 +2,8 @@
 
 Its annotation files are CIRCO's schema (``annotations/{val,test,val_coarse,
 test_coarse,...}.json``) over a gallery list in CIRCO's place, so the CIRCO
-loader reads it unchanged. Without a root, the default world is built on
+loader reads it unchanged; the train triplets rank the world's separate train
+gallery (``train_gallery/``). Without a root, the default world is built on
 first use (``zscir.world.build.default_world``) and reused afterwards.
 """
 
@@ -15,6 +16,8 @@ from zscir.benchmarks.base import EvalSplit
 from zscir.errors import ZscirError
 
 FINE_SPLITS = ("val", "test", "train")
+TRAIN_LIST = Path("train_gallery/image_info.json")   # the world's train gallery (zscir.world.build)
+TRAIN_DIR = Path("train_gallery/images")
 COARSE_SPLITS = ("val_coarse", "test_coarse", "train_coarse")
 
 
@@ -28,4 +31,9 @@ def default_root() -> Path:
 
 
 def load(root: str | Path | None = None, split: str = "val", benchmark: str = "shapes") -> list[EvalSplit]:
-    return circo.load(default_root() if root is None else root, split, benchmark=benchmark)
+    root = default_root() if root is None else root
+    if split.startswith("train"):
+        # train triplets rank their own gallery, disjoint from the evaluation one
+        return circo.load(root, split, benchmark=benchmark, gallery_list=TRAIN_LIST, image_dir=TRAIN_DIR,
+                          gallery_label=f"{benchmark}-train")
+    return circo.load(root, split, benchmark=benchmark)
