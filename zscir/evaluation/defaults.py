@@ -33,15 +33,6 @@ def shapes_clip_name() -> str:
 def shapes_backbone(device: str = "cpu", preprocess: str = "targetpad"):
     from zscir.backbone import load_backbone
 
-    try:  # the world's own loader, when the installed world provides one
-        from zscir.world.shipped import shapes_backbone as world_backbone
-    except ImportError:
-        world_backbone = None
-    if world_backbone is not None:
-        try:
-            return world_backbone(device=device, preprocess=preprocess)
-        except TypeError:   # an older signature: load it ourselves below
-            pass
     weights = repo_checkpoints_dir() / SHAPES_CLIP_WEIGHTS
     if not weights.is_file():
         raise ZscirError(f"the shapes world's CLIP weights are not there: expected {weights} "
