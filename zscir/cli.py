@@ -19,6 +19,7 @@ from zscir.errors import ZscirError
 # command name -> "module:attribute" of a click command or group
 COMMANDS: dict[str, str] = {
     "backbone": "zscir.backbone.cli:backbone",
+    "caption": "zscir.data.cli:caption",
     "eval": "zscir.evaluation.cli:eval_command",
     "pretrain": "zscir.training.pretrain_cli:pretrain",
 }

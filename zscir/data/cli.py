@@ -1,0 +1,108 @@
+"""``zscir caption``: caption an image source once (resumable), optionally split the captions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from zscir.errors import ZscirError
+
+
+def _find_world(images: str) -> str | None:
+    """The shapes world an image path lives in: the nearest parent holding unlabeled/captions.jsonl."""
+    from zscir.data.captioners import WORLD_CAPTIONS
+
+    path = Path(images.split("{")[0]).resolve()
+    for parent in (path, *path.parents):
+        if (parent / WORLD_CAPTIONS).is_file():
+            return str(parent)
+    return None
+
+
+@click.command("caption")
+@click.option("--images", required=True, metavar="PATH",
+              help="A folder of images, a text file listing image paths, or tar shards (e.g. 'cc3m/{00000..00331}.tar').")
+@click.option("--captioner", default="blip", show_default=True, metavar="NAME",
+              help="blip, lavis, file, webdataset-txt or shapes-world; 'name:arg' fills the main argument "
+                   "(file:caps.jsonl, blip:/path/to/model, shapes-world:/path/to/world).")
+@click.option("--model", default=None, metavar="NAME|DIR",
+              help="blip: a Hugging Face id or a local save_pretrained() folder "
+                   "(default Salesforce/blip-image-captioning-base); lavis: the model type (default base_coco).")
+@click.option("--captions", "captions_file", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Captions file (JSONL, CSV/TSV or JSON id -> caption); implies --captioner file.")
+@click.option("--world", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="shapes-world: the world folder (default: found above --images).")
+@click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Caption cache (append-only JSONL; default under the zscir cache dir, one per captioner).")
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write one JSON line per image: id, caption, subject, attribute.")
+@click.option("--splitter", default="auto", show_default=True, type=click.Choice(["auto", "rules", "spacy", "none"]),
+              help="Subject/attribute splitter for --out (none: captions only).")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default=None, metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@click.option("--max-pixels", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Refuse images with more pixels than this (decompression bombs); default ~89.5M.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def caption(images, captioner, model, captions_file, world, cache_path, out_path, splitter, batch_size, device,
+            max_pixels, as_json, quiet):
+    """Caption every image of --images once; rerun to resume after a kill or to add new images.
+
+    Bad images (corrupt, truncated, empty, too large) are skipped, counted and listed at the end.
+    """
+    from zscir.data.caption_cache import caption_images
+    from zscir.data.captioners import build_captioner
+    from zscir.data.images import DEFAULT_MAX_PIXELS
+    from zscir.data.sources import open_image_source
+
+    source = open_image_source(images, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    if captions_file:
+        captioner = "file"
+    kw = {}
+    base = captioner.partition(":")[0]
+    if model is not None:
+        kw["model"] = model
+    if captions_file:
+        kw["path"] = captions_file
+    if device is not None:
+        kw["device"] = device
+    if base == "shapes-world" and ":" not in captioner:
+        kw["world"] = world or _find_world(images)
+        if kw["world"] is None:
+            raise ZscirError(f"--captioner shapes-world: no --world given and no world folder "
+                             f"(with unlabeled/captions.jsonl) above --images {images}")
+    elif world is not None:
+        raise ZscirError("--world is only used with --captioner shapes-world")
+    captioner_obj = build_captioner(captioner, **kw)
+
+    result = caption_images(source, captioner_obj, cache_path, batch_size=batch_size, progress=not quiet)
+    if out_path:
+        _write_out(result, out_path, splitter)
+    summary = {**result.summary(), "source": source.spec, "source_kind": source.kind, "out": out_path}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"captioned {len(result)} image(s) with {result.identity}: "
+                   f"{result.captioned} now, {result.from_cache} from the cache")
+        if result.cache_path:
+            click.echo(f"cache: {result.cache_path}")
+        if out_path:
+            click.echo(f"out: {out_path}")
+        click.echo(result.skipped.summary())
+
+
+def _write_out(result, out_path: str, splitter: str) -> None:
+    from zscir.data.splitter import get_splitter
+    from zscir.utils.atomic import atomic_path
+
+    split = None if splitter == "none" else get_splitter(splitter).split
+    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for item_id, text in result.items():
+            row = {"id": item_id, "caption": text}
+            if split is not None:
+                parts = split(text)
+                row["subject"], row["attribute"] = parts if parts else (None, None)
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,151 @@
+"""Safe image decoding: bytes -> RGB ``PIL.Image``, or a clear reason why not.
+
+Real image collections are messy. Everything PIL can decode is converted to
+8-bit RGB (CMYK, palette, greyscale, 16-bit, float, alpha); what cannot be
+decoded raises :class:`BadImageError` with a short reason, which long jobs
+record in a :class:`SkipReport` and move on. Decompression bombs (images whose
+header claims more pixels than ``max_pixels``) are refused before decoding, so
+a 100k x 100k PNG of a few kilobytes never allocates 30 GB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from zscir.errors import ZscirError
+
+# PIL's own default limit (~89.5 megapixels, a 9459 x 9459 image). Bigger
+# images are almost never real photos in a captioning set, and refusing them
+# bounds memory per worker at ~270 MB of RGB. (PIL itself refuses anything above
+# twice its ``Image.MAX_IMAGE_PIXELS`` whatever ``max_pixels`` says.)
+DEFAULT_MAX_PIXELS = 89_478_485
+
+# Transparent areas become white: product shots and logos are drawn on white.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+class BadImageError(ZscirError):
+    """An image that cannot be used; ``reason`` is a short, countable label."""
+
+    def __init__(self, item_id: str, reason: str, detail: str = ""):
+        self.item_id, self.reason, self.detail = item_id, reason, detail
+        super().__init__(f"{item_id}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def decode_image(data: bytes, item_id: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode encoded image bytes to an 8-bit RGB image, or raise :class:`BadImageError`."""
+    if not data:
+        raise BadImageError(item_id, "empty file")
+    try:
+        with warnings.catch_warnings():
+            # PIL only *warns* between its limit and twice it; we decide ourselves below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size  # read from the header, nothing decoded yet
+            if width * height > max_pixels:
+                raise BadImageError(item_id, "too large (decompression bomb refused)",
+                                    f"{width}x{height} > {max_pixels} pixels")
+            image.load()
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadImageError(item_id, "too large (decompression bomb refused)", str(e)) from None
+    except UnidentifiedImageError:
+        raise BadImageError(item_id, "not an image", "PIL cannot identify the format") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
+        raise BadImageError(item_id, reason, str(e)) from None
+    try:
+        image = ImageOps.exif_transpose(image)  # phones store rotation in EXIF, not in pixels
+    except Exception:  # a broken EXIF block must not lose an otherwise good image
+        pass
+    try:
+        return to_rgb(image)
+    except (OSError, ValueError) as e:
+        raise BadImageError(item_id, "unsupported pixel format", f"mode {image.mode}: {e}") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, scaling (not clipping) high bit depths."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16") or mode == "I" or mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(image), mode)).convert("RGB")
+    if mode == "P":
+        # A palette may carry transparency; go through RGBA so it is composited.
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, ALPHA_BACKGROUND)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    values = array.astype(np.float64)
+    if mode == "F":
+        # Float images are either in [0, 1] or already in [0, 255].
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        values = np.nan_to_num(values) * scale
+    elif mode.startswith("I;16") or (values.size and values.max() > 255):
+        # 16-bit data (PNG greyscale 16 opens as "I"): 65535 -> 255.
+        values = values / 257.0
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class SkipReport:
+    """Items a long job skipped, with why; printed at the end instead of dying on the first.
+
+    Keyed by item id, so recording the same item twice (a rerun, a second
+    pass) counts it once.
+    """
+
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def add(self, item_id: str, reason: str) -> None:
+        self.reasons.setdefault(item_id, reason)
+
+    def record(self, error: BadImageError) -> None:
+        self.add(error.item_id, error.reason)
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+    def __bool__(self) -> bool:
+        return bool(self.reasons)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.reasons
+
+    @property
+    def count(self) -> int:
+        return len(self.reasons)
+
+    def by_reason(self) -> dict[str, int]:
+        return dict(Counter(self.reasons.values()).most_common())
+
+    def to_dict(self) -> dict:
+        return {"skipped": self.count, "by_reason": self.by_reason(),
+                "items": [{"id": k, "reason": v} for k, v in self.reasons.items()]}
+
+    def summary(self, max_items: int = 20) -> str:
+        """A few human-readable lines: the count per reason, then the first items."""
+        if not self.reasons:
+            return "skipped: none"
+        counts = ", ".join(f"{n} {reason}" for reason, n in self.by_reason().items())
+        lines = [f"skipped {self.count} item(s): {counts}"]
+        for item_id, reason in list(self.reasons.items())[:max_items]:
+            lines.append(f"  {item_id}: {reason}")
+        if self.count > max_items:
+            lines.append(f"  ... and {self.count - max_items} more")
+        return "\n".join(lines)
