@@ -71,6 +71,13 @@ def _fashioniq_table(results: dict, group: str, members: list[str]) -> Table:
     return Table(f"{group}: {n_q} queries over {len(members)} categories", ["model"] + cols + agg_names, rows)
 
 
+def _numeric(t: Table, i: int) -> bool:
+    try:
+        return all(float(r[i]) is not None for r in t.rows)
+    except ValueError:
+        return False
+
+
 def text(results: dict) -> str:
     lines = [f"{results['title']} - protocol: " + ", ".join(
         f"{k}={v}" for k, v in (results.get("protocol") or {}).items()
@@ -79,10 +86,12 @@ def text(results: dict) -> str:
         widths = [max(len(r[i]) for r in [t.columns] + t.rows) for i in range(len(t.columns))]
         lines.append("")
         lines.append(t.title)
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(t.columns, widths))))
-        lines.append("  ".join("-" * w for w in widths))
-        for r in t.rows:
-            lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        right = [i > 0 and _numeric(t, i) for i in range(len(t.columns))]
+        for r in [t.columns, None] + t.rows:
+            if r is None:
+                lines.append("  ".join("-" * w for w in widths))
+                continue
+            lines.append("  ".join(c.rjust(w) if right[i] else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
     lines.append("")
     lines.append(f"results: {results['out_dir']}/results.json, results.md; rankings in {results['out_dir']}/rankings/")
     return "\n".join(lines)
@@ -94,7 +103,7 @@ def markdown(results: dict) -> str:
              f"data: `{results['root']}`", ""]
     for t in tables(results):
         lines += [f"## {t.title}", "", "| " + " | ".join(t.columns) + " |",
-                  "|" + "|".join(["---"] + ["---:"] * (len(t.columns) - 1)) + "|"]
+                  "|" + "|".join("---:" if i > 0 and _numeric(t, i) else "---" for i in range(len(t.columns))) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in t.rows]
         lines.append("")
     lines += ["## Protocol", ""]
