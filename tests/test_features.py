@@ -212,8 +212,8 @@ def test_killed_update_keeps_finished_shards_and_resumes(bb, tmp_path):
         def loader(n, path):
             def load():
                 while n >= 6:
-                    path = {str(store_dir / "manifest.json")!r}
-                    if os.path.exists(path) and len(json.load(open(path))["shards"]) == 3:
+                    manifest = {str(store_dir / "manifest.json")!r}
+                    if os.path.exists(manifest) and len(json.load(open(manifest))["shards"]) == 3:
                         os.kill(os.getpid(), signal.SIGKILL)
                     time.sleep(0.01)
                 return Image.open(path).convert("RGB")
@@ -222,7 +222,7 @@ def test_killed_update_keeps_finished_shards_and_resumes(bb, tmp_path):
         FeatureStore({str(store_dir)!r}).update(bb, sources, with_tokens=True, batch_size=2, shard_size=2,
                                                  workers=1, progress=False)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == -9, proc.stderr
     manifest = json.loads((store_dir / "manifest.json").read_text())
     assert sum(s["rows"] for s in manifest["shards"]) == 6 and manifest["consolidated"] is None
