@@ -367,3 +367,31 @@ def test_shapes_fine_and_coarse_with_a_token_checkpoint(tmp_path, tiny_world, ti
 def test_checkpoint_on_another_backbone_is_refused(tmp_path, tiny_world, fti_checkpoint):
     with pytest.raises(ZscirError, match="was trained on backbone"):
         run(tmp_path, tiny_world, None, benchmark="shapes", models=[str(fti_checkpoint)])
+
+
+@needs_shared
+def test_circo_metrics_of_the_official_val_example_match_a_searle_style_loop(tmp_path):
+    """Score CIRCO's own submission example (val) and compare with the loop peers use (SEARLE/FTI4CIR)."""
+    from dataclasses import replace
+
+    from test_benchmarks_fixtures import make_circo
+    (val,) = load_splits("circo", make_circo(tmp_path), "val")
+    example = json.loads((SHARED / "circo/submission_examples/submission_val.json").read_text())
+    extra = sorted({str(i) for v in example.values() for i in v} - set(val.gallery))
+    split = replace(val, gallery=val.gallery + extra)   # the example ranks COCO ids beyond our placeholder gallery
+    (tmp_path / "ex").mkdir()
+    (tmp_path / "ex" / "circo_val.json").write_text(json.dumps(example))
+    ranked, _ = read_rankings(split, tmp_path / "ex")
+    ours = score_split(split, ranked)
+    want = {}
+    for k in (5, 10, 25, 50):
+        aps, recalls = [], []
+        for q in split.queries:
+            names = [str(i) for i in example[q.qid]]
+            labels = np.isin(names, q.targets).astype(float)
+            precisions = np.cumsum(labels) * labels / np.arange(1, len(labels) + 1)
+            aps.append(precisions[:k].sum() / min(len(q.targets), k))
+            recalls.append(float(q.targets[0] in names[:k]))
+        want[f"mAP@{k}"], want[f"R@{k}"] = 100 * np.mean(aps), 100 * np.mean(recalls)
+    assert ours == pytest.approx(want, abs=1e-9)
+    assert ours["mAP@50"] > 0   # the example is not all misses: this exercises real hits
