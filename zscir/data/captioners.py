@@ -83,8 +83,8 @@ class BlipCaptioner(Captioner):
     def _make_preprocess(self, name: str) -> Callable[[list[Image.Image]], "torch.Tensor"]:
         import torch
 
-        size = self.image_processor.size
-        size = size["height"] if isinstance(size, dict) else int(size)
+        size = self.image_processor.size  # {"height": 384, "width": 384} (a dict or a SizeDict)
+        size = int(size["height"]) if hasattr(size, "__getitem__") else int(size)
         if name == "targetpad":
             # FTI4CIR captions TargetPad(1.25) images; BLIP normalises with CLIP's mean/std, taken
             # from the checkpoint's own image processor so a different checkpoint stays right.
