@@ -262,10 +262,14 @@ def noun_phrase_end(words: Sequence[str], tags: Sequence[str], start: int = 0) -
             head, last_modifier = None, i
         elif tag == "ADJ" and word in NOUN_AFTER_NOUN:
             head = i  # "a traffic light", "a table top"
+        elif tag == "ADJ" and nxt in ("NOUN", "ADJ"):
+            head, last_modifier = None, i  # "a lime striped circle": the unknown "noun" was a modifier
         elif tag == "NOUN" and head is not None and _unknown_verb_s(word, lowered[head], determiner, nxt):
             break  # "a skateboarder performs a trick": an unlisted verb
         elif tag == "NOUN" or tag == "PRON" and head is None and last_modifier is None:
             head = i
+        elif tag == "ED" and head is not None and nxt == "NOUN":
+            head, last_modifier = None, i  # "a mauve speckled cone": the unknown colour was a modifier
         elif tag in ("ING", "ED"):
             if head is not None:
                 break  # "a man riding ...", "a car parked ..."
