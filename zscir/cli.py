@@ -21,7 +21,9 @@ COMMANDS: dict[str, str] = {
     "backbone": "zscir.backbone.cli:backbone",
     "caption": "zscir.data.cli:caption",
     "eval": "zscir.evaluation.cli:eval_command",
+    "index": "zscir.index.cli:index",
     "pretrain": "zscir.training.pretrain_cli:pretrain",
+    "retrieve": "zscir.index.cli:retrieve",
 }
 
 

@@ -337,7 +337,7 @@ class FeatureStore:
             buf_ids, buf_keys, buf_pooled, buf_tokens = [], [], [], []
             last_flush = time.perf_counter()
 
-        bar = tqdm(total=len(todo), unit="img", desc=f"encoding {self.root.name}", disable=not progress,
+        bar = tqdm(total=len(todo), unit="img", desc="encoding images", disable=not progress,
                    dynamic_ncols=True, file=sys.stderr)
         announced = False
         try:

@@ -1,0 +1,80 @@
+"""What `zscir retrieve` uses when not told: the shapes world, so that it answers on a fresh install.
+
+- backbone: the world's shipped tiny CLIP (``checkpoints/shapes_clip.safetensors``);
+- model: the shipped FTI checkpoint trained on that backbone (else the image+text sum baseline);
+- gallery: the default world's evaluation gallery, built into the cache directory on
+  first use and indexed there (``<cache>/indexes/shapes-world-...``), reused afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+from zscir.errors import ZscirError
+from zscir.utils.paths import cache_dir
+
+FALLBACK_BASELINE = "sum"
+
+
+def shapes_backbone():
+    try:
+        from zscir.world.shipped import shapes_backbone as load
+    except ImportError:
+        from zscir.evaluation.defaults import shapes_backbone as load
+    return load()
+
+
+def shipped_fti_checkpoint(backbone_identity: dict) -> Path | None:
+    """The shipped FTI checkpoint trained on this backbone, if any (first by name)."""
+    from zscir.utils.paths import repo_checkpoints_dir
+
+    for sidecar in sorted(repo_checkpoints_dir().glob("*.json")):
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (isinstance(meta, dict) and meta.get("format") == "zscir-checkpoint" and meta.get("kind") == "mapping"
+                and meta.get("method") == "fti" and meta.get("backbone") == backbone_identity
+                and sidecar.with_suffix(".safetensors").is_file()):
+            return sidecar.with_suffix(".safetensors")
+    return None
+
+
+def default_model_for(backbone_identity: dict) -> str:
+    ckpt = shipped_fti_checkpoint(backbone_identity)
+    return str(ckpt) if ckpt else FALLBACK_BASELINE
+
+
+def load_index_backbone(index):
+    """The backbone an index was built with, from the source it recorded."""
+    from zscir.backbone import load_backbone
+    from zscir.backbone.loading import resolve_portable_path
+
+    source = index.meta.get("backbone_source")
+    if not source:
+        raise ZscirError(f"index {index.root} does not record where its backbone's weights are: "
+                         "pass --clip NAME --pretrained TAG|FILE")
+    return load_backbone(source["name"], resolve_portable_path(source["pretrained"]), preprocess=index.meta["preprocess"])
+
+
+def world_index_dir(backbone) -> Path:
+    from zscir.features import backbone_fingerprint
+
+    fp = json.dumps(backbone_fingerprint(backbone), sort_keys=True)
+    return cache_dir() / "indexes" / f"shapes-world-{hashlib.sha256(fp.encode()).hexdigest()[:12]}"
+
+
+def world_gallery_index(backbone, progress: bool = True, log: Callable[[str], None] | None = None) -> Path:
+    """Index the default world's gallery with ``backbone`` (first use: build; afterwards: a quick check)."""
+    from zscir.index.gallery import build_index
+    from zscir.world.build import GALLERY_DIR, default_world
+
+    world = default_world(progress=progress, log=log)
+    out = world_index_dir(backbone)
+    if log and not (out / "index.json").is_file():
+        log(f"indexing the shapes world's gallery into {out} (first use; reused afterwards)")
+    build_index(out, backbone, images=world / GALLERY_DIR, progress=progress, log=log)
+    return out

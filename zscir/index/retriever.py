@@ -1,0 +1,142 @@
+"""Composed retrieval over a gallery index: (reference image, modification text) -> ranked images.
+
+    r = Retriever.load("my_index", "checkpoints/shapes_fti.safetensors")
+    hits = r.search("ref.png", "in red with long sleeves", k=10)   # [Hit(rank, score, id, path)]
+
+The query encoder (zscir.models.query) turns the reference's features and the
+text into one normalised vector; the index ranks the gallery by cosine
+similarity. The reference image itself is left out of its own answer when it
+is part of the gallery (as CIRR's protocol does): "this one, but red" never
+wants "this one" back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zscir.backbone import ImageFeatures
+from zscir.errors import ZscirError
+from zscir.index.gallery import GalleryIndex
+
+ImageInput = str | os.PathLike | Image.Image
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    id: str
+    path: str | None
+
+
+@dataclass
+class QueryResult:
+    ref: str
+    text: str
+    hits: list[Hit] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"ref": self.ref, "text": self.text, "results": [asdict(h) for h in self.hits]}
+
+
+def load_reference(image: ImageInput, what: str = "reference image") -> Image.Image:
+    """A reference image as RGB, or a one-line error naming the file."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    if not path.is_file():
+        raise ZscirError(f"{what} {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - every decoder failure means the same thing to the user
+        raise ZscirError(f"{what} {str(path)!r} is not a readable image ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'})") from None
+
+
+def check_text(text: str, what: str = "modification text") -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ZscirError(f"the {what} is empty: expected a change to apply to the reference, "
+                         "e.g. \"make the circle red\"")
+    return text.strip()
+
+
+def _label(image: ImageInput) -> str:
+    return "<image>" if isinstance(image, Image.Image) else str(image)
+
+
+class Retriever:
+    def __init__(self, index: GalleryIndex, encoder):
+        index.check_backbone(encoder.backbone, what=f"the query model ({encoder.name})")
+        self.index, self.encoder, self.backbone = index, encoder, encoder.backbone
+        self._row_of_path = {os.path.realpath(p): n for n, p in enumerate(index.paths) if p}
+
+    @classmethod
+    def load(cls, index_dir: str | os.PathLike, model: str | None = None, backbone=None) -> "Retriever":
+        """Open ``index_dir`` and the query ``model`` (a checkpoint path or a baseline name).
+
+        Without ``model``, the shipped FTI checkpoint trained on the index's backbone
+        is used if there is one, else the image+text sum baseline. A baseline
+        without ``backbone`` uses the backbone recorded in the index.
+        """
+        from zscir.index.defaults import default_model_for, load_index_backbone
+        from zscir.models.query import BASELINES, load_query_encoder
+
+        index = GalleryIndex.open(index_dir)
+        if model is None:
+            model = default_model_for(index.fingerprint["backbone"])
+        if model in BASELINES and backbone is None:
+            backbone = load_index_backbone(index)
+        return cls(index, load_query_encoder(str(model), backbone))
+
+    @property
+    def identity(self) -> dict:
+        return {"model": self.encoder.identity, "index": str(self.index.root), "index_kind": self.index.meta["kind"],
+                "index_recall": self.index.meta["recall"]}
+
+    @torch.no_grad()
+    def encode_references(self, images: Sequence[Image.Image], batch_size: int = 64) -> ImageFeatures:
+        parts = []
+        for start in range(0, len(images), batch_size):
+            x = torch.stack([self.backbone.preprocess(im) for im in images[start:start + batch_size]])
+            parts.append(self.backbone.encode_image(x, with_tokens=self.encoder.needs_tokens).to("cpu"))
+        pooled = torch.cat([p.pooled for p in parts])
+        tokens = torch.cat([p.tokens for p in parts]) if self.encoder.needs_tokens else None
+        return ImageFeatures(pooled, tokens)
+
+    def search(self, image: ImageInput, text: str, k: int = 10, exclude_reference: bool = True) -> list[Hit]:
+        return self.search_many([(image, text)], k, exclude_reference)[0].hits
+
+    def search_many(self, queries: Sequence[tuple[ImageInput, str]], k: int = 10, exclude_reference: bool = True,
+                    batch_size: int = 64) -> list[QueryResult]:
+        """Answer many (image, text) queries in batches; bad input raises before any work is done."""
+        if k < 1:
+            raise ZscirError(f"-k must be at least 1, got {k}")
+        texts = [check_text(t) for _, t in queries]
+        images = [load_reference(im) for im, _ in queries]
+        results = []
+        for start in range(0, len(queries), batch_size):
+            chunk = slice(start, start + batch_size)
+            ref = self.encode_references(images[chunk], batch_size)
+            q = self.encoder.encode_queries(ref, texts[chunk]).float().cpu().numpy()
+            extra = 1 if exclude_reference else 0
+            scores, rows = self.index.search(q, k + extra)
+            for (image, _), text, s, r in zip(queries[chunk], texts[chunk], scores, rows):
+                own = self._own_row(image) if exclude_reference else None
+                hits = [(float(sc), int(row)) for sc, row in zip(s, r) if row >= 0 and row != own][:k]
+                results.append(QueryResult(_label(image), text, [
+                    Hit(rank, sc, self.index.ids[row], self.index.paths[row]) for rank, (sc, row) in enumerate(hits, 1)]))
+        return results
+
+    def _own_row(self, image: ImageInput) -> int | None:
+        if isinstance(image, Image.Image):
+            return None
+        return self._row_of_path.get(os.path.realpath(image))
+
