@@ -8,6 +8,7 @@ with the same name but different bytes never share a cache.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -101,9 +102,21 @@ def load_backbone(name: str, pretrained: Optional[str] = None, device: str | tor
     prep = make_preprocess(preprocess, int(size), cfg.get("mean", None) or (0.48145466, 0.4578275, 0.40821073),
                            cfg.get("std", None) or (0.26862954, 0.26130258, 0.27577711))
     tokenizer = open_clip.get_tokenizer(name)
-    backbone = Backbone(model, tokenizer, prep, resolve_identity(name, pretrained), torch.device(device))
+    identity = resolve_identity(name, pretrained)
+    if pretrained is None and not name.startswith("hf-hub:"):
+        # random weights differ run to run: name them by content so that caches never mix two inits
+        identity["pretrained"] = "random-init:" + state_dict_digest(model)[:16]
+    backbone = Backbone(model, tokenizer, prep, identity, torch.device(device))
     backbone.source = {"name": name, "pretrained": portable_path(pretrained)}
     return backbone
+
+
+def state_dict_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def portable_path(pretrained: Optional[str]) -> Optional[str]:

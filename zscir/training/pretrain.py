@@ -182,3 +182,36 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
         log.close()
     accelerator.wait_for_everyone()
     return final
+
+
+def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions: Optional[str] = None,
+                    captioner: str = "blip", clip_name: Optional[str] = None, pretrained: Optional[str] = None,
+                    preprocess: str = "targetpad", feature_cache: str = "full", cache_dir: Optional[str] = None,
+                    resume: bool = False) -> dict:
+    """The whole ``zscir pretrain`` job: backbone, data with cached features, training. Returns a summary."""
+    from accelerate import Accelerator
+
+    from zscir.backbone import load_backbone
+    from zscir.training.pretrain_data import build_pretraining_set
+    from zscir.utils.paths import cache_dir as default_cache_dir
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    device = accelerator.device
+    if clip_name is None:
+        from zscir.world.shipped import shapes_backbone
+
+        backbone = shapes_backbone(device=device, preprocess=preprocess)
+    else:
+        backbone = load_backbone(clip_name, pretrained, device=device, preprocess=preprocess)
+    if images is None:
+        from zscir.world.build import default_world
+
+        world = default_world()
+        images, captioner = str(world / "unlabeled" / "images"), f"shapes-world:{world}"
+    cache_root = cache_dir or default_cache_dir() / "features"
+    with accelerator.main_process_first():  # the main process fills the caches, the others then read them
+        data, record = build_pretraining_set(images, captions, captioner, backbone, cache_root, feature_cache,
+                                             need_tokens=cfg.method == "fti", log=accelerator.print)
+    cfg.data = record
+    checkpoint = train(cfg, backbone, data, accelerator=accelerator, resume=resume)
+    return {"checkpoint": str(checkpoint), "run_dir": cfg.out, "data": record, "method": cfg.method}

@@ -81,3 +81,64 @@ class PretrainingSet:
                 tokens = self._encode_images(idx).tokens
         return Batch(pooled.to(self.backbone.device), None if tokens is None else tokens.to(self.backbone.device),
                      [self.subjects[i] for i in idx], [self.attributes[i] for i in idx])
+
+
+def token_cache_bytes(num_images: int, backbone) -> int:
+    """fp16 bytes of the token cache: N x (1 + P) x W x 2."""
+    patches = (backbone.image_size // backbone.model.visual.patch_size[0]) ** 2
+    return num_images * (1 + patches) * backbone.vision_width * 2
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def build_pretraining_set(images: str, captions: str | None, captioner: str, backbone, cache_root,
+                          feature_cache: str = "full", need_tokens: bool = True, batch_size: int = 64,
+                          log=print) -> tuple[PretrainingSet, dict]:
+    """Images + captions -> a :class:`PretrainingSet` with cached features, and a record of what was used."""
+    from zscir.data.caption_cache import caption_images
+    from zscir.data.captioners import build_captioner
+    from zscir.data.sources import open_image_source
+    from zscir.data.splitter import split_caption
+    from zscir.features import FeatureStore
+
+    source = open_image_source(images)
+    captioner_obj = build_captioner("file", path=captions) if captions else build_captioner(captioner)
+    texts = caption_images(source, captioner_obj, batch_size=batch_size)
+    known = getattr(captioner_obj, "splits", None)  # ground-truth splits (the shapes world's)
+    splits = {}
+    for item_id, text in texts.items():
+        split = known.get(item_id) if known is not None else split_caption(text)
+        if split is not None:
+            splits[item_id] = split
+    items = [i for i in source if i.id in splits]
+    dropped_captions = len(texts) - len(splits)
+    log(f"{len(items)} captioned images from {images}" + (f"; {dropped_captions} captions under 4 words or "
+        "without an attribute part are left out" if dropped_captions else ""))
+
+    store = FeatureStore.for_backbone(cache_root, backbone)
+    with_tokens = need_tokens and feature_cache == "full"
+    if with_tokens:
+        log(f"token cache for {len(items)} images: about {_human(token_cache_bytes(len(items), backbone))} "
+            f"in {store.root} (use --feature-cache globals to cache only global features)")
+    if feature_cache != "off":
+        report = store.update(backbone, items, with_tokens=with_tokens, batch_size=batch_size)
+        log(report.summary())
+        corrupt = {i for i, _ in report.corrupt}
+        items = [i for i in items if i.id not in corrupt]
+        feats = store.load([i.id for i in items], tokens=with_tokens)
+        pooled, tokens = feats.pooled, feats.tokens
+    else:
+        pooled = tokens = None
+    data = PretrainingSet([i.id for i in items], [splits[i.id][0] for i in items], [splits[i.id][1] for i in items],
+                          backbone, sources=items, pooled=pooled, tokens=tokens, mode=feature_cache,
+                          need_tokens=need_tokens)
+    record = {"images": str(images), "captions": captions, "captioner": captioner_obj.identity,
+              "num_images": len(items), "dropped_captions": dropped_captions,
+              "skipped_images": source.skipped.to_dict(),
+              "feature_cache": feature_cache, "feature_store": str(store.root)}
+    return data, record

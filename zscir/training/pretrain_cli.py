@@ -1,0 +1,57 @@
+"""``zscir pretrain``: train an FTI4CIR (or single-token) mapping network on unlabeled images."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from zscir.training.pretrain_data import FEATURE_CACHE_MODES
+
+@click.command("pretrain")
+@click.option("--images", default=None, help="Folder, list file, or webdataset shards (cc3m/{00000..00331}.tar). "
+              "Default: the shapes world's unlabeled images.")
+@click.option("--captions", default=None, help="Captions file (JSONL/CSV/JSON id->caption). Default: caption with --captioner "
+              "(cached), or the world's own captions.")
+@click.option("--captioner", default="blip", show_default=True, help="Captioner used when no --captions is given.")
+@click.option("--clip", "clip_name", default=None, help="open_clip model name. Default: the shapes world's CLIP.")
+@click.option("--pretrained", default=None, help="open_clip pretrained tag or local weights file.")
+@click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default="targetpad", show_default=True)
+@click.option("--method", type=click.Choice(["fti", "single"]), default="fti", show_default=True)
+@click.option("--network-config", default=None, help="Mapping-network config name (zscir/models/configs). Default per method.")
+@click.option("--out", default="runs/pretrain", show_default=True, help="Run directory (config, log, checkpoints).")
+@click.option("--epochs", type=int, default=60, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch size.")
+@click.option("--lr", type=float, default=4e-5, show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--lr-decay-epoch", type=int, default=10, show_default=True, help="Multiply lr by 0.1 from this epoch on.")
+@click.option("--dropout", type=float, default=None, help="Override the network config's dropout.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save-every", "save_every_steps", type=int, default=500, show_default=True, help="Checkpoint every N steps (and every epoch).")
+@click.option("--max-steps", type=int, default=None, help="Stop after N steps in total.")
+@click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
+@click.option("--feature-cache", type=click.Choice(FEATURE_CACHE_MODES), default="full", show_default=True,
+              help="full: cache global features and tokens; globals: cache global features, recompute tokens; off: recompute all.")
+@click.option("--cache-dir", default=None, help="Feature and caption cache root. Default: ZSCIR_CACHE or ~/.cache/zscir.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
+def pretrain(images, captions, captioner, clip_name, pretrained, preprocess, method, network_config, out, epochs,
+             batch_size, lr, weight_decay, lr_decay_epoch, dropout, seed, save_every_steps, max_steps,
+             mixed_precision, feature_cache, cache_dir, resume, as_json):
+    """Pretrain a mapping network on unlabeled images (FTI4CIR by default).
+
+    Multi-GPU / multi-node: run the same command under `accelerate launch` or `torchrun`.
+    """
+    from zscir.training.pretrain import PretrainConfig, run_pretraining
+
+    cfg = PretrainConfig(out=out, method=method, network_config=network_config, dropout=dropout, epochs=epochs,
+                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_decay_epoch=lr_decay_epoch,
+                         seed=seed, save_every_steps=save_every_steps, mixed_precision=mixed_precision,
+                         max_steps=max_steps)
+    result = run_pretraining(cfg, images=images, captions=captions, captioner=captioner, clip_name=clip_name,
+                             pretrained=pretrained, preprocess=preprocess, feature_cache=feature_cache,
+                             cache_dir=cache_dir, resume=resume)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"checkpoint: {result['checkpoint']}")
