@@ -57,6 +57,7 @@ class Backbone:
         self.tokenizer = tokenizer
         self.preprocess = preprocess
         self.identity = identity
+        self.truncated_prompts = 0  # prompts cut at the context length so far
         self.source: dict | None = None  # how to load it again: {"name", "pretrained"} (set by load_backbone)
         self.device = torch.device(device)
         visual = model.visual
@@ -102,8 +103,10 @@ class Backbone:
         full = (tokens[:, -1] != 0).nonzero().flatten().tolist()
         truncated = [i for i in full if len(self.tokenizer.encode(texts[i])) + 2 > self.context_length]
         if truncated:
-            warnings.warn(f"{len(truncated)} prompt(s) truncated at the context length {self.context_length}, "
-                          f"e.g. {texts[truncated[0]][:80]!r}", stacklevel=2)
+            self.truncated_prompts += len(truncated)
+            # a constant message: Python shows it once per call site instead of once per batch
+            warnings.warn(f"prompts longer than the context length {self.context_length} are truncated "
+                          f"(count so far in backbone.truncated_prompts)", stacklevel=2)
         return tokens.to(self.device)
 
     @property
