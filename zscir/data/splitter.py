@@ -21,7 +21,6 @@ suffixes and context; unknown words are nouns) that needs no downloaded model.
 from __future__ import annotations
 
 import functools
-import re
 from typing import Callable, Sequence
 
 MIN_WORDS = 4
