@@ -3,9 +3,20 @@
     from zscir.index import build_index, Retriever
     build_index("my_index", backbone, images="photos/")
     hits = Retriever.load("my_index", "checkpoints/shapes_fti.safetensors").search("ref.jpg", "in red", k=10)
+
+Names are imported on first use so that `zscir retrieve --help` and input errors stay fast.
 """
 
-from zscir.index.gallery import GalleryIndex, build_index
-from zscir.index.retriever import Hit, QueryResult, Retriever
+import importlib
 
-__all__ = ["GalleryIndex", "build_index", "Retriever", "Hit", "QueryResult"]
+_EXPORTS = {"GalleryIndex": "zscir.index.gallery", "build_index": "zscir.index.gallery",
+            "Retriever": "zscir.index.retriever", "Hit": "zscir.index.retriever",
+            "QueryResult": "zscir.index.retriever"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'zscir.index' has no attribute {name!r}")

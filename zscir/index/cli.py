@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import click
 
 from zscir.errors import ZscirError
@@ -90,42 +88,6 @@ def open_retriever(index_dir, model, clip, pretrained, preprocess, device, progr
     return Retriever(GalleryIndex.open(index_path), encoder)
 
 
-def read_queries(path: str) -> tuple[list[tuple[str, str]], list[dict]]:
-    """Rows {"ref": IMAGE, "text": "..."} of a JSONL file -> (usable queries, skipped rows with their error).
-
-    A relative ref is taken from the current directory, else from the JSONL file's folder.
-    """
-    from zscir.index.retriever import check_text, load_reference
-
-    file = Path(path)
-    if not file.is_file():
-        raise ZscirError(f"queries file {path!r} does not exist (option --queries)")
-    queries, skipped = [], []
-    for n, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ZscirError(f"{path}:{n}: not a JSON object ({e.msg})") from None
-        if not isinstance(row, dict) or "ref" not in row or "text" not in row:
-            raise ZscirError(f"{path}:{n}: expected an object with \"ref\" and \"text\" fields")
-        ref = Path(str(row["ref"]))
-        if not ref.is_absolute() and not ref.exists() and (file.parent / ref).exists():
-            ref = file.parent / ref
-        try:
-            load_reference(ref)
-            check_text(row["text"])
-        except ZscirError as e:
-            skipped.append({"line": n, "error": str(e)})
-            continue
-        queries.append((str(ref), row["text"]))
-    if not queries:
-        detail = f": {skipped[0]['error']} (line {skipped[0]['line']})" if skipped else ""
-        raise ZscirError(f"no usable query in {path}{detail}")
-    return queries, skipped
-
-
 def _table(results) -> str:
     lines = []
     for n, res in enumerate(results, 1):
@@ -164,11 +126,13 @@ def retrieve(ref, text, queries, index_dir, model, clip, pretrained, preprocess,
         raise ZscirError(f"option -k must be at least 1, got {k}")
     skipped = []
     if queries is not None:
+        from zscir.index.queries import read_queries
+
         query_list, skipped = read_queries(queries)
         for s in skipped:
             _echo_err(f"skipped {queries}:{s['line']}: {s['error']}")
     else:
-        from zscir.index.retriever import check_text, load_reference
+        from zscir.index.queries import check_text, load_reference
 
         load_reference(ref, "reference image (option --ref)")
         check_text(text, "modification text (option --text)")

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
 from zscir.backbone import ImageFeatures
 from zscir.errors import ZscirError
 from zscir.index.gallery import GalleryIndex
-
-ImageInput = str | os.PathLike | Image.Image
+from zscir.index.queries import ImageInput, check_text, load_reference
 
 
 @dataclass
@@ -44,28 +41,6 @@ class QueryResult:
 
     def to_dict(self) -> dict:
         return {"ref": self.ref, "text": self.text, "results": [asdict(h) for h in self.hits]}
-
-
-def load_reference(image: ImageInput, what: str = "reference image") -> Image.Image:
-    """A reference image as RGB, or a one-line error naming the file."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    path = Path(image)
-    if not path.is_file():
-        raise ZscirError(f"{what} {str(path)!r} does not exist")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - every decoder failure means the same thing to the user
-        raise ZscirError(f"{what} {str(path)!r} is not a readable image ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'})") from None
-
-
-def check_text(text: str, what: str = "modification text") -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise ZscirError(f"the {what} is empty: expected a change to apply to the reference, "
-                         "e.g. \"make the circle red\"")
-    return text.strip()
 
 
 def _label(image: ImageInput) -> str:

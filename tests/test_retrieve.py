@@ -1,0 +1,271 @@
+"""Retriever and `zscir retrieve`: brute-force agreement, batch queries, HTML, bad input, defaults."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+from zscir.cli import cli, main
+from zscir.errors import ZscirError
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+PALETTE = [(220, 30, 30), (30, 180, 40), (30, 60, 220), (230, 200, 20), (200, 40, 200), (20, 200, 200)]
+
+
+def draw_image(path: Path, seed: int) -> Path:
+    """Coloured shapes on a coloured ground: distinct enough for a random tiny CLIP to tell apart."""
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (40, 32), PALETTE[seed % len(PALETTE)])
+    d = ImageDraw.Draw(im)
+    for _ in range(3):
+        x, y = rng.integers(0, 30), rng.integers(0, 22)
+        d.rectangle([x, y, x + rng.integers(4, 12), y + rng.integers(4, 12)], fill=PALETTE[rng.integers(0, 6)])
+    im.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Two tiny backbones saved as files (A, B), an FTI checkpoint for each, and an index of 18 images built with A."""
+    from safetensors.torch import save_file
+
+    from zscir.backbone import load_backbone
+    from zscir.index.gallery import build_index
+    from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
+
+    root = tmp_path_factory.mktemp("retrieve")
+    out = {"root": root}
+    for name, seed in (("A", 0), ("B", 1)):
+        torch.manual_seed(seed)
+        model = load_backbone("zscir-tiny-test", None).model
+        weights = root / f"clip_{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+        bb = load_backbone("zscir-tiny-test", str(weights))
+        cfg = get_mapping_config("fti4cir-tiny")
+        torch.manual_seed(seed)
+        net = create_mapping_network(cfg, backbone_dims(bb))
+        out[f"fti_{name}"] = str(save_mapping_checkpoint(root / f"fti_{name}", net, cfg, bb))
+        out[f"bb_{name}"] = bb
+    images = root / "gallery"
+    images.mkdir()
+    out["paths"] = [draw_image(images / f"g{i:02d}.png", i) for i in range(18)]
+    out["index"] = root / "index"
+    build_index(out["index"], out["bb_A"], images=images, progress=False)
+    out["outside_ref"] = draw_image(root / "outside.png", 99)
+    return out
+
+
+def brute_force(bb, encoder, gallery_paths, ref_path, text, k, exclude_ref=True):
+    """Every gallery image encoded alone in fp32, cosine to the encoded query, sorted: the reference ranking."""
+    gallery = torch.stack([bb.encode_image(bb.preprocess(Image.open(p).convert("RGB")).unsqueeze(0)).pooled[0]
+                           for p in gallery_paths])
+    ref = bb.encode_image(bb.preprocess(Image.open(ref_path).convert("RGB")).unsqueeze(0),
+                          with_tokens=encoder.needs_tokens)
+    q = encoder.encode_queries(ref, [text])[0]
+    scores = (F.normalize(gallery, dim=-1) @ q).numpy()
+    ranked = [(float(scores[i]), str(gallery_paths[i].absolute())) for i in np.argsort(-scores, kind="stable")
+              if not (exclude_ref and os.path.realpath(gallery_paths[i]) == os.path.realpath(ref_path))]
+    return ranked[:k]
+
+
+def assert_same_ranking(hits, expected, tol=3e-3):
+    assert [h.rank for h in hits] == list(range(1, len(expected) + 1))
+    np.testing.assert_allclose([h.score for h in hits], [s for s, _ in expected], atol=tol)
+    exp_scores = [s for s, _ in expected]
+    for n, (h, (s, p)) in enumerate(zip(hits, expected)):
+        gaps = [abs(s - o) for m, o in enumerate(exp_scores) if m != n]
+        if min(gaps, default=1) > 2 * tol:  # a clear winner at this rank must be the same image
+            assert h.path == p, (n, h, p)
+
+
+@pytest.mark.parametrize("model", ["fti_A", "sum", "text"])
+def test_search_matches_brute_force(env, model):
+    from zscir.index import Retriever
+
+    spec = env[model] if model.startswith("fti") else model
+    r = Retriever.load(env["index"], spec, backbone=None if model.startswith("fti") else env["bb_A"])
+    assert r.encoder.needs_tokens == model.startswith("fti")
+    for ref in (env["paths"][4], env["outside_ref"]):
+        hits = r.search(ref, "make the square blue", k=6)
+        assert_same_ranking(hits, brute_force(r.backbone, r.encoder, env["paths"], ref, "make the square blue", 6))
+        assert all(h.path != str(Path(ref).absolute()) for h in hits)
+
+
+def test_reference_excluded_unless_kept_and_baseline_uses_index_backbone(env):
+    from zscir.index import Retriever
+
+    r = Retriever.load(env["index"], "image")  # no backbone given: the one recorded in the index (file A)
+    assert r.backbone.identity == env["bb_A"].identity
+    ref = env["paths"][7]
+    kept = r.search(ref, "anything", k=3, exclude_reference=False)
+    assert kept[0].id == "g07.png" and kept[0].score > 0.998
+    dropped = r.search(ref, "anything", k=3)
+    assert "g07.png" not in [h.id for h in dropped] and dropped[0].id == kept[1].id
+
+
+def test_cli_json_queries_and_html(env, tmp_path):
+    runner = CliRunner()
+    ref, text = str(env["paths"][2]), "add a yellow circle"
+    res = runner.invoke(cli, ["retrieve", "--index", str(env["index"]), "--model", env["fti_A"], "--ref", ref,
+                              "--text", text, "-k", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    from zscir.models.query import load_query_encoder
+
+    enc = load_query_encoder(env["fti_A"])
+    expected = brute_force(enc.backbone, enc, env["paths"], ref, text, 4)
+    got = data["queries"][0]["results"]
+    np.testing.assert_allclose([g["score"] for g in got], [s for s, _ in expected], atol=3e-3)
+    assert data["model"]["method"] == "fti" and data["index_kind"] == "flat" and data["k"] == 4
+
+    # a batch: two good rows, a missing image and an empty text (skipped and reported), relative paths
+    qfile = tmp_path / "q.jsonl"
+    shutil.copy(env["paths"][5], tmp_path / "ref5.png")
+    rows = [{"ref": "ref5.png", "text": text}, {"ref": "missing.png", "text": "x"},
+            {"ref": ref, "text": "  "}, {"ref": str(env["outside_ref"]), "text": "make it green"}]
+    qfile.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    page = tmp_path / "page.html"
+    res = runner.invoke(cli, ["retrieve", "--index", str(env["index"]), "--model", env["fti_A"], "--queries",
+                              str(qfile), "-k", "3", "--json", "--html", str(page)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert [s["line"] for s in data["skipped"]] == [2, 3] and len(data["queries"]) == 2
+    single = runner.invoke(cli, ["retrieve", "--index", str(env["index"]), "--model", env["fti_A"],
+                                 "--ref", str(env["outside_ref"]), "--text", "make it green", "-k", "3", "--json"])
+    alone, batched = json.loads(single.stdout)["queries"][0]["results"], data["queries"][1]["results"]
+    assert [h["id"] for h in alone] == [h["id"] for h in batched]
+    np.testing.assert_allclose([h["score"] for h in alone], [h["score"] for h in batched], atol=1e-5)
+
+    html = page.read_text()
+    uris = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', html)
+    assert len(uris) == 2 * (1 + 3) and "http" not in html.replace("http-equiv", "")
+    first_hit = Image.open(io.BytesIO(base64.b64decode(uris[1])))  # query 1's rank-1 thumbnail
+    hit_path = data["queries"][0]["results"][0]["path"]
+    want = np.asarray(Image.open(hit_path).convert("RGB"), dtype=float).mean(axis=(0, 1))
+    assert np.abs(np.asarray(first_hit, dtype=float).mean(axis=(0, 1)) - want).max() < 12
+    assert "add a yellow circle" in html and "make it green" in html
+
+    table = runner.invoke(cli, ["retrieve", "--index", str(env["index"]), "--model", env["fti_A"], "--ref", ref,
+                                "--text", text, "-k", "2"])
+    assert table.exit_code == 0 and re.search(r"^\s+1\s+[-0-9.]+\s+\S+g\d\d\.png$", table.stdout, re.M)
+
+
+def _main(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out, err = capsys.readouterr()
+    return e.value.code, err
+
+
+def test_bad_input_is_one_line_error(env, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    base = ["retrieve", "--index", str(env["index"]), "--model", env["fti_A"]]
+    cases = [
+        (base + ["--ref", str(tmp_path / "nope.png"), "--text", "x"], r"reference image .*nope\.png' does not exist"),
+        (base + ["--ref", str(corrupt), "--text", "x"], r"corrupt\.png' is not a readable image"),
+        (base + ["--ref", str(env["paths"][0]), "--text", "   "], r"modification text .* is empty"),
+        (["retrieve", "--index", str(tmp_path / "no_index"), "--ref", str(env["paths"][0]), "--text", "x"],
+         r"no zscir index at .*no_index"),
+        (base[:3] + ["--model", env["fti_B"], "--ref", str(env["paths"][0]), "--text", "x"],
+         r"was built with zscir-tiny-test@sha256:\w+ .* but the query model \(fti\) uses zscir-tiny-test@sha256"),
+        (base + ["--ref", str(env["paths"][0])], r"missing query"),
+    ]
+    runner = CliRunner()
+    for args, pattern in cases:
+        code, err = _main(args, capsys)
+        assert code == 1 and err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+        assert re.search(pattern, err), (pattern, err)
+        res = runner.invoke(cli, args)  # the click command itself raises ZscirError for main() to print
+        assert res.exit_code != 0 and isinstance(res.exception, ZscirError) and re.search(pattern, str(res.exception))
+
+
+def test_bad_input_through_the_installed_command(env, tmp_path):
+    # one process start costs seconds: the realistic case (an index from another backbone than the model)
+    cases = [
+        (["retrieve", "--index", str(env["index"]), "--model", env["fti_B"], "--ref", str(env["paths"][0]),
+          "--text", "make it red"], "was built with"),
+    ]
+    exe = shutil.which("zscir") or None
+    for args, needle in cases:
+        cmd = [exe, *args] if exe else [sys.executable, "-c", "from zscir.cli import main; main()", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stdout == "", proc
+        assert proc.stderr.startswith("error: ") and needle in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_default_gallery_is_the_world_indexed_on_first_use(env, tmp_path, monkeypatch):
+    """No --index: the (default) world's gallery is indexed into the cache dir on first use, then reused."""
+    import zscir.world.build as world_build
+    from zscir.index.cli import open_retriever
+    from zscir.world.build import GALLERY_DIR, WorldConfig, generate_world
+
+    world = generate_world(tmp_path / "world", WorldConfig.tiny(), progress=False, log=lambda m: None)
+    monkeypatch.setattr(world_build, "default_world", lambda **kw: world)
+    monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path / "cache"))
+    r = open_retriever(None, env["fti_A"], None, None, None, "cpu", progress=False)
+    assert Path(r.index.root).parent == tmp_path / "cache" / "indexes"
+    gallery = sorted((world / GALLERY_DIR).glob("*.png"))
+    assert len(r.index) == len(gallery)
+    record = json.loads((world / "annotations" / "val.json").read_text())[0]
+    ref = world / GALLERY_DIR / f"{record['reference_img_id']:012d}.png"
+    if not ref.is_file():
+        ref = next(p for p in gallery if p.stem.lstrip("0") == str(record["reference_img_id"]))
+    hits = r.search(ref, record["relative_caption"], k=5)
+    expected = brute_force(r.backbone, r.encoder, gallery, ref, record["relative_caption"], 5)
+    assert_same_ranking(hits, expected)
+    again = open_retriever(None, env["fti_A"], None, None, None, "cpu", progress=False)
+    assert again.index.meta["generation"] == r.index.meta["generation"]  # reused, not rebuilt
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="headless Chromium not installed (/usr/bin/chromium)")
+def test_html_page_renders_in_headless_chromium(tmp_path):
+    from zscir.index.html import write_html
+    from zscir.index.retriever import Hit, QueryResult
+
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+    files = {}
+    for name, rgb in colours.items():
+        files[name] = tmp_path / f"{name}.png"
+        Image.new("RGB", (64, 48), rgb).save(files[name])
+    result = QueryResult(str(files["red"]), "make it green or blue", [
+        Hit(1, 0.9, "green.png", str(files["green"])), Hit(2, 0.8, "blue.png", str(files["blue"]))])
+    page = tmp_path / "page.html"
+    write_html(page, [result])
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                           "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                           "--hide-scrollbars", "--window-size=900,700", f"--screenshot={shot}", page.as_uri()],
+                          capture_output=True, text=True, timeout=60)
+    assert shot.is_file(), proc.stderr[-2000:]
+    px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+
+    def where(rgb):
+        mask = (np.abs(px - np.array(rgb)).sum(axis=-1) < 40)
+        return mask.sum(), np.argwhere(mask)
+
+    n_red, red = where(colours["red"])
+    n_green, green = where(colours["green"])
+    n_blue, blue = where(colours["blue"])
+    assert min(n_red, n_green, n_blue) > 5000, (n_red, n_green, n_blue)  # each thumbnail is drawn (192 px wide)
+    assert red[:, 0].mean() < green[:, 0].mean()  # the reference above the results
+    assert green[:, 1].mean() < blue[:, 1].mean()  # rank 1 left of rank 2

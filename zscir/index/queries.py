@@ -1,0 +1,74 @@
+"""Query input: reference images and modification texts, checked before any model is loaded.
+
+Kept free of torch and faiss so that a bad path or an empty text is reported at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from zscir.errors import ZscirError
+
+ImageInput = str | os.PathLike | Image.Image
+
+
+def load_reference(image: ImageInput, what: str = "reference image") -> Image.Image:
+    """A reference image as RGB, or a one-line error naming the file."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    if not path.is_file():
+        raise ZscirError(f"{what} {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - every decoder failure means the same thing to the user
+        detail = str(e).splitlines()[0][:120] if str(e) else "no detail"
+        raise ZscirError(f"{what} {str(path)!r} is not a readable image ({type(e).__name__}: {detail})") from None
+
+
+def check_text(text: str, what: str = "modification text") -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ZscirError(f"the {what} is empty: expected a change to apply to the reference, "
+                         "e.g. \"make the circle red\"")
+    return text.strip()
+
+
+def read_queries(path: str | os.PathLike) -> tuple[list[tuple[str, str]], list[dict]]:
+    """Rows {"ref": IMAGE, "text": "..."} of a JSONL file -> (usable queries, skipped rows with their error).
+
+    A malformed line is an error (the file is wrong); a row whose image is missing or
+    unreadable, or whose text is empty, is skipped and reported (the rest still runs).
+    A relative ref is taken from the current directory, else from the JSONL file's folder.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ZscirError(f"queries file {str(path)!r} does not exist (option --queries)")
+    queries, skipped = [], []
+    for n, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ZscirError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+        if not isinstance(row, dict) or "ref" not in row or "text" not in row:
+            raise ZscirError(f"{path}:{n}: expected an object with \"ref\" and \"text\" fields")
+        ref = Path(str(row["ref"]))
+        if not ref.is_absolute() and not ref.exists() and (file.parent / ref).exists():
+            ref = file.parent / ref
+        try:
+            load_reference(ref)
+            check_text(row["text"])
+        except ZscirError as e:
+            skipped.append({"line": n, "error": str(e)})
+            continue
+        queries.append((str(ref), row["text"]))
+    if not queries:
+        detail = f": {skipped[0]['error']} (line {skipped[0]['line']})" if skipped else ""
+        raise ZscirError(f"no usable query in {path}{detail}")
+    return queries, skipped
