@@ -388,8 +388,7 @@ class ShapesWorldCaptioner(LookupCaptioner):
             table.add(row.file, row.caption)
             table.add(row.id, row.caption)
         super().__init__(table, f"shapes-world:sha256:{sha256_file(Path(world) / WORLD_CAPTIONS)[:16]}")
-        # ground-truth (subject, attribute) by world id and by file name (the folder source's image id)
-        self.splits = {key: (row.subject, row.attribute) for row in rows for key in (row.id, row.file)}
+        self.splits = {row.id: (row.subject, row.attribute) for row in rows}
 
 
 # --- registry ----------------------------------------------------------------------------------

@@ -109,10 +109,11 @@ def build_pretraining_set(images: str, captions: str | None, captioner: str, bac
     source = open_image_source(images)
     captioner_obj = build_captioner("file", path=captions) if captions else build_captioner(captioner)
     texts = caption_images(source, captioner_obj, batch_size=batch_size)
-    known = getattr(captioner_obj, "splits", None)  # ground-truth splits (the shapes world's)
+    # FTI4CIR's rule for every source, the world included (its own "all objects / all attributes"
+    # split is a different convention; the splitter agrees with the rule on world captions)
     splits = {}
     for item_id, text in texts.items():
-        split = known.get(item_id) if known is not None else split_caption(text)
+        split = split_caption(text)
         if split is not None:
             splits[item_id] = split
     items = [i for i in source if i.id in splits]
