@@ -18,11 +18,13 @@ from zscir.errors import ZscirError
 
 # command name -> "module:attribute" of a click command or group
 COMMANDS: dict[str, str] = {
+    "world": "zscir.world.cli:world",
     "backbone": "zscir.backbone.cli:backbone",
     "caption": "zscir.data.cli:caption",
     "eval": "zscir.evaluation.cli:eval_command",
     "index": "zscir.index.cli:index",
     "pretrain": "zscir.training.pretrain_cli:pretrain",
+    "train-supervised": "zscir.training.supervised_cli:train_supervised",
     "retrieve": "zscir.index.cli:retrieve",
 }
 

@@ -1,0 +1,331 @@
+"""Train the shapes world's tiny CLIP contrastively on rendered scenes and their captions.
+
+A short trainer, readable top to bottom:
+
+1. draw training-part scenes, in pairs: with probability ``twin_fraction`` the
+   second scene of a pair is the first with one attribute changed (color,
+   shape, size, pattern, position or background), so that every batch holds
+   hard negatives and the model must bind each attribute to its object;
+2. render them once into a uint8 array (rendering on the fly would dominate
+   the step time on 2 cores) and tokenize several caption variants per scene;
+3. AdamW with warmup + cosine, CLIP's symmetric InfoNCE with a learnable
+   logit scale (open_clip's ``ClipLoss``); text is run only up to the longest
+   caption of the batch, which gives the same features as the full context
+   (causal mask, EOT pooling) at a fraction of the cost;
+4. save the weights in fp16 safetensors, loadable by
+   ``zscir.backbone.load_backbone(name, pretrained=path)``.
+
+A run directory keeps a resumable state (weights + optimizer + step, loaded
+with ``weights_only=True``); a killed run continues from its last save.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from zscir.errors import ZscirError
+from zscir.utils.atomic import atomic_path, atomic_write_json
+from zscir.world.captions import canonical_caption, random_caption
+from zscir.world.render import render_array, render_rng
+from zscir.world.spec import BACKGROUNDS, CELLS, Scene, sample_scene, spec_part
+from zscir.world.spec import ATTRIBUTES, choice
+
+DEFAULT_MODEL = "zscir-shapes-vit"
+TWIN_KINDS = ("color", "shape", "size", "pattern", "cell", "background")
+RENDER_SEED_OFFSET = 7_000_000  # training renderings use their own seed space, apart from any world's
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = DEFAULT_MODEL
+    seed: int = 0
+    num_scenes: int = 100_000
+    captions_per_scene: int = 4
+    steps: int = 700
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    twin_fraction: float = 0.5
+    threads: int = 2
+    render_workers: int = 2
+    save_every: int = 100
+
+    def __post_init__(self):
+        if self.batch_size % 2:
+            raise ZscirError(f"--batch-size must be even (scenes come in pairs), got {self.batch_size}")
+        if self.num_scenes < self.batch_size or self.num_scenes % 2:
+            raise ZscirError(f"--num-scenes must be even and at least the batch size, got {self.num_scenes}")
+        if not 0 <= self.twin_fraction <= 1:
+            raise ZscirError(f"--twin-fraction must be in [0, 1], got {self.twin_fraction}")
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+def perturb(scene: Scene, kind: str, rng: np.random.Generator) -> Scene:
+    """``scene`` with one attribute of one object (or the background) changed."""
+    if kind == "background":
+        return Scene(choice(rng, [b for b in BACKGROUNDS if b != scene.background]), scene.objects)
+    obj = choice(rng, scene.objects)
+    if kind == "cell":
+        new = choice(rng, scene.free_cells())
+    else:
+        new = choice(rng, [v for v in ATTRIBUTES[kind] if v != getattr(obj, kind)])
+    return Scene(scene.background, tuple(o.with_(**{kind: new}) if o is obj else o for o in scene.objects))
+
+
+def training_scenes(num: int, seed: int, twin_fraction: float) -> list[Scene]:
+    """``num`` training-part scenes in pairs (2k, 2k+1); a share of the pairs are one-attribute twins."""
+    rng = np.random.default_rng([seed, 0x54574E53])
+    scenes = []
+    while len(scenes) < num:
+        first = sample_scene(rng, "train")
+        second = None
+        if rng.random() < twin_fraction:
+            for _ in range(20):
+                candidate = perturb(first, choice(rng, TWIN_KINDS), rng)
+                if spec_part(candidate) == "train":
+                    second = candidate
+                    break
+        scenes += [first, second or sample_scene(rng, "train")]
+    return scenes
+
+
+def _prepare_chunk(args) -> tuple[np.ndarray, np.ndarray]:
+    """Render scenes [start, start + n) and tokenize their captions (runs in a worker process)."""
+    import open_clip
+
+    from zscir.backbone import register_model_configs
+
+    register_model_configs()
+    scene_jsons, start, seed, size, model, per_scene, context_length = args
+    tokenizer = CachedTokenizer(open_clip.get_tokenizer(model))
+    rng = np.random.default_rng([seed, 0x43415054, start])
+    images, texts = [], []
+    for i, scene_json in enumerate(scene_jsons):
+        scene = Scene.from_json(scene_json)
+        images.append(render_array(scene, render_rng(RENDER_SEED_OFFSET + seed, start + i), size))
+        texts.append(canonical_caption(scene).text)
+        texts += [random_caption(scene, rng).text for _ in range(per_scene - 1)]
+    tokens = tokenizer(texts, context_length).reshape(len(scene_jsons), per_scene, context_length)
+    return np.stack(images), tokens
+
+
+def prepare_data(scenes: list[Scene], seed: int, size: int, model: str, per_scene: int, context_length: int,
+                 workers: int, chunk: int = 1000) -> tuple[np.ndarray, torch.Tensor]:
+    """uint8 images [N, size, size, 3] and int32 caption tokens [N, per_scene, L] (L = longest caption).
+
+    Image i is rendered from (seed, i) and chunk k's captions from (seed, k): the result does not
+    depend on the number of workers.
+    """
+    jsons = [s.to_json() for s in scenes]
+    jobs = [(jsons[i:i + chunk], i, seed, size, model, per_scene, context_length) for i in range(0, len(jsons), chunk)]
+    images = np.empty((len(scenes), size, size, 3), dtype=np.uint8)
+    tokens = np.zeros((len(scenes), per_scene, context_length), dtype=np.int32)
+    bar = tqdm(total=len(scenes), desc="rendering", unit="img", leave=False)
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    results = pool.imap(_prepare_chunk, jobs) if pool else map(_prepare_chunk, jobs)
+    for job, (chunk_images, chunk_tokens) in zip(jobs, results):
+        images[job[1]:job[1] + len(chunk_images)] = chunk_images
+        tokens[job[1]:job[1] + len(chunk_images)] = chunk_tokens
+        bar.update(len(chunk_images))
+    if pool:
+        pool.close()
+        pool.join()
+    bar.close()
+    length = int((tokens != 0).sum(axis=2).max())
+    return images, torch.from_numpy(tokens[:, :, :length].copy())
+
+
+class CachedTokenizer:
+    """open_clip's tokenizer, one word at a time with a cache.
+
+    CLIP's BPE never merges across whitespace and its cleaning only lowercases
+    and normalises spaces for the world's ASCII captions, so a caption's tokens
+    are its words' tokens, concatenated; the full tokenizer costs ~0.2 ms per
+    caption, too slow for half a million (a test checks the two agree).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.words: dict[str, list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        out = []
+        for word in text.split():
+            ids = self.words.get(word)
+            if ids is None:
+                ids = self.words[word] = self.tokenizer.encode(word)
+            out += ids
+        return out
+
+    def __call__(self, texts: list[str], context_length: int) -> np.ndarray:
+        """int32 [len(texts), context_length], zero-padded like open_clip's (but never truncated)."""
+        sot, eot = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
+        tokens = np.zeros((len(texts), context_length), dtype=np.int32)
+        for i, text in enumerate(texts):
+            ids = [sot] + self.encode(text) + [eot]
+            if len(ids) > context_length:
+                raise ZscirError(f"caption longer than the context length ({len(ids)} > {context_length} tokens): {text!r}")
+            tokens[i, :len(ids)] = ids
+        return tokens
+
+
+def to_model_input(images_u8: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W], as the backbone's preprocessing gives."""
+    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div_(255)
+    return (x - mean) / std
+
+
+# --- model pieces -------------------------------------------------------------------------------------
+
+def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text`` on tokens cut after the longest text (same result, fewer positions)."""
+    from open_clip.transformer import text_global_pool
+
+    length = int((tokens != 0).sum(dim=1).max())
+    tokens = tokens[:, :length].long()
+    x = model.token_embedding(tokens) + model.positional_embedding[:length]
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    return x @ model.text_projection if not isinstance(model.text_projection, torch.nn.Linear) else model.text_projection(x)
+
+
+def encode_text_bucketed(model, tokens: torch.Tensor, buckets: int = 4) -> torch.Tensor:
+    """:func:`encode_text_trimmed` on length-sorted slices of the batch, each cut at its own longest text.
+
+    Texts do not interact in the text tower, so this changes nothing but the
+    cost: about the mean caption length instead of the longest one.
+    """
+    order = torch.argsort((tokens != 0).sum(dim=1))
+    features = torch.cat([encode_text_trimmed(model, tokens[part]) for part in torch.chunk(order, buckets)])
+    return features[torch.argsort(order)]
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Decay matrices only; biases, norms, embeddings' scale and the logit scale are left alone (as open_clip)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batch_order(cfg: TrainConfig) -> np.ndarray:
+    """Scene indices for every step [steps, batch]: shuffled pairs, epoch after epoch."""
+    rng = np.random.default_rng([cfg.seed, 0x42415443])
+    pairs_per_batch = cfg.batch_size // 2
+    pairs = []
+    needed = cfg.steps * pairs_per_batch
+    while len(pairs) < needed:
+        pairs.extend(rng.permutation(cfg.num_scenes // 2).tolist())
+    pairs = np.array(pairs[:needed]).reshape(cfg.steps, pairs_per_batch)
+    return np.stack([2 * pairs, 2 * pairs + 1], axis=-1).reshape(cfg.steps, cfg.batch_size)
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+def save_fp16(model, path: str | os.PathLike) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous().cpu()
+               for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    return Path(path)
+
+
+def train_backbone(cfg: TrainConfig, out: str | os.PathLike, run_dir: str | os.PathLike,
+                   log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Train; write fp16 weights to ``out``; return a record (config, timings, final loss)."""
+    from open_clip.loss import ClipLoss
+
+    from zscir.backbone import load_backbone
+
+    start = time.time()
+    torch.set_num_threads(cfg.threads)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "state.pt"
+    atomic_write_json(run_dir / "config.json", asdict(cfg))
+
+    torch.manual_seed(cfg.seed)
+    backbone = load_backbone(cfg.model, pretrained=None)
+    model = backbone.model.train().requires_grad_(True)
+    size = backbone.image_size
+    mean = torch.tensor(backbone.preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.preprocess.std).view(1, 3, 1, 1)
+
+    log(f"drawing {cfg.num_scenes} training scenes (twin fraction {cfg.twin_fraction})")
+    scenes = training_scenes(cfg.num_scenes, cfg.seed, cfg.twin_fraction)
+    images, tokens = prepare_data(scenes, cfg.seed, size, cfg.model, cfg.captions_per_scene,
+                                  backbone.context_length, cfg.render_workers)
+    data_time = time.time() - start
+    log(f"data ready in {data_time:.0f} s: images {tuple(images.shape)}, caption tokens {tuple(tokens.shape)}")
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    loss_fn = ClipLoss()
+    step, history = 0, []
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("config") != json.dumps(asdict(cfg), sort_keys=True):
+            raise ZscirError(f"{state_path} was saved by a run with another config: use another --run-dir or delete it")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = int(state["step"]), list(state["history"])
+        log(f"resuming at step {step}")
+
+    order = batch_order(cfg)
+    pick_rng = np.random.default_rng([cfg.seed, 0x50494B])
+    variants = pick_rng.integers(cfg.captions_per_scene, size=(cfg.steps, cfg.batch_size))
+    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress)
+    train_start = time.time()
+    while step < cfg.steps:
+        idx = order[step]
+        x = to_model_input(images[idx], mean, std)
+        t = tokens[torch.from_numpy(idx), torch.from_numpy(variants[step])]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        image_features = F.normalize(model.encode_image(x), dim=-1)
+        text_features = F.normalize(encode_text_bucketed(model, t), dim=-1)
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        history.append(round(loss.item(), 4))
+        bar.update(1)
+        bar.set_postfix(loss=f"{history[-1]:.3f}", scale=f"{float(model.logit_scale.exp()):.1f}")
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            with atomic_path(state_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                            "history": history, "config": json.dumps(asdict(cfg), sort_keys=True)}, tmp)
+    bar.close()
+    model.eval().requires_grad_(False)
+    save_fp16(model, out)
+    record = {"config": asdict(cfg), "data_seconds": round(data_time), "train_seconds": round(time.time() - train_start),
+              "wall_seconds": round(time.time() - start), "final_loss": float(np.mean(history[-20:])),
+              "pairs_per_second": round(cfg.steps * cfg.batch_size / max(1e-9, time.time() - train_start), 1)}
+    log(f"weights written to {out}: {record}")
+    return record
