@@ -233,3 +233,25 @@ def test_killed_update_keeps_finished_shards_and_resumes(bb, tmp_path):
     rep = store.update(bb, items, with_tokens=True, batch_size=2, shard_size=2, progress=False)
     assert (rep.reused, rep.encoded, rep.deleted) == (6, 3, 0)
     assert_matches_brute_force(bb, store, items)
+
+
+def test_data_package_items_prune_and_unreadable_bytes(bb, tmp_path):
+    from zscir.data.sources import open_image_source
+
+    make_folder(tmp_path / "imgs", 5)
+    items = list(open_image_source(str(tmp_path / "imgs")))
+    (tmp_path / "imgs" / "img004.png").unlink()  # vanishes between listing and hashing: counted, not fatal
+    store = FeatureStore(tmp_path / "store")
+    rep = store.update(bb, items, progress=False)
+    assert rep.encoded == 4 and [i for i, _ in rep.corrupt] == ["img004.png"] and rep.total == 5
+    keys = json.loads(next((tmp_path / "store" / "shards").glob("*.rows.json")).read_text())["keys"]
+    assert all(k.startswith("sha256:") and len(k) == 71 for k in keys)
+    assert all(item._data is None for item in items[:4])  # bytes released after hashing and encoding
+    assert_matches_brute_force(bb, store, [(i.id, tmp_path / "imgs" / i.id) for i in items[:4]], with_tokens=False)
+
+    # prune=False keeps images that are not in this call (a store shared by several image sets)
+    other = make_folder(tmp_path / "more", 2, seed0=50)
+    rep = store.update(bb, other, progress=False, prune=False)
+    assert (rep.encoded, rep.deleted) == (2, 0) and len(store) == 6
+    rep = store.update(bb, other, progress=False)
+    assert rep.deleted == 4 and sorted(store.load().ids) == ["img000", "img001"]

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from zscir.errors import ZscirError
-from zscir.features.encode import encode_sources
+from zscir.features.encode import default_workers, encode_sources
 from zscir.features.shards import DTYPE, RowView, open_array, read_rows, shard_files, write_shard
 from zscir.features.sources import as_sources
 from zscir.utils.atomic import atomic_path, atomic_write_json
@@ -254,15 +254,19 @@ class FeatureStore:
     # ---------------------------------------------------------------- writing
     def update(self, backbone, items: Iterable[Any], with_tokens: bool = False, batch_size: int = 64,
                shard_size: int = 2048, flush_seconds: float = 120.0, workers: int | None = None,
-               progress: bool = True) -> UpdateReport:
-        """Make the store hold exactly ``items``' features: encode new or changed images, drop the rest.
+               progress: bool = True, prune: bool = True) -> UpdateReport:
+        """Make the store hold ``items``' features: encode new or changed images, drop the rest.
 
+        ``prune=False`` keeps the rows of images not in ``items`` (a store shared by
+        several image sets); by default the store holds exactly ``items``.
         Finished shards survive a kill; rerunning continues where it stopped.
         Corrupt images are skipped and listed in the report.
         """
         t0 = time.perf_counter()
-        sources = as_sources(items)
-        report = UpdateReport(total=len(sources))
+        if self.exists():
+            self.check_backbone(backbone)  # before hashing anything
+        sources, unusable = as_sources(items, workers=workers or default_workers(), progress=progress)
+        report = UpdateReport(total=len(sources) + len(unusable), corrupt=list(unusable))
         with self._locked():
             self._init_meta(backbone)
             manifest = self._read_manifest()
@@ -273,6 +277,8 @@ class FeatureStore:
             kept: set[str] = set()
             for s, r, image_id, key in live:
                 shard = manifest["shards"][s]
+                if image_id not in wanted and not prune:
+                    continue
                 if wanted.get(image_id) == key and (shard["tokens"] or not with_tokens):
                     kept.add(image_id)
                 else:
@@ -340,9 +346,11 @@ class FeatureStore:
         bar = tqdm(total=len(todo), unit="img", desc="encoding images", disable=not progress,
                    dynamic_ncols=True, file=sys.stderr)
         announced = False
+        skipped_here = 0
         try:
             for batch in encode_sources(backbone, todo, batch_size, with_tokens, workers):
                 report.corrupt.extend(batch.corrupt)
+                skipped_here += len(batch.corrupt)
                 bar.update(len(batch.ids) + len(batch.corrupt))
                 if batch.corrupt:
                     bar.set_postfix(corrupt=len(report.corrupt))
@@ -366,7 +374,7 @@ class FeatureStore:
         finally:
             bar.close()
         elapsed = time.perf_counter() - t_start
-        report.images_per_s = (report.encoded + len(report.corrupt)) / max(elapsed, 1e-9)
+        report.images_per_s = (report.encoded + skipped_here) / max(elapsed, 1e-9)
 
     def _compact(self, manifest) -> None:
         """Drop fully deleted shards; rewrite those that are mostly deleted."""
