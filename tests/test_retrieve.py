@@ -216,7 +216,7 @@ def test_default_gallery_is_the_world_indexed_on_first_use(env, tmp_path, monkey
     from zscir.index.cli import open_retriever
     from zscir.world.build import GALLERY_DIR, WorldConfig, generate_world
 
-    world = generate_world(tmp_path / "world", WorldConfig.tiny(), progress=False, log=lambda m: None)
+    world = generate_world(tmp_path / "world", WorldConfig.tiny(), workers=1, progress=False, log=lambda m: None)
     monkeypatch.setattr(world_build, "default_world", lambda **kw: world)
     monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path / "cache"))
     r = open_retriever(None, env["fti_A"], None, None, None, "cpu", progress=False)
@@ -269,3 +269,15 @@ def test_html_page_renders_in_headless_chromium(tmp_path):
     assert min(n_red, n_green, n_blue) > 5000, (n_red, n_green, n_blue)  # each thumbnail is drawn (192 px wide)
     assert red[:, 0].mean() < green[:, 0].mean()  # the reference above the results
     assert green[:, 1].mean() < blue[:, 1].mean()  # rank 1 left of rank 2
+
+
+def test_index_remembers_the_model_it_was_built_for(env, tmp_path):
+    from zscir.index import Retriever, build_index
+
+    out = tmp_path / "idx"
+    build_index(out, env["bb_A"], images=env["paths"][0].parent, progress=False, model=env["fti_A"])
+    r = Retriever.load(out)
+    assert r.encoder.name == "fti" and r.encoder.identity["checkpoint_sha256"] == \
+        json.loads(Path(env["fti_A"]).with_suffix(".json").read_text())["weights_sha256"]
+    res = CliRunner().invoke(cli, ["index", "--images", str(tmp_path), "--out", str(out), "--model", "sum"])
+    assert isinstance(res.exception, ZscirError) and "--clip" in str(res.exception)

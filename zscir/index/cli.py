@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
 import click
 
 from zscir.errors import ZscirError
@@ -50,8 +52,11 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
     if model is not None:
         from zscir.models.query import BASELINES, load_query_encoder
 
-        if model not in BASELINES:
-            backbone = load_query_encoder(model, backbone).backbone
+        if model in BASELINES:
+            raise ZscirError(f"--model {model!r} is a baseline, which has no backbone of its own: "
+                             "use --clip NAME --pretrained TAG|FILE to choose the backbone")
+        backbone = load_query_encoder(model, backbone).backbone
+        model = str(Path(model).absolute())
     if backbone is None:
         from zscir.index.defaults import shapes_backbone
 
@@ -59,15 +64,16 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
     if batch_size < 1:
         raise ZscirError(f"--batch-size must be at least 1, got {batch_size}")
     summary = build_index(out, backbone, images=images, kind=kind, batch_size=batch_size, workers=workers,
-                          progress=not no_progress, exact_max=exact_max, log=_echo_err)
+                          progress=not no_progress, exact_max=exact_max, log=_echo_err, model=model)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
     f = summary["features"]
+    rate = f" ({f['images_per_s']:.1f} images/s)" if f["encoded"] else ""
     click.echo(f"{summary['index']}: {summary['count']} images, {summary['kind']} index "
                f"(recall@{summary['recall']['k']} vs exact {summary['recall']['value']:.3f}); "
                f"{f['encoded']} encoded, {f['reused']} reused, {f['deleted']} dropped, {f['num_corrupt']} unreadable "
-               f"in {summary['seconds']:.1f} s ({f['images_per_s']:.1f} images/s)")
+               f"in {summary['seconds']:.1f} s{rate}")
 
 
 def open_retriever(index_dir, model, clip, pretrained, preprocess, device, progress=True):

@@ -102,10 +102,11 @@ class GalleryIndex:
 def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | None = None,
                 items: Iterable[Any] | None = None, kind: str = "auto", batch_size: int = 64,
                 workers: int | None = None, progress: bool = True, exact_max: int = search_index.EXACT_MAX,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None, model: str | None = None) -> dict[str, Any]:
     """Index a folder of ``images`` (ids = paths relative to it) or explicit ``items``; return a summary.
 
     ``items`` are what the feature store accepts: (id, path) pairs, paths, or ImageItems.
+    ``model``, when given, is recorded as the index's default query model (a checkpoint path).
     """
     out = Path(out)
     if (images is None) == (items is None):
@@ -137,13 +138,17 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
                  and existing.get("exact_max") == exact_max)
     if unchanged:
         meta = existing
+        if model is not None and meta.get("model") != model:
+            meta["model"] = model
+            atomic_write_json(out / "index.json", meta)
     else:
         previous = _previous_index(out, existing, wanted_kind)
         t_index = time.perf_counter()
         built, recall = search_index.build(normalized(pooled), kind, previous, exact_max)
         meta = _write_generation(out, existing, backbone, built, recall, ids,
                                  [path_of.get(i) for i in ids], images, kind, exact_max,
-                                 index_seconds=time.perf_counter() - t_index)
+                                 index_seconds=time.perf_counter() - t_index,
+                                 model=model if model is not None else (existing or {}).get("model"))
     return {"index": str(out), "count": meta["count"], "kind": meta["kind"], "params": meta["params"],
             "recall": meta["recall"], "rebuilt": not unchanged, "features": report.to_dict(),
             "seconds": time.perf_counter() - t0}
@@ -168,7 +173,7 @@ def _previous_index(out: Path, existing: dict | None, kind: str) -> faiss.Index 
 
 
 def _write_generation(out: Path, existing, backbone, built, recall, ids, paths, images, kind, exact_max,
-                      index_seconds: float) -> dict[str, Any]:
+                      index_seconds: float, model: str | None) -> dict[str, Any]:
     gen = (existing or {}).get("generation", 0) + 1
     files = {"faiss": f"faiss.g{gen:06d}.index", "ids": f"ids.g{gen:06d}.json"}
     with atomic_path(out / files["faiss"]) as tmp:
@@ -184,7 +189,7 @@ def _write_generation(out: Path, existing, backbone, built, recall, ids, paths, 
                        "against": "exact inner-product search" if built.kind in search_index.APPROXIMATE
                        else "exact (this index is exact)",
                        "queries": search_index.RECALL_QUERIES if built.kind in search_index.APPROXIMATE else 0},
-            "index_seconds": round(index_seconds, 3),
+            "model": model, "index_seconds": round(index_seconds, 3),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_json(out / "index.json", meta)
     for p in out.iterdir():  # older generations: no reader opens them any more once index.json moved on

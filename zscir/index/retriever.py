@@ -57,8 +57,9 @@ class Retriever:
     def load(cls, index_dir: str | os.PathLike, model: str | None = None, backbone=None) -> "Retriever":
         """Open ``index_dir`` and the query ``model`` (a checkpoint path or a baseline name).
 
-        Without ``model``, the shipped FTI checkpoint trained on the index's backbone
-        is used if there is one, else the image+text sum baseline. A baseline
+        Without ``model``: the model the index was built for (``zscir index --model``),
+        else the shipped FTI checkpoint trained on the index's backbone, else the
+        image+text sum baseline. A baseline
         without ``backbone`` uses the backbone recorded in the index.
         """
         from zscir.index.defaults import default_model_for, load_index_backbone
@@ -66,7 +67,8 @@ class Retriever:
 
         index = GalleryIndex.open(index_dir)
         if model is None:
-            model = default_model_for(index.fingerprint["backbone"])
+            recorded = index.meta.get("model")
+            model = recorded if recorded and os.path.exists(recorded) else default_model_for(index.fingerprint["backbone"])
         if model in BASELINES and backbone is None:
             backbone = load_index_backbone(index)
         return cls(index, load_query_encoder(str(model), backbone))
