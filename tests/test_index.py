@@ -159,3 +159,9 @@ def test_index_errors(bb, tmp_path):
         build_index(tmp_path / "idx", Other(), images=tmp_path / "imgs", progress=False)
     with pytest.raises(ZscirError, match="uses ViT-B-32@openai"):
         GalleryIndex.open(tmp_path / "idx").check_backbone(Other())
+
+
+def test_ivf_falls_back_to_exact_when_it_would_scan_most_lists():
+    vectors = unit(np.random.default_rng(0).standard_normal((3000, 64)))  # no structure for IVF to exploit
+    built, recall = search_index.build(vectors, "ivf")
+    assert built.kind == "flat" and recall == 1.0 and "nprobe" in built.params["fallback_from_ivf"]

@@ -17,6 +17,8 @@ gallery size stays in the same range). New files get a new generation name and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -117,8 +119,23 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
             raise ZscirError(f"no images (.jpg, .png, .webp, ...) found under {str(images)!r} (option --images)")
         items = pairs
     items = list(items)
-    path_of = {str(i[0]): str(Path(i[1]).absolute()) for i in items if isinstance(i, tuple)}
+    with _build_lock(out):  # two first-use builds of the same index: one builds, the other then finds it
+        return _build_locked(out, backbone, images, items, kind, batch_size, workers, progress, exact_max, log, model)
 
+
+@contextlib.contextmanager
+def _build_lock(out: Path):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_locked(out, backbone, images, items, kind, batch_size, workers, progress, exact_max, log, model):
+    path_of = {str(i[0]): str(Path(i[1]).absolute()) for i in items if isinstance(i, tuple)}
     existing = _read_meta(out)
     if existing is not None and {"backbone": existing["backbone"], "preprocess": existing["preprocess"]} \
             != backbone_fingerprint(backbone):

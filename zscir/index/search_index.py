@@ -159,6 +159,16 @@ def build(vectors: np.ndarray, kind: str = "auto", previous: faiss.Index | None 
         raise ZscirError("no image could be encoded: the index would be empty")
     if kind in APPROXIMATE and len(vectors) < 2 * 39:
         kind = "flat"  # too few vectors to train or to be worth approximating
-    built = KINDS[kind](np.ascontiguousarray(vectors, dtype=np.float32), previous)
-    recall = tune(built, vectors, target_recall) if kind in APPROXIMATE else 1.0
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    built = KINDS[kind](vectors, previous)
+    if kind not in APPROXIMATE:
+        return built, 1.0
+    recall = tune(built, vectors, target_recall)
+    if built.kind == "ivf" and built.params["nprobe"] > faiss.extract_index_ivf(built.index).nlist // 4:
+        # reaching the target needs most of the lists: slower than a plain scan, so scan
+        reason = (f"IVF{built.params['nlist']} needed nprobe {built.params['nprobe']} for recall@{RECALL_K} "
+                  f"{recall:.3f}; exact search is faster at that point")
+        built = _flat(vectors)
+        built.params["fallback_from_ivf"] = reason
+        return built, 1.0
     return built, recall
