@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_write_json, atomic_write_text
+from zscir.utils.hashing import sha256_bytes
 from zscir.world.captions import random_caption
 from zscir.world.matching import GalleryIndex
 from zscir.world.render import DEFAULT_IMAGE_SIZE, png_bytes, render_image
@@ -49,6 +50,8 @@ UNLABELED_DIR = Path("unlabeled/images")
 CAPTIONS = Path("unlabeled/captions.jsonl")
 
 # named random streams: adding a stream or changing one part never shifts the others
+RENDER_CHUNK = 256  # images per job sent to a rendering process
+
 STREAMS = {"eval": 1, "train": 2, "unlabeled": 3, "captions": 4, "distractors": 5, "shuffle": 6}
 
 
@@ -193,7 +196,7 @@ def render_all(root: Path, images: list[WorldImage], config: WorldConfig, worker
     for folder in {im.folder for im in images}:
         (root / folder).mkdir(parents=True, exist_ok=True)
     jobs = [(im.id, im.scene.to_json(), str(im.path)) for im in images]
-    chunks = [(str(root), config.seed, config.image_size, jobs[i:i + 256]) for i in range(0, len(jobs), 256)]
+    chunks = [(str(root), config.seed, config.image_size, jobs[i:i + RENDER_CHUNK]) for i in range(0, len(jobs), RENDER_CHUNK)]
     bar = tqdm(total=len(jobs), desc="rendering", unit="img", disable=not progress)
     if workers <= 1:
         for chunk in chunks:
@@ -277,10 +280,15 @@ def default_world_dir(seed: int = 0) -> Path:
     return cache_dir() / "worlds" / f"shapes-v{GENERATOR_VERSION}-seed{seed}"
 
 
-def default_world(seed: int = 0, progress: bool = True, log: Optional[Callable[[str], None]] = None) -> Path:
-    """The default world, built into the cache directory on first use (about a minute) and reused afterwards."""
-    out = default_world_dir(seed)
-    config = WorldConfig(seed=seed)
+def default_world(seed: int = 0, progress: bool = True, log: Optional[Callable[[str], None]] = None,
+                  config: Optional[WorldConfig] = None) -> Path:
+    """The default world, built into the cache directory on first use (about a minute) and reused afterwards.
+
+    ``config`` replaces the default sizes (tests build a tiny world this way, under its own folder name).
+    """
+    config = config or WorldConfig(seed=seed)
+    out = default_world_dir(seed) if config == WorldConfig(seed=seed) else default_world_dir(seed).with_name(
+        f"shapes-v{GENERATOR_VERSION}-custom-{sha256_bytes(json.dumps(asdict(config), sort_keys=True).encode())[:12]}")
     if is_complete(out, config):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

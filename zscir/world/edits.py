@@ -5,7 +5,9 @@ and the new value. Applying fine edits to a reference gives exactly one target
 scene. A *coarse* edit is what an under-specified text says: which object
 only by its shape noun ("the circle", possibly one of several), and for most
 kinds no new value ("change its color"). A coarse edit stands for every fine
-edit it could mean; :mod:`zscir.world.matching` decides which scenes satisfy it.
+edit it could mean (moved and added objects landing, as in fine edits, on
+cells empty in the reference); :mod:`zscir.world.matching` decides which
+scenes satisfy it.
 
 Edits are plain dicts so that they go into the annotation files as they are:
 
@@ -175,40 +177,36 @@ def _try_concretize(scene: Scene, coarse: list[dict], rng: np.random.Generator) 
     binding: dict[int, Obj] = {}
     for e in coarse:
         if "slot" in e and e["slot"] not in binding:
-            taken = {o.cell for o in binding.values()}
-            options = [o for o in scene.objects if o.shape == e["shape"] and o.cell not in taken]
+            bound = {o.cell for o in binding.values()}
+            options = [o for o in scene.objects if o.shape == e["shape"] and o.cell not in bound]
             if not options:
                 return None
             binding[e["slot"]] = choice(rng, options)
-    final_cells = {o.cell for o in scene.objects}
-    for e in coarse:
-        if e["kind"] == "remove":
-            final_cells.discard(binding[e["slot"]].cell)
+    taken = {o.cell for o in scene.objects}  # moves and adds land on cells empty in the reference, as fine edits do
     fine = []
     for e in coarse:
         kind = e["kind"]
         if kind == "background":
             fine.append({"kind": kind, "value": choice(rng, [b for b in BACKGROUNDS if b != scene.background])})
         elif kind == "add":
-            free = [c for c in ATTRIBUTES["cell"] if c not in final_cells]
+            free = [c for c in ATTRIBUTES["cell"] if c not in taken]
             if not free:
                 return None
             obj = random_object(rng, choice(rng, free))
             if e["shape"] is not None:
                 obj = obj.with_(shape=e["shape"])
-            final_cells.add(obj.cell)
+            taken.add(obj.cell)
             fine.append({"kind": kind, "object": obj.to_json()})
         else:
             obj = binding[e["slot"]]
             if kind == "remove":
                 fine.append({"kind": kind, "cell": obj.cell})
             elif kind == "move":
-                free = [c for c in ATTRIBUTES["cell"] if c not in final_cells]
+                free = [c for c in ATTRIBUTES["cell"] if c not in taken]
                 if not free:
                     return None
                 to = choice(rng, free)
-                final_cells.discard(obj.cell)
-                final_cells.add(to)
+                taken.add(to)
                 fine.append({"kind": kind, "cell": obj.cell, "to": to})
             else:
                 values = [v for v in ATTRIBUTES[kind] if v != getattr(obj, kind)]

@@ -5,7 +5,8 @@ reference with the fine edits applied (every rendering of that spec in the
 gallery is a ground truth). A coarse text leaves values and the referent open,
 so it is turned into *templates*, one per way of binding its objects ("the
 circle" when there are two): per target object, the set of values each
-attribute may take. A scene satisfies a template when its background is
+attribute may take. As in fine edits, a moved or added object lands in a cell
+that is empty in the reference. A scene satisfies a template when its background is
 allowed and its objects can be paired one-to-one with the template's objects.
 """
 
@@ -73,6 +74,9 @@ def coarse_templates(scene: Scene, coarse: list[dict]) -> list[Template]:
 
 def _template(scene: Scene, coarse: list[dict], binding: dict[int, Obj]) -> Template:
     everything = {f: frozenset(v) for f, v in ATTRIBUTES.items()}
+    # as in fine edits, moved and added objects go to cells that are empty in the reference
+    # (else "remove the circle and add something" could put the circle back: no change at all)
+    free = frozenset(scene.free_cells())
     constraints = {o.cell: Template.exact(o) for o in scene.objects}
     background = frozenset([scene.background])
     added = []
@@ -81,7 +85,7 @@ def _template(scene: Scene, coarse: list[dict], binding: dict[int, Obj]) -> Temp
         if kind == "background":
             background = frozenset(BACKGROUNDS) - {scene.background}
         elif kind == "add":
-            c = dict(everything)
+            c = dict(everything, cell=free)
             if e["shape"] is not None:
                 c["shape"] = frozenset([e["shape"]])
             added.append(c)
@@ -90,7 +94,7 @@ def _template(scene: Scene, coarse: list[dict], binding: dict[int, Obj]) -> Temp
             if kind == "remove":
                 constraints.pop(obj.cell)
             elif kind == "move":
-                constraints[obj.cell]["cell"] = everything["cell"] - {obj.cell}
+                constraints[obj.cell]["cell"] = free
             elif kind in ATTRIBUTE_KINDS:
                 constraints[obj.cell][kind] = everything[kind] - {getattr(obj, kind)}
     return Template(background, tuple(constraints.values()) + tuple(added))

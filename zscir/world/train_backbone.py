@@ -316,7 +316,7 @@ def train_backbone(cfg: TrainConfig, out: str | os.PathLike, run_dir: str | os.P
         step += 1
         history.append(round(loss.item(), 4))
         bar.update(1)
-        bar.set_postfix(loss=f"{history[-1]:.3f}", scale=f"{float(model.logit_scale.exp()):.1f}")
+        bar.set_postfix(loss=f"{history[-1]:.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
         if step % cfg.save_every == 0 or step == cfg.steps:
             with atomic_path(state_path) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
