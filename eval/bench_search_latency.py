@@ -18,7 +18,8 @@ Approximate: the IVF index `zscir index` builds for this size (nlist by zscir's 
 k-means on a sample), searched at several nprobe values; recall@50 = mean fraction of the
 exact fp32 top-50 found in the approximate top-50. Random vectors have no cluster
 structure, the worst case for IVF: the recall curve here is a lower bound for real
-CLIP features (see `recall` in an index's index.json for those).
+CLIP features (see `recall` in an index's index.json for those). HNSW (M=32, the
+`--kind hnsw` index) is measured too, up to --hnsw-max vectors.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
     return search_index.recall_at_k(found, exact)
 
 
-def bench_size(n: int, d: int, n_queries: int, k: int, bandwidth: float, nprobes: list[int], seed: int) -> dict:
+def bench_size(n: int, d: int, n_queries: int, k: int, bandwidth: float, nprobes: list[int], seed: int,
+               hnsw_max: int, ef_searches: list[int]) -> dict:
     gallery = unit_vectors(n, d, seed)
     queries = unit_vectors(n_queries, d, seed + 1)
     row: dict = {"n": n, "d": d}
@@ -100,6 +102,18 @@ def bench_size(n: int, d: int, n_queries: int, k: int, bandwidth: float, nprobes
         lat, found = median_latency(built.index, queries, k)
         curve.append({"nprobe": nprobe, "ms": lat * 1e3, "recall@k": recall(found, exact)})
     row["ivf"] = {"nlist": nlist, "build_s": build_s, "curve": curve}
+    del built
+
+    if n <= hnsw_max:
+        t = time.perf_counter()
+        built = search_index.KINDS["hnsw"](gallery)
+        build_s = time.perf_counter() - t
+        curve = []
+        for ef in ef_searches:
+            search_index.set_search_knob(built, max(ef, k))
+            lat, found = median_latency(built.index, queries, k)
+            curve.append({"efSearch": max(ef, k), "ms": lat * 1e3, "recall@k": recall(found, exact)})
+        row["hnsw"] = {"M": built.params["M"], "build_s": build_s, "curve": curve}
     return row
 
 
@@ -114,6 +128,12 @@ def print_row(row: dict, k: int) -> None:
     for p in ivf["curve"]:
         print(f"    nprobe {p['nprobe']:5d}  {p['ms']:9.2f} ms   recall@{k} {p['recall@k']:.3f}"
               f"   speed-up vs exact fp32 {f32['ms'] / p['ms']:6.1f}x")
+    if "hnsw" in row:
+        h = row["hnsw"]
+        print(f"  HNSW{h['M']},Flat (built in {h['build_s']:.1f} s):")
+        for p in h["curve"]:
+            print(f"    efSearch {p['efSearch']:4d}  {p['ms']:9.2f} ms   recall@{k} {p['recall@k']:.3f}"
+                  f"   speed-up vs exact fp32 {f32['ms'] / p['ms']:6.1f}x")
 
 
 @click.command()
@@ -122,10 +142,13 @@ def print_row(row: dict, k: int) -> None:
 @click.option("--queries", "n_queries", default=50, show_default=True, help="Single queries timed per setting.")
 @click.option("-k", "k", default=50, show_default=True)
 @click.option("--nprobes", default="1,4,16,64,256,1024", show_default=True, help="IVF nprobe values to measure.")
+@click.option("--hnsw-max", default=100_000, show_default=True,
+              help="Also build and measure HNSW up to this size (its build is slow on 2 cores).")
+@click.option("--ef-searches", default="64,256,1024", show_default=True, help="HNSW efSearch values to measure.")
 @click.option("--threads", type=int, default=None, help="faiss OpenMP threads (default: all cores).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the results here.")
 @click.option("--seed", default=0, show_default=True)
-def main(sizes, dim, n_queries, k, nprobes, threads, json_path, seed):
+def main(sizes, dim, n_queries, k, nprobes, hnsw_max, ef_searches, threads, json_path, seed):
     if threads:
         faiss.omp_set_num_threads(threads)
     bandwidth = copy_bandwidth()
@@ -133,7 +156,8 @@ def main(sizes, dim, n_queries, k, nprobes, threads, json_path, seed):
           f"faiss threads {faiss.omp_get_max_threads()}; {n_queries} single queries per setting, k = {k}")
     rows = []
     for n in (int(s) for s in sizes.split(",")):
-        row = bench_size(n, dim, n_queries, k, bandwidth, [int(p) for p in nprobes.split(",")], seed)
+        row = bench_size(n, dim, n_queries, k, bandwidth, [int(p) for p in nprobes.split(",")], seed,
+                         hnsw_max, [int(e) for e in ef_searches.split(",")])
         print_row(row, k)
         rows.append(row)
     if json_path:
