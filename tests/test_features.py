@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -196,18 +197,44 @@ def test_row_view_gathers_and_pickles_by_path(tmp_path):
     np.testing.assert_array_equal(np.asarray(pickle.loads(blob)), full)
 
 
-def test_killed_update_keeps_finished_shards_and_resumes(bb, tmp_path):
+class ConvBackbone:
+    """A deterministic stand-in with the backbone's interface, importable without open_clip.
+
+    The kill/resume test starts a child process; importing open_clip there would cost
+    most of the test's time. (Every other test here uses the real tiny CLIP.)
+    """
+
+    identity = {"model": "conv-test", "pretrained": "seed0"}
+    preprocess_name = "resize-32"
+    embed_dim = 4
+    device = torch.device("cpu")
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.patch = torch.randn(8, 3, 8, 8, generator=g)
+        self.proj = torch.randn(8, 4, generator=g)
+
+    @staticmethod
+    def preprocess(image):
+        return torch.from_numpy(np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.float32) / 255).permute(2, 0, 1)
+
+    def encode_image(self, images, with_tokens=False):
+        patches = torch.nn.functional.conv2d(images.float(), self.patch, stride=8).flatten(2).transpose(1, 2)
+        tokens = torch.cat([patches.mean(1, keepdim=True), patches], 1)  # [B, 17, 8]
+        return SimpleNamespace(pooled=tokens[:, 0] @ self.proj, tokens=tokens if with_tokens else None)
+
+
+def test_killed_update_keeps_finished_shards_and_resumes(tmp_path):
     items = make_folder(tmp_path / "imgs", 9)
     store_dir = tmp_path / "store"
     # a child process encodes in shards of 2 and is SIGKILLed once three shards (6 images) are written;
     # the 7th image's loader waits for that, as decoding runs ahead of encoding
     script = textwrap.dedent(f"""
-        import json, os, signal, time, torch
+        import json, os, signal, sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
         from PIL import Image
-        from zscir.backbone import load_backbone
+        from test_features import ConvBackbone
         from zscir.features import FeatureStore, ImageSource, file_key
-        torch.manual_seed(0)
-        bb = load_backbone("zscir-tiny-test", pretrained=None)
         items = {[(i, str(p)) for i, p in items]!r}
         def loader(n, path):
             def load():
@@ -219,14 +246,15 @@ def test_killed_update_keeps_finished_shards_and_resumes(bb, tmp_path):
                 return Image.open(path).convert("RGB")
             return load
         sources = [ImageSource(i, file_key(p), loader(n, p)) for n, (i, p) in enumerate(items)]
-        FeatureStore({str(store_dir)!r}).update(bb, sources, with_tokens=True, batch_size=2, shard_size=2,
-                                                 workers=1, progress=False)
+        FeatureStore({str(store_dir)!r}).update(ConvBackbone(), sources, with_tokens=True, batch_size=2,
+                                                 shard_size=2, workers=1, progress=False)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == -9, proc.stderr
     manifest = json.loads((store_dir / "manifest.json").read_text())
     assert sum(s["rows"] for s in manifest["shards"]) == 6 and manifest["consolidated"] is None
 
+    bb = ConvBackbone()
     store = FeatureStore(store_dir)
     partial = store.load()  # readable without consolidation, gathered from the finished shards
     assert partial.ids == [f"img{i:03d}" for i in range(6)]

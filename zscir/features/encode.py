@@ -6,7 +6,6 @@ raised: one bad file in 100k must not end a long job.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from zscir.features.sources import ImageSource
+from zscir.features.sources import ImageSource, default_workers
 from zscir.features.shards import DTYPE
 
 
@@ -26,10 +25,6 @@ class EncodedBatch:
     pooled: np.ndarray            # fp16 [b, D], projected, not normalised
     tokens: np.ndarray | None     # fp16 [b, T, W] (CLS + patches) or None
     corrupt: list[tuple[str, str]]  # (id, reason) of images skipped in this batch
-
-
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _prepare(source: ImageSource, preprocess) -> tuple[torch.Tensor | None, str | None]:

@@ -41,6 +41,11 @@ class ImageSource:
     load: Callable[[], Image.Image]
 
 
+def default_workers() -> int:
+    """Threads for decoding / hashing: I/O and PIL release the GIL, so a few help even on 2 cores."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def file_key(path: str | os.PathLike) -> str:
     """The identity of a file on disk: absolute path, size and mtime in nanoseconds."""
     p = Path(path).absolute()

@@ -39,9 +39,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from zscir.errors import ZscirError
-from zscir.features.encode import default_workers, encode_sources
 from zscir.features.shards import DTYPE, RowView, open_array, read_rows, shard_files, write_shard
-from zscir.features.sources import as_sources
+from zscir.features.sources import as_sources, default_workers
 from zscir.utils.atomic import atomic_path, atomic_write_json
 
 FORMAT = "zscir-features"
@@ -175,7 +174,7 @@ class FeatureStore:
         return rows
 
     def ids(self) -> list[str]:
-        return self.load().ids
+        return self.load(tokens=False).ids
 
     def __len__(self) -> int:
         manifest = self._read_manifest()
@@ -348,6 +347,8 @@ class FeatureStore:
         announced = False
         skipped_here = 0
         try:
+            from zscir.features.encode import encode_sources  # torch: only when something is encoded
+
             for batch in encode_sources(backbone, todo, batch_size, with_tokens, workers):
                 report.corrupt.extend(batch.corrupt)
                 skipped_here += len(batch.corrupt)

@@ -78,14 +78,23 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
 
 def open_retriever(index_dir, model, clip, pretrained, preprocess, device, progress=True):
     """The retriever for the given options, with the shapes-world defaults for what is missing."""
-    from zscir.index import defaults
     from zscir.index.gallery import GalleryIndex
+    from zscir.index.queries import checkpoint_fingerprint
+
+    if index_dir is not None:
+        index = GalleryIndex.open(index_dir)
+        early = checkpoint_fingerprint(model) if model is not None else None
+        if early is not None:  # a mismatch is reported before any weights are loaded
+            index.check_fingerprint(early[0], what=f"the query model ({early[1]})")
+        from zscir.index.retriever import Retriever
+
+        return Retriever.load(index, model, load_cli_backbone(clip, pretrained, preprocess, device))
+
+    from zscir.index import defaults
     from zscir.index.retriever import Retriever
     from zscir.models.query import BASELINES, load_query_encoder
 
     backbone = load_cli_backbone(clip, pretrained, preprocess, device)
-    if index_dir is not None:
-        return Retriever.load(index_dir, model, backbone)
     if model is None or model in BASELINES:
         backbone = backbone or defaults.shapes_backbone()
         model = model or defaults.default_model_for(backbone.identity)

@@ -89,7 +89,10 @@ class GalleryIndex:
         return {"backbone": self.meta["backbone"], "preprocess": self.meta["preprocess"]}
 
     def check_backbone(self, backbone, what: str = "the model") -> None:
-        want = backbone_fingerprint(backbone)
+        self.check_fingerprint(backbone_fingerprint(backbone), what)
+
+    def check_fingerprint(self, want: dict[str, Any], what: str = "the model") -> None:
+        """Raise unless features from ``want`` (backbone identity + preprocessing) are comparable with ours."""
         if want != self.fingerprint:
             raise ZscirError(f"index {str(self.root)!r} was built with {_describe(self.meta)} but {what} uses "
                              f"{_describe(want)}: rebuild it with `zscir index --out {self.root} ...` "

@@ -72,3 +72,19 @@ def read_queries(path: str | os.PathLike) -> tuple[list[tuple[str, str]], list[d
         detail = f": {skipped[0]['error']} (line {skipped[0]['line']})" if skipped else ""
         raise ZscirError(f"no usable query in {path}{detail}")
     return queries, skipped
+
+
+def checkpoint_fingerprint(model: str) -> tuple[dict, str] | None:
+    """(backbone identity + preprocessing, method) from a checkpoint's JSON sidecar, without loading it.
+
+    Lets a mismatch between an index and a model be reported before any weights are read.
+    None for a baseline name or a file without a readable sidecar (the full load reports those).
+    """
+    sidecar = Path(model).with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or "backbone" not in meta or "preprocess" not in meta:
+        return None
+    return {"backbone": meta["backbone"], "preprocess": meta["preprocess"]}, str(meta.get("method", meta.get("kind")))

@@ -54,8 +54,8 @@ class Retriever:
         self._row_of_path = {os.path.realpath(p): n for n, p in enumerate(index.paths) if p}
 
     @classmethod
-    def load(cls, index_dir: str | os.PathLike, model: str | None = None, backbone=None) -> "Retriever":
-        """Open ``index_dir`` and the query ``model`` (a checkpoint path or a baseline name).
+    def load(cls, index_dir: str | os.PathLike | GalleryIndex, model: str | None = None, backbone=None) -> "Retriever":
+        """Open ``index_dir`` (or use an opened index) and the query ``model`` (a checkpoint path or a baseline name).
 
         Without ``model``: the model the index was built for (``zscir index --model``),
         else the shipped FTI checkpoint trained on the index's backbone, else the
@@ -65,7 +65,7 @@ class Retriever:
         from zscir.index.defaults import default_model_for, load_index_backbone
         from zscir.models.query import BASELINES, load_query_encoder
 
-        index = GalleryIndex.open(index_dir)
+        index = index_dir if isinstance(index_dir, GalleryIndex) else GalleryIndex.open(index_dir)
         if model is None:
             recorded = index.meta.get("model")
             model = recorded if recorded and os.path.exists(recorded) else default_model_for(index.fingerprint["backbone"])
