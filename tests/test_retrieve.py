@@ -116,6 +116,12 @@ def test_reference_excluded_unless_kept_and_baseline_uses_index_backbone(env):
     assert kept[0].id == "g07.png" and kept[0].score > 0.998
     dropped = r.search(ref, "anything", k=3)
     assert "g07.png" not in [h.id for h in dropped] and dropped[0].id == kept[1].id
+    # batches of 2 over 3 queries answer as the queries alone do
+    queries = [(env["paths"][i], "anything") for i in (1, 2, 3)]
+    batched = r.search_many(queries, k=4, batch_size=2)
+    for (image, text), res in zip(queries, batched):
+        alone = r.search(image, text, k=4)
+        assert [h.id for h in res.hits] == [h.id for h in alone] and res.ref == str(image)
 
 
 def test_cli_json_queries_and_html(env, tmp_path):

@@ -93,19 +93,19 @@ class Retriever:
 
     def search_many(self, queries: Sequence[tuple[ImageInput, str]], k: int = 10, exclude_reference: bool = True,
                     batch_size: int = 64) -> list[QueryResult]:
-        """Answer many (image, text) queries in batches; bad input raises before any work is done."""
+        """Answer many (image, text) queries, ``batch_size`` at a time (images are decoded per batch)."""
         if k < 1:
             raise ZscirError(f"-k must be at least 1, got {k}")
         texts = [check_text(t) for _, t in queries]
-        images = [load_reference(im) for im, _ in queries]
+        extra = 1 if exclude_reference else 0  # the reference may take one of the k places: ask for one more
         results = []
         for start in range(0, len(queries), batch_size):
-            chunk = slice(start, start + batch_size)
-            ref = self.encode_references(images[chunk], batch_size)
-            q = self.encoder.encode_queries(ref, texts[chunk]).float().cpu().numpy()
-            extra = 1 if exclude_reference else 0
+            chunk = list(queries[start:start + batch_size])
+            images = [load_reference(im) for im, _ in chunk]
+            ref = self.encode_references(images, batch_size)
+            q = self.encoder.encode_queries(ref, texts[start:start + batch_size]).float().cpu().numpy()
             scores, rows = self.index.search(q, k + extra)
-            for (image, _), text, s, r in zip(queries[chunk], texts[chunk], scores, rows):
+            for (image, _), text, s, r in zip(chunk, texts[start:start + batch_size], scores, rows):
                 own = self._own_row(image) if exclude_reference else None
                 hits = [(float(sc), int(row)) for sc, row in zip(s, r) if row >= 0 and row != own][:k]
                 results.append(QueryResult(_label(image), text, [
