@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from zscir.errors import ZscirError
 from zscir.features.sources import ImageSource, default_workers
 from zscir.features.shards import DTYPE
 
@@ -70,4 +71,8 @@ def encode_sources(backbone, sources: Sequence[ImageSource], batch_size: int = 6
             feats = backbone.encode_image(images, with_tokens=with_tokens)
         pooled = feats.pooled.float().cpu().numpy().astype(DTYPE)
         tokens = feats.tokens.float().cpu().numpy().astype(DTYPE) if with_tokens else None
+        for name, array in (("pooled", pooled), ("token", tokens)):
+            if array is not None and not np.isfinite(array).all():
+                raise ZscirError(f"{name} features of {backbone.identity} overflow fp16 (|x| > 65504) or are NaN "
+                                 f"in the batch starting at image {good[0][0].id!r}; the fp16 cache cannot hold them")
         yield EncodedBatch([s.id for s, _ in good], [s.key for s, _ in good], pooled, tokens, corrupt)
