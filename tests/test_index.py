@@ -165,3 +165,17 @@ def test_ivf_falls_back_to_exact_when_it_would_scan_most_lists():
     vectors = unit(np.random.default_rng(0).standard_normal((3000, 64)))  # no structure for IVF to exploit
     built, recall = search_index.build(vectors, "ivf")
     assert built.kind == "flat" and recall == 1.0 and "nprobe" in built.params["fallback_from_ivf"]
+
+
+def test_ivf_rebuild_keeps_trained_centroids_while_size_stays_in_range():
+    vectors = clustered(4000)
+    first, _ = search_index.build(vectors, "ivf")
+    centroids = faiss.extract_index_ivf(first.index).quantizer.reconstruct_n(0, first.params["nlist"])
+    grown = np.concatenate([vectors, clustered(300, seed=5)])
+    again, recall = search_index.build(grown, "ivf", previous=first.index)
+    ivf = faiss.extract_index_ivf(again.index)
+    np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, ivf.nlist), centroids)
+    assert again.index.ntotal == len(grown) and recall >= 0.95
+    q = search_index.sample_queries(grown, 64, seed=3)
+    exact = brute_top_k(grown, q, 50)
+    assert search_index.recall_at_k(again.index.search(q, 50)[1], exact) >= 0.9
