@@ -54,8 +54,8 @@ def shipped_zero_shot(backbone) -> dict[str, str]:
     return found
 
 
-def train_heads(out: Path, world: Path, clip, pretrained, cache_dir, epochs: int, batch_size: int, retrain: bool,
-                log) -> dict:
+def train_heads(out: Path, world: Path, clip, pretrained, cache_dir, epochs: int, batch_size: int, threads,
+                retrain: bool, log) -> dict:
     from zscir.training.supervised import SupervisedConfig, run_supervised_training
 
     heads = {}
@@ -74,7 +74,7 @@ def train_heads(out: Path, world: Path, clip, pretrained, cache_dir, epochs: int
                 shutil.rmtree(run)
             log(f"training {head} on {style} texts -> {run}")
             cfg = SupervisedConfig(out=str(run), dataset="shapes", texts=style, head=head, epochs=epochs,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, threads=threads)
             result = run_supervised_training(cfg, root=world, clip_name=clip, pretrained=pretrained,
                                              cache_dir=cache_dir, resume=True, log=log)
             atomic_write_json(record_file, result)
@@ -105,11 +105,12 @@ def cell(metrics: dict | None, key: str) -> str:
 @click.option("--single", default=None, help="Single-token checkpoint. Default: the shipped one for the backbone.")
 @click.option("--epochs", type=int, default=60, show_default=True, help="Training epochs of each head.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Training batch size of each head.")
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for training the heads.")
 @click.option("--out", default="runs/study-fine-vs-coarse", show_default=True)
 @click.option("--cache-dir", default=None, help="Feature cache root (default: the evaluation cache).")
 @click.option("--retrain", is_flag=True, help="Train the heads again even when --out has them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def main(world, clip, pretrained, fti, single, epochs, batch_size, out, cache_dir, retrain, as_json):
+def main(world, clip, pretrained, fti, single, epochs, batch_size, threads, out, cache_dir, retrain, as_json):
     from zscir.backbone import load_backbone
     from zscir.evaluation.defaults import shapes_backbone
     from zscir.evaluation.run import EvalRequest, evaluate
@@ -128,7 +129,7 @@ def main(world, clip, pretrained, fti, single, epochs, batch_size, out, cache_di
     for m in missing:
         log(f"no {m} checkpoint for {backbone.identity_str}: its row stays empty (pass --{m} PATH)")
 
-    heads = train_heads(out, world, clip, pretrained, cache_dir, epochs, batch_size, retrain, log)
+    heads = train_heads(out, world, clip, pretrained, cache_dir, epochs, batch_size, threads, retrain, log)
     models = ["sum"] + [zero_shot[m] for m in ("single", "fti") if m in zero_shot]
     models += [heads[(style, head)]["checkpoint"] for style in STYLES for head in ("combiner", "finecir")]
     results = evaluate(EvalRequest("shapes", root=world, splits=list(STYLES.values()), models=models, clip=clip,

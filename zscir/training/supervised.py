@@ -60,6 +60,7 @@ class SupervisedConfig:
     head_options: dict = field(default_factory=dict)   # overrides of zscir.models.supervised.DEFAULT_CONFIG
     seed: int = 0
     max_steps: Optional[int] = None
+    threads: Optional[int] = None         # CPU threads for the loop (None: torch's default)
     data: dict = field(default_factory=dict)            # how the data was built (recorded)
 
     def split_name(self) -> str:
@@ -252,6 +253,9 @@ def train(cfg: SupervisedConfig, backbone, data: TripletData, resume: bool = Fal
     steps_per_epoch = len(data) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ZscirError(f"only {len(data)} triplets: fewer than one batch of --batch-size {cfg.batch_size}")
+    if cfg.threads:
+        # the head's matrices are small: on a busy CPU, extra threads mostly wait for each other
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     net_cfg = head_config(cfg.head, cfg.head_options)
     if net_cfg["head"] == "finecir" and data.ref_patches is None:

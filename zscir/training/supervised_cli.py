@@ -33,12 +33,14 @@ from zscir.training.supervised import DATASETS
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-steps", type=int, default=None, help="Stop after N steps in total.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="CPU threads for the training loop (default: torch's). "
+              "The heads are small: on a busy 2-core machine --threads 1 trained 3x faster than 2.")
 @click.option("--cache-dir", default=None, help="Feature cache root. Default: the evaluation cache (<zscir cache>/features/eval).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
 def train_supervised(dataset, root, texts, head, clip_name, pretrained, preprocess, out, epochs, batch_size, lr,
                      weight_decay, temperature, learn_temperature, dropout, max_entities, parser, seed, max_steps,
-                     device, cache_dir, resume, as_json):
+                     device, threads, cache_dir, resume, as_json):
     """Train a supervised composition head on frozen CLIP features (cached), for comparison with zero-shot models.
 
     The checkpoint (OUT/model.safetensors) is evaluated with `zscir eval ... --model OUT/model.safetensors`.
@@ -49,7 +51,7 @@ def train_supervised(dataset, root, texts, head, clip_name, pretrained, preproce
                            head=head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                            temperature=temperature, learn_temperature=learn_temperature, parser=parser,
                            head_options={"dropout": dropout, "max_entities": max_entities}, seed=seed,
-                           max_steps=max_steps)
+                           max_steps=max_steps, threads=threads)
     log = (lambda m: click.echo(m, err=True))
     result = run_supervised_training(cfg, root=root, clip_name=clip_name, pretrained=pretrained,
                                      preprocess=preprocess, cache_dir=cache_dir, device=device, resume=resume,
