@@ -25,7 +25,6 @@ loaded by ``zscir eval --model`` and ``zscir retrieve --model``.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional
 
 import torch
@@ -239,8 +238,3 @@ class SupervisedQuery(QueryEncoder):
 
 
 CHECKPOINT_KINDS["supervised"] = SupervisedQuery.from_checkpoint
-
-
-def frozen_copy(head: Combiner) -> Combiner:
-    """An eval-mode copy (for evaluation during training without touching the trained module)."""
-    return copy.deepcopy(head).eval()
