@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from zscir.errors import ZscirError
-from zscir.text import Entity, Relation, get_parser, parse_text, resolve_parser_name
+from zscir.text import Entity, Relation, get_parser, resolve_parser_name
 from zscir.text.rules import RuleParser
 from zscir.world.captions import PATTERN_WORDS, POSITION_WORDS, SIZE_WORDS
 from zscir.world.spec import Scene

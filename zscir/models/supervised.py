@@ -25,7 +25,7 @@ loaded by ``zscir eval --model`` and ``zscir retrieve --model``.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
