@@ -251,3 +251,44 @@ def test_retrieve_with_a_supervised_checkpoint(world, backbone, data, tmp_path):
     hits = r.search(str(ref), "make the red circle blue", k=5)
     assert len(hits) == 5 and all(h.path != str(ref) for h in hits)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def _fashioniq_look_alike(root, n=8):
+    """FashionIQ's train layout (three categories), coloured placeholder images, FineCIR's fine texts beside it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "captions").mkdir(parents=True)
+    (root / "image_splits").mkdir()
+    (root / "images").mkdir()
+    for category in ("dress", "shirt", "toptee"):
+        asins = [f"{category}{k:03d}" for k in range(2 * n)]
+        for a in asins:
+            Image.new("RGB", (16, 16), tuple(int(c) for c in rng.integers(0, 255, 3))).save(root / "images" / f"{a}.png")
+        rows = [{"candidate": asins[2 * k], "target": asins[2 * k + 1], "captions": [f"is red {k}", "has long sleeves"]}
+                for k in range(n)]
+        (root / "captions" / f"cap.{category}.train.json").write_text(json.dumps(rows))
+        (root / "image_splits" / f"split.{category}.train.json").write_text(json.dumps(asins))
+        fine = [{"candidate": r["candidate"], "target": r["target"],
+                 "finemt": "1. Change the color of the dress to red.\n2. Make the sleeves long."} for r in rows]
+        (root / "captions" / f"fiq.fine.{category}.train.jsonl").write_text("".join(json.dumps(f) + "\n" for f in fine))
+    return root
+
+
+def test_fashioniq_and_fine_fashioniq_training(tmp_path, backbone):
+    root = _fashioniq_look_alike(tmp_path / "fiq")
+    splits = load_train_splits("fashioniq", "train", root)
+    data = build_triplet_data(splits, backbone, tmp_path / "cache", with_entities=False, progress=False,
+                              log=lambda m: None)
+    assert len(data) == 24 and data.ref_patches is None
+    # FashionIQ's two captions give two texts per triplet, both orders (as the evaluation protocol forms them)
+    assert all(len(v) == 2 for v in data.text_variants)
+    texts = list(dict.fromkeys(t for split in splits for q in split.queries for t in [q.captions[0]]))
+    assert len(texts) == 8
+    path = train(SupervisedConfig(out=str(tmp_path / "run"), dataset="fashioniq", head="combiner", epochs=1,
+                                  batch_size=8), backbone, data, progress_bar=False)
+    assert load_supervised_checkpoint(path)[1]["training"]["steps"] == 3
+    fine = build_triplet_data(load_train_splits("fine-fashioniq", "train", root), backbone, tmp_path / "cache",
+                              with_entities=True, progress=False, log=lambda m: None)
+    assert len(fine) == 24 and fine.record["entity_phrases"] == 2      # "dress" and "sleeves", parsed from FineMT
+    assert fine.entity_index.shape[1] == 2
