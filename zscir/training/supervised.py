@@ -146,7 +146,7 @@ def build_triplet_data(splits, backbone, cache_root: Path, with_entities: bool, 
     for split in splits:
         refs = list(dict.fromkeys(q.reference for q in split.queries))
         tgts = list(dict.fromkeys(t for q in split.queries for t in q.targets))
-        label = split.name.replace("/", "-")
+        label = split.gallery_name   # fine and coarse texts of one gallery share the cached features
         ok_r, fr, bad_r = _features(backbone, cache_root, f"{label}-references", split, refs, with_entities, progress)
         ok_t, ft, bad_t = _features(backbone, cache_root, f"{label}-targets", split, tgts, False, progress)
         corrupt_total |= bad_r | bad_t
