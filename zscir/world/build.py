@@ -41,7 +41,7 @@ from zscir.world.render import DEFAULT_IMAGE_SIZE, png_bytes, render_image
 from zscir.world.spec import MAX_OBJECTS, Scene, sample_scene
 from zscir.world.triplets import Triplet, gallery_items, sample_triplet
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: coarse moves/adds land on cells empty in the reference
 GALLERY_LIST = Path("COCO2017_unlabeled/annotations/image_info_unlabeled2017.json")
 GALLERY_DIR = Path("COCO2017_unlabeled/unlabeled2017")
 TRAIN_LIST = Path("train_gallery/image_info.json")

@@ -63,16 +63,24 @@ def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size,
 @click.option("--steps", type=int, default=None, help="Optimizer steps [700].")
 @click.option("--batch-size", type=int, default=None, help="Pairs per step [256].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate [1e-3].")
-@click.option("--twin-fraction", type=float, default=None, help="Share of one-attribute twin pairs [0.5].")
+@click.option("--twin-fraction", type=float, default=None, help="Share of one-attribute twin pairs [0.8].")
+@click.option("--text-lock-steps", type=int, default=None, help="Steps the text tower stays at its random init [150].")
+@click.option("--twin-kinds", default=None, help="What twins change, with weights [cell=3,shape=2,pattern=2,size=1,color=0.5,background=0.5].")
 @click.option("--eval-scenes", type=int, default=1000, show_default=True, help="Held-out scenes evaluated at the end (0: skip).")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="Training record JSON [beside --out, same name, .json].")
-def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_size, lr, twin_fraction, eval_scenes, report):
+def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_size, lr, twin_fraction, text_lock_steps,
+                           twin_kinds, eval_scenes, report):
     """Train the world's tiny CLIP on rendered scenes and their captions (2 CPU cores: ~15 minutes)."""
     from zscir.world.train_backbone import TrainConfig, train_backbone
 
     given = {"model": model, "seed": seed, "num_scenes": num_scenes, "steps": steps, "batch_size": batch_size,
-             "lr": lr, "twin_fraction": twin_fraction}
+             "lr": lr, "twin_fraction": twin_fraction, "text_lock_steps": text_lock_steps}
+    if twin_kinds is not None:
+        try:
+            given["twin_kinds"] = tuple((k.strip(), float(w)) for k, w in (item.split("=") for item in twin_kinds.split(",")))
+        except ValueError:
+            raise ZscirError(f"--twin-kinds {twin_kinds!r}: expected kind=weight,kind=weight,...") from None
     cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     record = train_backbone(cfg, out, run_dir)
     record["command"] = "zscir world " + " ".join(sys.argv[sys.argv.index("train-backbone"):]) if "train-backbone" in sys.argv else None
