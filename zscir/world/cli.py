@@ -101,7 +101,7 @@ def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_s
 
 @world.command("eval-backbone")
 @click.option("--clip", "model", default=None, help="open_clip model name [the registered zscir-shapes-* config].")
-@click.option("--pretrained", default="checkpoints/shapes_clip.safetensors", show_default=True, help="Weights file or tag.")
+@click.option("--pretrained", default=None, help="Weights file or tag [the shipped checkpoints/shapes_clip.safetensors].")
 @click.option("--scenes", "num_scenes", type=int, default=1000, show_default=True, help="Held-out scenes.")
 @click.option("--seed", type=int, default=None, help="Seed of the held-out scenes [1234].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
@@ -113,6 +113,10 @@ def eval_backbone_command(model, pretrained, num_scenes, seed, as_json):
     from zscir.world.eval_backbone import HELDOUT_SEED, TARGET_KINDS, evaluate_backbone
 
     torch.set_num_threads(2)
+    if pretrained is None:
+        from zscir.utils.paths import repo_checkpoints_dir
+
+        pretrained = str(repo_checkpoints_dir() / "shapes_clip.safetensors")
     if model is None:
         from zscir.evaluation.defaults import shapes_clip_name
 
