@@ -16,6 +16,7 @@ is left out of the ranking, a query with a corrupt reference gets an empty one.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +41,8 @@ def _slug(text: str) -> str:
 def image_set_key(label: str, split: EvalSplit, ids: list[str]) -> str:
     """A store name for these images: readable label + hash of the ordered (id, absolute file) list."""
     h = hashlib.sha256()
-    for image_id in ids:
-        h.update(f"{image_id}\t{Path(split.images[image_id]).absolute()}\n".encode())
+    for image_id in ids:   # os.path, not pathlib: this runs over 123k CIRCO files on every evaluation
+        h.update(f"{image_id}\t{os.path.abspath(split.images[image_id])}\n".encode())
     return f"{_slug(label)}-{h.hexdigest()[:12]}"
 
 
