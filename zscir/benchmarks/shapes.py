@@ -9,6 +9,7 @@ first use (``zscir.world.build.default_world``) and reused afterwards.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from zscir.benchmarks import circo
@@ -27,7 +28,8 @@ def default_root() -> Path:
     except ImportError as e:
         raise ZscirError(f"the shapes world is not available in this installation ({e}): pass --root DIR "
                          "with a world made by `zscir world generate`") from None
-    return Path(default_world())
+    # messages to stderr: stdout may carry `zscir eval --json` output
+    return Path(default_world(log=lambda msg: print(msg, file=sys.stderr, flush=True)))
 
 
 def load(root: str | Path | None = None, split: str = "val", benchmark: str = "shapes") -> list[EvalSplit]:
