@@ -81,7 +81,7 @@ def encoded(results: dict) -> tuple[int, int]:
 
 
 def shipped_clip_available() -> bool:
-    from zscir.evaluation.defaults import SHAPES_CLIP_WEIGHTS
+    from zscir.world.shipped import SHAPES_CLIP_WEIGHTS
     from zscir.utils.paths import repo_checkpoints_dir
 
     return (repo_checkpoints_dir() / SHAPES_CLIP_WEIGHTS).is_file()

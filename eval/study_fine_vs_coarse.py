@@ -44,10 +44,10 @@ METRICS = ("mAP@10", "R@1")
 
 def shipped_zero_shot(backbone) -> dict[str, str]:
     """{method: checkpoint} of the shipped mapping networks trained on ``backbone``."""
-    from zscir.evaluation.defaults import shipped_checkpoints
+    from zscir.world.shipped import shipped_checkpoints
 
     found = {}
-    for path in shipped_checkpoints(backbone):
+    for path in shipped_checkpoints(backbone.identity):
         meta = json.loads(path.with_suffix(".json").read_text())
         if meta.get("kind") == "mapping":
             found.setdefault(meta.get("method"), str(path))
@@ -112,7 +112,7 @@ def cell(metrics: dict | None, key: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def main(world, clip, pretrained, fti, single, epochs, batch_size, threads, out, cache_dir, retrain, as_json):
     from zscir.backbone import load_backbone
-    from zscir.evaluation.defaults import shapes_backbone
+    from zscir.world.shipped import shapes_backbone
     from zscir.evaluation.run import EvalRequest, evaluate
 
     log = (lambda m: print(m, file=sys.stderr, flush=True))

@@ -341,7 +341,7 @@ def fti_checkpoint(tmp_path_factory, tiny_weights):
 
 def test_shapes_fine_and_coarse_with_a_token_checkpoint(tmp_path, tiny_world, tiny_weights, fti_checkpoint, capsys):
     """`zscir eval shapes`: default splits val + val_coarse; an FTI checkpoint needs reference tokens."""
-    from zscir.evaluation.defaults import shipped_checkpoints
+    from zscir.world.shipped import shipped_checkpoints
 
     assert shipped_checkpoints(None, fti_checkpoint.parent) == [fti_checkpoint]
     with pytest.raises(SystemExit) as e:

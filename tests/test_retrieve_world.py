@@ -19,13 +19,13 @@ from zscir.index.examples import EXAMPLES_FILE, TOP_K, examples_jsonl, load_exam
 
 def _shipped_fti():
     from zscir.errors import ZscirError
-    from zscir.index import defaults
+    from zscir.world import shipped
 
     try:
-        backbone = defaults.shapes_backbone()
+        backbone = shipped.shapes_backbone()
     except ZscirError as e:
         return None, f"the shapes world's CLIP is not shipped: {e}"
-    ckpt = defaults.shipped_fti_checkpoint(backbone.identity)
+    ckpt = shipped.shipped_fti_checkpoint(backbone.identity)
     if ckpt is None:
         return None, "no shipped FTI checkpoint for the shapes CLIP in checkpoints/"
     if not EXAMPLES_FILE.is_file():

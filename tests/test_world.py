@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from zscir.benchmarks import circo
 from zscir.world import build
 from zscir.world.build import WorldConfig, generate_world, read_scenes
-from zscir.world.captions import PATTERN_WORDS, POSITION_WORDS, SIZE_WORDS, canonical_caption, random_caption
+from zscir.world.captions import POSITION_WORDS, SIZE_WORDS, canonical_caption, random_caption
 from zscir.world.render import render_array, render_rng
 from zscir.world.spec import BACKGROUNDS, CELLS, COLORS, PATTERNS, SHAPES, SIZES, Scene, random_scene, spec_part
 from zscir.world.texts import MOVE_WORDS, NEW_PATTERN_WORDS, NEW_SIZE_WORDS, REMOVE_VERBS

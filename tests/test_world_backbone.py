@@ -11,7 +11,7 @@ import torch
 from zscir.utils.paths import repo_checkpoints_dir
 from zscir.world import train_backbone as tb
 from zscir.world.captions import canonical_caption, random_caption
-from zscir.world.spec import Scene, random_scene, spec_part
+from zscir.world.spec import random_scene, spec_part
 
 SHIPPED = repo_checkpoints_dir() / "shapes_clip.safetensors"
 
@@ -151,7 +151,7 @@ def test_sensitivity_perturbation_changes_exactly_one_attribute_word():
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="checkpoints/shapes_clip.safetensors not trained yet")
 def test_shipped_backbone_knows_the_world():
     from zscir.backbone import load_backbone
-    from zscir.evaluation.defaults import shapes_clip_name
+    from zscir.world.shipped import shapes_clip_name
     from zscir.world.eval_backbone import evaluate_backbone
 
     assert SHIPPED.stat().st_size <= 30 * 2**20

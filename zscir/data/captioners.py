@@ -22,12 +22,15 @@ import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from PIL import Image
 
 from zscir.data.sources import ImageItem
 from zscir.errors import MissingWeightsError, ZscirError
+
+if TYPE_CHECKING:  # torch is imported only by the captioners that run a model
+    import torch
 from zscir.utils.hashing import sha256_file
 
 # FTI4CIR's captioning settings (BLIP base, beam search).

@@ -88,7 +88,7 @@ def load_backbone_for(req: EvalRequest, spec: BenchmarkSpec):
     if req.pretrained:
         raise ZscirError("--pretrained needs --clip (the open_clip model name the weights belong to)")
     if spec.name == "shapes":
-        from zscir.evaluation.defaults import shapes_backbone
+        from zscir.world.shipped import shapes_backbone
 
         return shapes_backbone(device=req.device, preprocess=preprocess)
     return None
@@ -96,9 +96,9 @@ def load_backbone_for(req: EvalRequest, spec: BenchmarkSpec):
 
 def default_models(spec: BenchmarkSpec, backbone) -> list[str]:
     if spec.name == "shapes":
-        from zscir.evaluation.defaults import shipped_checkpoints
+        from zscir.world.shipped import shipped_checkpoints
 
-        return list(BASELINES) + [str(p) for p in shipped_checkpoints(backbone)]
+        return list(BASELINES) + [str(p) for p in shipped_checkpoints(backbone.identity)]
     if backbone is None:
         raise ZscirError(f"nothing to evaluate: pass --model (a checkpoint, or {', '.join(BASELINES)} "
                          "with --clip/--pretrained)")

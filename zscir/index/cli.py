@@ -58,7 +58,7 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
         backbone = load_query_encoder(model, backbone).backbone
         model = str(Path(model).absolute())
     if backbone is None:
-        from zscir.index.defaults import shapes_backbone
+        from zscir.world.shipped import shapes_backbone
 
         backbone = shapes_backbone()
     if batch_size < 1:
@@ -93,10 +93,11 @@ def open_retriever(index_dir, model, clip, pretrained, preprocess, device, progr
     from zscir.index import defaults
     from zscir.index.retriever import Retriever
     from zscir.models.query import BASELINES, load_query_encoder
+    from zscir.world.shipped import shapes_backbone
 
     backbone = load_cli_backbone(clip, pretrained, preprocess, device)
     if model is None or model in BASELINES:
-        backbone = backbone or defaults.shapes_backbone()
+        backbone = backbone or shapes_backbone()
         model = model or defaults.default_model_for(backbone.identity)
     encoder = load_query_encoder(model, backbone)
     index_path = defaults.world_gallery_index(encoder.backbone, progress=progress, log=_echo_err)

@@ -1,6 +1,6 @@
 """What `zscir retrieve` uses when not told: the shapes world, so that it answers on a fresh install.
 
-- backbone: the world's shipped tiny CLIP (``checkpoints/shapes_clip.safetensors``);
+- backbone: the world's shipped tiny CLIP (``zscir.world.shipped``);
 - model: the shipped FTI checkpoint trained on that backbone (else the image+text sum baseline);
 - gallery: the default world's evaluation gallery, built into the cache directory on
   first use and indexed there (``<cache>/indexes/shapes-world-...``), reused afterwards.
@@ -19,31 +19,9 @@ from zscir.utils.paths import cache_dir
 FALLBACK_BASELINE = "sum"
 
 
-def shapes_backbone():
-    try:
-        from zscir.world.shipped import shapes_backbone as load
-    except ImportError:
-        from zscir.evaluation.defaults import shapes_backbone as load
-    return load()
-
-
-def shipped_fti_checkpoint(backbone_identity: dict) -> Path | None:
-    """The shipped FTI checkpoint trained on this backbone, if any (first by name)."""
-    from zscir.utils.paths import repo_checkpoints_dir
-
-    for sidecar in sorted(repo_checkpoints_dir().glob("*.json")):
-        try:
-            meta = json.loads(sidecar.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if (isinstance(meta, dict) and meta.get("format") == "zscir-checkpoint" and meta.get("kind") == "mapping"
-                and meta.get("method") == "fti" and meta.get("backbone") == backbone_identity
-                and sidecar.with_suffix(".safetensors").is_file()):
-            return sidecar.with_suffix(".safetensors")
-    return None
-
-
 def default_model_for(backbone_identity: dict) -> str:
+    from zscir.world.shipped import shipped_fti_checkpoint
+
     ckpt = shipped_fti_checkpoint(backbone_identity)
     return str(ckpt) if ckpt else FALLBACK_BASELINE
 

@@ -69,13 +69,14 @@ def select_examples(retriever, world: Path, count: int = COUNT, k: int = TOP_K) 
 
 def main() -> None:
     from zscir.index import defaults
+    from zscir.world import shipped
     from zscir.index.gallery import GalleryIndex
     from zscir.index.retriever import Retriever
     from zscir.models.query import load_query_encoder
     from zscir.world.build import default_world
 
-    backbone = defaults.shapes_backbone()
-    ckpt = defaults.shipped_fti_checkpoint(backbone.identity)
+    backbone = shipped.shapes_backbone()
+    ckpt = shipped.shipped_fti_checkpoint(backbone.identity)
     if ckpt is None:
         sys.exit("no shipped FTI checkpoint for the shapes world's backbone in checkpoints/")
     encoder = load_query_encoder(str(ckpt), backbone)

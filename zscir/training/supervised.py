@@ -328,7 +328,7 @@ def run_supervised_training(cfg: SupervisedConfig, root=None, clip_name=None, pr
     if clip_name is None:
         if cfg.dataset != "shapes":
             raise ZscirError(f"--dataset {cfg.dataset} needs a backbone: pass --clip NAME --pretrained TAG|FILE")
-        from zscir.evaluation.defaults import shapes_backbone
+        from zscir.world.shipped import shapes_backbone
 
         backbone = shapes_backbone(device=device, preprocess=preprocess)
     else:

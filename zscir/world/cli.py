@@ -113,14 +113,10 @@ def eval_backbone_command(model, pretrained, num_scenes, seed, as_json):
     from zscir.world.eval_backbone import HELDOUT_SEED, TARGET_KINDS, evaluate_backbone
 
     torch.set_num_threads(2)
-    if pretrained is None:
-        from zscir.utils.paths import repo_checkpoints_dir
+    from zscir.world.shipped import shapes_clip_name, shapes_clip_weights
 
-        pretrained = str(repo_checkpoints_dir() / "shapes_clip.safetensors")
-    if model is None:
-        from zscir.evaluation.defaults import shapes_clip_name
-
-        model = shapes_clip_name()
+    pretrained = pretrained or str(shapes_clip_weights())
+    model = model or shapes_clip_name()
     result = evaluate_backbone(load_backbone(model, pretrained), num_scenes, HELDOUT_SEED if seed is None else seed)
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from zscir.world.captions import PATTERN_WORDS, POSITION_WORDS, SIZE_WORDS
+from zscir.world.captions import POSITION_WORDS, SIZE_WORDS
 from zscir.world.spec import Obj, Scene, choice
 
 # destination phrases for moves (first = canonical)

@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_path, atomic_write_json
 from zscir.world.captions import canonical_caption, random_caption
 from zscir.world.render import render_array, render_rng
-from zscir.world.spec import BACKGROUNDS, CELLS, Scene, sample_scene, spec_part
+from zscir.world.spec import BACKGROUNDS, Scene, sample_scene, spec_part
 from zscir.world.spec import ATTRIBUTES, choice
 
 DEFAULT_MODEL = "zscir-shapes-vit"

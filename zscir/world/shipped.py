@@ -1,10 +1,10 @@
-"""What `zscir eval shapes` uses when given no --clip and no --model: the world's shipped models.
+"""The shapes world's shipped models: what commands use when given no backbone and no model.
 
 - backbone: the world's tiny CLIP, an open_clip config named ``zscir-shapes-*``
   (registered from ``zscir/backbone/model_configs``) with the weights
   ``checkpoints/shapes_clip.safetensors``;
-- models: the training-free baselines plus every shipped checkpoint in
-  ``checkpoints/`` that was trained on that backbone (FTI, single token, ...).
+- query models: every shipped checkpoint in ``checkpoints/`` (FTI, single
+  token, supervised heads) whose sidecar names that backbone.
 """
 
 from __future__ import annotations
@@ -30,28 +30,43 @@ def shapes_clip_name() -> str:
     return names[0]
 
 
+def shapes_clip_weights() -> Path:
+    return repo_checkpoints_dir() / SHAPES_CLIP_WEIGHTS
+
+
 def shapes_backbone(device: str = "cpu", preprocess: str = "targetpad"):
     from zscir.backbone import load_backbone
 
-    weights = repo_checkpoints_dir() / SHAPES_CLIP_WEIGHTS
+    weights = shapes_clip_weights()
     if not weights.is_file():
         raise ZscirError(f"the shapes world's CLIP weights are not there: expected {weights} "
                          "(train them with `zscir world train-backbone`), or pass --clip/--pretrained")
     return load_backbone(shapes_clip_name(), str(weights), device=device, preprocess=preprocess)
 
 
-def shipped_checkpoints(backbone, folder: Path | None = None) -> list[Path]:
-    """Query-model checkpoints in ``folder`` (default ``checkpoints/``) trained on ``backbone``, by name."""
-    folder = folder or repo_checkpoints_dir()
+def shipped_checkpoints(backbone_identity: dict | None, folder: Path | None = None,
+                        kinds=QUERY_CHECKPOINT_KINDS, method: str | None = None) -> list[Path]:
+    """Query-model checkpoints in ``folder`` (default ``checkpoints/``), by name.
+
+    Only those trained on the backbone with ``backbone_identity`` (None: any), of one of
+    ``kinds``, and of ``method`` when given (``fti``, ``single`` ...).
+    """
     found = []
-    for sidecar in sorted(Path(folder).glob("*.json")):
+    for sidecar in sorted(Path(folder or repo_checkpoints_dir()).glob("*.json")):
         try:
             meta = json.loads(sidecar.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if (isinstance(meta, dict) and meta.get("format") == "zscir-checkpoint"
-                and meta.get("kind") in QUERY_CHECKPOINT_KINDS
-                and (backbone is None or meta.get("backbone") == backbone.identity)
+                and meta.get("kind") in kinds
+                and (method is None or meta.get("method") == method)
+                and (backbone_identity is None or meta.get("backbone") == backbone_identity)
                 and sidecar.with_suffix(".safetensors").is_file()):
             found.append(sidecar.with_suffix(".safetensors"))
     return found
+
+
+def shipped_fti_checkpoint(backbone_identity: dict) -> Path | None:
+    """The shipped FTI checkpoint trained on this backbone, if any (first by name)."""
+    found = shipped_checkpoints(backbone_identity, kinds=("mapping",), method="fti")
+    return found[0] if found else None
