@@ -31,3 +31,12 @@ def test_missing_and_foreign_files(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ZscirError, match="not a zscir checkpoint"):
         load_checkpoint(tmp_path / "c")
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    """mkstemp makes 0600 files; an atomically written file must be as readable as one written with open()."""
+    from zscir.utils.atomic import atomic_write_text
+
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    (tmp_path / "plain.txt").write_text("x")
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777

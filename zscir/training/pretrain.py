@@ -178,6 +178,7 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
     if accelerator.is_main_process:
         save_mapping_checkpoint(run_dir / "model", accelerator.unwrap_model(network), net_cfg, backbone,
                                 {"training": {"steps": progress.global_step, "epochs_done": progress.epoch,
+                                              "config": {k: v for k, v in asdict(cfg).items() if k != "data"},
                                               "data": cfg.data}})
         log.close()
     accelerator.wait_for_everyone()
