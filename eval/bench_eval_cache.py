@@ -81,10 +81,9 @@ def encoded(results: dict) -> tuple[int, int]:
 
 
 def shipped_clip_available() -> bool:
-    from zscir.world.shipped import SHAPES_CLIP_WEIGHTS
-    from zscir.utils.paths import repo_checkpoints_dir
+    from zscir.world.shipped import shapes_clip_weights
 
-    return (repo_checkpoints_dir() / SHAPES_CLIP_WEIGHTS).is_file()
+    return shapes_clip_weights().is_file()
 
 
 @click.command()

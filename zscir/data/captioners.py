@@ -28,10 +28,10 @@ from PIL import Image
 
 from zscir.data.sources import ImageItem
 from zscir.errors import MissingWeightsError, ZscirError
+from zscir.utils.hashing import sha256_file
 
 if TYPE_CHECKING:  # torch is imported only by the captioners that run a model
     import torch
-from zscir.utils.hashing import sha256_file
 
 # FTI4CIR's captioning settings (BLIP base, beam search).
 BLIP_DEFAULT_MODEL = "Salesforce/blip-image-captioning-base"

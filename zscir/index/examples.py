@@ -69,10 +69,10 @@ def select_examples(retriever, world: Path, count: int = COUNT, k: int = TOP_K) 
 
 def main() -> None:
     from zscir.index import defaults
-    from zscir.world import shipped
     from zscir.index.gallery import GalleryIndex
     from zscir.index.retriever import Retriever
     from zscir.models.query import load_query_encoder
+    from zscir.world import shipped
     from zscir.world.build import default_world
 
     backbone = shipped.shapes_backbone()
