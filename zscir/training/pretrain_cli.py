@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -51,6 +52,8 @@ def pretrain(images, captions, captioner, clip_name, pretrained, preprocess, met
     result = run_pretraining(cfg, images=images, captions=captions, captioner=captioner, clip_name=clip_name,
                              pretrained=pretrained, preprocess=preprocess, feature_cache=feature_cache,
                              cache_dir=cache_dir, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch the main process reports
+        return
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
