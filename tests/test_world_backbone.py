@@ -164,3 +164,28 @@ def test_shipped_backbone_knows_the_world():
     floors = {"color": 0.9, "shape": 0.6, "position": 0.85, "pattern": 0.68}
     for kind, value in result["sensitivity"].items():
         assert value >= floors[kind], (kind, value)
+
+
+def test_clip_loss_with_text_negatives_against_a_loop():
+    """Each image's row spans the captions and the negatives; each caption's row spans the images only."""
+    import math
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    images, texts, negatives = (F.normalize(torch.randn(5, 8), dim=-1) for _ in range(3))
+    scale = torch.tensor(10.0)
+    loss = tb.clip_loss_with_text_negatives(images, texts, negatives, scale)
+    per_image, per_text = [], []
+    for i in range(5):
+        row = [float(scale * images[i] @ c) for c in list(texts) + list(negatives)]
+        per_image.append(-row[i] + math.log(sum(math.exp(v) for v in row)))
+        col = [float(scale * texts[i] @ im) for im in images]
+        per_text.append(-col[i] + math.log(sum(math.exp(v) for v in col)))
+    assert abs(float(loss) - (sum(per_image) + sum(per_text)) / 10) < 1e-5
+    from open_clip.loss import ClipLoss
+
+    positive = images.abs()  # all in the positive orthant, so a large negative constant vector scores ~ -inf
+    far = torch.full_like(negatives, -1e3)  # negatives that score ~ -inf leave CLIP's loss as it is
+    assert torch.allclose(tb.clip_loss_with_text_negatives(positive, texts, far, scale), ClipLoss()(positive, texts, scale),
+                          atol=1e-5)

@@ -66,16 +66,22 @@ def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size,
 @click.option("--twin-fraction", type=float, default=None, help="Share of one-attribute twin pairs [0.8].")
 @click.option("--text-lock-steps", type=int, default=None, help="Steps the text tower stays at its random init [150].")
 @click.option("--twin-kinds", default=None, help="What twins change, with weights [cell=3,shape=2,pattern=2,size=1,color=0.5,background=0.5].")
+@click.option("--text-negatives", default=None,
+              help="NegCLIP-style text negatives: comma-separated kinds among color,shape,size,position,pattern,background [none].")
+@click.option("--init", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Start from these weights (fine-tuning) instead of a random init.")
 @click.option("--eval-scenes", type=int, default=1000, show_default=True, help="Held-out scenes evaluated at the end (0: skip).")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="Training record JSON [beside --out, same name, .json].")
 def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_size, lr, twin_fraction, text_lock_steps,
-                           twin_kinds, eval_scenes, report):
+                           twin_kinds, text_negatives, init, eval_scenes, report):
     """Train the world's tiny CLIP on rendered scenes and their captions (2 CPU cores: ~15 minutes)."""
     from zscir.world.train_backbone import TrainConfig, train_backbone
 
     given = {"model": model, "seed": seed, "num_scenes": num_scenes, "steps": steps, "batch_size": batch_size,
-             "lr": lr, "twin_fraction": twin_fraction, "text_lock_steps": text_lock_steps}
+             "lr": lr, "twin_fraction": twin_fraction, "text_lock_steps": text_lock_steps, "init": init}
+    if text_negatives:
+        given["text_negatives"] = tuple(k.strip() for k in text_negatives.split(",") if k.strip())
     if twin_kinds is not None:
         try:
             given["twin_kinds"] = tuple((k.strip(), float(w)) for k, w in (item.split("=") for item in twin_kinds.split(",")))

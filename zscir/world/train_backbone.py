@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -76,6 +76,10 @@ class TrainConfig:
     threads: int = 2
     render_workers: int = 2
     save_every: int = 100
+    # NegCLIP-style text negatives: per image, its canonical caption with one word of these kinds changed
+    # joins the batch's texts as an extra negative (empty: off, as for the shipped weights)
+    text_negatives: tuple = ()
+    init: Optional[str] = None        # start from these weights instead of a random init (fine-tuning)
 
     def __post_init__(self):
         if self.batch_size % 2:
@@ -87,6 +91,11 @@ class TrainConfig:
         for kind, weight in self.twin_kinds:
             if kind not in TWIN_KINDS or weight < 0:
                 raise ZscirError(f"--twin-kinds: {kind}={weight}: expected kinds among {', '.join(TWIN_KINDS)} with weights >= 0")
+        from zscir.world.eval_backbone import SENSITIVITY_KINDS
+
+        unknown = [k for k in self.text_negatives if k not in SENSITIVITY_KINDS]
+        if unknown:
+            raise ZscirError(f"--text-negatives: unknown kind(s) {', '.join(unknown)}; expected among {', '.join(SENSITIVITY_KINDS)}")
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -130,30 +139,39 @@ def _prepare_chunk(args) -> tuple[np.ndarray, np.ndarray]:
     from zscir.backbone import register_model_configs
 
     register_model_configs()
-    scene_jsons, start, seed, size, model, per_scene, context_length = args
+    from zscir.world.eval_backbone import perturbed_caption
+
+    scene_jsons, start, seed, size, model, per_scene, context_length, negative_kinds = args
     tokenizer = CachedTokenizer(open_clip.get_tokenizer(model))
     rng = np.random.default_rng([seed, 0x43415054, start])
+    negative_rng = np.random.default_rng([seed, 0x4E454754, start])
     images, texts = [], []
     for i, scene_json in enumerate(scene_jsons):
         scene = Scene.from_json(scene_json)
         images.append(render_array(scene, render_rng(RENDER_SEED_OFFSET + seed, start + i), size))
         texts.append(canonical_caption(scene).text)
         texts += [random_caption(scene, rng).text for _ in range(per_scene - 1)]
-    tokens = tokenizer(texts, context_length).reshape(len(scene_jsons), per_scene, context_length)
+        if negative_kinds:
+            texts.append(perturbed_caption(scene, choice(negative_rng, list(negative_kinds)), negative_rng))
+    rows = per_scene + (1 if negative_kinds else 0)
+    tokens = tokenizer(texts, context_length).reshape(len(scene_jsons), rows, context_length)
     return np.stack(images), tokens
 
 
 def prepare_data(scenes: list[Scene], seed: int, size: int, model: str, per_scene: int, context_length: int,
-                 workers: int, chunk: int = 1000) -> tuple[np.ndarray, torch.Tensor]:
+                 workers: int, chunk: int = 1000, negative_kinds: tuple = ()) -> tuple[np.ndarray, torch.Tensor]:
     """uint8 images [N, size, size, 3] and int32 caption tokens [N, per_scene, L] (L = longest caption).
+
+    With ``negative_kinds``, row ``per_scene`` of each scene holds its text negative (one more row).
 
     Image i is rendered from (seed, i) and chunk k's captions from (seed, k): the result does not
     depend on the number of workers.
     """
     jsons = [s.to_json() for s in scenes]
-    jobs = [(jsons[i:i + chunk], i, seed, size, model, per_scene, context_length) for i in range(0, len(jsons), chunk)]
+    jobs = [(jsons[i:i + chunk], i, seed, size, model, per_scene, context_length, tuple(negative_kinds))
+            for i in range(0, len(jsons), chunk)]
     images = np.empty((len(scenes), size, size, 3), dtype=np.uint8)
-    tokens = np.zeros((len(scenes), per_scene, context_length), dtype=np.int32)
+    tokens = np.zeros((len(scenes), per_scene + (1 if negative_kinds else 0), context_length), dtype=np.int32)
     bar = tqdm(total=len(scenes), desc="rendering", unit="img", leave=False)
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     results = pool.imap(_prepare_chunk, jobs) if pool else map(_prepare_chunk, jobs)
@@ -235,6 +253,18 @@ def encode_text_bucketed(model, tokens: torch.Tensor, buckets: int = 4) -> torch
     return features[torch.argsort(order)]
 
 
+def clip_loss_with_text_negatives(images: torch.Tensor, texts: torch.Tensor, negatives: torch.Tensor,
+                                  scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE where each image also has to rank the batch's text negatives below its caption.
+
+    Image -> text logits span the captions and the negatives [B, 2B]; text -> image is CLIP's own [B, B].
+    """
+    labels = torch.arange(len(images))
+    per_image = scale * images @ torch.cat([texts, negatives]).T
+    per_text = scale * texts @ images.T
+    return (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
+
+
 def is_text_param(name: str) -> bool:
     return not name.startswith("visual.") and name != "logit_scale"
 
@@ -303,10 +333,11 @@ def train_backbone(cfg: TrainConfig, out: str | os.PathLike, run_dir: str | os.P
     atomic_write_json(run_dir / "config.json", asdict(cfg))
 
     torch.manual_seed(cfg.seed)
-    backbone = load_backbone(cfg.model, pretrained=None)
+    backbone = load_backbone(cfg.model, pretrained=cfg.init)
     model = backbone.model.train().requires_grad_(True)
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(cfg.init_logit_scale))
+    if cfg.init is None:
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(cfg.init_logit_scale))
     if (open_clip.get_model_config(cfg.model) or {}).get("vision_cfg", {}).get("pos_embed_type") == "sin_cos_2d":
         model.visual.positional_embedding.requires_grad_(False)  # open_clip's fixed 2-D sin-cos table stays fixed
     size = backbone.image_size
@@ -316,7 +347,7 @@ def train_backbone(cfg: TrainConfig, out: str | os.PathLike, run_dir: str | os.P
     log(f"drawing {cfg.num_scenes} training scenes (twin fraction {cfg.twin_fraction})")
     scenes = training_scenes(cfg.num_scenes, cfg.seed, cfg.twin_fraction, cfg.twin_kinds)
     images, tokens = prepare_data(scenes, cfg.seed, size, cfg.model, cfg.captions_per_scene,
-                                  backbone.context_length, cfg.render_workers)
+                                  backbone.context_length, cfg.render_workers, negative_kinds=cfg.text_negatives)
     data_time = time.time() - start
     log(f"data ready in {data_time:.0f} s: images {tuple(images.shape)}, caption tokens {tuple(tokens.shape)}")
 
@@ -347,8 +378,13 @@ def train_backbone(cfg: TrainConfig, out: str | os.PathLike, run_dir: str | os.P
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         image_features = F.normalize(model.encode_image(x), dim=-1)
-        text_features = F.normalize(encode_text_bucketed(model, t), dim=-1)
-        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+        if cfg.text_negatives:
+            negatives = tokens[torch.from_numpy(idx), cfg.captions_per_scene]
+            texts = F.normalize(encode_text_bucketed(model, torch.cat([t, negatives])), dim=-1)
+            loss = clip_loss_with_text_negatives(image_features, texts[:len(t)], texts[len(t):], model.logit_scale.exp())
+        else:
+            text_features = F.normalize(encode_text_bucketed(model, t), dim=-1)
+            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
