@@ -47,6 +47,7 @@ from tqdm import tqdm
 from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_path, atomic_write_json
 from zscir.world.captions import canonical_caption, random_caption
+from zscir.world.eval_backbone import SENSITIVITY_KINDS, perturbed_caption
 from zscir.world.render import render_array, render_rng
 from zscir.world.spec import BACKGROUNDS, Scene, sample_scene, spec_part
 from zscir.world.spec import ATTRIBUTES, choice
@@ -91,8 +92,6 @@ class TrainConfig:
         for kind, weight in self.twin_kinds:
             if kind not in TWIN_KINDS or weight < 0:
                 raise ZscirError(f"--twin-kinds: {kind}={weight}: expected kinds among {', '.join(TWIN_KINDS)} with weights >= 0")
-        from zscir.world.eval_backbone import SENSITIVITY_KINDS
-
         unknown = [k for k in self.text_negatives if k not in SENSITIVITY_KINDS]
         if unknown:
             raise ZscirError(f"--text-negatives: unknown kind(s) {', '.join(unknown)}; expected among {', '.join(SENSITIVITY_KINDS)}")
@@ -139,8 +138,6 @@ def _prepare_chunk(args) -> tuple[np.ndarray, np.ndarray]:
     from zscir.backbone import register_model_configs
 
     register_model_configs()
-    from zscir.world.eval_backbone import perturbed_caption
-
     scene_jsons, start, seed, size, model, per_scene, context_length, negative_kinds = args
     tokenizer = CachedTokenizer(open_clip.get_tokenizer(model))
     rng = np.random.default_rng([seed, 0x43415054, start])
