@@ -98,3 +98,23 @@ def test_target_pad_only_pads_elongated_images():
     assert clip_t[:, 0].std(dim=1).max() < 1e-4 and (t[:, 0] - t[:, 16]).abs().max() > 1.0
     with pytest.raises(ZscirError, match="preprocessing"):
         make_preprocess("squash", 32)
+
+
+def test_word_cached_tokenizer_gives_open_clips_ids():
+    """Per-word caching is exact for plain ASCII; anything else takes the full path; truncation as open_clip."""
+    import open_clip
+
+    from zscir.backbone.tokenize import WordCachedTokenizer, is_plain
+
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    texts = ["a photo of * with * * but make it RED", "  Same dress,   but red -- with long sleeves!!  ",
+             "it's the dog's toy (2 of 3), isn't it?", "a\tcat\non a mat", "", "*", "<start_of_text> hi",
+             "café crème", "fish &amp; chips", "naïve résumé", "ＦＵＬＬ width", "a \x00 control", "x" * 300,
+             " ".join(["word"] * 100)]
+    fast = WordCachedTokenizer(tokenizer)
+    assert WordCachedTokenizer.supports(tokenizer)
+    for context_length in (77, 16):
+        assert torch.equal(fast(texts, context_length), tokenizer(texts, context_length=context_length))
+        assert torch.equal(fast(texts, context_length), tokenizer(texts, context_length=context_length))  # from the cache
+    assert [is_plain(t) for t in texts[7:12]] == [False] * 5
+    assert fast.words  # the plain texts went through the word cache

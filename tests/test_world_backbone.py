@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from zscir.backbone.tokenize import WordCachedTokenizer
 from zscir.utils.paths import repo_checkpoints_dir
 from zscir.world import train_backbone as tb
 from zscir.world.captions import canonical_caption, random_caption
@@ -35,7 +36,7 @@ def test_cached_tokenizer_equals_open_clip_tokenizer():
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     rng = np.random.default_rng(0)
     texts = [random_caption(random_scene(rng), rng).text for _ in range(150)] + ["a photo of * with * *"]
-    ours = torch.from_numpy(tb.CachedTokenizer(tokenizer)(texts, 77)).long()
+    ours = torch.from_numpy(tb.tokenize_captions(WordCachedTokenizer(tokenizer), texts, 77)).long()
     assert torch.equal(ours, tokenizer(texts))
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 
 from zscir.backbone.preprocess import Preprocess
+from zscir.backbone.tokenize import WordCachedTokenizer
 from zscir.errors import ZscirError
 
 PLACEHOLDER = "*"
@@ -55,6 +56,7 @@ class Backbone:
     def __init__(self, model, tokenizer, preprocess: Preprocess, identity: dict, device: torch.device):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
+        self._fast_tokenizer = WordCachedTokenizer(tokenizer) if WordCachedTokenizer.supports(tokenizer) else None
         self.preprocess = preprocess
         self.identity = identity
         self.truncated_prompts = 0  # prompts cut at the context length so far
@@ -99,9 +101,10 @@ class Backbone:
 
     # text -----------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts, context_length=self.context_length)
+        tokenizer = self._fast_tokenizer or self.tokenizer
+        tokens = tokenizer(texts, context_length=self.context_length)
         full = (tokens[:, -1] != 0).nonzero().flatten().tolist()
-        truncated = [i for i in full if len(self.tokenizer.encode(texts[i])) + 2 > self.context_length]
+        truncated = [i for i in full if len(tokenizer.encode(texts[i])) + 2 > self.context_length]
         if truncated:
             self.truncated_prompts += len(truncated)
             # a constant message: Python shows it once per call site instead of once per batch

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from zscir.backbone.tokenize import WordCachedTokenizer
 from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_path, atomic_write_json
 from zscir.world.captions import canonical_caption, random_caption
@@ -139,7 +140,7 @@ def _prepare_chunk(args) -> tuple[np.ndarray, np.ndarray]:
 
     register_model_configs()
     scene_jsons, start, seed, size, model, per_scene, context_length, negative_kinds = args
-    tokenizer = CachedTokenizer(open_clip.get_tokenizer(model))
+    tokenizer = WordCachedTokenizer(open_clip.get_tokenizer(model))
     rng = np.random.default_rng([seed, 0x43415054, start])
     negative_rng = np.random.default_rng([seed, 0x4E454754, start])
     images, texts = [], []
@@ -151,7 +152,7 @@ def _prepare_chunk(args) -> tuple[np.ndarray, np.ndarray]:
         if negative_kinds:
             texts.append(perturbed_caption(scene, choice(negative_rng, list(negative_kinds)), negative_rng))
     rows = per_scene + (1 if negative_kinds else 0)
-    tokens = tokenizer(texts, context_length).reshape(len(scene_jsons), rows, context_length)
+    tokens = tokenize_captions(tokenizer, texts, context_length).reshape(len(scene_jsons), rows, context_length)
     return np.stack(images), tokens
 
 
@@ -184,38 +185,16 @@ def prepare_data(scenes: list[Scene], seed: int, size: int, model: str, per_scen
     return images, torch.from_numpy(tokens[:, :, :length].copy())
 
 
-class CachedTokenizer:
-    """open_clip's tokenizer, one word at a time with a cache.
-
-    CLIP's BPE never merges across whitespace and its cleaning only lowercases
-    and normalises spaces for the world's ASCII captions, so a caption's tokens
-    are its words' tokens, concatenated; the full tokenizer costs ~0.2 ms per
-    caption, too slow for half a million (a test checks the two agree).
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.words: dict[str, list[int]] = {}
-
-    def encode(self, text: str) -> list[int]:
-        out = []
-        for word in text.split():
-            ids = self.words.get(word)
-            if ids is None:
-                ids = self.words[word] = self.tokenizer.encode(word)
-            out += ids
-        return out
-
-    def __call__(self, texts: list[str], context_length: int) -> np.ndarray:
-        """int32 [len(texts), context_length], zero-padded like open_clip's (but never truncated)."""
-        sot, eot = self.tokenizer.sot_token_id, self.tokenizer.eot_token_id
-        tokens = np.zeros((len(texts), context_length), dtype=np.int32)
-        for i, text in enumerate(texts):
-            ids = [sot] + self.encode(text) + [eot]
-            if len(ids) > context_length:
-                raise ZscirError(f"caption longer than the context length ({len(ids)} > {context_length} tokens): {text!r}")
-            tokens[i, :len(ids)] = ids
-        return tokens
+def tokenize_captions(tokenizer: WordCachedTokenizer, texts: list[str], context_length: int) -> np.ndarray:
+    """int32 [len(texts), context_length], zero-padded like open_clip's, but an error instead of truncation."""
+    sot, eot = tokenizer.tokenizer.sot_token_id, tokenizer.tokenizer.eot_token_id
+    tokens = np.zeros((len(texts), context_length), dtype=np.int32)
+    for i, text in enumerate(texts):
+        ids = [sot] + tokenizer.encode(text) + [eot]
+        if len(ids) > context_length:
+            raise ZscirError(f"caption longer than the context length ({len(ids)} > {context_length} tokens): {text!r}")
+        tokens[i, :len(ids)] = ids
+    return tokens
 
 
 def to_model_input(images_u8: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
