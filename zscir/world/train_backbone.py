@@ -152,7 +152,8 @@ def _prepare_chunk(args) -> tuple[np.ndarray, np.ndarray]:
         if negative_kinds:
             texts.append(perturbed_caption(scene, choice(negative_rng, list(negative_kinds)), negative_rng))
     rows = per_scene + (1 if negative_kinds else 0)
-    tokens = tokenize_captions(tokenizer, texts, context_length).reshape(len(scene_jsons), rows, context_length)
+    tokens = tokenizer(texts, context_length, truncate=False).numpy().astype(np.int32)
+    tokens = tokens.reshape(len(scene_jsons), rows, context_length)
     return np.stack(images), tokens
 
 
@@ -183,18 +184,6 @@ def prepare_data(scenes: list[Scene], seed: int, size: int, model: str, per_scen
     bar.close()
     length = int((tokens != 0).sum(axis=2).max())
     return images, torch.from_numpy(tokens[:, :, :length].copy())
-
-
-def tokenize_captions(tokenizer: WordCachedTokenizer, texts: list[str], context_length: int) -> np.ndarray:
-    """int32 [len(texts), context_length], zero-padded like open_clip's, but an error instead of truncation."""
-    sot, eot = tokenizer.tokenizer.sot_token_id, tokenizer.tokenizer.eot_token_id
-    tokens = np.zeros((len(texts), context_length), dtype=np.int32)
-    for i, text in enumerate(texts):
-        ids = [sot] + tokenizer.encode(text) + [eot]
-        if len(ids) > context_length:
-            raise ZscirError(f"caption longer than the context length ({len(ids)} > {context_length} tokens): {text!r}")
-        tokens[i, :len(ids)] = ids
-    return tokens
 
 
 def to_model_input(images_u8: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
