@@ -13,6 +13,7 @@ wants "this one" back.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -92,19 +93,28 @@ class Retriever:
         return self.search_many([(image, text)], k, exclude_reference)[0].hits
 
     def search_many(self, queries: Sequence[tuple[ImageInput, str]], k: int = 10, exclude_reference: bool = True,
-                    batch_size: int = 64) -> list[QueryResult]:
-        """Answer many (image, text) queries, ``batch_size`` at a time (images are decoded per batch)."""
+                    batch_size: int = 64, timings: dict[str, float] | None = None) -> list[QueryResult]:
+        """Answer many (image, text) queries, ``batch_size`` at a time (images are decoded per batch).
+
+        ``timings``, when given, gets the seconds spent per stage added to it
+        (decode, image_encoder, query_encoder, search), e.g. for a server's metrics.
+        """
         if k < 1:
             raise ZscirError(f"-k must be at least 1, got {k}")
         texts = [check_text(t) for _, t in queries]
         extra = 1 if exclude_reference else 0  # the reference may take one of the k places: ask for one more
+        lap = _Laps(timings)
         results = []
         for start in range(0, len(queries), batch_size):
             chunk = list(queries[start:start + batch_size])
             images = [load_reference(im) for im, _ in chunk]
+            lap("decode")
             ref = self.encode_references(images, batch_size)
+            lap("image_encoder")
             q = self.encoder.encode_queries(ref, texts[start:start + batch_size]).float().cpu().numpy()
+            lap("query_encoder")
             scores, rows = self.index.search(q, k + extra)
+            lap("search")
             for (image, _), text, s, r in zip(chunk, texts[start:start + batch_size], scores, rows):
                 own = self._own_row(image) if exclude_reference else None
                 hits = [(float(sc), int(row)) for sc, row in zip(s, r) if row >= 0 and row != own][:k]
@@ -117,3 +127,15 @@ class Retriever:
             return None
         return self._row_of_path.get(os.path.realpath(image))
 
+
+class _Laps:
+    """``lap(stage)`` adds the seconds since the previous lap to ``timings[stage]`` (nothing when timings is None)."""
+
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings, self.last = timings, time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
+            self.last = now

@@ -1,0 +1,267 @@
+"""The ASGI app: a JSON API over :class:`SearchService` and the web page at ``/``.
+
+    from zscir.serve import create_app
+    app = create_app("my_index", "checkpoints/shapes_fti.safetensors")   # or create_app() for the shapes world
+    # uvicorn.run(app), or mount it in your own FastAPI/Starlette service: parent.mount("/cir", app)
+
+Routes: POST /search, POST /refine, GET /sessions/{id}, GET /images/{id}, GET /gallery,
+GET /healthz, GET /metrics, GET / (the page), GET /docs and /openapi.json (the schema).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import json
+import time
+from importlib import resources
+from typing import Any, Sequence
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import HTMLResponse, Response
+
+from zscir import __version__
+from zscir.errors import ZscirError
+from zscir.serve import schema
+from zscir.serve.auth import key_matches, presented_key
+from zscir.serve.body import Body, decode_base64, parse_body, read_body
+from zscir.serve.service import Reference, RequestError, SearchService, ServeConfig
+
+SEARCH_FIELDS = ("image", "image_base64", "image_id", "text", "k", "model")
+REFINE_FIELDS = ("session", "choice", "text", "k", "model")
+STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+FORM_OVERHEAD = 64 * 1024  # other fields and multipart headers around an upload
+ROUTES = ("/", "/search", "/refine", "/healthz", "/metrics", "/gallery", "/openapi.json", "/docs")
+
+
+def load_retrievers(index_dir=None, models: Sequence[str] = (), clip=None, pretrained=None, preprocess=None,
+                    device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """name -> Retriever, all over one opened index and one backbone (each model loaded once).
+
+    No ``index_dir``: the shapes world's gallery; no ``models``: the index's default model
+    (the shipped FTI checkpoint), as `zscir retrieve` does. Names are the methods (fti, sum,
+    ...), or the checkpoint files' names when two models share a method.
+    """
+    from zscir.index.cli import open_retriever
+    from zscir.index.retriever import Retriever
+    from zscir.models.query import load_query_encoder
+
+    models = list(models)
+    first = open_retriever(index_dir, models[0] if models else None, clip, pretrained, preprocess, device, progress)
+    retrievers = [(models[0] if models else None, first)]
+    for spec in models[1:]:
+        retrievers.append((spec, Retriever(first.index, load_query_encoder(spec, first.backbone))))
+    methods = [r.encoder.name for _, r in retrievers]
+    out: dict[str, Any] = {}
+    for spec, r in retrievers:
+        name = r.encoder.name
+        if methods.count(name) > 1:
+            from pathlib import Path
+
+            name = Path(spec).stem if spec else name
+        if name in out:
+            raise ZscirError(f"--model {spec!r} is given twice (as {name!r})")
+        out[name] = r
+    return out
+
+
+def _route_label(path: str) -> str:
+    if path.startswith("/images/"):
+        return "/images/{id}"
+    if path.startswith("/sessions/"):
+        return "/sessions/{id}"
+    if path.startswith("/static/"):
+        return "/static/{file}"
+    return path if path in ROUTES else "other"
+
+
+def _json(obj: Any, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(obj), status_code=status, media_type="application/json", headers=headers)
+
+
+class _Guard:
+    """ASGI middleware: the API-key check on every request, then request counts and latencies."""
+
+    def __init__(self, app, service: SearchService, api_key: str | None):
+        self.app, self.service = app, service
+        self.key = api_key.encode("utf-8") if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.service.start_watching()  # also when mounted in another app, whose lifespan does not reach us
+        t0 = time.perf_counter()
+        root, path = scope.get("root_path", ""), scope["path"]
+        if root and path.startswith(root):  # mounted under a prefix
+            path = path[len(root):]
+        route, status = _route_label(path), [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.key is not None and not key_matches(presented_key(dict(scope["headers"])), self.key):
+                err = RequestError(401, "api_key", "missing or wrong API key: send X-API-Key: KEY or "
+                                                   "Authorization: Bearer KEY")
+                response = _json(err.to_dict(), 401, {"WWW-Authenticate": 'Basic realm="zscir", charset="UTF-8"'})
+                await response(scope, receive, send_and_note)
+            else:
+                await self.app(scope, receive, send_and_note)
+        finally:
+            m, labels = self.service.metrics, {"route": route, "method": scope["method"]}
+            m.counter("zscir_requests_total", "HTTP requests answered", status=str(status[0]), **labels)
+            if status[0] >= 400:
+                m.counter("zscir_request_errors_total", "HTTP requests answered with a 4xx or 5xx status",
+                          status=str(status[0]), **labels)
+            m.observe("zscir_request_seconds", "Seconds from request to response, per route",
+                      time.perf_counter() - t0, route=route)
+
+
+def create_app(index=None, model: str | Sequence[str] | None = None, *, retrievers: dict[str, Any] | None = None,
+               config: ServeConfig | None = None, **config_options):
+    """The FastAPI app for ``index`` (default: the shapes world's gallery) and ``model`` (one or several).
+
+    Give ``retrievers`` ({name: Retriever} over one index) to serve models you loaded yourself.
+    Options of :class:`ServeConfig` may be passed by name (``max_k=50, workers=4, api_key=...``).
+    """
+    config = config or ServeConfig(**config_options)
+    if retrievers is None:
+        models = [model] if isinstance(model, str) else list(model or [])
+        retrievers = load_retrievers(index, models)
+    service = SearchService(retrievers, config)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, config.workers), thread_name_prefix="zscir-search")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        service.start_watching()
+        try:
+            yield
+        finally:  # graceful shutdown: uvicorn has let running requests finish; the workers end after theirs
+            service.stop_watching()
+            pool.shutdown(wait=True)
+
+    app = FastAPI(title="zscir", version=__version__, lifespan=lifespan,
+                  description="Composed image retrieval: a reference image plus a modification text -> a ranked "
+                              "gallery; refine by choosing a result as the next reference.")
+    app.state.service = service
+
+    async def in_pool(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
+
+    @app.exception_handler(RequestError)
+    async def request_error(request, exc: RequestError):
+        return _json(exc.to_dict(), exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": ["body"], "msg": "invalid request"}
+        name = str(first["loc"][-1]) if first.get("loc") else "body"
+        return _json(RequestError(422, name, f"field {name!r}: {first['msg']}").to_dict(), 422)
+
+    @app.exception_handler(ZscirError)
+    async def zscir_error(request, exc: ZscirError):
+        return _json(RequestError(422, "request", str(exc)).to_dict(), 422)
+
+    errors = {code: {"model": schema.ErrorResponse} for code in (400, 401, 404, 413, 415, 422)}
+    upload_cap = config.max_upload_bytes
+
+    def answer_search(body: Body) -> dict:
+        body.check_names(SEARCH_FIELDS)
+        given = [n for n in ("image", "image_base64", "image_id") if n in body.files or body.fields.get(n) not in (None, "")]
+        if not given:
+            raise RequestError(422, "image", "no reference image: give image (an uploaded file), image_base64 "
+                                             "or image_id (a gallery image)")
+        if len(given) > 1:
+            raise RequestError(422, given[1], f"give one reference image, not {' and '.join(given)}")
+        if given[0] == "image":
+            upload = body.files.get("image")
+            if upload is None:
+                raise RequestError(422, "image", "field 'image' must be an uploaded file (multipart/form-data); "
+                                                 "send text as image_base64")
+            if len(upload.data) > upload_cap:
+                raise RequestError(413, "image", f"field 'image': the upload is {len(upload.data)} bytes, over the "
+                                                 f"{upload_cap}-byte cap (--max-upload-mb)")
+            ref = Reference.from_bytes(upload.data, "upload", "image", config.max_pixels)
+        elif given[0] == "image_base64":
+            data = decode_base64(body.fields["image_base64"], "image_base64", upload_cap)
+            ref = Reference.from_bytes(data, "base64", "image_base64", config.max_pixels)
+        else:
+            image_id = body.fields["image_id"]
+            if not isinstance(image_id, str):
+                raise RequestError(422, "image_id", "field 'image_id' must be a string")
+            ref = Reference.from_id(image_id)
+        return (service.search(ref, body.fields.get("text"), body.fields.get("k", 10),
+                                         body.fields.get("model")))
+
+    def answer_refine(body: Body) -> dict:
+        body.check_names(REFINE_FIELDS)
+        f = body.fields
+        return (service.refine(f.get("session"), f.get("choice"), f.get("text"), f.get("k"), f.get("model")))
+
+    @app.post("/search", summary="Rank the gallery for a reference image plus a modification text",
+              response_model=schema.TurnResponse, responses=errors,
+              openapi_extra=schema.request_body(("multipart/form-data", schema.SearchForm),
+                                                ("application/json", schema.SearchJSON)))
+    async def search(request: Request):
+        data = await read_body(request, upload_cap * 4 // 3 + FORM_OVERHEAD, "image")
+        body = await in_pool(parse_body, data, request.headers.get("content-type"))
+        return _json(await in_pool(answer_search, body))
+
+    @app.post("/refine", summary="Continue a session: a chosen result becomes the next reference",
+              response_model=schema.TurnResponse, responses=errors,
+              openapi_extra=schema.request_body(("application/json", schema.RefineRequest)))
+    async def refine(request: Request):
+        data = await read_body(request, FORM_OVERHEAD, "body")
+        body = parse_body(data, request.headers.get("content-type"))
+        return _json(await in_pool(answer_refine, body))
+
+    @app.get("/sessions/{session}", summary="The turns of a session so far", responses=errors)
+    async def session_turns(session: str):
+        turns = service.session(session)
+        if turns is None:
+            raise RequestError(404, "session", f"field 'session': no session {session!r}")
+        return _json({"session": session, "turns": turns})
+
+    @app.get("/images/{image_id:path}", summary="A gallery image's JPEG thumbnail (cached in memory)",
+             responses={200: {"content": {"image/jpeg": {}}}, **errors})
+    async def image(image_id: str, size: int | None = Query(None, description="longest side in pixels")):
+        data = await in_pool(service.thumbnail, image_id, size)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+    @app.get("/gallery", summary="Gallery ids, a page at a time (to pick a reference from)")
+    async def gallery(offset: int = Query(0, ge=0), limit: int = Query(24, ge=1, le=200)):
+        return _json(service.gallery(offset, limit))
+
+    @app.get("/healthz", summary="Liveness, the loaded models and the served index")
+    async def healthz():
+        return _json(service.health())
+
+    @app.get("/metrics", summary="Prometheus metrics: requests, errors, latency histograms per route and stage",
+             responses={200: {"content": {"text/plain": {}}}})
+    async def metrics():
+        from zscir.serve.metrics import CONTENT_TYPE
+
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    page = resources.files("zscir.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    static = {name: resources.files("zscir.serve").joinpath(f"static/{name}").read_bytes() for name in STATIC}
+
+    @app.get("/", include_in_schema=False)
+    async def index_page():
+        return HTMLResponse(page)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str):
+        if name not in static:
+            raise RequestError(404, "name", f"no static file {name!r}")
+        return Response(static[name], media_type=STATIC[name])
+
+    app.add_middleware(_Guard, service=service, api_key=config.api_key)
+    return app
+
