@@ -403,3 +403,103 @@ def test_serve_command_runs_and_stops_gracefully(world):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or \
+    "/usr/bin/chromedriver"
+
+
+def _browser_missing() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium not installed (pip install -e '.[test]')"
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.path.exists(path):
+            return f"{path} not installed (apt-get install chromium chromium-driver)"
+    return None
+
+
+@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+def test_page_in_headless_chromium_searches_and_refines(world, server, tmp_path):
+    """Upload a reference, type a change, see the ranked grid, click a result, refine, see two turns; screenshot."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from zscir.index import Retriever
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1000", "--hide-scrollbars"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    r = Retriever.load(world["index"], world["fti"])
+    try:
+        class wait:  # WebDriverWait, saying what the page showed when it times out
+            @staticmethod
+            def until(condition):
+                try:
+                    return WebDriverWait(driver, 30).until(condition)
+                except Exception as e:
+                    status = driver.find_element(By.ID, "status").text
+                    raise AssertionError(f"page status: {status!r}; logs: {driver.get_log('browser')}") from e
+
+        driver.get(server["url"] + "/")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#picker img")) == 18)
+        assert "18 images" in driver.find_element(By.ID, "info").text
+
+        # turn 1: upload a reference (the file picker), type the change, search
+        driver.find_element(By.ID, "file").send_keys(str(world["outside"]))
+        wait.until(lambda d: d.find_element(By.ID, "ref-preview").get_attribute("naturalWidth") not in (None, "0"))
+        driver.find_element(By.ID, "text").send_keys("make the square blue")
+        Select(driver.find_element(By.ID, "k")).select_by_visible_text("5")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: d.find_element(By.ID, "grid-title").text == "Results of turn 1")
+        cells = driver.find_elements(By.CSS_SELECTOR, "#grid figure.result")
+        expected = r.search(world["outside"], "make the square blue", k=5)
+        assert [c.get_attribute("data-id") for c in cells] == [h.id for h in expected]
+        assert cells[0].find_element(By.CLASS_NAME, "score").text == f"{expected[0].score:.3f}"
+
+        # turn 2: click the second result, type the next change, press Enter
+        choice = cells[1].get_attribute("data-id")
+        cells[1].click()
+        assert "Refining from " + choice in driver.find_element(By.ID, "ref-label").text
+        assert "chosen" in cells[1].get_attribute("class")
+        driver.find_element(By.ID, "text").send_keys("add a yellow circle" + Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "grid-title").text == "Results of turn 2")
+        cells = driver.find_elements(By.CSS_SELECTOR, "#grid figure.result")
+        expected = r.search(world["images"] / choice, "add a yellow circle", k=5)
+        assert [c.get_attribute("data-id") for c in cells] == [h.id for h in expected]
+        turns = driver.find_elements(By.CSS_SELECTOR, "#turns li.turn")
+        assert [t.get_attribute("data-turn") for t in turns] == ["1", "2"]
+        assert "add a yellow circle" in turns[1].text and "make the square blue" in turns[0].text
+        assert "total" in driver.find_element(By.ID, "timings").text
+
+        # an error from the API is shown on the page, naming the field
+        driver.find_element(By.CSS_SELECTOR, "#grid figure.result").click()
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "'text' is empty" in d.find_element(By.ID, "status").text)
+        assert "error" in driver.find_element(By.ID, "status").get_attribute("class")
+        driver.find_element(By.ID, "text").send_keys("make it red" + Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "grid-title").text == "Results of turn 3")
+
+        wait.until(lambda d: d.execute_script(
+            "return [...document.images].filter(i => i.offsetParent).every(i => i.complete && i.naturalWidth > 0)"))
+        shot = tmp_path / "serve_page.png"
+        driver.save_screenshot(str(shot))
+        if os.environ.get("ZSCIR_SCREENSHOT_DIR"):
+            shutil.copy(shot, Path(os.environ["ZSCIR_SCREENSHOT_DIR"]) / shot.name)
+        grid = driver.find_element(By.ID, "grid").rect
+    finally:
+        driver.quit()
+    px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    scale = px.shape[1] / 1100
+    box = px[int(grid["y"] * scale):int((grid["y"] + grid["height"]) * scale),
+             int(grid["x"] * scale):int((grid["x"] + grid["width"]) * scale)]
+    saturated = (box.max(axis=-1) - box.min(axis=-1)) > 120  # the drawn shapes' colours, not the grey page
+    assert saturated.sum() > 5 * 140 * 140 * 0.3, saturated.sum()  # five thumbnails drawn in the grid

@@ -96,6 +96,9 @@ async function submit(event) {
   state.choice = null;
   state.turns = answer.turns;
   setStatus("turn " + answer.turn + ": " + answer.results.length + " results for \u201c" + answer.text + "\u201d");
+  const from = answer.reference.kind === "id" ? "gallery image " + answer.reference.id : "your upload";
+  $("ref-label").textContent = "Turn " + answer.turn + " searched from " + from +
+    ". Click a result to refine from it, or drop / pick another reference to start over.";
   showTimings(answer.timings_ms);
   renderGrid(answer.results, answer.turn);
   renderTurns(answer.turn);
@@ -212,6 +215,14 @@ async function loadInfo() {
       select.append(o);
     });
     $("model-label").hidden = names.length < 2;
+    const k = $("k");  // only the k values this server accepts, and its largest
+    [...k.options].forEach((o) => { if (parseInt(o.value, 10) > h.limits.max_k) o.remove(); });
+    if (![...k.options].some((o) => parseInt(o.value, 10) === h.limits.max_k)) {
+      const o = document.createElement("option");
+      o.textContent = String(h.limits.max_k);
+      k.append(o);
+    }
+    if (![...k.options].some((o) => o.selected)) k.options[k.options.length - 1].selected = true;
     $("info").textContent = h.index.images + " images \u00b7 model " + h.default_model + " \u00b7 index generation " +
       h.index.generation;
   } catch (e) {
