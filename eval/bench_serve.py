@@ -72,6 +72,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--gallery", type=int, default=1000, help="world gallery images to serve")
     ap.add_argument("--add", type=int, default=100, help="images added by the mid-run `zscir index` update")
     ap.add_argument("--sequential", type=int, default=100, help="queries in the direct and 1-client phases")
+    ap.add_argument("--after-swap", type=int, default=20,
+                    help="per client, at least this many requests after the update is served")
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per search (server and direct alike)")
     ap.add_argument("--workers", type=int, default=2, help="the server's search workers")
@@ -164,9 +166,14 @@ def main(argv=None) -> dict:
 
         def client_loop(n):
             with httpx.Client(base_url=url, timeout=60) as c:
-                i = 0
-                # the quota; past it, only while the update has not been swapped in yet (at most 4x the quota)
-                while i < args.requests or (not settled.is_set() and i < 4 * args.requests):
+                i = after = 0
+                # the quota; past it, on until the update is served and --after-swap more were answered
+                # (bounded: at most 4x the quota)
+                while i < 4 * args.requests:
+                    if settled.is_set():
+                        if i >= args.requests and after >= args.after_swap:
+                            break
+                        after += 1
                     ref, text = queries[(n * 7919 + i) % len(queries)]
                     kind = "upload" if i % 4 == 3 else "id"
                     i += 1
@@ -285,7 +292,7 @@ def main(argv=None) -> dict:
     print(f"{'HTTP, 1 client':24}{h['mean_ms']:9.2f}{h['p50_ms']:9.2f}{h['p99_ms']:9.2f}"
           f"   same ranking {h['same_ranking_as_direct']}/{h['n']}")
     print(f"HTTP overhead: {result['http_overhead_ratio']:.2f}x Retriever.search (mean latency, same queries)")
-    print(f"load: {args.clients} clients x {args.requests} (+{total - quota} while waiting for the swap) = {total} requests in {load['wall_s']:.1f} s: "
+    print(f"load: {args.clients} clients x {args.requests} (+{total - quota} to see the swap) = {total} requests in {load['wall_s']:.1f} s: "
           f"{load['throughput_rps']:.1f} req/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, "
           f"{load['errors']} errors; direct one-thread rate {result['direct_rps_one_thread']:.1f} q/s")
     u = result["index_update"]
