@@ -492,9 +492,39 @@ def test_page_in_headless_chromium_searches_and_refines(world, server, tmp_path)
             "return [...document.images].filter(i => i.offsetParent).every(i => i.complete && i.naturalWidth > 0)"))
         shot = tmp_path / "serve_page.png"
         driver.save_screenshot(str(shot))
-        if os.environ.get("ZSCIR_SCREENSHOT_DIR"):
-            shutil.copy(shot, Path(os.environ["ZSCIR_SCREENSHOT_DIR"]) / shot.name)
         grid = driver.find_element(By.ID, "grid").rect
+
+        # picking a gallery image starts a new search from it (left out of its own results)
+        driver.find_element(By.CSS_SELECTOR, '#picker img[data-id="g09.png"]').click()
+        assert not driver.find_elements(By.CSS_SELECTOR, "#turns li.turn")
+        driver.find_element(By.ID, "text").clear()
+        driver.find_element(By.ID, "text").send_keys("make it green" + Keys.ENTER)
+        wait.until(lambda d: "\u201cmake it green\u201d" in d.find_element(By.ID, "status").text)
+        assert driver.find_element(By.ID, "grid-title").text == "Results of turn 1"
+        ids = [c.get_attribute("data-id") for c in driver.find_elements(By.CSS_SELECTOR, "#grid figure.result")]
+        assert ids == [h.id for h in r.search(world["images"] / "g09.png", "make it green", k=5)]
+
+        # dropping a file on the drop zone (a JPEG thumbnail the page fetched) searches from that file
+        driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            fetch("images/g12.png?size=512").then((r) => r.blob()).then((blob) => {
+              const dt = new DataTransfer();
+              dt.items.add(new File([blob], "dropped.jpg", {type: "image/jpeg"}));
+              document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+              done();
+            });""")
+        assert "dropped.jpg" in driver.find_element(By.ID, "ref-label").text
+        assert driver.find_element(By.ID, "text").get_attribute("value") == "make it green"  # the text is kept
+        driver.find_element(By.ID, "text").clear()
+        driver.find_element(By.ID, "text").send_keys("make it yellow" + Keys.ENTER)
+        wait.until(lambda d: "\u201cmake it yellow\u201d" in d.find_element(By.ID, "status").text)
+        ids = [c.get_attribute("data-id") for c in driver.find_elements(By.CSS_SELECTOR, "#grid figure.result")]
+        from zscir.data.images import decode_image
+
+        dropped = decode_image(server["client"].get("/images/g12.png", params={"size": 512}).content)
+        assert ids == [h.id for h in r.search(dropped, "make it yellow", k=5)]
+        if os.environ.get("ZSCIR_SCREENSHOT_DIR"):  # to look at it
+            shutil.copy(shot, Path(os.environ["ZSCIR_SCREENSHOT_DIR"]) / shot.name)
     finally:
         driver.quit()
     px = np.asarray(Image.open(shot).convert("RGB")).astype(int)

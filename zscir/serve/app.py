@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
 
 from zscir import __version__
@@ -210,7 +211,7 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
                                                 ("application/json", schema.SearchJSON)))
     async def search(request: Request):
         data = await read_body(request, upload_cap * 4 // 3 + FORM_OVERHEAD, "image")
-        body = await in_pool(parse_body, data, request.headers.get("content-type"))
+        body = await run_in_threadpool(parse_body, data, request.headers.get("content-type"))
         return _json(await in_pool(answer_search, body))
 
     @app.post("/refine", summary="Continue a session: a chosen result becomes the next reference",
@@ -231,7 +232,7 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
     @app.get("/images/{image_id:path}", summary="A gallery image's JPEG thumbnail (cached in memory)",
              responses={200: {"content": {"image/jpeg": {}}}, **errors})
     async def image(image_id: str, size: int | None = Query(None, description="longest side in pixels")):
-        data = await in_pool(service.thumbnail, image_id, size)
+        data = await run_in_threadpool(service.thumbnail, image_id, size)  # not behind the searches' queue
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
     @app.get("/gallery", summary="Gallery ids, a page at a time (to pick a reference from)")

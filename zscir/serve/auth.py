@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import ipaddress
 
@@ -49,5 +50,7 @@ def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
 
 
 def key_matches(presented: bytes | None, expected: bytes) -> bool:
-    # compare_digest's time does not depend on where the first difference is (only on the length)
-    return hmac.compare_digest(presented if presented is not None else b"", expected)
+    """Constant-time: compare_digest's time does not depend on where the first difference is, and comparing
+    digests (always 32 bytes) keeps it from depending on the presented key's length either."""
+    given = hashlib.sha256(presented if presented is not None else b"").digest()
+    return hmac.compare_digest(given, hashlib.sha256(expected).digest()) and presented is not None

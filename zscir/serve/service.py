@@ -377,6 +377,9 @@ class SearchService:
             raise RequestError(422, "choice", f"field 'choice': {choice!r} is not among this session's results")
         if len(turns) >= self.config.max_turns:
             raise RequestError(422, "session", f"field 'session': at most {self.config.max_turns} turns per session")
+        if choice not in self._state.row_of_id:
+            raise RequestError(409, "choice", f"field 'choice': {choice!r} is no longer in the gallery (the index "
+                                              "was updated since); start a new search")
         last = turns[-1]
         return self.search(Reference.from_id(choice), text, last["k"] if k in (None, "") else k,
                            last["model"] if model in (None, "") else model, session=session)
