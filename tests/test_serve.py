@@ -305,14 +305,12 @@ def test_cli_refuses_an_open_bind_without_a_key():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
 
 
-def test_index_update_is_swapped_in_whole_while_serving(world, server, tmp_path):
+def test_index_update_is_swapped_in_whole_while_serving(world, tmp_path):
     """`zscir index` adds images to the served index: searches during the rebuild all answer; then the new one is used."""
     import threading
 
     from zscir.index.gallery import build_index
 
-    c = server["client"]
-    service = server["service"]
     # serve a copy, so the other tests' index stays as it was
     from zscir.index import Retriever
     from zscir.serve import create_app
@@ -329,13 +327,17 @@ def test_index_update_is_swapped_in_whole_while_serving(world, server, tmp_path)
         assert c.get("/healthz").json()["index"]["images"] == 18
         for i in range(18, 24):
             draw_image(images / f"g{i:02d}.png", i)
-        statuses, counts, stop = [], set(), threading.Event()
+        # (the copied index still names the original files; the rebuilt one names the copies)
+        old_answer = [h.id for h in Retriever.load(index, world["fti"]).search(world["images"] / "g01.png",
+                                                                                "make it red", k=17)]
+        statuses, answers, stop = [], [], threading.Event()
 
         def hammer():
             while not stop.is_set():
-                res = c.post("/search", json={"image_id": "g01.png", "text": "make it red", "k": 3})
+                res = c.post("/search", json={"image_id": "g01.png", "text": "make it red", "k": 17})
                 statuses.append(res.status_code)
-                counts.add(res.json()["index_generation"] if res.status_code == 200 else None)
+                if res.status_code == 200:
+                    answers.append((res.json()["index_generation"], [x["id"] for x in res.json()["results"]]))
 
         t = threading.Thread(target=hammer)
         t.start()
@@ -347,7 +349,12 @@ def test_index_update_is_swapped_in_whole_while_serving(world, server, tmp_path)
         stop.set()
         t.join()
         assert statuses and set(statuses) == {200}, statuses
-        assert svc.state.generation == gen0 + 1 and counts <= {gen0, gen0 + 1}
+        assert svc.state.generation == gen0 + 1 and {g for g, _ in answers} == {gen0, gen0 + 1}
+        new_answer = [h.id for h in Retriever.load(index, world["fti"]).search(images / "g01.png", "make it red", k=17)]
+        assert new_answer != old_answer  # the six new images take places in the top 17
+        # each answer is the whole old index's or the whole new one's, never a mix
+        bad = [(g, ids) for g, ids in answers if ids != (old_answer if g == gen0 else new_answer)]
+        assert not bad, (len(bad), len(answers), bad[0])
         assert c.get("/healthz").json()["index"]["images"] == 24
         res = c.post("/search", json={"image_id": "g20.png", "text": "make it red", "k": 23}).json()
         assert len(res["results"]) == 23 and res["index_generation"] == gen0 + 1
