@@ -258,6 +258,12 @@ def test_images_healthz_metrics_openapi_and_page(world, server):
     assert {"multipart/form-data", "application/json"} <= set(content)
     assert "image_id" in content["application/json"]["schema"]["properties"]
 
+    for method, path, status, field in (("GET", "/nope", 404, "path"), ("GET", "/search", 405, "method"),
+                                        ("GET", "/static/evil.js", 404, "name")):
+        res = c.request(method, path)
+        assert res.status_code == status and res.json()["error"]["field"] == field, (path, res.text)
+    assert c.get("/docs").status_code == 404  # FastAPI's docs page would load scripts from a CDN
+
     page = c.get("/")
     assert page.status_code == 200 and "static/app.js" in page.text
     for name in ("app.js", "style.css"):

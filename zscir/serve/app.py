@@ -5,7 +5,7 @@
     # uvicorn.run(app), or mount it in your own FastAPI/Starlette service: parent.mount("/cir", app)
 
 Routes: POST /search, POST /refine, GET /sessions/{id}, GET /images/{id}, GET /gallery,
-GET /healthz, GET /metrics, GET / (the page), GET /docs and /openapi.json (the schema).
+GET /healthz, GET /metrics, GET / (the page), GET /openapi.json (the schema).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, Response
 
 from zscir import __version__
@@ -35,7 +36,7 @@ SEARCH_FIELDS = ("image", "image_base64", "image_id", "text", "k", "model")
 REFINE_FIELDS = ("session", "choice", "text", "k", "model")
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 FORM_OVERHEAD = 64 * 1024  # other fields and multipart headers around an upload
-ROUTES = ("/", "/search", "/refine", "/healthz", "/metrics", "/gallery", "/openapi.json", "/docs")
+ROUTES = ("/", "/search", "/refine", "/healthz", "/metrics", "/gallery", "/openapi.json")
 
 
 def load_retrievers(index_dir=None, models: Sequence[str] = (), clip=None, pretrained=None, preprocess=None,
@@ -147,7 +148,9 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
             service.stop_watching()
             pool.shutdown(wait=True)
 
-    app = FastAPI(title="zscir", version=__version__, lifespan=lifespan,
+    # no /docs or /redoc: FastAPI's pages load their scripts from a CDN, and zscir works offline; the schema is
+    # at /openapi.json for any OpenAPI viewer or client generator
+    app = FastAPI(title="zscir", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Composed image retrieval: a reference image plus a modification text -> a ranked "
                               "gallery; refine by choosing a result as the next reference.")
     app.state.service = service
@@ -164,6 +167,13 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
         first = exc.errors()[0] if exc.errors() else {"loc": ["body"], "msg": "invalid request"}
         name = str(first["loc"][-1]) if first.get("loc") else "body"
         return _json(RequestError(422, name, f"field {name!r}: {first['msg']}").to_dict(), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):  # unknown route, wrong method
+        what = "path" if exc.status_code == 404 else "method" if exc.status_code == 405 else "request"
+        detail = exc.detail if isinstance(exc.detail, str) else "error"
+        return _json(RequestError(exc.status_code, what, f"{request.method} {request.url.path}: {detail}").to_dict(),
+                     exc.status_code, getattr(exc, "headers", None))
 
     @app.exception_handler(ZscirError)
     async def zscir_error(request, exc: ZscirError):

@@ -43,7 +43,7 @@ from zscir.errors import ZscirError
 def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, api_key, insecure_no_auth, workers,
           threads, max_upload_mb, max_pixels, max_k, reload_interval, graceful_timeout, log_level, access_log,
           as_json, no_progress):
-    """Serve composed search over HTTP: a JSON API (see /docs) and a web page at /."""
+    """Serve composed search over HTTP: a JSON API (schema at /openapi.json) and a web page at /."""
     from zscir.serve.auth import check_bind
 
     check_bind(host, api_key, insecure_no_auth)
@@ -80,7 +80,7 @@ def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, a
             click.echo(json.dumps(info), nl=True)
         else:
             click.echo(f"serving {info['images']} images from {info['index']} with {', '.join(info['models'])} "
-                       f"at {url}/  (API docs: {url}/docs; Ctrl-C stops)", err=True)
+                       f"at {url}/  (API schema: {url}/openapi.json; Ctrl-C stops)", err=True)
 
     run(app, host, port, on_ready=ready, log_level=log_level, graceful_timeout=graceful_timeout,
         access_log=access_log)
