@@ -538,6 +538,20 @@ def test_page_in_headless_chromium_searches_and_refines(world, server, tmp_path)
         assert ids == [h.id for h in r.search(dropped, "make it yellow", k=5)]
         if os.environ.get("ZSCIR_SCREENSHOT_DIR"):  # to look at it
             shutil.copy(shot, Path(os.environ["ZSCIR_SCREENSHOT_DIR"]) / shot.name)
+
+        # behind an API key: the browser sends the key it was given (here in the URL) with every request
+        from zscir.serve import create_app
+        from zscir.serve.runner import serve_in_thread
+
+        with serve_in_thread(create_app(retrievers={"fti": r}, api_key="k3y", reload_interval=0)) as locked:
+            driver.get(locked.replace("http://", "http://me:k3y@") + "/")
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#picker img")) == 18)
+            driver.find_element(By.CSS_SELECTOR, '#picker img[data-id="g03.png"]').click()
+            driver.find_element(By.ID, "text").send_keys("make it green" + Keys.ENTER)
+            wait.until(lambda d: "\u201cmake it green\u201d" in d.find_element(By.ID, "status").text)
+            ids = [c.get_attribute("data-id") for c in driver.find_elements(By.CSS_SELECTOR, "#grid figure.result")]
+            assert ids == [h.id for h in r.search(world["images"] / "g03.png", "make it green", k=10)]
+            assert httpx.get(locked + "/healthz").status_code == 401
     finally:
         driver.quit()
     px = np.asarray(Image.open(shot).convert("RGB")).astype(int)

@@ -13,7 +13,11 @@ const state = {
   pickerOffset: 0,
 };
 
-const thumb = (id, size) => "images/" + encodeURIComponent(id).replace(/%2F/g, "/") + (size ? "?size=" + size : "");
+// API URLs relative to this page, without the user:key@ a browser may have in its address bar
+// (fetch refuses URLs with credentials; the browser still sends the key it was given, for the same origin)
+const BASE = (() => { const u = new URL(".", location.href); u.username = ""; u.password = ""; return u; })();
+const api = (path) => new URL(path, BASE).href;
+const thumb = (id, size) => api("images/" + encodeURIComponent(id).replace(/%2F/g, "/") + (size ? "?size=" + size : ""));
 
 function setStatus(text, isError) {
   const s = $("status");
@@ -54,7 +58,7 @@ function useGalleryImage(id) {
 }
 
 async function callApi(path, options) {
-  const response = await fetch(path, options);
+  const response = await fetch(api(path), options);
   let body = null;
   try { body = await response.json(); } catch (e) { /* not JSON */ }
   if (!response.ok) {
