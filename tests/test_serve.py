@@ -179,7 +179,11 @@ def test_bad_input_gets_a_4xx_naming_the_field(world, server, tmp_path):
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     big = buf.getvalue()
-    assert len(big) > UPLOAD_CAP
+    assert len(big) > UPLOAD_CAP * 4 // 3 + 64 * 1024  # refused from its Content-Length, before it is read
+    buf = io.BytesIO()
+    im.crop((0, 0, 180, 180)).save(buf, format="PNG")
+    over = buf.getvalue()  # read, then refused for the part's size
+    assert UPLOAD_CAP < len(over) < UPLOAD_CAP + 64 * 1024 and len(over) * 4 // 3 < UPLOAD_CAP * 4 // 3 + 64 * 1024
     cases = [
         ("missing text", dict(json={"image_id": "g01.png"}), 422, "text", r"'text' is missing"),
         ("empty text", dict(json={"image_id": "g01.png", "text": "   "}), 422, "text", r"'text' is empty"),
@@ -190,7 +194,11 @@ def test_bad_input_gets_a_4xx_naming_the_field(world, server, tmp_path):
         ("over the size cap", dict(files={"image": ("big.png", big, "image/png")}, data={"text": "x"}),
          413, "image", r"over the .*cap"),
         ("base64 over the cap", dict(json={"image_base64": base64.b64encode(big).decode(), "text": "x"}),
-         413, "image", r"cap"),
+         413, "image_base64", r"cap"),
+        ("upload part over the cap", dict(files={"image": ("o.png", over, "image/png")}, data={"text": "x"}),
+         413, "image", rf"the upload is {len(over)} bytes, over the {UPLOAD_CAP}-byte cap"),
+        ("base64 field over the cap", dict(json={"image_base64": base64.b64encode(over).decode(), "text": "x"}),
+         413, "image_base64", rf"decodes to {len(over)} bytes, over the {UPLOAD_CAP}-byte upload cap"),
         ("decompression bomb", dict(files={"image": ("bomb.png", png_claiming(100_000, 100_000), "image/png")},
                                     data={"text": "x"}), 413, "image", r"decompression bomb"),
         ("bad base64", dict(json={"image_base64": "@@@not base64", "text": "x"}), 422, "image_base64", r"base64"),
@@ -229,8 +237,10 @@ def test_images_healthz_metrics_openapi_and_page(world, server):
     src = Image.open(world["paths"][3])
     assert thumb.size == src.size  # 40x32 is below the thumbnail size: kept as is
     assert np.abs(np.asarray(thumb, dtype=int) - np.asarray(src.convert("RGB"), dtype=int)).mean() < 12
-    hits = server["service"]._thumbs.hits
-    assert c.get("/images/g03.png").content == res.content and server["service"]._thumbs.hits == hits + 1
+    metrics = server["service"].metrics
+    cached = metrics.value("zscir_thumbnails_total", result="cached") or 0
+    assert c.get("/images/g03.png").content == res.content
+    assert metrics.value("zscir_thumbnails_total", result="cached") == cached + 1  # the second one from memory
 
     health = c.get("/healthz").json()
     assert health["status"] == "ok" and set(health["models"]) == {"fti", "sum"} and health["default_model"] == "fti"

@@ -220,7 +220,9 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
               openapi_extra=schema.request_body(("multipart/form-data", schema.SearchForm),
                                                 ("application/json", schema.SearchJSON)))
     async def search(request: Request):
-        data = await read_body(request, upload_cap * 4 // 3 + FORM_OVERHEAD, "image")
+        ctype = request.headers.get("content-type", "")
+        field = "image" if ctype.startswith("multipart/") else "image_base64"  # where a big body's bytes are
+        data = await read_body(request, upload_cap * 4 // 3 + FORM_OVERHEAD, field)
         body = await run_in_threadpool(parse_body, data, request.headers.get("content-type"))
         return _json(await in_pool(answer_search, body))
 

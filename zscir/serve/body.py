@@ -139,13 +139,15 @@ def decode_base64(value: object, field_name: str, cap: int) -> bytes:
         raise RequestError(422, field_name, f"field {field_name!r} must be a non-empty base64 string "
                                             "(optionally a data: URI)")
     text = re.sub(r"\s+", "", _DATA_URI.sub("", value.strip(), count=1))
-    if len(text) * 3 // 4 > cap + 3:
-        raise RequestError(413, field_name, f"field {field_name!r} decodes to over the {cap}-byte upload cap")
+    size = len(text) * 3 // 4 - text[-2:].count("=")  # what it decodes to, before decoding it
+    if size > cap:
+        raise RequestError(413, field_name, f"field {field_name!r} decodes to {size} bytes, over the "
+                                            f"{cap}-byte upload cap (--max-upload-mb)")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(422, field_name, f"field {field_name!r} is not valid base64") from None
     if len(data) > cap:
         raise RequestError(413, field_name, f"field {field_name!r} decodes to {len(data)} bytes, over the "
-                                            f"{cap}-byte upload cap")
+                                            f"{cap}-byte upload cap (--max-upload-mb)")
     return data

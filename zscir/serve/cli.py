@@ -31,6 +31,8 @@ from zscir.errors import ZscirError
 @click.option("--max-pixels", type=int, default=None,
               help="Largest reference image in pixels (decompression-bomb limit; default: PIL's ~89 MP).")
 @click.option("--max-k", type=int, default=100, show_default=True, help="Largest k a request may ask for.")
+@click.option("--max-sessions", type=int, default=1000, show_default=True,
+              help="Refinement sessions kept in memory (the least recently used are dropped).")
 @click.option("--reload-interval", type=float, default=2.0, show_default=True,
               help="Seconds between checks for a new index generation written by `zscir index` (0: never).")
 @click.option("--graceful-timeout", type=float, default=10.0, show_default=True,
@@ -41,13 +43,14 @@ from zscir.errors import ZscirError
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line (url, models, index) once serving.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when the world's index is built on first use).")
 def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, api_key, insecure_no_auth, workers,
-          threads, max_upload_mb, max_pixels, max_k, reload_interval, graceful_timeout, log_level, access_log,
+          threads, max_upload_mb, max_pixels, max_k, max_sessions, reload_interval, graceful_timeout, log_level, access_log,
           as_json, no_progress):
     """Serve composed search over HTTP: a JSON API (schema at /openapi.json) and a web page at /."""
     from zscir.serve.auth import check_bind
 
     check_bind(host, api_key, insecure_no_auth)
-    for name, value, low in (("--workers", workers, 1), ("--max-k", max_k, 1), ("--port", port, 0)):
+    for name, value, low in (("--workers", workers, 1), ("--max-k", max_k, 1), ("--port", port, 0),
+                             ("--max-sessions", max_sessions, 1)):
         if value < low:
             raise ZscirError(f"option {name} must be at least {low}, got {value}")
     if threads is not None and threads < 1:
@@ -69,7 +72,8 @@ def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, a
     bind(host, port).close()  # a taken port is reported before the models load
     retrievers = load_retrievers(index_dir, models, clip, pretrained, preprocess, device, progress=not no_progress)
     config = ServeConfig(max_upload_bytes=int(max_upload_mb * 2 ** 20), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-                         max_k=max_k, workers=workers, reload_interval=reload_interval, api_key=api_key or None)
+                         max_k=max_k, workers=workers, reload_interval=reload_interval, max_sessions=max_sessions,
+                         api_key=api_key or None)
     app = create_app(retrievers=retrievers, config=config)
     service = app.state.service
 

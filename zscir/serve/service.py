@@ -418,6 +418,8 @@ class SearchService:
             raise RequestError(404, "id", f"field 'id': the file of gallery image {image_id!r} is missing") from None
         key = (path, st.st_mtime_ns, st.st_size, size)
         data = self._thumbs.get(key)
+        self.metrics.counter("zscir_thumbnails_total", "Thumbnails served, from the memory cache or decoded",
+                             result="cached" if data is not None else "decoded")
         if data is None:
             try:
                 with open(path, "rb") as f:
