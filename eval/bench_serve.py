@@ -9,9 +9,9 @@ What it does, in one run and one process tree on this machine:
    folder and indexes them (``zscir index``) with the shipped CLIP; queries are the world's
    test triplets whose reference is among them (reference by gallery id, every 4th by upload);
 2. starts ``zscir serve`` on that index as a subprocess on 127.0.0.1 (a free port);
-3. **direct**: the same queries through ``Retriever.search`` in this process, one after another;
-4. **http, 1 client**: the same queries over HTTP one after another -> the HTTP overhead as the
-   ratio of mean latencies (same torch thread count on both sides);
+3. **direct** and **http, 1 client**: each query through ``Retriever.search`` in this process, then
+   over HTTP, one after another and in turn (so both see the same background load) -> the HTTP
+   overhead as the ratio of mean latencies (same torch thread count on both sides);
 5. **load**: ``--clients`` concurrent clients x ``--requests`` requests each (bounded, stops by
    itself); ``--add`` more images are copied in and, as the load starts, ``zscir index`` is run
    on the served index (a real subprocess, the CLI users run), which the server picks up while
@@ -127,14 +127,6 @@ def main(argv=None) -> dict:
         retriever = Retriever.load(index, model, backbone=backbone)
         for ref, text in seq[:5]:  # warm-up
             retriever.search(images / ref, text, k=args.k)
-        direct = []
-        direct_answers = []
-        for ref, text in seq:
-            t = time.perf_counter()
-            hits = retriever.search(images / ref, text, k=args.k)
-            direct.append(time.perf_counter() - t)
-            direct_answers.append([h.id for h in hits])
-
         uploads = {ref: base64.b64encode((images / ref).read_bytes()).decode() for ref, _ in queries}
 
         def request(client, kind, ref, text):
@@ -143,16 +135,20 @@ def main(argv=None) -> dict:
                                    data={"text": text, "k": str(args.k)})
             return client.post("/search", json={"image_id": ref, "text": text, "k": args.k})
 
-        one_client, same = [], 0
+        # direct and over HTTP, query by query in turn: both see the same background load
+        direct, one_client, same = [], [], 0
         with httpx.Client(base_url=url, timeout=60) as c:
             for ref, text in seq[:5]:
                 c.post("/search", json={"image_id": ref, "text": text, "k": args.k})
-            for (ref, text), want in zip(seq, direct_answers):
+            for ref, text in seq:
+                t = time.perf_counter()
+                hits = retriever.search(images / ref, text, k=args.k)
+                direct.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 res = c.post("/search", json={"image_id": ref, "text": text, "k": args.k})
                 one_client.append(time.perf_counter() - t)
                 res.raise_for_status()
-                same += [r["id"] for r in res.json()["results"]] == want
+                same += [r["id"] for r in res.json()["results"]] == [h.id for h in hits]
 
         # the load phase, with `zscir index` updating the served index while it runs
         quota = args.clients * args.requests
