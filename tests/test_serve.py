@@ -570,3 +570,23 @@ def test_page_in_headless_chromium_searches_and_refines(world, server, tmp_path)
              int(grid["x"] * scale):int((grid["x"] + grid["width"]) * scale)]
     saturated = (box.max(axis=-1) - box.min(axis=-1)) > 120  # the drawn shapes' colours, not the grey page
     assert saturated.sum() > 5 * 140 * 140 * 0.3, saturated.sum()  # five thumbnails drawn in the grid
+
+
+def test_several_checkpoints_of_one_method_are_named_by_file(world, tmp_path):
+    from zscir.errors import ZscirError
+    from zscir.index import Retriever
+    from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
+    from zscir.serve import load_retrievers
+
+    cfg = get_mapping_config("fti4cir-tiny")
+    torch.manual_seed(1)
+    other = str(save_mapping_checkpoint(tmp_path / "fti_other", create_mapping_network(
+        cfg, backbone_dims(world["backbone"])), cfg, world["backbone"]))
+    loaded = load_retrievers(world["index"], [world["fti"], other, "image"])
+    assert list(loaded) == ["fti", "fti_other", "image"]
+    assert len({id(r.backbone) for r in loaded.values()}) == 1  # one backbone load shared by the models
+    hits = loaded["fti_other"].search(world["paths"][2], "make it red", k=5)
+    assert [h.id for h in hits] == [h.id for h in Retriever.load(world["index"], other).search(
+        world["paths"][2], "make it red", k=5)]
+    with pytest.raises(ZscirError, match="given twice"):
+        load_retrievers(world["index"], ["image", "image"])
