@@ -12,11 +12,13 @@ What it does, in one run and one process tree on this machine:
 3. **direct** and **http, 1 client**: each query through ``Retriever.search`` in this process, then
    over HTTP, one after another and in turn (so both see the same background load) -> the HTTP
    overhead as the ratio of mean latencies (same torch thread count on both sides);
-5. **load**: ``--clients`` concurrent clients x ``--requests`` requests each (bounded, stops by
-   itself); ``--add`` more images are copied in and, as the load starts, ``zscir index`` is run
-   on the served index (a real subprocess, the CLI users run), which the server picks up while
-   answering (the run fails if the swap does not land inside the load: raise --requests). Every request must answer 200; answers from before the swap may only name old
-   images; the final index must have the added images.
+4. **load**: ``--clients`` concurrent clients x ``--requests`` requests each (bounded, stops by
+   itself); ``--add`` more images are copied in and, as the load starts, ``zscir index`` is run on
+   the served index (a real subprocess, the CLI users run), which the server picks up while
+   answering. A client past its quota goes on only until the update is served, then
+   ``--after-swap`` more (at most 4x the quota). Every request must answer 200, and every answer
+   must equal ``Retriever.search`` on the index generation it names (old or new, never a mix);
+   the final index must have the added images.
 
 Only ever talks to 127.0.0.1. Numbers depend on the CPU (printed) and on what else runs on it.
 """
@@ -288,7 +290,8 @@ def main(argv=None) -> dict:
     print(f"{'HTTP, 1 client':24}{h['mean_ms']:9.2f}{h['p50_ms']:9.2f}{h['p99_ms']:9.2f}"
           f"   same ranking {h['same_ranking_as_direct']}/{h['n']}")
     print(f"HTTP overhead: {result['http_overhead_ratio']:.2f}x Retriever.search (mean latency, same queries)")
-    print(f"load: {args.clients} clients x {args.requests} (+{total - quota} to see the swap) = {total} requests in {load['wall_s']:.1f} s: "
+    print(f"load: {args.clients} clients x {args.requests} (+{total - quota} to see the swap) = {total} requests "
+          f"in {load['wall_s']:.1f} s: "
           f"{load['throughput_rps']:.1f} req/s, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, "
           f"{load['errors']} errors; direct one-thread rate {result['direct_rps_one_thread']:.1f} q/s")
     u = result["index_update"]

@@ -322,7 +322,7 @@ def test_cli_refuses_an_open_bind_without_a_key():
 
 
 def test_index_update_is_swapped_in_whole_while_serving(world, tmp_path):
-    """`zscir index` adds images to the served index: searches during the rebuild all answer; then the new one is used."""
+    """The index gets 6 images while served: searches during the rebuild all answer; then the new index is used."""
     import threading
 
     from zscir.index.gallery import build_index

@@ -179,12 +179,13 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
     async def zscir_error(request, exc: ZscirError):
         return _json(RequestError(422, "request", str(exc)).to_dict(), 422)
 
-    errors = {code: {"model": schema.ErrorResponse} for code in (400, 401, 404, 413, 415, 422)}
+    errors = {code: {"model": schema.ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422)}
     upload_cap = config.max_upload_bytes
 
     def answer_search(body: Body) -> dict:
         body.check_names(SEARCH_FIELDS)
-        given = [n for n in ("image", "image_base64", "image_id") if n in body.files or body.fields.get(n) not in (None, "")]
+        given = [n for n in ("image", "image_base64", "image_id")
+                 if n in body.files or body.fields.get(n) not in (None, "")]
         if not given:
             raise RequestError(422, "image", "no reference image: give image (an uploaded file), image_base64 "
                                              "or image_id (a gallery image)")
@@ -207,13 +208,12 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
             if not isinstance(image_id, str):
                 raise RequestError(422, "image_id", "field 'image_id' must be a string")
             ref = Reference.from_id(image_id)
-        return (service.search(ref, body.fields.get("text"), body.fields.get("k", 10),
-                                         body.fields.get("model")))
+        return service.search(ref, body.fields.get("text"), body.fields.get("k", 10), body.fields.get("model"))
 
     def answer_refine(body: Body) -> dict:
         body.check_names(REFINE_FIELDS)
         f = body.fields
-        return (service.refine(f.get("session"), f.get("choice"), f.get("text"), f.get("k"), f.get("model")))
+        return service.refine(f.get("session"), f.get("choice"), f.get("text"), f.get("k"), f.get("model"))
 
     @app.post("/search", summary="Rank the gallery for a reference image plus a modification text",
               response_model=schema.TurnResponse, responses=errors,

@@ -33,7 +33,8 @@ def check_bind(host: str, api_key: str | None, insecure_no_auth: bool) -> None:
 
 
 def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
-    """The key a request carries: ``X-API-Key: KEY``, ``Authorization: Bearer KEY`` or HTTP Basic with KEY as password."""
+    """The key a request carries: ``X-API-Key: KEY``, ``Authorization: Bearer KEY``, or HTTP Basic with KEY as
+    the password."""
     key = headers.get(b"x-api-key")
     if key is not None:
         return key.strip()

@@ -66,7 +66,8 @@ def parse_body(data: bytes, content_type: str | None) -> Body:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RequestError(400, "body", f"the request body is not valid JSON ({e})") from None
         if not isinstance(obj, dict):
-            raise RequestError(400, "body", "the JSON body must be an object, e.g. {\"image_id\": \"...\", \"text\": \"...\"}")
+            raise RequestError(400, "body", "the JSON body must be an object, "
+                                            "e.g. {\"image_id\": \"...\", \"text\": \"...\"}")
         return Body(fields=obj)
     if ctype == "multipart/form-data":
         boundary = params.get(b"boundary")

@@ -43,8 +43,8 @@ from zscir.errors import ZscirError
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line (url, models, index) once serving.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when the world's index is built on first use).")
 def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, api_key, insecure_no_auth, workers,
-          threads, max_upload_mb, max_pixels, max_k, max_sessions, reload_interval, graceful_timeout, log_level, access_log,
-          as_json, no_progress):
+          threads, max_upload_mb, max_pixels, max_k, max_sessions, reload_interval, graceful_timeout, log_level,
+          access_log, as_json, no_progress):
     """Serve composed search over HTTP: a JSON API (schema at /openapi.json) and a web page at /."""
     from zscir.serve.auth import check_bind
 

@@ -445,8 +445,9 @@ class SearchService:
                 "default_model": self.default_model,
                 "index": {"root": str(self.root), "images": len(s.index), "generation": s.generation,
                           "kind": s.index.meta.get("kind")},
-                "limits": {"max_k": min(self.config.max_k, len(s.index)), "max_upload_bytes": self.config.max_upload_bytes,
-                           "max_pixels": self.config.max_pixels, "max_text_chars": self.config.max_text_chars},
+                "limits": {"max_k": min(self.config.max_k, len(s.index)),
+                           "max_upload_bytes": self.config.max_upload_bytes, "max_pixels": self.config.max_pixels,
+                           "max_text_chars": self.config.max_text_chars},
                 "uptime_s": round(time.time() - self.started, 3)}
 
 
