@@ -34,7 +34,7 @@ def test_placeholder_count_mismatch_is_a_clear_error(tiny_backbone):
 def test_encode_text_matches_open_clip(tiny_backbone):
     bb = tiny_backbone
     texts = ["a photo of a cat", "two dogs"]
-    torch.testing.assert_close(bb.encode_text(texts), bb.model.encode_text(bb.tokenize(texts)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(bb.encode_text(texts), bb.model.encode_text(bb.tokenize(texts)), atol=1e-5, rtol=0)
 
 
 def test_one_visual_pass_gives_open_clip_global_and_tokens(tiny_backbone):
