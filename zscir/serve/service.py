@@ -186,8 +186,10 @@ class SearchService:
         self.default_model = next(iter(retrievers))
         self.encoders = {name: r.encoder for name, r in retrievers.items()}
         self._timers = {name: _MappingTimer(enc) for name, enc in self.encoders.items()}
-        root = next(iter(retrievers.values())).index.root
-        self.root = Path(root)
+        roots = {str(Path(r.index.root).resolve()) for r in retrievers.values()}
+        if len(roots) > 1:
+            raise ZscirError(f"the served models must search one index, got {len(roots)}: {', '.join(sorted(roots))}")
+        self.root = Path(next(iter(retrievers.values())).index.root)
         self._state = IndexState(dict(retrievers), _signature(self.root))
         self._reload_lock = threading.Lock()
         self._failed_signature: tuple | None = None
