@@ -223,16 +223,16 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
         ctype = request.headers.get("content-type", "")
         field = "image" if ctype.startswith("multipart/") else "image_base64"  # where a big body's bytes are
         data = await read_body(request, upload_cap * 4 // 3 + FORM_OVERHEAD, field)
-        body = await run_in_threadpool(parse_body, data, request.headers.get("content-type"))
-        return _json(await in_pool(answer_search, body))
+        # parsed and answered in one hop to a search worker (each thread hop costs a wake-up on a busy CPU)
+        return _json(await in_pool(lambda: answer_search(parse_body(data, ctype))))
 
     @app.post("/refine", summary="Continue a session: a chosen result becomes the next reference",
               response_model=schema.TurnResponse, responses=errors,
               openapi_extra=schema.request_body(("application/json", schema.RefineRequest)))
     async def refine(request: Request):
         data = await read_body(request, FORM_OVERHEAD, "body")
-        body = parse_body(data, request.headers.get("content-type"))
-        return _json(await in_pool(answer_refine, body))
+        ctype = request.headers.get("content-type")
+        return _json(await in_pool(lambda: answer_refine(parse_body(data, ctype))))
 
     @app.get("/sessions/{session}", summary="The turns of a session so far", responses=errors)
     async def session_turns(session: str):
