@@ -599,3 +599,31 @@ def test_several_checkpoints_of_one_method_are_named_by_file(world, tmp_path):
         world["paths"][2], "make it red", k=5)]
     with pytest.raises(ZscirError, match="given twice"):
         load_retrievers(world["index"], ["image", "image"])
+
+
+def test_app_mounts_in_another_service(world):
+    """create_app() mounted under a prefix of the user's own FastAPI app: API, thumbnails, page, metrics labels."""
+    from fastapi import FastAPI
+
+    from zscir.index import Retriever
+    from zscir.serve import create_app
+    from zscir.serve.runner import serve_in_thread
+
+    parent = FastAPI()
+
+    @parent.get("/own")
+    def own():
+        return {"mine": True}
+
+    app = create_app(retrievers={"fti": Retriever.load(world["index"], world["fti"])}, reload_interval=0.1)
+    parent.mount("/cir", app)
+    with serve_in_thread(parent) as url, httpx.Client(base_url=url, timeout=30, follow_redirects=True) as c:
+        assert c.get("/own").json() == {"mine": True}
+        res = c.post("/cir/search", json={"image_id": "g02.png", "text": "make it red", "k": 3}).json()
+        assert len(res["results"]) == 3
+        assert c.get("/cir/" + res["results"][0]["thumbnail"]).headers["content-type"] == "image/jpeg"
+        page = c.get("/cir")
+        assert str(page.url).endswith("/cir/") and "static/app.js" in page.text
+        assert c.get("/cir/static/app.js").status_code == 200
+        assert 'route="/search"' in c.get("/cir/metrics").text
+        assert app.state.service._watcher is not None  # started on the first request: no lifespan when mounted
