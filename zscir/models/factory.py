@@ -14,10 +14,30 @@ from torch import nn
 
 from zscir.checkpoint import load_checkpoint, save_checkpoint
 from zscir.errors import ZscirError
-from zscir.models.fti import FTINetwork, SingleTokenNetwork
+from zscir.models.methods import METHODS
+
+
+class _Networks(dict):
+    """method name -> network class, read live from :data:`zscir.models.methods.METHODS`."""
+
+    def __getitem__(self, name):
+        return METHODS[name].network
+
+    def __contains__(self, name):
+        return name in METHODS
+
+    def __iter__(self):
+        return iter(METHODS)
+
+    def __len__(self):
+        return len(METHODS)
+
+    def keys(self):
+        return METHODS.keys()
+
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-NETWORKS: dict[str, type[nn.Module]] = {"fti": FTINetwork, "single": SingleTokenNetwork}
+NETWORKS: dict[str, type[nn.Module]] = _Networks()
 
 
 def list_mapping_configs() -> list[str]:
