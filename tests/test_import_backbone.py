@@ -65,3 +65,35 @@ def test_missing_weights_one_line(tmp_path, monkeypatch):
     with pytest.raises(ZscirError) as err:
         load_backbone("ViT-B-32", "openai", cache_dir=str(tmp_path))
     assert "not available offline" in str(err.value) and "\n" not in str(err.value)
+
+
+def official_targetpad(image, size):
+    """SEARLE / FTI4CIR targetpad_transform: TargetPad (torchvision pad), Resize, CenterCrop, then RGB."""
+    from torchvision.transforms import functional as TF
+
+    w, h = image.size
+    if max(w, h) / min(w, h) >= 1.25:
+        scaled = max(w, h) / 1.25
+        hp, vp = max(int((scaled - w) / 2), 0), max(int((scaled - h) / 2), 0)
+        image = TF.pad(image, [hp, vp, hp, vp], 0, "constant")
+    image = TF.center_crop(TF.resize(image, size, interpolation=TF.InterpolationMode.BICUBIC), size)
+    return TF.to_tensor(image.convert("RGB"))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "CMYK"])
+def test_rgb_conversion_after_pad_and_crop_as_official(mode):
+    import numpy as np
+    from PIL import Image
+
+    from zscir.backbone.preprocess import make_preprocess
+
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (40, 90, 4), dtype=np.uint8), "RGBA")   # elongated: gets padded
+    image = {"RGB": rgba.convert("RGB"), "L": rgba.convert("L"), "P": rgba.convert("RGB").quantize(16),
+             "RGBA": rgba, "CMYK": rgba.convert("RGB").convert("CMYK")}[mode]
+    prep = make_preprocess("targetpad", 32, mean=(0, 0, 0), std=(1, 1, 1))
+    ours = prep(image)
+    torch.testing.assert_close(ours, official_targetpad(image, 32), atol=0, rtol=0)
+    convert_first = prep(image.convert("RGB"))
+    # converting first is the same for RGB and greyscale, and changes palette, RGBA and CMYK pixels
+    assert torch.equal(convert_first, ours) == (mode in ("RGB", "L"))
