@@ -70,7 +70,7 @@ for _m in (
     Method("fti", FTINetwork, compose_fti, "a photo of * with * ... * but {text}", "fti4cir", "targetpad", True,
            "FTI4CIR (Lin et al., SIGIR 2024)"),
     Method("single", SingleTokenNetwork, single_token(prompts.single_query_prompt), "a photo of * but {text}",
-           "zscir", "targetpad", False, "zscir's single-token baseline"),
+           "both-orders", "targetpad", False, "zscir's single-token baseline"),
     Method("searle", SingleTokenNetwork, single_token(prompts.that_query_prompt), "a photo of $ that {text}",
            "searle", "targetpad", False, "SEARLE (Baldrati et al., ICCV 2023)"),
     Method("lincir", SingleTokenNetwork, single_token(prompts.that_query_prompt), "a photo of $ that {text}",

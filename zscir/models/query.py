@@ -23,7 +23,7 @@ from zscir.models import prompts
 
 class QueryEncoder:
     needs_tokens = False
-    fiq_captions = "zscir"   # FashionIQ caption rule (zscir.evaluation.protocol.FIQ_RULES)
+    fiq_captions = "both-orders"   # FashionIQ caption rule (zscir.evaluation.protocol.FIQ_RULES)
 
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
