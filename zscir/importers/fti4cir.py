@@ -67,8 +67,8 @@ class FTI4CIRImporter(Importer):
     name = "fti4cir"
     method = "fti"
     title = "FTI4CIR"
-    url = "https://github.com/ZiChao111/FTI4CIR (README: FTI4CIR_model.pth, ViT-L/14)"
-    license = "not stated in the repository (no LICENSE file): ask the authors before redistributing"
+    url = "https://drive.google.com/file/d/1WYeBONqZX78IbJ8Jd4qtzZ1zy_ekX-i2/view (README of ZiChao111/FTI4CIR)"
+    license = "none stated (the repository has no LICENSE file): ask the authors before redistributing"
     paper = "Lin et al., Fine-grained Textual Inversion Network for Zero-Shot Composed Image Retrieval, SIGIR 2024"
     stand_ins = tuple(CLASSES)
     backbones = {(768, 768): ("ViT-L-14", "openai"), (512, 512): ("ViT-B-32", "openai")}

@@ -39,7 +39,8 @@ class Pic2WordImporter(Img2TextImporter):
     name = "pic2word"
     method = "pic2word"
     title = "Pic2Word"
-    url = "https://github.com/google-research/composed_image_retrieval (README: pic2word_model.pt, ViT-L/14)"
+    url = ("https://drive.google.com/file/d/1IxRi2Cj81RxMu0ViT4q4nkfyjbSHm1dF/view "
+           "(README of google-research/composed_image_retrieval)")
     license = "Apache-2.0 (the repository's license; the README gives no separate license for the weights)"
     paper = "Saito et al., Pic2Word: Mapping Pictures to Words for Zero-shot Composed Image Retrieval, CVPR 2023"
     backbones = {(768, 768): ("ViT-L-14", "openai"), (512, 512): ("ViT-B-32", "openai")}
@@ -70,8 +71,9 @@ class ContextI2WImporter(Img2TextImporter):
     name = "context-i2w"
     method = "context-i2w"
     title = "Context-I2W"
-    url = "https://github.com/Pter61/context-i2w (README: the released checkpoint, ViT-L/14)"
-    license = "Apache-2.0 (the repository's license; the README gives no separate license for the weights)"
+    url = "https://drive.google.com/file/d/1yHv9SgY1-2KrAvd2MmFqH40x4P3gLotQ/view (README of Pter61/context-i2w)"
+    license = ("Apache-2.0 (the repository's LICENSE file; its README badge says MIT; no separate license for "
+               "the weights)")
     paper = "Tang et al., Context-I2W: Mapping Images to Context-dependent Words for Accurate ZS-CIR, AAAI 2024"
     backbones = {(768, 768): ("ViT-L-14", "openai")}
 
