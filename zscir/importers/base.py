@@ -153,7 +153,13 @@ def import_checkpoint(src: str | os.PathLike, fmt: str, out: str | os.PathLike, 
     importer = get_importer(fmt)
     src = Path(src)
     obj = load_torch_file(src, importer.stand_ins)
-    imported = importer.convert(obj, src)
+    try:
+        imported = importer.convert(obj, src)
+    except ZscirError:
+        raise
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as e:  # an unexpected structure
+        raise ZscirError(f"{src}: not a {importer.title} checkpoint in the released format "
+                         f"({type(e).__name__}: {str(e)[:120]})") from None
     method = get_method(importer.method)
 
     if backbone is not None:
