@@ -7,6 +7,7 @@ the widths come from the backbone, so one config serves every backbone.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +18,21 @@ from zscir.errors import ZscirError
 from zscir.models.methods import METHODS
 
 
-class _Networks(dict):
-    """method name -> network class, read live from :data:`zscir.models.methods.METHODS`."""
+class _NetworkView(Mapping):
+    """method name -> network class, a live view of :data:`zscir.models.methods.METHODS` (register there)."""
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> type[nn.Module]:
         return METHODS[name].network
-
-    def __contains__(self, name):
-        return name in METHODS
 
     def __iter__(self):
         return iter(METHODS)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(METHODS)
-
-    def keys(self):
-        return METHODS.keys()
 
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-NETWORKS: dict[str, type[nn.Module]] = _Networks()
+NETWORKS: Mapping[str, type[nn.Module]] = _NetworkView()
 
 
 def list_mapping_configs() -> list[str]:
