@@ -131,3 +131,61 @@ def test_protocol_block_records_cutoffs_subset_rule_galleries_and_truncation():
     assert fiq["fiq_captions"] == {"a": "searle", "b": "pic2word"} and fiq["fiq_captions_option"] == "method"
     assert Protocol().record("fine-fashioniq")["metrics"] == {"R@k": [1, 10, 50]}
     assert Protocol().record("circo")["metrics"] == {"mAP@k, R@k": [5, 10, 25, 50]}
+
+
+def test_eval_with_imported_checkpoints_uses_each_methods_rule_and_preprocessing(tmp_path, tiny_backbone):
+    """`zscir eval fashioniq --model A --model B --model text`: imported checkpoints take the backbone they
+    record, their own preprocessing and FashionIQ rule; the protocol block says which model used what."""
+    import warnings
+
+    from safetensors.torch import save_file
+
+    from zscir.backbone import load_backbone
+    from zscir.evaluation.run import EvalRequest, evaluate
+    from zscir.importers import import_checkpoint
+
+    weights = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_backbone.model.state_dict().items()}, str(weights))
+    bb = load_backbone("zscir-tiny-test", str(weights))
+    E, T = bb.embed_dim, bb.token_dim
+    torch.manual_seed(0)
+    phi = {"layers.0.weight": torch.randn(4 * E, E), "layers.0.bias": torch.randn(4 * E),
+           "layers.3.weight": torch.randn(4 * E, 4 * E), "layers.3.bias": torch.randn(4 * E),
+           "layers.6.weight": torch.randn(T, 4 * E), "layers.6.bias": torch.randn(T)}
+    torch.save({"Phi": phi}, tmp_path / "searle.pt")
+    p2w = {"layers.0.0.weight": torch.randn(16, E), "layers.0.0.bias": torch.randn(16), "fc_out.weight": torch.randn(T, 16),
+           "fc_out.bias": torch.randn(T)}
+    torch.save({"epoch": 1, "state_dict_img2text": p2w}, tmp_path / "p2w.pt")
+    import_checkpoint(tmp_path / "searle.pt", "searle", tmp_path / "ckpt" / "searle", backbone=bb)
+    import_checkpoint(tmp_path / "p2w.pt", "pic2word", tmp_path / "ckpt" / "p2w", backbone=bb)
+
+    root = tmp_path / "fiq"
+    (root / "captions").mkdir(parents=True)
+    (root / "image_splits").mkdir()
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"B{i:03d}" for i in range(6)]
+    for n in names:
+        Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)).save(root / "images" / f"{n}.png")
+    records = [{"candidate": "B000", "target": "B001", "captions": ["is red.", "has long sleeves"]},
+               {"candidate": "B002", "target": "B003", "captions": ["is darker", ""]}]
+    (root / "captions" / "cap.dress.val.json").write_text(json.dumps(records))
+    (root / "image_splits" / "split.dress.val.json").write_text(json.dumps(names))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = evaluate(EvalRequest("fashioniq", root=root, categories=["dress"], clip="zscir-tiny-test",
+                                   pretrained=str(weights), progress=False, cache_root=tmp_path / "cache",
+                                   out_dir=tmp_path / "run",
+                                   models=[str(tmp_path / "ckpt" / "searle.safetensors"),
+                                           str(tmp_path / "ckpt" / "p2w.safetensors"), "text"]))
+    by_name = {m["name"]: m for m in res["models"]}
+    assert {n: m["fiq_captions"] for n, m in by_name.items()} == {"searle": "searle", "p2w": "pic2word",
+                                                                   "text": "both-orders"}
+    assert {n: m["preprocess"] for n, m in by_name.items()} == {"searle": "targetpad-1.25", "p2w": "clip",
+                                                                 "text": "targetpad-1.25"}
+    assert res["protocol"]["fiq_captions"] == {"searle": "searle", "p2w": "pic2word", "text": "both-orders"}
+    assert res["protocol"]["gallery"]["fashioniq/dress/val"]["size"] == 6
+    assert set(res["protocol"]["truncated_prompts"]) == {"searle", "p2w", "text"}
+    for m in by_name.values():
+        assert set(m["splits"]["fashioniq/dress/val"]["metrics"]) == {"R@10", "R@50"}
+        assert m["splits"]["fashioniq/dress/val"]["metrics"]["R@10"] == 100.0   # a 6-image gallery
