@@ -23,6 +23,7 @@ from zscir.importers import IMPORTERS, import_checkpoint
 from zscir.models.query import backbone_for, load_query_encoder
 
 TEXTS = ["is red and has a collar", "shows two dogs instead of one on the grass"]
+DOLLAR_TEXTS = ["costs $ 5 and is red", "shows two dogs"]    # a caption's own "$": LinCIR fills it too
 
 
 # ----------------------------------------------------------------- the reference text encoding
@@ -110,16 +111,17 @@ def test_searle_and_lincir_import(tmp_path, tiny_backbone, ref_feats, fmt):
         torch.save({"Phi": sd}, src)
     meta = import_checkpoint(src, fmt, tmp_path / "ckpt", backbone=bb)
     check_weights(tmp_path / "ckpt", {f"phi.{k}": v for k, v in sd.items()})
-    assert meta["query"]["prompt"] == "a photo of $ that {text}" and meta["preprocess"] == ("targetpad-1.25" if fmt == "searle" else "clip")
+    assert meta["query"]["prompt"].startswith("a photo of $ that {text}") and meta["preprocess"] == ("targetpad-1.25" if fmt == "searle" else "clip")
     assert meta["source"]["license"] == "CC BY-NC 4.0" and "non-commercial" in meta["source"]["license_note"]
     with pytest.warns(UserWarning, match="CC BY-NC 4.0"):
         encoder = load_query_encoder(str(tmp_path / "ckpt.safetensors"), backbone=bb)
-    got = encoder.encode_queries(ref_feats, TEXTS)
-    for i, text in enumerate(TEXTS):
+    got = encoder.encode_queries(ref_feats, DOLLAR_TEXTS)
+    for i, text in enumerate(DOLLAR_TEXTS):
         prompt = f"a photo of $ that {text}"            # the official prompt, with its own "$" token
         pos = token_positions(bb, prompt, "$")
-        assert len(pos) == 1
-        want = encode_reference(bb, prompt, {pos[0]: phi_ref(sd, ref_feats.pooled[i])})
+        word = phi_ref(sd, ref_feats.pooled[i])
+        # SEARLE fills the first "$" (a caption's own stays the "$" token); LinCIR fills every "$"
+        want = encode_reference(bb, prompt, {p: word for p in (pos[:1] if fmt == "searle" else pos)})
         torch.testing.assert_close(got[i], F.normalize(want, dim=-1), atol=2e-5, rtol=0)
 
 

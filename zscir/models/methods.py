@@ -29,10 +29,19 @@ def compose_fti(backbone, network, ref, texts) -> torch.Tensor:
                                    prompts.interleave(pw.subject, pw.attributes, pw.counts))
 
 
-def single_token(prompt: Callable[[str], str]) -> Callable:
-    """Compose with one pseudo-word from the pooled feature, in ``prompt(text)``."""
+def single_token(prompt: Callable[[str], str], also_fills: str | None = None) -> Callable:
+    """Compose with one pseudo-word from the pooled feature, in ``prompt(text)``.
+
+    ``also_fills``: a character of the text that the pseudo-word fills too, as LinCIR replaces every
+    ``$`` token (a caption's own ``$`` included), where SEARLE replaces only the template's.
+    """
     def compose(backbone, network, ref, texts) -> torch.Tensor:
-        return backbone.encode_prompts([prompt(t) for t in texts], network(ref.pooled, ref.tokens).subject)
+        subject = network(ref.pooled, ref.tokens).subject
+        if also_fills is None:
+            return backbone.encode_prompts([prompt(t) for t in texts], subject)
+        texts_ = [prompt(t).replace(also_fills, prompts.PLACEHOLDER) for t in texts]
+        slots = (backbone.tokenize(texts_) == backbone.placeholder_token_id).sum(dim=1)
+        return backbone.encode_prompts(texts_, subject.repeat_interleave(slots.to(subject.device), dim=0))
     return compose
 
 
@@ -73,7 +82,8 @@ for _m in (
            "both-orders", "targetpad", False, "zscir's single-token baseline"),
     Method("searle", SingleTokenNetwork, single_token(prompts.that_query_prompt), "a photo of $ that {text}",
            "searle", "targetpad", False, "SEARLE (Baldrati et al., ICCV 2023)"),
-    Method("lincir", SingleTokenNetwork, single_token(prompts.that_query_prompt), "a photo of $ that {text}",
+    Method("lincir", SingleTokenNetwork, single_token(prompts.that_query_prompt, also_fills="$"),
+           "a photo of $ that {text} (every $ filled)",
            "searle", "clip", False, "LinCIR (Gu et al., CVPR 2024)"),
     Method("pic2word", Pic2WordNetwork, single_token(prompts.comma_query_prompt), "a photo of * , {text}",
            "pic2word", "clip", False, "Pic2Word (Saito et al., CVPR 2023)"),
