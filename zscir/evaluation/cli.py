@@ -25,8 +25,9 @@ from zscir.benchmarks.fine import FINE_GALLERIES
               help="FashionIQ categories (default: all three).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default runs/eval-BENCHMARK-TIME).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
-@click.option("--fiq-captions", type=click.Choice(FIQ_CAPTION_MODES), default="both-orders", show_default=True,
-              help="How FashionIQ's two captions form the query.")
+@click.option("--fiq-captions", type=click.Choice(FIQ_CAPTION_MODES), default="method", show_default=True,
+              help="How FashionIQ's two captions form the query: each model's own official rule (method), "
+                   "or one rule for all.")
 @click.option("--remove-reference/--keep-reference", default=None,
               help="Drop the reference from its ranking (default: the benchmark's official choice).")
 @click.option("--fine-gallery", type=click.Choice(FINE_GALLERIES), default="fine", show_default=True,
