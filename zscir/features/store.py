@@ -270,6 +270,13 @@ class FeatureStore:
     def ids(self) -> list[str]:
         return self.load(tokens=False).ids
 
+    def keys(self, ids: Sequence[str] | None = None) -> list[str]:
+        """The content key stored with each of ``ids`` (default: every live row, in store order)."""
+        with self._missing_is_damage():
+            live = self._live_rows(self._read_manifest())
+        key_of = {i: k for _, _, i, k in live}
+        return [key_of[i] for i in (ids if ids is not None else [i for _, _, i, _ in live])]
+
     def __len__(self) -> int:
         manifest = self._read_manifest()
         return sum(s["rows"] - len(s["dead"]) for s in manifest["shards"])
@@ -378,6 +385,9 @@ class FeatureStore:
             else:
                 self._init_meta(backbone)
                 manifest = self._read_manifest()
+            if self._drop_damaged(manifest) or manifest.get("consolidated") is None:
+                with sigint_deferred():
+                    self._commit(manifest, consolidated=False)
             self._collect_garbage(manifest)
             self._write_hashes(sources, known if not prune else {})
 
@@ -543,7 +553,7 @@ class FeatureStore:
                 digests = write_shard(self.shard_dir, name, buf_ids, buf_keys, np.concatenate(buf_pooled),
                                       np.concatenate(buf_tokens) if with_tokens else None)
                 manifest["shards"].append({"name": name, "rows": len(buf_ids), "tokens": with_tokens, "dead": [],
-                                           "sha256": digests})
+                                           "sha256": digests, "bytes": self._sizes(name, digests)})
                 self._commit(manifest, consolidated=False)
             buf_ids, buf_keys, buf_pooled, buf_tokens = [], [], [], []
             last_flush = time.perf_counter()
@@ -607,7 +617,59 @@ class FeatureStore:
         digests = write_shard(self.shard_dir, name, [ids[r] for r in rows], [keys[r] for r in rows],
                               self._open_array(files["pooled"], shard["rows"])[rows],
                               self._open_array(files["tokens"], shard["rows"])[rows] if shard["tokens"] else None)
-        return {"name": name, "rows": len(rows), "tokens": shard["tokens"], "dead": [], "sha256": digests}
+        return {"name": name, "rows": len(rows), "tokens": shard["tokens"], "dead": [], "sha256": digests,
+                "bytes": self._sizes(name, digests)}
+
+    def _sizes(self, name: str, digests: dict[str, str]) -> dict[str, int]:
+        files = shard_files(self.shard_dir, name)
+        return {part: files[part].stat().st_size for part in digests}
+
+    def _drop_damaged(self, manifest: dict[str, Any]) -> int:
+        """Drop shards whose files are missing, of the wrong size or unreadable; return the rows dropped.
+
+        Their images are simply encoded again by this update: a damaged shard costs time, never
+        a wrong feature. Sizes are a stat per file; :meth:`verify` compares full checksums.
+        """
+        kept, dropped = [], 0
+        for shard in manifest["shards"]:
+            files = shard_files(self.shard_dir, shard["name"])
+            parts = ["rows", "pooled"] + (["tokens"] if shard["tokens"] else [])
+            sizes = shard.get("bytes") or {}
+            problem = None
+            for part in parts:
+                if not files[part].is_file():
+                    problem = f"{files[part].name} is missing"
+                elif part in sizes and files[part].stat().st_size != sizes[part]:
+                    problem = f"{files[part].name} has {files[part].stat().st_size} bytes, not {sizes[part]}"
+                if problem:
+                    break
+            if problem is None:
+                try:
+                    self._read_rows(shard)
+                    for part in parts[1:]:
+                        self._open_array(files[part], shard["rows"])
+                except StoreDamaged as e:
+                    problem = str(e).split(" is damaged (", 1)[-1].rsplit("): ", 1)[0]
+                except (ZscirError, FileNotFoundError) as e:
+                    problem = str(e)
+            if problem:
+                _stderr(f"feature shard {shard['name']} of {self.root} is damaged ({problem}): "
+                        f"its {shard['rows'] - len(shard['dead'])} image(s) are encoded again")
+                dropped += shard["rows"] - len(shard["dead"])
+            else:
+                kept.append(shard)
+        cons = manifest.get("consolidated")
+        if cons is not None:
+            sizes = cons.get("bytes") or {}
+            for part in ("ids", "pooled"):
+                path = self.root / cons[part]
+                if not path.is_file() or (part in sizes and path.stat().st_size != sizes[part]):
+                    manifest["consolidated"] = None  # derived: rebuilt from the shards below
+                    break
+        if dropped or len(kept) != len(manifest["shards"]):
+            manifest["shards"] = kept
+            manifest["consolidated"] = None
+        return dropped
 
     def _consolidate(self, manifest) -> None:
         """Write all live pooled rows into one file so that readers get a single memmap."""
@@ -618,7 +680,8 @@ class FeatureStore:
         digests = {"pooled": save_npy(self.root / names["pooled"], pooled)}
         atomic_write_json(self.root / names["ids"], [i for _, _, i, _ in live], indent=None)
         digests["ids"] = sha256_file(self.root / names["ids"])
-        manifest["consolidated"] = {**names, "sha256": digests}
+        manifest["consolidated"] = {**names, "sha256": digests,
+                                    "bytes": {p: (self.root / names[p]).stat().st_size for p in ("pooled", "ids")}}
         self._commit(manifest, consolidated=True)
         self._collect_garbage(manifest)
 
