@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from zscir.cli import main
 from zscir.errors import ZscirError
-from zscir.index.gallery import GalleryIndex, build_index, verify_index
+from zscir.index.gallery import GalleryIndex, build_index
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -111,6 +111,8 @@ def test_dangling_symlink_skipped_and_non_utf8_names_indexed_with_escaped_ids(ti
 
 def test_rerun_rebuilds_damaged_derived_files_without_reencoding(tiny, tmp_path):
     """Why: "a damaged index cannot be repaired by re-indexing (nothing changed, so nothing rebuilt)"."""
+    from zscir.index.gallery import verify_index
+
     images = tmp_path / "imgs"
     paths = gallery(images)
     out = tmp_path / "idx"
@@ -177,6 +179,8 @@ def test_damaged_features_one_line_errors_repair_and_force(tiny, tmp_path, capsy
 
 def test_verify_names_each_damaged_file(tiny, tmp_path, capsys):
     """Deliver 4: `--verify` checks every file of an index against its manifest."""
+    from zscir.index.gallery import verify_index
+
     images = tmp_path / "imgs"
     gallery(images, 6)
     out = tmp_path / "idx"
