@@ -226,3 +226,27 @@ def test_moved_or_touched_folder_is_not_reencoded(tiny, tmp_path):
     assert GalleryIndex.open(out).paths[0] == str(moved / "g00.png")  # results point at the new place
     draw(moved / "g03.png", 99)  # a changed picture is encoded again
     assert build_index(out, tiny["bb"], images=moved, progress=False)["features"]["encoded"] == 1
+
+
+def test_store_written_with_stat_keys_is_reused_without_reading(tiny, tmp_path):
+    """Upgrading: rows keyed by the old stat key (path + size + mtime) are kept while the file is unchanged."""
+    from zscir.features import FeatureStore
+    from zscir.features.sources import file_key
+
+    paths = gallery(tmp_path / "imgs", 4)
+    store = FeatureStore(tmp_path / "store")
+    store.update(tiny["bb"], [(p.name, p) for p in paths], progress=False)
+    for rows_file in (tmp_path / "store" / "shards").glob("*.rows.json"):  # as an older zscir wrote them
+        rows = json.loads(rows_file.read_text())
+        rows["keys"] = [file_key(tmp_path / "imgs" / i) for i in rows["ids"]]
+        rows_file.write_text(json.dumps(rows))
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        shard.pop("bytes"), shard.pop("sha256")
+    (tmp_path / "store" / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "store" / "hashes.json").unlink()
+    report = store.update(tiny["bb"], [(p.name, p) for p in paths], progress=False)
+    assert (report.reused, report.encoded, report.hashed) == (4, 0, 0)
+    draw(paths[1], 77)  # changed: its stat key no longer matches, so it is hashed and encoded again
+    report = store.update(tiny["bb"], [(p.name, p) for p in paths], progress=False)
+    assert (report.reused, report.encoded) == (3, 1)

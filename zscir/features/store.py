@@ -374,7 +374,7 @@ class FeatureStore:
         t0 = time.perf_counter()
         if self.exists() and not force:
             self.check_backbone(backbone)  # before hashing anything
-        known = {} if force else self._read_hashes()
+        known = {} if force else {**self._legacy_stat_keys(), **self._read_hashes()}
         sources, unusable = as_sources(items, workers=workers or default_workers(), progress=progress,
                                        known_hashes=known)
         report = UpdateReport(total=len(sources) + len(unusable), corrupt=list(unusable),
@@ -444,6 +444,16 @@ class FeatureStore:
         with sigint_deferred():
             self._write_manifest(manifest)
         return manifest
+
+    def _legacy_stat_keys(self) -> dict[str, str]:
+        """Rows of stores written before content keys are keyed by stat key: an unchanged file keeps
+        its row without being read (``{stat: stat}``; a moved or touched one is hashed and re-encoded once)."""
+        try:
+            with self._missing_is_damage():
+                live = self._live_rows(self._read_manifest()) if self.exists() else []
+        except ZscirError:
+            return {}  # damage is reported under the lock, with what fixes it
+        return {k: k for _, _, _, k in live if k.startswith("file:")}
 
     def _write_hashes(self, sources, keep: dict[str, str]) -> None:
         """Remember each file's content key by its stat key (for the next update), when that changed."""
