@@ -247,9 +247,14 @@ def as_sources(items: Iterable[Any], workers: int = 4, progress: bool = False,
     if slow > 1:
         from tqdm.auto import tqdm
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             adapted = list(tqdm(pool.map(adapt, items), total=len(items), unit="img", desc="hashing images",
                                 disable=not progress or slow < 64, file=sys.stderr, dynamic_ncols=True))
+        except BaseException:  # Ctrl-C: stop at once instead of hashing the rest of the gallery first
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         adapted = [adapt(i) for i in items]
     sources = [a for a in adapted if isinstance(a, ImageSource)]

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from zscir.errors import ZscirError
-from zscir.features.sources import safe_name
 from zscir.index.search_index import EXACT_MAX, KINDS
 
 
@@ -164,6 +163,8 @@ def open_retriever(index_dir, model, clip, pretrained, preprocess, device, progr
 
 
 def _table(results) -> str:
+    from zscir.features.sources import safe_name
+
     lines = []
     for n, res in enumerate(results, 1):
         lines.append(f"query {n}: {safe_name(res.ref)}  +  \"{safe_name(res.text)}\"")
