@@ -68,7 +68,7 @@ def main(n, threads):
         build("--force", moved, force=True)
     first = rows[0][1]
     print(f"{n} images, shapes-world CLIP, {threads} threads")
-    print(f"| run | seconds | encoded | hashed | first / this |\n|---|---|---|---|---|")
+    print("| run | seconds | encoded | hashed | first / this |\n|---|---|---|---|---|")
     for label, sec, enc, hashed in rows:
         print(f"| {label} | {sec:.2f} | {enc} | {hashed} | {first / sec:.0f}x |")
 

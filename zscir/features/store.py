@@ -35,7 +35,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import re
 import signal
 import sys
