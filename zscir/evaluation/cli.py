@@ -41,9 +41,11 @@ from zscir.benchmarks.fine import FINE_GALLERIES
 def eval_command(benchmark, root, models, clip, pretrained, splits, categories, out_dir, as_json, fiq_captions,
                  remove_reference, fine_gallery, preprocess, cache_dir, device, batch_size, no_progress):
     """Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir."""
+    from zscir.backbone.options import check_device, resolve_pretrained
     from zscir.evaluation import report
     from zscir.evaluation.run import EvalRequest, evaluate
 
+    pretrained, device = resolve_pretrained(clip, pretrained), check_device(device)  # --pretrained none: random
     protocol = Protocol(fiq_captions=fiq_captions, remove_reference=remove_reference, fine_gallery=fine_gallery,
                         preprocess=preprocess)
     results = evaluate(EvalRequest(

@@ -81,7 +81,9 @@ def _say(msg: str) -> None:
 def load_backbone_for(req: EvalRequest, spec: BenchmarkSpec):
     """The backbone given by --clip/--pretrained, else the shapes world's own for the shapes world, else None."""
     from zscir.backbone import load_backbone
+    from zscir.backbone.options import check_device
 
+    check_device(req.device)  # "cuda" without one, or "banana": one line, before any work
     preprocess = req.protocol.preprocess or "targetpad"
     if req.clip:
         return load_backbone(req.clip, req.pretrained, device=req.device, preprocess=preprocess)
