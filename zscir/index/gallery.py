@@ -113,9 +113,7 @@ class GalleryIndex:
             detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise ZscirError(f"index {str(root)!r} is damaged ({detail}): rerun `zscir index` on it to rebuild "
                              f"its derived files from the features, or {hint}") from None
-        gallery = cls(root, meta, index, ids, paths)
-        gallery.keys = keys
-        return gallery
+        return cls(root, meta, index, ids, paths, keys)
 
     def __len__(self) -> int:
         return len(self.ids)
