@@ -151,6 +151,8 @@ class SafeUnpickler(pickle.Unpickler):
         if self.archive is None:
             raise UnsafePickleError(f"{self.source}: tensor storage outside a torch zip archive")
         _, storage_type, key, _location, numel = pid[:5]
+        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+            raise UnsafePickleError(f"{self.source}: malformed storage record {str(pid)[:80]!r}")
         if isinstance(storage_type, _StorageType):
             dtype = storage_type.dtype
         elif isinstance(storage_type, torch.dtype):
