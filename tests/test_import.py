@@ -453,6 +453,11 @@ def test_width_mismatch_and_existing_output_refused(tmp_path, tiny_backbone, sea
         import_checkpoint(src, "searle", tmp_path / "o")
     with pytest.raises(ZscirError, match="embed_dim=512 but ViT-L-14"):
         import_checkpoint(src, "searle", tmp_path / "o2", clip="ViT-L-14", pretrained="openai")
+    # OpenAI's weights as a local file: the plain name would build GELU, the -quickgelu name is right
+    with pytest.raises(ZscirError, match="pass --clip ViT-B-32-quickgelu"):
+        import_checkpoint(src, "searle", tmp_path / "o3", clip="ViT-B-32", pretrained=str(searle_file))
+    meta = import_checkpoint(src, "searle", tmp_path / "o3", clip="ViT-B-32-quickgelu", pretrained=str(searle_file))
+    assert meta["backbone"]["activation"] == "quick_gelu" and meta["backbone"]["pretrained"].startswith("sha256:")
 
 
 def test_cli_import_then_load_by_path(tmp_path, tiny_backbone, searle_file, capsys):

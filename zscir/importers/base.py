@@ -182,6 +182,13 @@ def import_checkpoint(src: str | os.PathLike, fmt: str, out: str | os.PathLike, 
         if dims:
             check_dims(imported.dims, dims, f"{clip}", src)
         identity, source = resolve_identity(clip, pretrained), {"name": clip, "pretrained": portable_path(pretrained)}
+        trained_on = importer.backbones.get((imported.dims["embed_dim"], imported.dims["token_dim"]))
+        if (trained_on and os.path.isfile(pretrained) and "activation" not in identity
+                and resolve_identity(*trained_on).get("activation") and clip == trained_on[0]):
+            # a weights file does not say how it was trained: the release's backbone uses QuickGELU
+            raise ZscirError(f"{importer.title} was trained on {trained_on[0]} / {trained_on[1]}, which uses "
+                             f"QuickGELU, but --clip {clip} with a weights file builds GELU: pass --clip "
+                             f"{clip}-quickgelu --pretrained {pretrained} (or --pretrained {trained_on[1]})")
 
     network = create_mapping_network(imported.config, imported.dims)
     own = network.state_dict()

@@ -151,6 +151,8 @@ class SafeUnpickler(pickle.Unpickler):
         if self.archive is None:
             raise UnsafePickleError(f"{self.source}: tensor storage outside a torch zip archive")
         _, storage_type, key, _location, numel = pid[:5]
+        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+            raise UnsafePickleError(f"{self.source}: malformed storage record {str(pid)[:80]!r}")
         if isinstance(storage_type, _StorageType):
             dtype = storage_type.dtype
         elif isinstance(storage_type, torch.dtype):
@@ -159,11 +161,15 @@ class SafeUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"{self.source}: unsupported storage type {storage_type!r}")
         if key not in self._storages:
             name = f"{self.prefix}data/{key}"
+            itemsize = torch.empty((), dtype=dtype).element_size()
             try:
-                raw = self.archive.read(name)
+                with self.archive.open(name) as f:   # only the bytes the record announces (no zip-bomb reads)
+                    raw = f.read(numel * itemsize)
             except KeyError:
                 raise UnsafePickleError(f"{self.source}: storage {name} is missing: the file is truncated or corrupt") from None
-            itemsize = torch.empty((), dtype=dtype).element_size()
+            except (zipfile.BadZipFile, OSError, EOFError) as e:
+                raise UnsafePickleError(f"{self.source}: storage {name} is unreadable ({e}): the file is truncated "
+                                        f"or corrupt") from None
             if len(raw) < numel * itemsize:
                 raise UnsafePickleError(f"{self.source}: storage {name} holds {len(raw)} bytes, expected "
                                         f"{numel * itemsize}: the file is truncated or corrupt")
