@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "pretrain": "zscir.training.pretrain_cli:pretrain",
     "train-supervised": "zscir.training.supervised_cli:train_supervised",
     "retrieve": "zscir.index.cli:retrieve",
+    "import-checkpoint": "zscir.importers.cli:import_checkpoint_command",
     "serve": "zscir.serve.cli:serve",
 }
 

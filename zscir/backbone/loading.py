@@ -3,6 +3,14 @@
 The identity recorded in checkpoints and caches is the model name plus the
 pretrained tag, the hub id, or the sha256 of a local weights file: two files
 with the same name but different bytes never share a cache.
+
+The activation is built as the weights were trained: a pretrained tag whose
+open_clip config says ``quick_gelu`` (OpenAI's CLIP weights, LAION-400M ...)
+builds QuickGELU, and the identity then records ``"activation": "quick_gelu"``.
+The field is added only for QuickGELU, so the identities of GELU backbones
+(the shipped shapes-world CLIP, every checkpoint saved before) are unchanged;
+a checkpoint trained on a GELU build of OpenAI weights no longer matches the
+QuickGELU build and is refused by :func:`zscir.models.query.backbone_for`.
 """
 
 from __future__ import annotations
@@ -38,14 +46,39 @@ def _hf_cache_hint() -> str:
     return os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface/hub"
 
 
-def resolve_identity(name: str, pretrained: Optional[str]) -> dict:
+QUICK_GELU = {"activation": "quick_gelu"}
+
+
+def tag_uses_quick_gelu(name: str, pretrained: Optional[str]) -> bool:
+    """Whether open_clip builds ``name`` + ``pretrained`` with QuickGELU (model config or the tag's training config)."""
+    register_model_configs()
     if name.startswith("hf-hub:"):
-        return {"model": name, "pretrained": name}
-    if pretrained is None:
-        return {"model": name, "pretrained": "random-init"}
-    if os.path.isfile(pretrained):
-        return {"model": name, "pretrained": "sha256:" + sha256_file(pretrained)}
-    return {"model": name, "pretrained": pretrained}
+        return False
+    cfg = open_clip.get_model_config(name) or {}
+    if cfg.get("quick_gelu"):
+        return True
+    if pretrained is None or os.path.isfile(pretrained):
+        return False
+    return bool((open_clip.get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu", False))
+
+
+def resolve_identity(name: str, pretrained: Optional[str], quick_gelu: Optional[bool] = None) -> dict:
+    """The backbone identity; ``quick_gelu=None`` derives the activation from open_clip's configs."""
+    if name.startswith("hf-hub:"):
+        identity = {"model": name, "pretrained": name}
+    elif pretrained is None:
+        identity = {"model": name, "pretrained": "random-init"}
+    elif os.path.isfile(pretrained):
+        identity = {"model": name, "pretrained": "sha256:" + sha256_file(pretrained)}
+    else:
+        identity = {"model": name, "pretrained": pretrained}
+    if quick_gelu is None:
+        quick_gelu = tag_uses_quick_gelu(name, pretrained)
+    return {**identity, **QUICK_GELU} if quick_gelu else identity
+
+
+def model_uses_quick_gelu(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.modules())
 
 
 @contextlib.contextmanager
@@ -75,7 +108,8 @@ def _create_model(name: str, pretrained: Optional[str], device, precision: str, 
     try:
         with _quiet_open_clip():
             model = open_clip.create_model(name, pretrained=None if is_hub else pretrained, device=device,
-                                           precision=precision, cache_dir=cache_dir, weights_only=True)
+                                           precision=precision, cache_dir=cache_dir, weights_only=True,
+                                           force_quick_gelu=tag_uses_quick_gelu(name, pretrained))
     except (RuntimeError, OSError, ValueError) as e:
         msg = str(e)
         if is_hub or "download" in msg.lower() or "offline" in msg.lower() or "connect" in msg.lower():
@@ -102,7 +136,7 @@ def load_backbone(name: str, pretrained: Optional[str] = None, device: str | tor
     prep = make_preprocess(preprocess, int(size), cfg.get("mean", None) or (0.48145466, 0.4578275, 0.40821073),
                            cfg.get("std", None) or (0.26862954, 0.26130258, 0.27577711))
     tokenizer = open_clip.get_tokenizer(name)
-    identity = resolve_identity(name, pretrained)
+    identity = resolve_identity(name, pretrained, quick_gelu=model_uses_quick_gelu(model))
     if pretrained is None and not name.startswith("hf-hub:"):
         # random weights differ run to run: name them by content so that caches never mix two inits
         identity["pretrained"] = "random-init:" + state_dict_digest(model)[:16]

@@ -6,6 +6,15 @@ Two choices, recorded by name in caches and results:
   resize the short side and center-crop. Elongated product photos keep their
   ends instead of losing them to the crop.
 - ``"clip"``: CLIP's own resize + center-crop.
+
+Both convert to RGB after the crop, as the official pipelines do (SEARLE's and
+FTI4CIR's ``targetpad_transform``, CLIP's ``_transform``): an image handed over
+in its own mode is padded, resized and cropped in that mode. For RGB and
+greyscale images the order changes nothing; for palette images (PIL resizes
+them with nearest-neighbour), RGBA (resized with premultiplied alpha, then the
+alpha is dropped) and CMYK (padding 0 is white there) it does. zscir's image
+decoder (:func:`zscir.data.images.decode_image`) already returns RGB (alpha
+composited on white), so images read through it are unaffected.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ def target_pad(image: Image.Image, target_ratio: float = TARGETPAD_RATIO) -> Ima
     pad_w = max(int((scaled_max - w) / 2), 0)
     pad_h = max(int((scaled_max - h) / 2), 0)
     canvas = Image.new(image.mode, (w + 2 * pad_w, h + 2 * pad_h), 0)
+    if image.mode == "P":  # keep the colours: index 0 of the image's own palette pads, as torchvision's pad
+        canvas.putpalette(image.getpalette())
     canvas.paste(image, (pad_w, pad_h))
     return canvas
 
@@ -44,9 +55,9 @@ class Preprocess:
         self._pad: Callable[[Image.Image], Image.Image] = target_pad if name.startswith("targetpad") else (lambda im: im)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = self._pad(image.convert("RGB"))
+        image = self._pad(image)
         image = TF.resize(image, self.size, interpolation=TF.InterpolationMode.BICUBIC)
-        image = TF.center_crop(image, self.size)
+        image = TF.center_crop(image, self.size).convert("RGB")
         return TF.normalize(TF.to_tensor(image), self.mean, self.std)
 
     def __repr__(self) -> str:

@@ -10,7 +10,8 @@ They sit in ``ROOT/captions/`` (FineCIR's code) or ``ROOT/finemt_captions/``
 (FineCIR's README; for CIRR also ``ROOT/fine-cirr/finemt_captions/``); images
 and image splits are those of FashionIQ and CIRR, in the layouts their loaders
 accept. FineCIR's README names the files ``.json``, its code ``.jsonl``: both
-are read, and a file holding one JSON list is accepted too.
+are read, and so is the name without an extension (as FineCIR's code opens it); a file holding one JSON
+list is accepted too.
 
 Fine-FashionIQ's gallery is a protocol choice: ``"fine"`` is FineCIR's smaller
 gallery, the images that appear in the queries (candidate then target, in order
@@ -32,7 +33,8 @@ CIRR_DIRS = ("cirr/captions", "captions", "fine-cirr/finemt_captions", "finemt_c
 
 
 def find_jsonl(root: Path, dirs: tuple[str, ...], stem: str, what: str) -> Path:
-    candidates = [root / d / f"{stem}{ext}" for d in dirs for ext in (".jsonl", ".json")]
+    # FineCIR's code opens fiq.fine.{category}.{split} with no extension at all
+    candidates = [root / d / f"{stem}{ext}" for d in dirs for ext in (".jsonl", ".json", "")]
     for c in candidates:
         if c.is_file():
             return c

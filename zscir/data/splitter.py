@@ -392,13 +392,84 @@ def _load_spacy():
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def get_splitter(backend: str = "auto") -> CaptionSplitter:
-    """``"rules"``, ``"spacy"`` (an installed English pipeline) or ``"auto"`` (spaCy if available)."""
+class OfficialFTI4CIRSplitter:
+    """The caption split of FTI4CIR's own pretraining data (``split_caption`` in its ``src/blip_caption.py``).
+
+    Rewritten from its description, quirks included, so that ``--recipe fti4cir-official``
+    builds the pairs the official run trained on:
+
+    1. ``caption.split()``; trailing repeats of the last word are dropped (one kept);
+    2. under 4 words: (caption, caption), i.e. dropped (pairs with subject == attribute are not used);
+    3. spaCy ``en_core_web_sm`` (the whole pipeline) tags it; the subject is the spaCy tokens up to and
+       including the first ``NOUN``, the attribute the tokens after it, each joined with single spaces
+       (so "man's" becomes "man 's");
+    4. with no ``NOUN``, the split is by *characters*: ``caption[:2]`` / ``caption[2:]``;
+    5. when the caption's character length is at most noun position + 2, the attribute is the subject.
+
+    ``nlp`` is any callable returning tokens with ``.text`` and ``.pos_`` (spaCy's ``Doc``).
+    """
+
+    name = "fti4cir-official"
+
+    def __init__(self, nlp):
+        self.nlp = nlp
+
+    def split(self, caption: str) -> tuple[str, str] | None:
+        words = caption.split()
+        if not words:
+            return None
+        keep = len(words)
+        for u in range(len(words) - 2, -1, -1):
+            if words[u] != words[-1]:
+                break
+            keep -= 1
+        result = " ".join(words[:keep])
+        if len(result.split()) < MIN_WORDS:
+            return None
+        doc = list(self.nlp(result))
+        first_noun = next((j + 1 for j, tok in enumerate(doc) if tok.pos_ == "NOUN"), None)
+        subject, attribute = result[0:2], result[2:]
+        if first_noun is not None:
+            subject = " ".join(tok.text for tok in doc[:first_noun])
+            attribute = " ".join(tok.text for tok in doc[first_noun:])
+            if len(result) <= first_noun + 2:
+                attribute = subject
+        return None if subject == attribute else (subject, attribute)
+
+    def __repr__(self) -> str:
+        return "OfficialFTI4CIRSplitter()"
+
+
+def load_official_spacy():
+    """spaCy's ``en_core_web_sm``, loaded whole as FTI4CIR's caption script loads it; one line when missing."""
     from zscir.errors import ZscirError
 
-    if backend not in ("auto", "rules", "spacy"):
-        raise ZscirError(f"splitter {backend!r}: expected 'auto', 'rules' or 'spacy'")
+    try:
+        import spacy
+    except ImportError:
+        raise ZscirError("splitter 'fti4cir-official' needs spaCy and en_core_web_sm: pip install spacy && "
+                         "python -m spacy download en_core_web_sm (or use --splitter auto)") from None
+    try:
+        return spacy.load("en_core_web_sm")
+    except (OSError, ImportError):
+        raise ZscirError("splitter 'fti4cir-official' needs spaCy's English pipeline en_core_web_sm: "
+                         "python -m spacy download en_core_web_sm") from None
+
+
+SPLITTERS = ("auto", "rules", "spacy", "fti4cir-official")
+
+
+@functools.lru_cache(maxsize=None)
+def get_splitter(backend: str = "auto"):
+    """``"rules"``, ``"spacy"`` (an installed English pipeline), ``"auto"`` (spaCy if available), or
+    ``"fti4cir-official"`` (FTI4CIR's own first-noun split, needs spaCy's en_core_web_sm)."""
+    from zscir.errors import ZscirError
+
+    if backend not in SPLITTERS:
+        raise ZscirError(f"splitter {backend!r}: expected 'auto', 'rules' or 'spacy' (or 'fti4cir-official', "
+                         f"FTI4CIR's own split)")
+    if backend == "fti4cir-official":
+        return OfficialFTI4CIRSplitter(load_official_spacy())
     if backend in ("auto", "spacy"):
         loaded = _load_spacy()
         if loaded is not None:

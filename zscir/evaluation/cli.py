@@ -25,8 +25,9 @@ from zscir.benchmarks.fine import FINE_GALLERIES
               help="FashionIQ categories (default: all three).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default runs/eval-BENCHMARK-TIME).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
-@click.option("--fiq-captions", type=click.Choice(FIQ_CAPTION_MODES), default="both-orders", show_default=True,
-              help="How FashionIQ's two captions form the query.")
+@click.option("--fiq-captions", type=click.Choice(FIQ_CAPTION_MODES), default="method", show_default=True,
+              help="How FashionIQ's two captions form the query: each model's own official rule (method), "
+                   "or one rule for all.")
 @click.option("--remove-reference/--keep-reference", default=None,
               help="Drop the reference from its ranking (default: the benchmark's official choice).")
 @click.option("--fine-gallery", type=click.Choice(FINE_GALLERIES), default="fine", show_default=True,
@@ -40,9 +41,11 @@ from zscir.benchmarks.fine import FINE_GALLERIES
 def eval_command(benchmark, root, models, clip, pretrained, splits, categories, out_dir, as_json, fiq_captions,
                  remove_reference, fine_gallery, preprocess, cache_dir, device, batch_size, no_progress):
     """Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir."""
+    from zscir.backbone.options import check_device, resolve_pretrained
     from zscir.evaluation import report
     from zscir.evaluation.run import EvalRequest, evaluate
 
+    pretrained, device = resolve_pretrained(clip, pretrained), check_device(device)  # --pretrained none: random
     protocol = Protocol(fiq_captions=fiq_captions, remove_reference=remove_reference, fine_gallery=fine_gallery,
                         preprocess=preprocess)
     results = evaluate(EvalRequest(

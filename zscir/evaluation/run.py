@@ -81,7 +81,9 @@ def _say(msg: str) -> None:
 def load_backbone_for(req: EvalRequest, spec: BenchmarkSpec):
     """The backbone given by --clip/--pretrained, else the shapes world's own for the shapes world, else None."""
     from zscir.backbone import load_backbone
+    from zscir.backbone.options import check_device
 
+    check_device(req.device)  # "cuda" without one, or "banana": one line, before any work
     preprocess = req.protocol.preprocess or "targetpad"
     if req.clip:
         return load_backbone(req.clip, req.pretrained, device=req.device, preprocess=preprocess)
@@ -138,7 +140,7 @@ def encode_queries(qe, split: EvalSplit, refs: ReferenceFeatures, protocol: Prot
                dynamic_ncols=True, file=sys.stderr)
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
-        texts = [protocol.query_texts(split, q) for q in batch]
+        texts = [protocol.query_texts(split, q, getattr(qe, "fiq_captions", None)) for q in batch]
         owner = torch.tensor([n for n, ts in enumerate(texts) for _ in ts])
         flat_texts = [t for ts in texts for t in ts]
         ref_ids = [batch[n].reference for n in owner.tolist()]
@@ -199,8 +201,10 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
     with timer("references"):
         refs = reference_features(bb, split, gallery, qe.needs_tokens, cache_root, cache, req.batch_size,
                                   req.progress)
+    truncated_before = bb.truncated_prompts
     with timer("queries"):
         queries, valid = encode_queries(qe, split, refs, protocol, req.batch_size, req.progress)
+    truncated = bb.truncated_prompts - truncated_before
     with timer("ranking"):
         ranked, subset = rank_split(split, queries, valid, gallery, protocol, protocol.top_k)
         metrics = score_split(split, ranked, subset)
@@ -213,6 +217,7 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
         "queries": len(split.queries), "gallery": len(split.gallery),
         "metrics": metrics,
         "skipped_queries": int((~valid).sum()),
+        "truncated_prompts": truncated,
         "corrupt_images": [{"id": i, "reason": r} for i, r in corrupt.items()],
         "rankings": [str(p.relative_to(out_dir)) for p in paths],
         "submission_problems": problems[:20], "num_submission_problems": len(problems),
@@ -266,9 +271,18 @@ def evaluate(req: EvalRequest) -> dict:
             "backbone": qe.backbone.identity_str, "preprocess": qe.backbone.preprocess_name,
             "splits": {r["split"]: r for r in split_results},
             "aggregates": aggregates(split_results),
+            "fiq_captions": protocol.fiq_rule(getattr(qe, "fiq_captions", None)),
+            "truncated_prompts": sum(r["truncated_prompts"] for r in split_results),
             "seconds": round(time.perf_counter() - t_model, 3),
         })
-    results["protocol"] = protocol.record(spec.name, sorted({m["preprocess"] for m in results["models"]}))
+    from zscir.evaluation.protocol import GALLERY_DEFINITIONS
+
+    galleries = {s.name: {"definition": GALLERY_DEFINITIONS.get(spec.name, s.gallery_name), "size": len(s.gallery),
+                          "label": s.gallery_name} for s in splits}
+    results["protocol"] = protocol.record(
+        spec.name, sorted({m["preprocess"] for m in results["models"]}),
+        fiq_rules={m["name"]: m["fiq_captions"] for m in results["models"]},
+        truncated_prompts={m["name"]: m["truncated_prompts"] for m in results["models"]}, galleries=galleries)
     results["seconds"] = round(time.perf_counter() - t_start, 3)
     write_results(out_dir, results)
     return results

@@ -25,8 +25,16 @@ def score_cirr(split: EvalSplit, ranked: np.ndarray, subset_ranked: np.ndarray |
     return metrics.cirr_metrics(ranked, _targets(split), subset_ranked)
 
 
+# cut-offs that differ from the metric family's: FineCIR reports R@1, R@10, R@50 on Fine-FashionIQ
+FASHIONIQ_KS_BY_BENCHMARK = {"fine-fashioniq": (1, 10, 50)}
+
+
+def fashioniq_ks(benchmark: str) -> tuple[int, ...]:
+    return FASHIONIQ_KS_BY_BENCHMARK.get(benchmark, metrics.FASHIONIQ_KS)
+
+
 def score_fashioniq(split: EvalSplit, ranked: np.ndarray, subset_ranked: np.ndarray | None) -> dict[str, float]:
-    return metrics.fashioniq_metrics(ranked, _targets(split))
+    return metrics.fashioniq_metrics(ranked, _targets(split), ks=fashioniq_ks(split.benchmark))
 
 
 SCORERS: dict[str, Callable[[EvalSplit, np.ndarray, np.ndarray | None], dict[str, float]]] = {

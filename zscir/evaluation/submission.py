@@ -61,10 +61,19 @@ def _rows(split: EvalSplit, payload: dict, width: int, path: Path) -> np.ndarray
     for n, q in enumerate(split.queries):
         if q.qid not in payload:
             raise ZscirError(f"{path}: no ranking for query {q.qid}")
-        for j, image_id in enumerate(payload[q.qid][:width]):
+        row = payload[q.qid]
+        if not isinstance(row, list):
+            raise ZscirError(f"{path}: query {q.qid}: expected a list of image ids, got {type(row).__name__}")
+        seen: set[int] = set()
+        for j, image_id in enumerate(row[:width]):
             idx = split.gallery_index.get(str(image_id))
             if idx is None:
                 raise ZscirError(f"{path}: query {q.qid} ranks {image_id!r}, which is not in the gallery")
+            if idx in seen:
+                # scoring it would count the image twice (mAP@k can pass 100); the official servers refuse it
+                raise ZscirError(f"{path}: query {q.qid} ranks image {image_id!r} twice: a ranking lists each "
+                                 f"image once")
+            seen.add(idx)
             out[n, j] = idx
     return out
 

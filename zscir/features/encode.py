@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from zscir.data.images import BadImageError
 from zscir.errors import ZscirError
 from zscir.features.sources import ImageSource, default_workers
 from zscir.features.shards import DTYPE
@@ -28,9 +29,18 @@ class EncodedBatch:
     corrupt: list[tuple[str, str]]  # (id, reason) of images skipped in this batch
 
 
+def skip_reason(error: Exception) -> str:
+    """How a skipped image is reported: the decoder's countable reason (plus detail), else the exception."""
+    if isinstance(error, BadImageError):
+        return error.reason + (f" ({error.detail})" if error.detail else "")
+    return f"{type(error).__name__}: {error}".strip()
+
+
 def _prepare(source: ImageSource, preprocess) -> tuple[torch.Tensor | None, str | None]:
     try:
         return preprocess(source.load()), None
+    except BadImageError as e:
+        return None, skip_reason(e)
     except Exception as e:  # noqa: BLE001 - any decoder failure means "this file is unusable", which we count
         return None, f"{type(e).__name__}: {e}".strip()
 

@@ -9,12 +9,14 @@ temporary file and renamed, so a shard file is either complete or absent.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from zscir.utils.atomic import atomic_path, atomic_write_json
+from zscir.utils.hashing import sha256_file
 
 DTYPE = np.float16
 
@@ -24,20 +26,30 @@ def shard_files(root: Path, name: str) -> dict[str, Path]:
             "tokens": root / f"{name}.tokens.npy"}
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
+def save_npy(path: Path, array: np.ndarray) -> str:
+    """Write ``array`` (as fp16) atomically; return the sha256 of the file written."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(array, dtype=DTYPE))
+            f.flush()
+            os.fsync(f.fileno())
+        digest = sha256_file(tmp)
+    return digest
 
 
 def write_shard(root: Path, name: str, ids: Sequence[str], keys: Sequence[str],
-                pooled: np.ndarray, tokens: np.ndarray | None) -> None:
-    """Write a shard's arrays first and its rows file last: the rows file marks it complete."""
+                pooled: np.ndarray, tokens: np.ndarray | None) -> dict[str, str]:
+    """Write a shard's arrays first and its rows file last: the rows file marks it complete.
+
+    Returns the sha256 of each file written (recorded in the manifest, checked by ``verify``).
+    """
     files = shard_files(root, name)
-    _save_npy(files["pooled"], pooled)
+    digests = {"pooled": save_npy(files["pooled"], pooled)}
     if tokens is not None:
-        _save_npy(files["tokens"], tokens)
+        digests["tokens"] = save_npy(files["tokens"], tokens)
     atomic_write_json(files["rows"], {"ids": list(ids), "keys": list(keys)}, indent=None)
+    digests["rows"] = sha256_file(files["rows"])
+    return digests
 
 
 def read_rows(root: Path, name: str) -> tuple[list[str], list[str]]:

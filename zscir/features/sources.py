@@ -1,26 +1,33 @@
 """What the feature store accepts as an image: anything with an id, a key and a way to load it.
 
 The store decides whether an image must be (re-)encoded by comparing its *key*
-with the key stored beside its features. Two kinds of key:
+with the key stored beside its features. The key is the image's content:
+``sha256:<hex>`` of the encoded bytes. So moving a gallery folder, copying it
+elsewhere or ``touch``-ing its files re-encodes nothing; only a changed picture
+is encoded again.
 
-- ``file:<abs path>:<size>:<mtime_ns>`` for images given as paths. A stat is
-  cheap, so a rerun over a 123k-image gallery costs 123k stats instead of
-  re-reading ~20 GB to hash it. Any rewrite of a file changes its mtime, and a
-  ``touch`` only costs a needless re-encode, never a stale feature. (A same-size
-  rewrite that also restores the old mtime would be missed; tools do not do that
-  by accident.)
-- ``sha256:<hex>`` for objects that do not name a file (the data package's
-  ``ImageItem``: tar members, generated images have no stable mtime). Computing
-  it reads the bytes, so it runs in threads, and the bytes are released after.
+Hashing reads every byte, so the store keeps a hash cache keyed by each file's
+*stat key* (``file:<abs path>:<size>:<mtime_ns>``): a rerun over an unchanged
+123k-image gallery costs 123k stats, and only moved, touched or new files are
+read (in threads). Stores written before content keys hold stat keys; a row
+whose stat key still matches its file is kept as it is.
 
 Accepted items: ``(id, path)`` pairs, bare paths (id = the path as given), and
-objects with ``id`` and ``load()`` plus ``path`` (preferred: a stat) or
-``content_hash``; an optional ``release()`` is called once their bytes are no longer needed.
+objects with ``id`` and ``load()`` plus ``path`` or ``content_hash``; an
+optional ``release()`` is called once their bytes are no longer needed.
+Everything is decoded by the project's one decoder, :func:`zscir.data.images.decode_image`.
+
+File names that are not valid UTF-8 (possible on POSIX) get a *bytes-safe id*:
+each undecodable byte is written ``\\xNN`` (:func:`safe_name`), so ids can be
+stored in JSON and printed; :func:`fs_name` turns such an id back into the name
+on disk. Names that are valid UTF-8 are used unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,16 +36,22 @@ from typing import Any, Callable, Iterable
 
 from PIL import Image
 
+from zscir.data.images import BadImageError, decode_image, to_rgb
 from zscir.errors import ZscirError
 
 
 @dataclass(frozen=True)
 class ImageSource:
-    """One image as the store sees it."""
+    """One image as the store sees it.
+
+    ``key`` identifies the content (``sha256:<hex>``, or any string a caller chooses);
+    ``stat`` is the file's stat key when the image is a file (None otherwise).
+    """
 
     id: str
     key: str
     load: Callable[[], Image.Image]
+    stat: str | None = None
 
 
 def default_workers() -> int:
@@ -46,40 +59,101 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+# ---------------------------------------------------------------- bytes-safe names
+_ESCAPED = re.compile(r"\\x([89a-f][0-9a-f])")
+
+
+def safe_name(name: str) -> str:
+    """``name`` with every byte that is not UTF-8 (a surrogateescape'd byte) written as ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def fs_name(safe: str) -> str:
+    """The inverse of :func:`safe_name`: ``\\xNN`` (NN >= 80) back to the undecodable byte."""
+    if "\\x" not in safe:
+        return safe
+    return _ESCAPED.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), safe)
+
+
+def is_escaped(name: str) -> bool:
+    return safe_name(name) != name
+
+
+# ---------------------------------------------------------------- keys
 def file_key(path: str | os.PathLike) -> str:
-    """The identity of a file on disk: absolute path, size and mtime in nanoseconds."""
+    """The stat identity of a file on disk: absolute path, size and mtime in nanoseconds."""
     p = Path(path).absolute()
     st = p.stat()
-    return f"file:{p}:{st.st_size}:{st.st_mtime_ns}"
+    return f"file:{safe_name(str(p))}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _open_rgb(path: Path) -> Callable[[], Image.Image]:
-    def load() -> Image.Image:
-        with Image.open(path) as im:
-            return im.convert("RGB")  # convert() forces the full decode inside the with-block
-    return load
+def content_key(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _from_path(image_id: str, path: str | os.PathLike) -> ImageSource:
-    path = Path(path)
+def file_content_key(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def read_image_file(path: str | os.PathLike, item_id: str) -> Image.Image:
+    """Read and decode one image file; a missing or unreadable file is a :class:`BadImageError`."""
     try:
-        key = file_key(path)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ZscirError(f"image {image_id!r}: file {str(path)!r} does not exist") from None
-    return ImageSource(str(image_id), key, _open_rgb(path))
+        reason = "dangling symlink" if os.path.islink(path) else "missing file"
+        raise BadImageError(item_id, reason) from None
+    except OSError as e:
+        raise BadImageError(item_id, "unreadable file", e.strerror or str(e)) from None
+    return decode_image(data, item_id)
 
 
-def _object_key(item: Any) -> str:
-    """A stat key when the item names its file (cheap), else its content hash (reads the bytes once)."""
+def _file_loader(image_id: str, path: Path) -> Callable[[], Image.Image]:
+    return lambda: read_image_file(path, image_id)
+
+
+def _stat_or_skip(image_id: str, path: Path) -> str:
+    try:
+        return file_key(path)
+    except FileNotFoundError:
+        reason = "dangling symlink" if os.path.islink(path) else "missing file"
+        raise BadImageError(image_id, reason) from None
+    except OSError as e:
+        raise BadImageError(image_id, "unreadable file", e.strerror or str(e)) from None
+
+
+def _from_path(image_id: str, path: str | os.PathLike, known: dict[str, str] | None = None) -> ImageSource:
+    """A file as a source, keyed by its content hash (from ``known`` by stat key when it is there)."""
+    path = Path(path)
+    image_id = safe_name(str(image_id))
+    stat = _stat_or_skip(image_id, path)
+    key = (known or {}).get(stat)
+    if key is None:
+        try:
+            key = file_content_key(path)
+        except OSError as e:
+            raise BadImageError(image_id, "unreadable file", e.strerror or str(e)) from None
+    return ImageSource(image_id, key, _file_loader(image_id, path), stat)
+
+
+def _object_key(item: Any) -> tuple[str, str | None]:
+    """(content key, stat key): the file's content when the item names one, else its content_hash."""
     path = getattr(item, "path", None)
     if path is not None:
-        return file_key(path)
+        return file_content_key(path), file_key(path)
     content_hash = getattr(item, "content_hash", None)
     _release(item)  # the hash stays; the bytes read to compute it need not stay in memory
     if not content_hash:
         raise ZscirError(f"image {item.id!r}: item has neither a path nor a content_hash to key its features by")
     content_hash = str(content_hash)
-    return content_hash if ":" in content_hash else f"sha256:{content_hash}"
+    return (content_hash if ":" in content_hash else f"sha256:{content_hash}"), None
 
 
 def _release(item: Any) -> None:
@@ -91,28 +165,35 @@ def _release(item: Any) -> None:
 def _object_loader(item: Any) -> Callable[[], Image.Image]:
     def load() -> Image.Image:
         try:
-            return item.load().convert("RGB")
+            return to_rgb(item.load())  # ImageItem.load() already decodes with decode_image
         finally:
             _release(item)
     return load
 
 
 def _from_object(item: Any) -> ImageSource:
-    return ImageSource(str(item.id), _object_key(item), _object_loader(item))
+    key, stat = _object_key(item)
+    return ImageSource(safe_name(str(item.id)), key, _object_loader(item), stat)
 
 
 def _is_object(item: Any) -> bool:
     return not isinstance(item, (ImageSource, str, os.PathLike, tuple)) and hasattr(item, "id") and hasattr(item, "load")
 
 
-def as_source(item: Any) -> ImageSource:
+def _item_id(item: Any) -> str:
+    if isinstance(item, ImageSource):
+        return item.id
+    return safe_name(str(item[0]) if isinstance(item, tuple) else str(getattr(item, "id", item)))
+
+
+def as_source(item: Any, known: dict[str, str] | None = None) -> ImageSource:
     """Adapt one accepted item (see module docstring) to an :class:`ImageSource`."""
     if isinstance(item, ImageSource):
         return item
     if isinstance(item, (str, os.PathLike)):
-        return _from_path(str(item), item)
+        return _from_path(str(item), item, known)
     if isinstance(item, tuple) and len(item) == 2:
-        return _from_path(str(item[0]), item[1])
+        return _from_path(str(item[0]), item[1], known)
     if _is_object(item):
         return _from_object(item)
     raise ZscirError(f"cannot use {type(item).__name__} as an image: expected (id, path), a path, "
@@ -120,39 +201,60 @@ def as_source(item: Any) -> ImageSource:
 
 
 def as_sources(items: Iterable[Any], workers: int = 4, progress: bool = False,
+               known_hashes: dict[str, str] | None = None,
                ) -> tuple[list[ImageSource], list[tuple[str, str]]]:
     """Adapt all items; return (sources, unusable) where unusable = [(id, reason)].
 
     Content hashes are computed in threads (each reads a whole file), with a progress
-    bar when asked. An item whose bytes cannot be read is unusable, not fatal; a
-    duplicated id is an error (its features would be ambiguous).
+    bar when asked; ``known_hashes`` (stat key -> content key) spares reading unchanged
+    files. An item whose file is missing, a dangling symlink or unreadable is unusable,
+    not fatal; a duplicated id is an error (its features would be ambiguous).
     """
     items = list(items)
     seen: set[str] = set()
     for item in items:
-        image_id = str(item[0]) if isinstance(item, tuple) else str(getattr(item, "id", item))
+        image_id = _item_id(item)
         if image_id in seen:
             raise ZscirError(f"image id {image_id!r} appears twice in the items to encode; ids must be unique")
         seen.add(image_id)
+    known = known_hashes or {}
 
     def adapt(item: Any) -> ImageSource | tuple[str, str]:
-        if not _is_object(item):
-            return as_source(item)
-        if getattr(item, "path", None) is None and not hasattr(type(item), "content_hash") \
+        if _is_object(item) and getattr(item, "path", None) is None and not hasattr(type(item), "content_hash") \
                 and not hasattr(item, "content_hash"):
             raise ZscirError(f"image {item.id!r}: item has neither a path nor a content_hash to key its features by")
         try:
-            return _from_object(item)
+            return as_source(item, known)
+        except BadImageError as e:
+            return (e.item_id, e.reason + (f" ({e.detail})" if e.detail else ""))
+        except ZscirError:
+            raise
         except Exception as e:  # noqa: BLE001 - an unreadable file is one bad item, counted by the caller
-            return (str(item.id), f"{type(e).__name__}: {e}".strip())
+            return (_item_id(item), f"{type(e).__name__}: {e}".strip())
 
-    slow = sum(_is_object(i) and getattr(i, "path", None) is None for i in items)
-    if slow:
+    def needs_reading(item: Any) -> bool:
+        if _is_object(item):
+            return True
+        if isinstance(item, ImageSource):
+            return False
+        path = item[1] if isinstance(item, tuple) else item
+        try:
+            return file_key(path) not in known
+        except OSError:
+            return False
+
+    slow = sum(map(needs_reading, items))
+    if slow > 1:
         from tqdm.auto import tqdm
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             adapted = list(tqdm(pool.map(adapt, items), total=len(items), unit="img", desc="hashing images",
-                                disable=not progress, file=sys.stderr, dynamic_ncols=True))
+                                disable=not progress or slow < 64, file=sys.stderr, dynamic_ncols=True))
+        except BaseException:  # Ctrl-C: stop at once instead of hashing the rest of the gallery first
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         adapted = [adapt(i) for i in items]
     sources = [a for a in adapted if isinstance(a, ImageSource)]
@@ -160,19 +262,25 @@ def as_sources(items: Iterable[Any], workers: int = 4, progress: bool = False,
     return sources, unusable
 
 
-def images_in_folder(folder: str | os.PathLike,
-                     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"),
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def images_in_folder(folder: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
                      ) -> list[tuple[str, Path]]:
-    """(id, path) for every image file under ``folder``, id = path relative to it (POSIX), sorted."""
+    """(id, path) for every image file under ``folder``, id = path relative to it (POSIX, bytes-safe), sorted.
+
+    Symlinks to files are listed (a dangling one is skipped later, with its reason);
+    symlinked folders are not followed.
+    """
     root = Path(folder)
     if not root.is_dir():
-        raise ZscirError(f"image folder {str(root)!r} does not exist or is not a directory")
+        raise ZscirError(f"image folder {safe_name(str(root))!r} does not exist or is not a directory")
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if name.lower().endswith(extensions) and not name.startswith("."):
                 p = Path(dirpath) / name
-                found.append((p.relative_to(root).as_posix(), p))
+                found.append((safe_name(p.relative_to(root).as_posix()), p))
     found.sort()
     return found

@@ -16,21 +16,38 @@ def _echo_err(msg: str) -> None:
 
 
 def load_cli_backbone(clip, pretrained, preprocess, device):
-    """--clip/--pretrained -> a backbone, or None when not given."""
-    if clip is None:
-        if pretrained is not None:
-            raise ZscirError("option --pretrained needs --clip NAME (the open_clip model the weights belong to)")
-        return None
-    from zscir.backbone import load_backbone
+    """--clip/--pretrained/--device -> a backbone, or None when no --clip was given (see zscir.backbone.options)."""
+    from zscir.backbone.options import backbone_from_options
 
-    return load_backbone(clip, pretrained, device=device, preprocess=preprocess or "targetpad")
+    return backbone_from_options(clip, pretrained, preprocess, device)
+
+
+def world_model_notice(backbone) -> str:
+    """Said whenever images are indexed with the shapes world's CLIP because no --clip/--model was given."""
+    return (f"no --clip/--model given: indexing with the shapes world's CLIP ({backbone.identity.get('model')}, "
+            f"a {backbone.image_size}-px model trained on coloured shapes, not photos); for real images pass "
+            "--clip NAME --pretrained TAG|FILE (e.g. --clip ViT-L-14 --pretrained openai) or --model CHECKPOINT")
+
+
+def _print_verify(report, as_json) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for problem in report["problems"]:
+            _echo_err(problem)
+        if report["ok"]:
+            click.echo(f"{report['index']}: {report['files_checked']} files checked, all match their manifest")
+    if not report["ok"]:
+        raise ZscirError(f"index {report['index']!r}: {len(report['problems'])} damaged or missing file(s) "
+                         f"of {report['files_checked']} checked: {report['hint']}")
 
 
 @click.command("index")
-@click.option("--images", required=True, type=click.Path(), help="Folder of images (searched recursively).")
+@click.option("--images", type=click.Path(), help="Folder of images (searched recursively). Required unless --verify.")
 @click.option("--out", required=True, type=click.Path(), help="Index directory (created, or updated incrementally).")
 @click.option("--clip", help="open_clip model name of the backbone (default: the shapes world's CLIP).")
-@click.option("--pretrained", help="pretrained tag (e.g. openai) or a local weights file, with --clip.")
+@click.option("--pretrained", help="pretrained tag (e.g. openai) or a local weights file, with --clip; "
+                                   "'none' for random weights (tests only).")
 @click.option("--model", help="A zscir checkpoint: index with the backbone it was trained on.")
 @click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default=None,
               help="Image preprocessing with --clip (default: targetpad).")
@@ -40,31 +57,56 @@ def load_cli_backbone(clip, pretrained, preprocess, device):
               help="With --kind auto: largest gallery searched exactly.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=None, help="Image decoding threads (default: up to 4).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps.")
+@click.option("--force", is_flag=True, help="Re-encode every image and rebuild every file (repairs a damaged index).")
+@click.option("--verify", is_flag=True, help="Check every file of --out against its recorded checksum; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, batch_size, workers, device, as_json,
-          no_progress):
-    """Encode a folder of images (only new or changed ones on a rerun) and build a searchable index."""
+def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, batch_size, workers, device, force,
+          verify, as_json, no_progress):
+    """Encode a folder of images (only new or changed ones on a rerun) and build a searchable index.
+
+    Rerunning on an index rebuilds a missing or damaged faiss index or index.json from the
+    stored features; --force re-encodes everything; --verify only checks.
+    """
+    if verify:
+        if force or images is not None:
+            raise ZscirError("--verify only checks an index: give it with --out alone (no --images, no --force)")
+        from zscir.index.gallery import verify_index
+
+        _print_verify(verify_index(out), as_json)
+        return
+    if images is None:
+        raise ZscirError("missing option --images DIR: the folder of images to index (or --verify to check --out)")
+    if batch_size < 1:
+        raise ZscirError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 1:
+        raise ZscirError(f"--workers must be at least 1, got {workers}")
     from zscir.index.gallery import build_index
 
-    backbone = load_cli_backbone(clip, pretrained, preprocess, device)
+    backbone = load_cli_backbone(clip, pretrained, preprocess, device)  # validates --device too
     if model is not None:
         from zscir.models.query import BASELINES, load_query_encoder
 
         if model in BASELINES:
             raise ZscirError(f"--model {model!r} is a baseline, which has no backbone of its own: "
                              "use --clip NAME --pretrained TAG|FILE to choose the backbone")
+        if backbone is None and device != "cpu":
+            backbone = _checkpoint_backbone(model, device)
         backbone = load_query_encoder(model, backbone).backbone
         model = str(Path(model).absolute())
+    notice = None
     if backbone is None:
         from zscir.world.shipped import shapes_backbone
 
-        backbone = shapes_backbone()
-    if batch_size < 1:
-        raise ZscirError(f"--batch-size must be at least 1, got {batch_size}")
+        backbone = shapes_backbone(device=device)
+        notice = world_model_notice(backbone)
+        _echo_err(f"note: {notice}")
     summary = build_index(out, backbone, images=images, kind=kind, batch_size=batch_size, workers=workers,
-                          progress=not no_progress, exact_max=exact_max, log=_echo_err, model=model)
+                          progress=not no_progress, exact_max=exact_max, log=_echo_err, model=model, force=force)
+    summary["backbone"] = {"identity": backbone.identity, "preprocess": backbone.preprocess_name,
+                           "device": str(backbone.device), "shapes_world_model": notice is not None,
+                           "notice": notice}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -72,8 +114,22 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
     rate = f" ({f['images_per_s']:.1f} images/s)" if f["encoded"] else ""
     click.echo(f"{summary['index']}: {summary['count']} images, {summary['kind']} index "
                f"(recall@{summary['recall']['k']} vs exact {summary['recall']['value']:.3f}); "
-               f"{f['encoded']} encoded, {f['reused']} reused, {f['deleted']} dropped, {f['num_corrupt']} unreadable "
+               f"{f['encoded']} encoded, {f['reused']} reused, {f['deleted']} dropped, {f['num_corrupt']} skipped "
                f"in {summary['seconds']:.1f} s{rate}")
+
+
+def _checkpoint_backbone(model, device):
+    """The backbone a checkpoint records, loaded on ``device`` (None when its sidecar does not say)."""
+    from zscir.backbone import load_backbone
+    from zscir.backbone.loading import resolve_portable_path
+
+    try:
+        meta = json.loads(Path(model).with_suffix(".json").read_text())
+        source = meta["backbone_source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return load_backbone(source["name"], resolve_portable_path(source["pretrained"]), device=device,
+                         preprocess=meta.get("preprocess", "targetpad"))
 
 
 def open_retriever(index_dir, model, clip, pretrained, preprocess, device, progress=True):
@@ -81,6 +137,7 @@ def open_retriever(index_dir, model, clip, pretrained, preprocess, device, progr
     from zscir.index.gallery import GalleryIndex
     from zscir.index.queries import checkpoint_fingerprint
 
+    backbone = load_cli_backbone(clip, pretrained, preprocess, device)  # validates --device first
     if index_dir is not None:
         index = GalleryIndex.open(index_dir)
         early = checkpoint_fingerprint(model) if model is not None else None
@@ -88,26 +145,29 @@ def open_retriever(index_dir, model, clip, pretrained, preprocess, device, progr
             index.check_fingerprint(early[0], what=f"the query model ({early[1]})")
         from zscir.index.retriever import Retriever
 
-        return Retriever.load(index, model, load_cli_backbone(clip, pretrained, preprocess, device))
+        return Retriever.load(index, model, backbone, device=device)
 
     from zscir.index import defaults
     from zscir.index.retriever import Retriever
     from zscir.models.query import BASELINES, load_query_encoder
     from zscir.world.shipped import shapes_backbone
 
-    backbone = load_cli_backbone(clip, pretrained, preprocess, device)
     if model is None or model in BASELINES:
-        backbone = backbone or shapes_backbone()
+        backbone = backbone or shapes_backbone(device=device)
         model = model or defaults.default_model_for(backbone.identity)
+    elif backbone is None and device != "cpu":
+        backbone = _checkpoint_backbone(model, device)
     encoder = load_query_encoder(model, backbone)
     index_path = defaults.world_gallery_index(encoder.backbone, progress=progress, log=_echo_err)
     return Retriever(GalleryIndex.open(index_path), encoder)
 
 
 def _table(results) -> str:
+    from zscir.features.sources import safe_name
+
     lines = []
     for n, res in enumerate(results, 1):
-        lines.append(f"query {n}: {res.ref}  +  \"{res.text}\"")
+        lines.append(f"query {n}: {safe_name(res.ref)}  +  \"{safe_name(res.text)}\"")
         lines.append(f"{'rank':>4}  {'score':>6}  path")
         for h in res.hits:
             lines.append(f"{h.rank:>4}  {h.score:>6.3f}  {h.path or h.id}")
@@ -123,13 +183,13 @@ def _table(results) -> str:
 @click.option("--model", help="A zscir checkpoint, or a baseline: image | text | sum "
                               "(default: the shipped FTI checkpoint for the index's backbone, else sum).")
 @click.option("--clip", help="open_clip model name, for a baseline --model without --index.")
-@click.option("--pretrained", help="pretrained tag or local weights file, with --clip.")
+@click.option("--pretrained", help="pretrained tag or local weights file, with --clip ('none': random weights).")
 @click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default=None)
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Number of results per query.")
 @click.option("--keep-reference", is_flag=True, help="Allow the reference image itself among the results.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML page here.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when an index is built on first use).")
 def retrieve(ref, text, queries, index_dir, model, clip, pretrained, preprocess, k, keep_reference, as_json,
              html_path, device, no_progress):

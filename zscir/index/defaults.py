@@ -26,7 +26,7 @@ def default_model_for(backbone_identity: dict) -> str:
     return str(ckpt) if ckpt else FALLBACK_BASELINE
 
 
-def load_index_backbone(index):
+def load_index_backbone(index, device: str = "cpu"):
     """The backbone an index was built with, from the source it recorded."""
     from zscir.backbone import load_backbone
     from zscir.backbone.loading import resolve_portable_path
@@ -35,7 +35,8 @@ def load_index_backbone(index):
     if not source:
         raise ZscirError(f"index {index.root} does not record where its backbone's weights are: "
                          "pass --clip NAME --pretrained TAG|FILE")
-    return load_backbone(source["name"], resolve_portable_path(source["pretrained"]), preprocess=index.meta["preprocess"])
+    return load_backbone(source["name"], resolve_portable_path(source["pretrained"]), device=device,
+                         preprocess=index.meta["preprocess"])
 
 
 def world_index_dir(backbone) -> Path:

@@ -3,10 +3,18 @@
     INDEX/
       index.json            format version, backbone identity + source, preprocessing, count,
                             index kind and parameters, recall@k against exact search,
-                            the current generation's file names (written last)
+                            the current generation's file names and their sha256 (written last)
       faiss.g<gen>.index    the faiss index; row i is ids[i]
-      ids.g<gen>.json       {"ids": [...], "paths": [...]} in faiss row order
+      ids.g<gen>.json       {"ids": [...], "paths": [...], "keys": [...]} in faiss row order
+                            (keys: each image's content hash, to recognise a query's own image)
       features/             the shared feature store (zscir.features): fp16 shards + ids + metadata
+
+Maintenance: the faiss index, the ids file and index.json are *derived* from the
+features; a rerun that finds one of them missing or damaged (checksum) rebuilds it
+from the features without re-encoding. ``force=True`` re-encodes everything;
+:func:`verify_index` checks every file against the checksums recorded for it.
+Ids are bytes-safe (file names that are not UTF-8 get ``\\xNN`` escapes, see
+:func:`zscir.features.sources.safe_name`).
 
 Rebuilding is incremental: the store encodes only new or changed images and
 drops deleted ones, then the faiss index is rebuilt from the stored features
@@ -32,8 +40,11 @@ import numpy as np
 
 from zscir.errors import ZscirError
 from zscir.features import FeatureStore, backbone_fingerprint, images_in_folder
+from zscir.features.sources import fs_name, safe_name
+from zscir.features.store import sigint_deferred
 from zscir.index import search_index
 from zscir.utils.atomic import atomic_path, atomic_write_json
+from zscir.utils.hashing import sha256_file
 
 FORMAT = "zscir-index"
 FORMAT_VERSION = 1
@@ -42,6 +53,17 @@ FORMAT_VERSION = 1
 def normalized(pooled: np.ndarray) -> np.ndarray:
     x = np.asarray(pooled, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def repair_hint(root: str | os.PathLike, images: str | None = None) -> str:
+    """What fixes a damaged index: deleting it, or rebuilding it in place."""
+    where = f" --images {images}" if images else " --images DIR"
+    return f"delete {str(root)!r} or run `zscir index --force{where} --out {root}`"
+
+
+def _read_json_file(path: Path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _describe(meta: dict) -> str:
@@ -58,6 +80,7 @@ class GalleryIndex:
     index: faiss.Index
     ids: list[str]
     paths: list[str | None]
+    keys: list[str | None] | None = None  # content key of each row (None in indexes built before keys)
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> "GalleryIndex":
@@ -67,19 +90,30 @@ class GalleryIndex:
             raise ZscirError(f"no zscir index at {str(root)!r} (expected {meta_path}); "
                              "build one with `zscir index --images DIR --out INDEX`")
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ZscirError(f"index metadata {meta_path} is unreadable: {e}") from None
+            meta = _read_json_file(meta_path)
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise ZscirError(f"index metadata {str(meta_path)!r} is damaged ({str(e).splitlines()[0][:120]}): "
+                             f"{repair_hint(root)} (the features are kept: a plain rerun of "
+                             "`zscir index` rebuilds it without re-encoding)") from None
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise ZscirError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('format_version')!r}; "
                              f"this zscir reads {FORMAT!r} version {FORMAT_VERSION}: rebuild the index")
+        hint = repair_hint(root, meta.get("images_root"))
         try:
             index = faiss.read_index(str(root / meta["files"]["faiss"]))
-            rows = json.loads((root / meta["files"]["ids"]).read_text())
-        except (OSError, RuntimeError, json.JSONDecodeError) as e:
-            raise ZscirError(f"index {root} is damaged ({str(e).splitlines()[0][:200]}): rebuild it") from None
-        search_index.apply_params(index, meta["kind"], meta["params"])
-        return cls(root, meta, index, rows["ids"], rows["paths"])
+            rows = _read_json_file(root / meta["files"]["ids"])
+            ids, paths = rows["ids"], rows["paths"]
+            keys = rows.get("keys") or [None] * len(ids)
+            if not (len(ids) == len(paths) == len(keys) == index.ntotal == meta["count"]):
+                raise ValueError(f"{len(ids)} ids, {index.ntotal} vectors, index.json says {meta['count']}")
+            search_index.apply_params(index, meta["kind"], meta["params"])
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+            detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise ZscirError(f"index {str(root)!r} is damaged ({detail}): rerun `zscir index` on it to rebuild "
+                             f"its derived files from the features, or {hint}") from None
+        return cls(root, meta, index, ids, paths, keys)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -107,11 +141,15 @@ class GalleryIndex:
 def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | None = None,
                 items: Iterable[Any] | None = None, kind: str = "auto", batch_size: int = 64,
                 workers: int | None = None, progress: bool = True, exact_max: int = search_index.EXACT_MAX,
-                log: Callable[[str], None] | None = None, model: str | None = None) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None, model: str | None = None,
+                force: bool = False) -> dict[str, Any]:
     """Index a folder of ``images`` (ids = paths relative to it) or explicit ``items``; return a summary.
 
     ``items`` are what the feature store accepts: (id, path) pairs, paths, or ImageItems.
     ``model``, when given, is recorded as the index's default query model (a checkpoint path).
+    ``force`` re-encodes every image and rebuilds every file (also of a damaged index).
+    Images that cannot be used (dangling symlinks, unreadable or undecodable files) are
+    skipped and counted in ``summary["skipped"]``.
     """
     out = Path(out)
     if (images is None) == (items is None):
@@ -119,11 +157,13 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
     if images is not None:
         pairs = images_in_folder(images)
         if not pairs:
-            raise ZscirError(f"no images (.jpg, .png, .webp, ...) found under {str(images)!r} (option --images)")
+            raise ZscirError(f"no images (.jpg, .png, .webp, ...) found under {safe_name(str(images))!r} "
+                             "(option --images)")
         items = pairs
     items = list(items)
     with _build_lock(out):  # two first-use builds of the same index: one builds, the other then finds it
-        return _build_locked(out, backbone, images, items, kind, batch_size, workers, progress, exact_max, log, model)
+        return _build_locked(out, backbone, images, items, kind, batch_size, workers, progress, exact_max, log,
+                             model, force)
 
 
 @contextlib.contextmanager
@@ -137,23 +177,41 @@ def _build_lock(out: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _build_locked(out, backbone, images, items, kind, batch_size, workers, progress, exact_max, log, model):
-    path_of = {str(i[0]): str(Path(i[1]).absolute()) for i in items if isinstance(i, tuple)}
-    existing = _read_meta(out)
+def _say(log, msg: str) -> None:
+    if log:
+        log(msg)
+
+
+def _build_locked(out, backbone, images, items, kind, batch_size, workers, progress, exact_max, log, model, force):
+    path_of = {safe_name(str(i[0])): safe_name(str(Path(i[1]).absolute())) for i in items if isinstance(i, tuple)}
+    images_root = safe_name(str(Path(images).absolute())) if images is not None else None
+    existing, damage = _read_meta(out)
+    if damage:
+        _say(log, f"{out / 'index.json'} is damaged ({damage}); rebuilding it from the features")
     if existing is not None and {"backbone": existing["backbone"], "preprocess": existing["preprocess"]} \
             != backbone_fingerprint(backbone):
         raise ZscirError(f"index {str(out)!r} was built with {_describe(existing)}, not "
                          f"{_describe(backbone_fingerprint(backbone))}: use another --out")
 
     t0 = time.perf_counter()
-    store = FeatureStore(out / "features")
-    report = store.update(backbone, items, batch_size=batch_size, workers=workers, progress=progress)
-    if report.corrupt and log:
-        log(f"skipped {len(report.corrupt)} unreadable image(s), e.g. {report.corrupt[0][0]}: {report.corrupt[0][1]}")
+    store = FeatureStore(out / "features", repair_hint=repair_hint(out, images_root))
+    report = store.update(backbone, items, batch_size=batch_size, workers=workers, progress=progress, force=force)
+    if report.corrupt:
+        counts = _count_reasons(report.corrupt)
+        _say(log, f"skipped {len(report.corrupt)} image(s) ({', '.join(f'{n} {r}' for r, n in counts.items())}), "
+                  f"e.g. {report.corrupt[0][0]}: {report.corrupt[0][1]}")
     ids, pooled, _ = store.load(tokens=False)
+    keys = store.keys(ids)
+    paths = [path_of.get(i) for i in ids]
+    escaped = sum(1 for i in ids if fs_name(i) != i)
+    if escaped:
+        _say(log, f"{escaped} file name(s) are not valid UTF-8: their ids write each such byte as \\xNN")
 
     wanted_kind = search_index.choose_kind(len(ids), exact_max) if kind == "auto" else kind
-    unchanged = (existing is not None and not report.encoded and not report.deleted
+    stale = _stale_derived_files(out, existing, ids, paths) if existing is not None else "no index.json"
+    if stale and existing is not None:
+        _say(log, f"rebuilding the search index of {out}: {stale}")
+    unchanged = (not force and not stale and not report.encoded and not report.deleted
                  and existing.get("requested_kind") == kind and existing.get("count") == len(ids)
                  and existing.get("exact_max") == exact_max)
     if unchanged:
@@ -162,25 +220,67 @@ def _build_locked(out, backbone, images, items, kind, batch_size, workers, progr
             meta["model"] = model
             atomic_write_json(out / "index.json", meta)
     else:
-        previous = _previous_index(out, existing, wanted_kind)
+        previous = None if force else _previous_index(out, existing, wanted_kind)
         t_index = time.perf_counter()
         built, recall = search_index.build(normalized(pooled), kind, previous, exact_max)
-        meta = _write_generation(out, existing, backbone, built, recall, ids,
-                                 [path_of.get(i) for i in ids], images, kind, exact_max,
-                                 index_seconds=time.perf_counter() - t_index,
-                                 model=model if model is not None else (existing or {}).get("model"))
+        if "fallback_reason" in built.params:
+            _say(log, f"--kind {kind}: {built.params['fallback_reason']}")
+        with sigint_deferred():
+            meta = _write_generation(out, existing, backbone, built, recall, ids, paths, keys, images_root, kind,
+                                     exact_max, index_seconds=time.perf_counter() - t_index,
+                                     model=model if model is not None else (existing or {}).get("model"))
     return {"index": str(out), "count": meta["count"], "kind": meta["kind"], "params": meta["params"],
             "recall": meta["recall"], "rebuilt": not unchanged, "features": report.to_dict(),
-            "seconds": time.perf_counter() - t0}
+            "skipped": {"count": len(report.corrupt), "by_reason": _count_reasons(report.corrupt)},
+            "escaped_ids": escaped, "seconds": time.perf_counter() - t0}
 
 
-def _read_meta(out: Path) -> dict[str, Any] | None:
+def _count_reasons(corrupt: list[tuple[str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, reason in corrupt:
+        label = reason.split(" (")[0]
+        counts[label] = counts.get(label, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _read_meta(out: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(index.json, None), or (None, why it is damaged), or (None, None) for a new index."""
     path = out / "index.json"
     if not path.is_file():
+        if out.exists() and not out.is_dir():
+            raise ZscirError(f"--out {str(out)!r} is a file, not an index directory")
         if out.exists() and any(out.iterdir()) and not (out / "features").is_dir():
             raise ZscirError(f"--out {str(out)!r} exists and is not a zscir index; choose an empty or new directory")
-        return None
-    return json.loads(path.read_text())
+        return None, None
+    try:
+        meta = _read_json_file(path)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not {"backbone", "preprocess",
+                                                                            "files"} <= set(meta):
+            raise ValueError("not a zscir index description")
+    except (OSError, ValueError) as e:
+        if not (out / "features").is_dir():
+            raise ZscirError(f"{path} is damaged ({str(e).splitlines()[0][:120]}) and there are no features "
+                             f"to rebuild it from: {repair_hint(out)}") from None
+        return None, str(e).splitlines()[0][:120] or type(e).__name__
+    return meta, None
+
+
+def _stale_derived_files(out: Path, meta: dict[str, Any], ids: list[str], paths: list) -> str | None:
+    """Why the faiss index or the ids file must be rebuilt (missing, damaged, other images), else None."""
+    digests = meta.get("sha256") or {}
+    for part in ("faiss", "ids"):
+        path = out / meta["files"][part]
+        if not path.is_file():
+            return f"{path.name} is missing"
+        if part in digests and sha256_file(path) != digests[part]:
+            return f"{path.name} is damaged (its sha256 differs from index.json's)"
+    try:
+        rows = _read_json_file(out / meta["files"]["ids"])
+    except (OSError, ValueError) as e:
+        return f"{meta['files']['ids']} is unreadable ({e})"
+    if rows.get("ids") != ids or rows.get("paths") != paths or "keys" not in rows:
+        return "the images or their paths changed"
+    return None
 
 
 def _previous_index(out: Path, existing: dict | None, kind: str) -> faiss.Index | None:
@@ -192,17 +292,24 @@ def _previous_index(out: Path, existing: dict | None, kind: str) -> faiss.Index 
         return None
 
 
-def _write_generation(out: Path, existing, backbone, built, recall, ids, paths, images, kind, exact_max,
+def _next_generation(out: Path, existing: dict | None) -> int:
+    on_disk = [int(m.group(2)) for p in out.iterdir()
+               if (m := re.fullmatch(r"(faiss|ids)\.g(\d+)\.(index|json)", p.name))]
+    return max([(existing or {}).get("generation", 0), *on_disk]) + 1
+
+
+def _write_generation(out: Path, existing, backbone, built, recall, ids, paths, keys, images_root, kind, exact_max,
                       index_seconds: float, model: str | None) -> dict[str, Any]:
-    gen = (existing or {}).get("generation", 0) + 1
+    gen = _next_generation(out, existing)
     files = {"faiss": f"faiss.g{gen:06d}.index", "ids": f"ids.g{gen:06d}.json"}
     with atomic_path(out / files["faiss"]) as tmp:
         faiss.write_index(built.index, str(tmp))
-    atomic_write_json(out / files["ids"], {"ids": list(ids), "paths": list(paths)}, indent=None)
+    atomic_write_json(out / files["ids"], {"ids": list(ids), "paths": list(paths), "keys": list(keys)}, indent=None)
     k = min(search_index.RECALL_K, len(ids))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "generation": gen, "files": files,
+            "sha256": {part: sha256_file(out / name) for part, name in files.items()},
             **backbone_fingerprint(backbone), "backbone_source": getattr(backbone, "source", None),
-            "images_root": str(Path(images).absolute()) if images is not None else None,
+            "images_root": images_root,
             "count": len(ids), "requested_kind": kind, "exact_max": exact_max, "kind": built.kind,
             "params": built.params,
             "recall": {"k": k, "value": recall,
@@ -217,3 +324,51 @@ def _write_generation(out: Path, existing, backbone, built, recall, ids, paths, 
         if m and p.name not in files.values():
             p.unlink(missing_ok=True)
     return meta
+
+
+def verify_index(root: str | os.PathLike) -> dict[str, Any]:
+    """Check every file of an index against what index.json and the feature manifest record.
+
+    Returns {"index", "files_checked", "problems": [one line each], "ok", "hint"}; never raises
+    for damage (only when ``root`` is not an index at all).
+    """
+    root = Path(root)
+    if not (root / "index.json").exists() and not (root / "features").is_dir():
+        raise ZscirError(f"no zscir index at {str(root)!r} (option --out): nothing to verify")
+    problems: list[str] = []
+    checked = 1
+    meta = None
+    try:
+        meta = _read_json_file(root / "index.json")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "files" not in meta:
+            raise ValueError("not a zscir index description")
+    except (OSError, ValueError) as e:
+        problems.append(f"{root / 'index.json'}: damaged ({str(e).splitlines()[0][:120]})")
+        meta = None
+    store = FeatureStore(root / "features", repair_hint=repair_hint(root, (meta or {}).get("images_root")))
+    n_store, store_problems = store.verify()
+    checked += n_store
+    problems += store_problems
+    if meta is not None:
+        digests = meta.get("sha256") or {}
+        for part in ("faiss", "ids"):
+            checked += 1
+            path = root / str(meta["files"].get(part))
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+            elif part in digests and sha256_file(path) != digests[part]:
+                problems.append(f"{path}: content differs from index.json (sha256)")
+        if not problems:
+            try:
+                GalleryIndex.open(root)
+                if not store_problems and _read_json_file(root / meta["files"]["ids"])["ids"] != store.ids():
+                    problems.append(f"{root / meta['files']['ids']}: ids differ from the feature store's")
+            except ZscirError as e:
+                problems.append(str(e))
+    images = (meta or {}).get("images_root")
+    hint = None
+    if problems:
+        hint = (repair_hint(root, images) if store_problems else
+                f"rerun `zscir index --images {images or 'DIR'} --out {root}` to rebuild the derived files "
+                "from the features (nothing is re-encoded)")
+    return {"index": str(root), "files_checked": checked, "problems": problems, "ok": not problems, "hint": hint}

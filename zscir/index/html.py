@@ -14,6 +14,7 @@ from typing import Sequence
 
 from PIL import Image
 
+from zscir.features.sources import safe_name
 from zscir.index.retriever import QueryResult
 from zscir.utils.atomic import atomic_write_text
 
@@ -36,16 +37,24 @@ figcaption { overflow-wrap: anywhere; } .score { color: #666; }
 
 
 def thumbnail_data_uri(source: str | os.PathLike | Image.Image | None, size: int = THUMB) -> str | None:
-    """A JPEG thumbnail as a data: URI, or None when the image cannot be read."""
+    """A JPEG thumbnail as a data: URI, or None when the image cannot be read.
+
+    A path is decoded by the project's one decoder (``zscir.data.images``), so the page shows
+    what the model saw; a bytes-safe id path (``\\xNN`` escapes) is turned back into the file name.
+    """
+    from zscir.data.images import BadImageError, decode_image, to_rgb
+    from zscir.features.sources import fs_name
+
     try:
         if isinstance(source, Image.Image):
-            im = source.convert("RGB")
+            im = to_rgb(source).copy()
         elif source is None:
             return None
         else:
-            with Image.open(source) as f:
-                im = f.convert("RGB")
-    except Exception:  # noqa: BLE001 - a missing thumbnail must not stop the page
+            path = fs_name(str(source)) if isinstance(source, str) else source
+            with open(path, "rb") as f:
+                im = decode_image(f.read(), str(source))
+    except (BadImageError, OSError):  # a missing or unreadable thumbnail must not stop the page
         return None
     im.thumbnail((size, size))
     buf = io.BytesIO()
@@ -63,13 +72,14 @@ def render_html(results: Sequence[QueryResult], title: str = "zscir retrieval",
     sections = []
     for n, res in enumerate(results):
         ref_src = ref_images[n] if ref_images is not None and ref_images[n] is not None else res.ref
-        ref = _figure(thumbnail_data_uri(ref_src), "reference<br>" + html.escape(os.path.basename(res.ref)), "ref")
+        ref = _figure(thumbnail_data_uri(ref_src), "reference<br>" + html.escape(safe_name(os.path.basename(res.ref))), "ref")
         hits = "".join(
             _figure(thumbnail_data_uri(h.path),
-                    f'#{h.rank} <span class="score">{h.score:.3f}</span><br>{html.escape(h.id)}', "hit")
+                    f'#{h.rank} <span class="score">{h.score:.3f}</span><br>{html.escape(safe_name(h.id))}', "hit")
             for h in res.hits)
-        sections.append(f'<section><div class="query">{ref}<div class="text">{html.escape(res.text)}</div></div>'
+        sections.append(f'<section><div class="query">{ref}<div class="text">{html.escape(safe_name(res.text))}</div></div>'
                         f'<h2>top {len(res.hits)}</h2><div class="grid">{hits}</div></section>')
+    title, subtitle = safe_name(title), safe_name(subtitle)  # file names need not be UTF-8; the page is
     sub = f"<p>{html.escape(subtitle)}</p>" if subtitle else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{sub}{"".join(sections)}</body></html>\n')

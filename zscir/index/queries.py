@@ -16,19 +16,35 @@ from zscir.errors import ZscirError
 ImageInput = str | os.PathLike | Image.Image
 
 
+def read_reference(image: ImageInput, what: str = "reference image") -> tuple[Image.Image, str | None]:
+    """(the reference as RGB, its content key ``sha256:...`` or None for an in-memory image).
+
+    Decoded by the project's one decoder (EXIF rotation, 16-bit, palette, alpha on
+    white, pixel limit), so a query sees the same pixels its gallery copy was indexed with.
+    """
+    from zscir.data.images import BadImageError, decode_image, to_rgb
+    from zscir.features.sources import content_key, safe_name
+
+    if isinstance(image, Image.Image):
+        return to_rgb(image), None
+    path = Path(image)
+    label = safe_name(str(path))
+    if not path.is_file():
+        raise ZscirError(f"{what} {label!r} does not exist")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ZscirError(f"{what} {label!r} cannot be read ({e.strerror or e})") from None
+    try:
+        return decode_image(data, label), content_key(data)
+    except BadImageError as e:
+        detail = f" ({e.detail.splitlines()[0][:120]})" if e.detail else ""
+        raise ZscirError(f"{what} {label!r} is not a readable image: {e.reason}{detail}") from None
+
+
 def load_reference(image: ImageInput, what: str = "reference image") -> Image.Image:
     """A reference image as RGB, or a one-line error naming the file."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    path = Path(image)
-    if not path.is_file():
-        raise ZscirError(f"{what} {str(path)!r} does not exist")
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - every decoder failure means the same thing to the user
-        detail = str(e).splitlines()[0][:120] if str(e) else "no detail"
-        raise ZscirError(f"{what} {str(path)!r} is not a readable image ({type(e).__name__}: {detail})") from None
+    return read_reference(image, what)[0]
 
 
 def check_text(text: str, what: str = "modification text") -> str:

@@ -7,7 +7,9 @@ The query encoder (zscir.models.query) turns the reference's features and the
 text into one normalised vector; the index ranks the gallery by cosine
 similarity. The reference image itself is left out of its own answer when it
 is part of the gallery (as CIRR's protocol does): "this one, but red" never
-wants "this one" back.
+wants "this one" back. "Itself" means the same content (sha256 of the file's
+bytes: a copy or a symlink in the gallery is the reference too) or the same
+file; ``exclude_ids`` leaves out more by id (e.g. an in-memory reference's own id).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from PIL import Image
@@ -23,7 +25,8 @@ from PIL import Image
 from zscir.backbone import ImageFeatures
 from zscir.errors import ZscirError
 from zscir.index.gallery import GalleryIndex
-from zscir.index.queries import ImageInput, check_text, load_reference
+from zscir.features.sources import fs_name, safe_name
+from zscir.index.queries import ImageInput, check_text, read_reference
 
 
 @dataclass
@@ -45,23 +48,29 @@ class QueryResult:
 
 
 def _label(image: ImageInput) -> str:
-    return "<image>" if isinstance(image, Image.Image) else str(image)
+    return "<image>" if isinstance(image, Image.Image) else safe_name(str(image))
 
 
 class Retriever:
     def __init__(self, index: GalleryIndex, encoder):
         index.check_backbone(encoder.backbone, what=f"the query model ({encoder.name})")
         self.index, self.encoder, self.backbone = index, encoder, encoder.backbone
-        self._row_of_path = {os.path.realpath(p): n for n, p in enumerate(index.paths) if p}
+        self._row_of_path = {os.path.realpath(fs_name(p)): n for n, p in enumerate(index.paths) if p}
+        self._rows_of_key: dict[str, list[int]] = {}
+        for n, key in enumerate(index.keys or []):
+            if key:
+                self._rows_of_key.setdefault(key, []).append(n)
+        self._row_of_id = {i: n for n, i in enumerate(index.ids)}
 
     @classmethod
-    def load(cls, index_dir: str | os.PathLike | GalleryIndex, model: str | None = None, backbone=None) -> "Retriever":
+    def load(cls, index_dir: str | os.PathLike | GalleryIndex, model: str | None = None, backbone=None,
+             device: str = "cpu") -> "Retriever":
         """Open ``index_dir`` (or use an opened index) and the query ``model`` (a checkpoint path or a baseline name).
 
-        Without ``model``: the model the index was built for (``zscir index --model``),
-        else the shipped FTI checkpoint trained on the index's backbone, else the
-        image+text sum baseline. A baseline
-        without ``backbone`` uses the backbone recorded in the index.
+        Without ``model``: the model the index was built for (``zscir index --model``; an error
+        if that file has gone), else the shipped FTI checkpoint trained on the index's backbone,
+        else the image+text sum baseline. Without ``backbone``, the one recorded in the index
+        (on ``device``) for a baseline or a non-CPU device, else the checkpoint's.
         """
         from zscir.index.defaults import default_model_for, load_index_backbone
         from zscir.models.query import BASELINES, load_query_encoder
@@ -69,9 +78,14 @@ class Retriever:
         index = index_dir if isinstance(index_dir, GalleryIndex) else GalleryIndex.open(index_dir)
         if model is None:
             recorded = index.meta.get("model")
-            model = recorded if recorded and os.path.exists(recorded) else default_model_for(index.fingerprint["backbone"])
-        if model in BASELINES and backbone is None:
-            backbone = load_index_backbone(index)
+            if recorded and not os.path.exists(recorded):
+                raise ZscirError(f"index {str(index.root)!r} was built for the query model {recorded!r} "
+                                 "(zscir index --model), which no longer exists: pass --model FILE (or a baseline: "
+                                 f"{', '.join(BASELINES)}), or record the new place with "
+                                 f"`zscir index --images DIR --out {index.root} --model NEW`")
+            model = recorded or default_model_for(index.fingerprint["backbone"])
+        if backbone is None and (model in BASELINES or str(device) != "cpu"):
+            backbone = load_index_backbone(index, device)
         return cls(index, load_query_encoder(str(model), backbone))
 
     @property
@@ -84,48 +98,75 @@ class Retriever:
         parts = []
         for start in range(0, len(images), batch_size):
             x = torch.stack([self.backbone.preprocess(im) for im in images[start:start + batch_size]])
+            x = x.to(self.backbone.device)
             parts.append(self.backbone.encode_image(x, with_tokens=self.encoder.needs_tokens).to("cpu"))
         pooled = torch.cat([p.pooled for p in parts])
         tokens = torch.cat([p.tokens for p in parts]) if self.encoder.needs_tokens else None
         return ImageFeatures(pooled, tokens)
 
-    def search(self, image: ImageInput, text: str, k: int = 10, exclude_reference: bool = True) -> list[Hit]:
-        return self.search_many([(image, text)], k, exclude_reference)[0].hits
+    def search(self, image: ImageInput, text: str, k: int = 10, exclude_reference: bool = True,
+               exclude_ids: Iterable[str] | None = None) -> list[Hit]:
+        """The top ``k`` gallery images for one query; ``exclude_ids`` are left out as well."""
+        return self.search_many([(image, text)], k, exclude_reference,
+                                exclude_ids=None if exclude_ids is None else [exclude_ids])[0].hits
 
     def search_many(self, queries: Sequence[tuple[ImageInput, str]], k: int = 10, exclude_reference: bool = True,
-                    batch_size: int = 64, timings: dict[str, float] | None = None) -> list[QueryResult]:
+                    batch_size: int = 64, exclude_ids: Sequence[Iterable[str] | None] | None = None,
+                    timings: dict[str, float] | None = None) -> list[QueryResult]:
         """Answer many (image, text) queries, ``batch_size`` at a time (images are decoded per batch).
 
+        ``exclude_reference``: leave out gallery images with the reference's content (or file).
+        ``exclude_ids``: one collection of gallery ids (or None) per query, left out of its answer;
+        an id the index does not hold is an error (a typo would silently exclude nothing).
         ``timings``, when given, gets the seconds spent per stage added to it
         (decode, image_encoder, query_encoder, search), e.g. for a server's metrics.
         """
         if k < 1:
             raise ZscirError(f"-k must be at least 1, got {k}")
         texts = [check_text(t) for _, t in queries]
-        extra = 1 if exclude_reference else 0  # the reference may take one of the k places: ask for one more
+        excluded_ids = self._excluded_rows_by_id(exclude_ids, len(queries))
         lap = _Laps(timings)
         results = []
         for start in range(0, len(queries), batch_size):
             chunk = list(queries[start:start + batch_size])
-            images = [load_reference(im) for im, _ in chunk]
+            decoded = [read_reference(im) for im, _ in chunk]
             lap("decode")
-            ref = self.encode_references(images, batch_size)
+            ref = self.encode_references([im for im, _ in decoded], batch_size)
             lap("image_encoder")
             q = self.encoder.encode_queries(ref, texts[start:start + batch_size]).float().cpu().numpy()
             lap("query_encoder")
-            scores, rows = self.index.search(q, k + extra)
+            drop = [excluded_ids[start + n] | (self._own_rows(image, key) if exclude_reference else set())
+                    for n, ((image, _), (_, key)) in enumerate(zip(chunk, decoded))]
+            scores, rows = self.index.search(q, k + max(map(len, drop), default=0))
             lap("search")
-            for (image, _), text, s, r in zip(chunk, texts[start:start + batch_size], scores, rows):
-                own = self._own_row(image) if exclude_reference else None
-                hits = [(float(sc), int(row)) for sc, row in zip(s, r) if row >= 0 and row != own][:k]
+            for (image, _), text, s, r, own in zip(chunk, texts[start:start + batch_size], scores, rows, drop):
+                hits = [(float(sc), int(row)) for sc, row in zip(s, r) if row >= 0 and int(row) not in own][:k]
                 results.append(QueryResult(_label(image), text, [
                     Hit(rank, sc, self.index.ids[row], self.index.paths[row]) for rank, (sc, row) in enumerate(hits, 1)]))
         return results
 
-    def _own_row(self, image: ImageInput) -> int | None:
-        if isinstance(image, Image.Image):
-            return None
-        return self._row_of_path.get(os.path.realpath(image))
+    def _excluded_rows_by_id(self, exclude_ids, n_queries: int) -> list[set[int]]:
+        if exclude_ids is None:
+            return [set() for _ in range(n_queries)]
+        if isinstance(exclude_ids, str) or len(exclude_ids) != n_queries:
+            raise ZscirError(f"exclude_ids: expected one collection of ids (or None) per query, {n_queries} in all")
+        out = []
+        for ids in exclude_ids:
+            ids = [] if ids is None else [ids] if isinstance(ids, str) else list(ids)
+            unknown = [i for i in ids if i not in self._row_of_id]
+            if unknown:
+                raise ZscirError(f"exclude_ids: {unknown[0]!r} is not an image id of index {str(self.index.root)!r}")
+            out.append({self._row_of_id[i] for i in ids})
+        return out
+
+    def _own_rows(self, image: ImageInput, key: str | None) -> set[int]:
+        """Gallery rows that are the reference: the same content, or the same file."""
+        rows = set(self._rows_of_key.get(key, [])) if key else set()
+        if not isinstance(image, Image.Image):
+            row = self._row_of_path.get(os.path.realpath(image))
+            if row is not None:
+                rows.add(row)
+        return rows
 
 
 class _Laps:

@@ -25,6 +25,7 @@ EXACT_MAX = 50_000          # "auto" uses exact search up to this many images
 TARGET_RECALL = 0.95        # "auto" tunes the approximate index's knob to reach this recall@k
 RECALL_K = 50
 RECALL_QUERIES = 256
+MIN_APPROXIMATE = 2 * 39    # fewer vectors: an approximate index is not trained, exact search is used (and said)
 
 
 @dataclass
@@ -157,11 +158,16 @@ def build(vectors: np.ndarray, kind: str = "auto", previous: faiss.Index | None 
         raise ZscirError(f"unknown index kind {kind!r} (option --kind): expected auto, {', '.join(KINDS)}")
     if len(vectors) == 0:
         raise ZscirError("no image could be encoded: the index would be empty")
-    if kind in APPROXIMATE and len(vectors) < 2 * 39:
-        kind = "flat"  # too few vectors to train or to be worth approximating
+    fallback = None
+    if kind in APPROXIMATE and len(vectors) < MIN_APPROXIMATE:
+        fallback = (f"{len(vectors)} images are too few for an approximate {kind} index (it needs at least "
+                    f"{MIN_APPROXIMATE} to train, and exact search over so few is as fast): using exact search")
+        kind = "flat"
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     built = KINDS[kind](vectors, previous)
     if kind not in APPROXIMATE:
+        if fallback:
+            built.params["fallback_reason"] = fallback
         return built, 1.0
     recall = tune(built, vectors, target_recall)
     if built.kind == "ivf" and built.params["nprobe"] > faiss.extract_index_ivf(built.index).nlist // 4:
@@ -170,5 +176,6 @@ def build(vectors: np.ndarray, kind: str = "auto", previous: faiss.Index | None 
                   f"{recall:.3f}; exact search is faster at that point")
         built = _flat(vectors)
         built.params["fallback_from_ivf"] = reason
+        built.params["fallback_reason"] = reason + ": using exact search"
         return built, 1.0
     return built, recall

@@ -7,6 +7,7 @@ the widths come from the backbone, so one config serves every backbone.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,24 @@ from torch import nn
 
 from zscir.checkpoint import load_checkpoint, save_checkpoint
 from zscir.errors import ZscirError
-from zscir.models.fti import FTINetwork, SingleTokenNetwork
+from zscir.models.methods import METHODS
+
+
+class _NetworkView(Mapping):
+    """method name -> network class, a live view of :data:`zscir.models.methods.METHODS` (register there)."""
+
+    def __getitem__(self, name: str) -> type[nn.Module]:
+        return METHODS[name].network
+
+    def __iter__(self):
+        return iter(METHODS)
+
+    def __len__(self) -> int:
+        return len(METHODS)
+
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-NETWORKS: dict[str, type[nn.Module]] = {"fti": FTINetwork, "single": SingleTokenNetwork}
+NETWORKS: Mapping[str, type[nn.Module]] = _NetworkView()
 
 
 def list_mapping_configs() -> list[str]:

@@ -59,3 +59,15 @@ def interleave(subject: torch.Tensor, attributes: torch.Tensor, counts: torch.Te
     is_attribute[starts] = False
     out = subject.new_zeros(total, subject.shape[1]).index_copy(0, starts, subject)
     return out.masked_scatter(is_attribute.unsqueeze(-1), attributes.to(out.dtype))
+
+
+# the query prompts of the imported methods, as their official evaluation code writes them
+# (their placeholder, ``$`` or ``<|replace|>``, is one token like ``*``: the slot's id never reaches the output)
+def that_query_prompt(modification: str) -> str:
+    """SEARLE and LinCIR: "a photo of $ that {caption}"."""
+    return f"a photo of {PLACEHOLDER} that {clean_text(modification)}"
+
+
+def comma_query_prompt(modification: str) -> str:
+    """Pic2Word and Context-I2W: "a photo of * , {caption}"."""
+    return f"a photo of {PLACEHOLDER} , {clean_text(modification)}"

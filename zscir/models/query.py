@@ -7,6 +7,8 @@ name; trained models by checkpoint path, dispatched on the checkpoint's
 
 from __future__ import annotations
 
+import copy
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +23,7 @@ from zscir.models import prompts
 
 class QueryEncoder:
     needs_tokens = False
+    fiq_captions = "both-orders"   # FashionIQ caption rule (zscir.evaluation.protocol.FIQ_RULES)
 
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
@@ -62,14 +65,19 @@ class ImageTextSum(QueryEncoder):
 
 
 class PseudoWordQuery(QueryEncoder):
-    """FTI4CIR ("a photo of * with * ... but {text}") or single token ("a photo of * but {text}")."""
+    """A mapping network's pseudo-words in its method's query prompt (:data:`zscir.models.methods.METHODS`):
+    FTI4CIR "a photo of * with * ... but {text}", SEARLE / LinCIR "a photo of $ that {text}", ..."""
 
     def __init__(self, backbone: Backbone, network, meta: dict, checkpoint_sha: str | None = None):
+        from zscir.models.methods import get_method
+
         super().__init__(backbone)
         self.network = network.eval().to(backbone.device)
         self.meta, self.checkpoint_sha = meta, checkpoint_sha
         self.name = meta["method"]
-        self.needs_tokens = self.name == "fti"
+        self.method = get_method(self.name)
+        self.needs_tokens = self.method.needs_tokens
+        self.fiq_captions = meta.get("query", {}).get("fiq_captions", self.method.fiq_captions)
 
     @property
     def identity(self) -> dict:
@@ -77,12 +85,9 @@ class PseudoWordQuery(QueryEncoder):
 
     def _encode(self, ref, texts):
         if self.needs_tokens and ref.tokens is None:
-            raise ZscirError("the FTI query encoder needs reference-image tokens (encode_image(..., with_tokens=True))")
-        pw = self.network(ref.pooled, ref.tokens)
-        if self.name == "single":
-            return self.backbone.encode_prompts([prompts.single_query_prompt(t) for t in texts], pw.subject)
-        return self.backbone.encode_prompts([prompts.query_prompt(r, t) for r, t in zip(pw.counts.tolist(), texts)],
-                                            prompts.interleave(pw.subject, pw.attributes, pw.counts))
+            raise ZscirError(f"the {self.name} query encoder needs reference-image tokens "
+                             "(encode_image(..., with_tokens=True))")
+        return self.method.compose(self.backbone, self.network, ref, texts)
 
     @classmethod
     def from_checkpoint(cls, path, backbone: Backbone | None):
@@ -90,6 +95,9 @@ class PseudoWordQuery(QueryEncoder):
 
         network, meta = load_mapping_checkpoint(path)
         backbone = backbone_for(meta, backbone, path)
+        license_note = meta.get("source", {}).get("license_note")
+        if license_note:
+            warnings.warn(f"{Path(path).name}: {license_note}", stacklevel=2)
         return cls(backbone, network, meta, meta.get("weights_sha256"))
 
 
@@ -108,7 +116,20 @@ def backbone_for(meta: dict, backbone: Backbone | None, path) -> Backbone:
     if backbone.identity != meta["backbone"]:
         raise ZscirError(f"{path} was trained on backbone {meta['backbone']} but the given backbone is "
                          f"{backbone.identity}: pass the matching --clip/--pretrained")
-    return backbone
+    return with_preprocess(backbone, meta.get("preprocess"))
+
+
+def with_preprocess(backbone: Backbone, name: str | None) -> Backbone:
+    """``backbone`` with the named preprocessing: itself when it already has it, else a shallow copy
+    (same frozen model) so that other models sharing the backbone keep theirs."""
+    if not name or backbone.preprocess_name == name:
+        return backbone
+    from zscir.backbone import make_preprocess
+
+    p = backbone.preprocess
+    twin = copy.copy(backbone)
+    twin.preprocess = make_preprocess(name, p.size, p.mean, p.std)
+    return twin
 
 
 def load_query_encoder(model: str, backbone: Backbone | None = None) -> QueryEncoder:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +28,65 @@ from zscir.training.state import Progress, has_train_state, load_train_state, sa
 from zscir.utils.atomic import atomic_write_json
 
 DEFAULT_CONFIGS = {"fti": "fti4cir", "single": "single"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named preset: :class:`PretrainConfig` fields and :func:`run_pretraining` options, each applied
+    unless the user set that option explicitly."""
+
+    name: str
+    config: dict
+    run: dict
+    source: str
+    notes: tuple[str, ...] = ()
+
+
+# FTI4CIR's official run: ZiChao111/FTI4CIR src/train.py as it runs (its argparse defaults; the README's
+# command line uses option names train.py does not define), MHTransformer/i2t_model for the network,
+# blip_caption.py for the captions and their split.
+RECIPES: dict[str, Recipe] = {r.name: r for r in [
+    Recipe("fti4cir-official",
+           config={"method": "fti", "network_config": "fti4cir", "epochs": 80, "batch_size": 256, "lr": 4e-5,
+                   "weight_decay": 0.01, "lr_decay_epoch": 10, "lr_decay": 0.1, "temperature": 0.2,
+                   "orth_weight": 1.0, "reg_weight": 1.4, "seed": 42, "mixed_precision": "fp16"},
+           run={"clip_name": "ViT-L-14", "pretrained": "openai", "preprocess": "targetpad",
+                "splitter": "fti4cir-official", "captioner": "blip"},
+           source="ZiChao111/FTI4CIR src/train.py defaults, src/blip_caption.py",
+           notes=("fp16 autocast with a gradient scaler needs a GPU (accelerate mixed_precision=fp16)",
+                  "the official data: BLIP captions of the 100k ImageNet-1K test images (--images)",
+                  "the official README says --epochs=60 but train.py runs its default 80",
+                  "batch order: zscir's seeded permutation per epoch, not torch's DataLoader shuffle",
+                  "the official getLoss(images, subject, attribute) fills parameters named (captions, category): "
+                  "its regulariser prompts read 'a photo of {attribute} with {subject}'; zscir keeps the paper's "
+                  "order")),
+]}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ZscirError(f"unknown recipe {name!r} (option --recipe): expected one of {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def apply_recipe(name: str, cfg: "PretrainConfig", run: dict, explicit: set[str], cuda: bool | None = None):
+    """``cfg`` and the run options with recipe ``name`` filled in where the user did not set them.
+
+    Returns (cfg, run, record); the record lists what the recipe set, what the user overrode, and notes.
+    """
+    recipe = get_recipe(name)
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    values = {k: v for k, v in recipe.config.items() if k not in explicit}
+    notes = list(recipe.notes)
+    if values.get("mixed_precision") == "fp16" and not cuda:
+        values["mixed_precision"] = "no"
+        notes.append("no GPU: this run is fp32, not the official fp16 autocast")
+    cfg = replace(cfg, **values)
+    run = {**run, **{k: v for k, v in recipe.run.items() if k not in explicit}}
+    record = {"recipe": name, "source": recipe.source, "set": {**values, **{k: v for k, v in recipe.run.items()
+                                                                          if k not in explicit}},
+              "overridden": sorted(explicit & (set(recipe.config) | set(recipe.run))), "notes": notes}
+    return cfg, run, record
 
 
 @dataclass
@@ -50,6 +109,7 @@ class PretrainConfig:
     mixed_precision: str = "no"           # no | bf16 | fp16 (accelerate; GPU)
     max_steps: Optional[int] = None       # stop early (smoke runs, benchmarks)
     data: dict = field(default_factory=dict)  # how the data was built (recorded, not used by the loop)
+    recipe: dict = field(default_factory=dict)  # the --recipe applied, if any (recorded)
 
     def resolved_network_config(self) -> dict:
         name = self.network_config or DEFAULT_CONFIGS[self.method]
@@ -188,7 +248,7 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
 def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions: Optional[str] = None,
                     captioner: str = "blip", clip_name: Optional[str] = None, pretrained: Optional[str] = None,
                     preprocess: str = "targetpad", feature_cache: str = "full", cache_dir: Optional[str] = None,
-                    resume: bool = False) -> dict:
+                    resume: bool = False, splitter: str = "auto") -> dict:
     """The whole ``zscir pretrain`` job: backbone, data with cached features, training. Returns a summary."""
     from accelerate import Accelerator
 
@@ -212,7 +272,8 @@ def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions:
     cache_root = cache_dir or default_cache_dir() / "features"
     with accelerator.main_process_first():  # the main process fills the caches, the others then read them
         data, record = build_pretraining_set(images, captions, captioner, backbone, cache_root, feature_cache,
-                                             need_tokens=cfg.method == "fti", log=accelerator.print)
+                                             need_tokens=cfg.method == "fti", log=accelerator.print,
+                                             splitter=splitter)
     cfg.data = record
     checkpoint = train(cfg, backbone, data, accelerator=accelerator, resume=resume)
     return {"checkpoint": str(checkpoint), "run_dir": cfg.out, "data": record, "method": cfg.method}

@@ -36,9 +36,14 @@ from zscir.training.pretrain_data import FEATURE_CACHE_MODES
 @click.option("--cache-dir", default=None, help="Feature and caption cache root. Default: ZSCIR_CACHE or ~/.cache/zscir.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
-def pretrain(images, captions, captioner, clip_name, pretrained, preprocess, method, network_config, out, epochs,
+@click.option("--recipe", default=None, help="A reproduction preset (fti4cir-official: the official FTI4CIR run); "
+              "options given explicitly override it.")
+@click.option("--splitter", default="auto", show_default=True,
+              help="Caption splitter: auto | rules | spacy | fti4cir-official.")
+@click.pass_context
+def pretrain(ctx, images, captions, captioner, clip_name, pretrained, preprocess, method, network_config, out, epochs,
              batch_size, lr, weight_decay, lr_decay_epoch, dropout, seed, save_every_steps, max_steps,
-             mixed_precision, feature_cache, cache_dir, resume, as_json):
+             mixed_precision, feature_cache, cache_dir, resume, as_json, recipe, splitter):
     """Pretrain a mapping network on unlabeled images (FTI4CIR by default).
 
     Multi-GPU / multi-node: run the same command under `accelerate launch` or `torchrun`.
@@ -49,9 +54,20 @@ def pretrain(images, captions, captioner, clip_name, pretrained, preprocess, met
                          batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_decay_epoch=lr_decay_epoch,
                          seed=seed, save_every_steps=save_every_steps, mixed_precision=mixed_precision,
                          max_steps=max_steps)
-    result = run_pretraining(cfg, images=images, captions=captions, captioner=captioner, clip_name=clip_name,
-                             pretrained=pretrained, preprocess=preprocess, feature_cache=feature_cache,
-                             cache_dir=cache_dir, resume=resume)
+    run = dict(captioner=captioner, clip_name=clip_name, pretrained=pretrained, preprocess=preprocess,
+               splitter=splitter)
+    if recipe:
+        from click.core import ParameterSource
+
+        from zscir.training.pretrain import apply_recipe
+
+        explicit = {p for p in ctx.params if ctx.get_parameter_source(p) is ParameterSource.COMMANDLINE}
+        cfg, run, record = apply_recipe(recipe, cfg, run, explicit)
+        cfg.recipe = record
+        for note in cfg.recipe["notes"]:
+            click.echo(f"recipe {recipe}: {note}", err=True)
+    result = run_pretraining(cfg, images=images, captions=captions, feature_cache=feature_cache,
+                             cache_dir=cache_dir, resume=resume, **run)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch the main process reports
         return
     if as_json:

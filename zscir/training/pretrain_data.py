@@ -98,12 +98,12 @@ def _human(n: float) -> str:
 
 def build_pretraining_set(images: str, captions: str | None, captioner: str, backbone, cache_root,
                           feature_cache: str = "full", need_tokens: bool = True, batch_size: int = 64,
-                          log=print) -> tuple[PretrainingSet, dict]:
+                          log=print, splitter: str = "auto") -> tuple[PretrainingSet, dict]:
     """Images + captions -> a :class:`PretrainingSet` with cached features, and a record of what was used."""
     from zscir.data.caption_cache import caption_images
     from zscir.data.captioners import build_captioner
     from zscir.data.sources import open_image_source
-    from zscir.data.splitter import split_caption
+    from zscir.data.splitter import get_splitter
     from zscir.features import FeatureStore
 
     source = open_image_source(images)
@@ -112,8 +112,9 @@ def build_pretraining_set(images: str, captions: str | None, captioner: str, bac
     # FTI4CIR's rule for every source, the world included (its own "all objects / all attributes"
     # split is a different convention; the splitter agrees with the rule on world captions)
     splits = {}
+    caption_splitter = get_splitter(splitter)
     for item_id, text in texts.items():
-        split = split_caption(text)
+        split = caption_splitter.split(text)
         if split is not None:
             splits[item_id] = split
     items = [i for i in source if i.id in splits]
@@ -141,5 +142,6 @@ def build_pretraining_set(images: str, captions: str | None, captioner: str, bac
     record = {"images": str(images), "captions": captions, "captioner": captioner_obj.identity,
               "num_images": len(items), "dropped_captions": dropped_captions,
               "skipped_images": source.skipped.to_dict(),
-              "feature_cache": feature_cache, "feature_store": str(store.root)}
+              "feature_cache": feature_cache, "feature_store": str(store.root),
+              "splitter": getattr(caption_splitter, "name", splitter)}
     return data, record

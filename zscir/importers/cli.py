@@ -1,0 +1,37 @@
+"""`zscir import-checkpoint`: a released checkpoint of another method -> a zscir checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from zscir.importers import IMPORTERS
+
+
+@click.command("import-checkpoint")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.option("--from", "fmt", required=True, type=click.Choice(list(IMPORTERS)),
+              help="The release format (the method whose official code saved SRC).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Output checkpoint: OUT.safetensors + OUT.json.")
+@click.option("--clip", help="open_clip model name of the backbone (default: the one the release was trained on).")
+@click.option("--pretrained", help="Pretrained tag or local weights file of the backbone (default: the release's).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print the sidecar as JSON.")
+def import_checkpoint_command(src, fmt, out, clip, pretrained, overwrite, as_json):
+    """Import SRC (FTI4CIR, SEARLE, Pic2Word, LinCIR or Context-I2W weights, read without running any of
+    its code) as a zscir checkpoint that `zscir eval/index/retrieve --model OUT.safetensors` take."""
+    from zscir.importers import import_checkpoint
+
+    meta = import_checkpoint(src, fmt, out, clip=clip, pretrained=pretrained, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps(meta, indent=2))
+        return
+    b = meta["backbone"]
+    click.echo(f"imported {meta['source']['title']} ({meta['source']['file']}, sha256 {meta['source']['sha256'][:12]}...) "
+               f"-> {meta['weights']}")
+    click.echo(f"  method {meta['method']}: prompt {meta['query']['prompt']!r}, FashionIQ captions "
+               f"{meta['query']['fiq_captions']!r}, preprocess {meta['preprocess']}")
+    click.echo(f"  backbone {b['model']} / {b['pretrained']}" + (f" ({b['activation']})" if "activation" in b else ""))
+    click.echo(f"  license: {meta['source']['license']}")
