@@ -125,6 +125,12 @@ def test_search_by_upload_id_and_base64_equals_retriever(world, server):
     assert_same(form, expected)
     assert up["reference"]["kind"] == "upload" and b64["reference"]["kind"] == "base64"
 
+    # an upload of a gallery image's bytes is that image: left out of its answer, as by id or by path
+    copy = c.post("/search", files={"image": ("copy.png", ref.read_bytes(), "image/png")},
+                  data={"text": text, "k": "6"}).json()
+    assert_same(copy, r.search(ref, text, k=6))
+    assert "g04.png" not in [x["id"] for x in copy["results"]]
+
     # a second model by name: the sum baseline over the same backbone and index
     r_sum = Retriever.load(world["index"], "sum", backbone=r.backbone)
     by_sum = c.post("/search", json={"image_id": "g04.png", "text": text, "k": 6, "model": "sum"}).json()

@@ -73,6 +73,7 @@ class Reference:
     image: Image.Image | None = None
     id: str | None = None
     decode_seconds: float = 0.0
+    key: str | None = None          # content key of uploaded bytes: a gallery copy is left out of its answer
 
     @classmethod
     def from_bytes(cls, data: bytes, kind: str, field_name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Reference":
@@ -83,7 +84,9 @@ class Reference:
             status = 413 if e.reason.startswith("too large") else 422
             raise RequestError(status, field_name, f"field {field_name!r}: {e.reason}"
                                                    + (f" ({e.detail[:160]})" if e.detail else "")) from None
-        return cls(kind, image=image, decode_seconds=time.perf_counter() - t0)
+        from zscir.features.sources import content_key
+
+        return cls(kind, image=image, decode_seconds=time.perf_counter() - t0, key=content_key(data))
 
     @classmethod
     def from_id(cls, image_id: str) -> "Reference":
@@ -100,9 +103,13 @@ class IndexState:
     retrievers: dict[str, Any]
     signature: tuple
     row_of_id: dict[str, int] = field(default_factory=dict)
+    ids_of_key: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.row_of_id = {i: n for n, i in enumerate(self.index.ids)}
+        for image_id, key in zip(self.index.ids, getattr(self.index, "keys", None) or []):
+            if key:
+                self.ids_of_key.setdefault(key, []).append(image_id)
 
     @property
     def index(self):
@@ -335,7 +342,9 @@ class SearchService:
         t0 = time.perf_counter()
         self._timers[name].take()  # drop anything a failed earlier call left on this thread
         try:
-            result = retriever.search_many([(image, text)], k, timings=timings)[0]
+            # an upload is an in-memory image: its gallery copies (same bytes) are left out by id
+            own = state.ids_of_key.get(reference.key, []) if reference.key else None
+            result = retriever.search_many([(image, text)], k, exclude_ids=[own], timings=timings)[0]
         except ZscirError as e:
             if reference.kind == "id":  # the gallery file went missing or unreadable on disk
                 raise RequestError(404 if "does not exist" in str(e) else 422, "image_id", f"field 'image_id': {e}")
