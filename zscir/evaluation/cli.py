@@ -10,6 +10,7 @@ import click
 from zscir.benchmarks import BENCHMARKS
 from zscir.evaluation.protocol import FIQ_CAPTION_MODES, PREPROCESS_CHOICES, Protocol
 from zscir.benchmarks.fine import FINE_GALLERIES
+from zscir.utils.options import POSITIVE_INT
 
 
 @click.command("eval")
@@ -35,7 +36,7 @@ from zscir.benchmarks.fine import FINE_GALLERIES
               help="Image preprocessing (default: targetpad, or the checkpoint's).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: ZSCIR_CACHE/features/eval).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def eval_command(benchmark, root, models, clip, pretrained, splits, categories, out_dir, as_json, fiq_captions,
                  remove_reference, fine_gallery, preprocess, cache_dir, device, batch_size, no_progress):
