@@ -119,7 +119,8 @@ def test_a_half_written_last_line_is_dropped_and_appends_stay_valid(tmp_path):
         assert cache.dropped_lines == 1
         cache.add_many([("h3", "c.png", "a bird")])
     lines = path.read_text().splitlines()
-    assert all(json.loads(line) for line in lines) and len(lines) == 4  # declaration + 3 captions
+    assert all(json.loads(line) for line in lines) and len(lines) == 5  # header, declaration, 3 captions
+    assert json.loads(lines[0]) == caption_cache.HEADER
     with CaptionCache(path, "cap-A") as cache:
         assert cache.get("h3") == "a bird" and cache.dropped_lines == 0
 
