@@ -42,19 +42,28 @@ def _first_line(text: str, limit: int = 240) -> str:
     return (lines[0] if lines else "")[:limit]
 
 
-def _file_in_traceback(exc: BaseException) -> str | None:
-    """The file a parser was reading when it failed: the innermost frame's local naming an existing file."""
+def _file_in_traceback(exc: BaseException, must_exist: bool = True) -> str | None:
+    """The file the failing code was working on: the innermost frame's local naming a file.
+
+    Used when an exception does not carry its file name (a JSON parser, a full disk seen by
+    ``write``). A temporary file of :mod:`zscir.utils.atomic` (``.NAME.xxxx.tmp``) is reported
+    as the file it was going to become.
+    """
     frames, tb = [], exc.__traceback__
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     for frame in reversed(frames):
-        for name in ("path", "file", "filename", "sidecar", "weights", "checkpoint_path", "fp", "f"):
+        for name in ("path", "file", "filename", "sidecar", "weights", "checkpoint_path", "tmp", "out", "fp", "f"):
             value = frame.f_locals.get(name)
-            if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
-                return os.fspath(value)
-            if hasattr(value, "name") and isinstance(getattr(value, "name"), str) and os.path.isfile(value.name):
-                return value.name
+            if not isinstance(value, (str, os.PathLike)) and isinstance(getattr(value, "name", None), str):
+                value = value.name  # an open file
+            if isinstance(value, (str, os.PathLike)) and (os.path.isfile(value) or not must_exist):
+                path = os.fspath(value)
+                folder, base = os.path.split(path)
+                if base.startswith(".") and base.endswith(".tmp") and base.count(".") >= 3:
+                    path = os.path.join(folder, base[1:].rsplit(".", 2)[0])
+                return path
     return None
 
 
@@ -77,15 +86,18 @@ def user_message(exc: BaseException) -> str | None:
     if isinstance(exc, ZscirError):
         return str(exc)
     if isinstance(exc, OSError):
-        where = exc.filename if exc.filename is not None else None
+        where = exc.filename if exc.filename is not None else _file_in_traceback(exc, must_exist=False)
         if exc.filename2 is not None:
             where = f"{exc.filename} -> {exc.filename2}"
         hint = _OS_HINTS.get(exc.errno, exc.strerror or _first_line(exc) or type(exc).__name__)
         return f"{where}: {hint}" if where else f"{hint} ({exc.strerror or type(exc).__name__})"
-    if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+    if isinstance(exc, json.JSONDecodeError):
         path = _file_in_traceback(exc)
-        what = "not valid JSON" if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
-        return f"{path or 'a file zscir reads'}: {what} ({_first_line(exc, 120)}): {_hint_for(path)}"
+        return f"{path or 'a file zscir reads'}: not valid JSON ({_first_line(exc, 120)}): {_hint_for(path)}"
+    if isinstance(exc, UnicodeDecodeError):
+        path = _file_in_traceback(exc)
+        return (f"{path or 'a file zscir reads'}: not UTF-8 text ({_first_line(exc, 120)}): expected a UTF-8 "
+                f"text file (JSON, JSONL, CSV or a list of paths)")
     if isinstance(exc, pickle.UnpicklingError):
         path = _file_in_traceback(exc)
         return (f"{path or 'a weights file'}: refused to unpickle it ({_first_line(exc, 120)}): zscir loads pickles "
@@ -96,6 +108,7 @@ def user_message(exc: BaseException) -> str | None:
                 f"the file is damaged, truncated or of another format; download or save it again")
     if isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc):
         detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), "")[:200]
-        return (f"weights of another architecture: {detail}: pass the --clip / --model the weights were "
-                f"trained for")
+        path = _file_in_traceback(exc)
+        return (f"{path or 'the weights'}: weights of another architecture ({detail}): pass the checkpoint or "
+                f"--clip the weights were trained for")
     return None

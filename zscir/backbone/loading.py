@@ -80,15 +80,15 @@ def _create_model(name: str, pretrained: Optional[str], device, precision: str, 
         with _quiet_open_clip():
             model = open_clip.create_model(name, pretrained=None if is_hub else pretrained, device=device,
                                            precision=precision, cache_dir=cache_dir, weights_only=True)
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError, AssertionError) as e:  # open_clip asserts on mismatched shapes
         msg = str(e)
         if is_hub or "download" in msg.lower() or "offline" in msg.lower() or "connect" in msg.lower():
             where = name if is_hub else f"{name} / {pretrained}"
             raise MissingWeightsError(
                 f"weights for {where} are not available offline: put them in the Hugging Face cache "
                 f"({_hf_cache_hint()}) or pass --pretrained /path/to/weights.safetensors") from None
-        if "Error(s) in loading state_dict" in msg:  # weights of another architecture
-            detail = next((line.strip() for line in msg.splitlines()[1:] if line.strip()), "")[:200]
+        if "Error(s) in loading state_dict" in msg or isinstance(e, AssertionError):  # another architecture
+            detail = next((line.strip() for line in (msg.splitlines()[1:] or msg.splitlines()) if line.strip()), "")[:200]
             raise ZscirError(f"--pretrained {pretrained}: these weights do not fit the {name} architecture "
                              f"(option --clip): {detail}; pass the --clip they were trained for") from None
         raise ZscirError(f"could not build {name} with weights {pretrained}: {msg.splitlines()[0]}") from None

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from zscir.errors import ZscirError
+from zscir.utils.options import OUTPUT_FILE
 
 
 def _find_world(images: str) -> str | None:
@@ -34,9 +35,9 @@ def _find_world(images: str) -> str | None:
               help="Captions file (JSONL, CSV/TSV or JSON id -> caption); implies --captioner file.")
 @click.option("--world", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="shapes-world: the world folder (default: found above --images).")
-@click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--cache", "cache_path", default=None, type=OUTPUT_FILE, metavar="FILE",
               help="Caption cache (append-only JSONL; default under the zscir cache dir, one per captioner).")
-@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--out", "out_path", default=None, type=OUTPUT_FILE, metavar="FILE",
               help="Write one JSON line per image: id, caption, subject, attribute.")
 @click.option("--splitter", default="auto", show_default=True, type=click.Choice(["auto", "rules", "spacy", "none"]),
               help="Subject/attribute splitter for --out (none: captions only).")

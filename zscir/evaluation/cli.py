@@ -10,7 +10,7 @@ import click
 from zscir.benchmarks import BENCHMARKS
 from zscir.evaluation.protocol import FIQ_CAPTION_MODES, PREPROCESS_CHOICES, Protocol
 from zscir.benchmarks.fine import FINE_GALLERIES
-from zscir.utils.options import POSITIVE_INT
+from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 
 
 @click.command("eval")
@@ -24,7 +24,7 @@ from zscir.utils.options import POSITIVE_INT
 @click.option("--split", "splits", multiple=True, help="Split(s) to run, repeatable (default: val; shapes: val and val_coarse).")
 @click.option("--category", "categories", multiple=True, type=click.Choice(["dress", "shirt", "toptee"]),
               help="FashionIQ categories (default: all three).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default runs/eval-BENCHMARK-TIME).")
+@click.option("--out", "out_dir", type=OUTPUT_DIR, help="Run directory (default runs/eval-BENCHMARK-TIME).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
 @click.option("--fiq-captions", type=click.Choice(FIQ_CAPTION_MODES), default="both-orders", show_default=True,
               help="How FashionIQ's two captions form the query.")
@@ -34,7 +34,7 @@ from zscir.utils.options import POSITIVE_INT
               help="Fine-FashionIQ gallery: FineCIR's smaller one or the full split.")
 @click.option("--preprocess", type=click.Choice(PREPROCESS_CHOICES), default=None,
               help="Image preprocessing (default: targetpad, or the checkpoint's).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: ZSCIR_CACHE/features/eval).")
+@click.option("--cache-dir", type=OUTPUT_DIR, help="Feature cache (default: ZSCIR_CACHE/features/eval).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")

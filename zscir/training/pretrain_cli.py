@@ -7,7 +7,8 @@ import os
 
 import click
 
-from zscir.utils.options import DROPOUT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
+from zscir.utils.options import (DROPOUT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, OUTPUT_DIR, POSITIVE_FLOAT,
+                                 POSITIVE_INT)
 
 # zscir.training.pretrain_data.FEATURE_CACHE_MODES, spelled out so that `--help` does not import torch (tested)
 FEATURE_CACHE_MODES = ("full", "globals", "off")
@@ -23,7 +24,7 @@ FEATURE_CACHE_MODES = ("full", "globals", "off")
 @click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default="targetpad", show_default=True)
 @click.option("--method", type=click.Choice(["fti", "single"]), default="fti", show_default=True)
 @click.option("--network-config", default=None, help="Mapping-network config name (zscir/models/configs). Default per method.")
-@click.option("--out", default="runs/pretrain", show_default=True, help="Run directory (config, log, checkpoints).")
+@click.option("--out", type=OUTPUT_DIR, default="runs/pretrain", show_default=True, help="Run directory (config, log, checkpoints).")
 @click.option("--epochs", type=POSITIVE_INT, default=60, show_default=True)
 @click.option("--batch-size", type=POSITIVE_INT, default=256, show_default=True, help="Global batch size.")
 @click.option("--lr", type=POSITIVE_FLOAT, default=4e-5, show_default=True)
@@ -37,7 +38,7 @@ FEATURE_CACHE_MODES = ("full", "globals", "off")
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
 @click.option("--feature-cache", type=click.Choice(FEATURE_CACHE_MODES), default="full", show_default=True,
               help="full: cache global features and tokens; globals: cache global features, recompute tokens; off: recompute all.")
-@click.option("--cache-dir", default=None, help="Feature and caption cache root. Default: ZSCIR_CACHE or ~/.cache/zscir.")
+@click.option("--cache-dir", type=OUTPUT_DIR, default=None, help="Feature and caption cache root. Default: ZSCIR_CACHE or ~/.cache/zscir.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out (its config, log and checkpoints).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")

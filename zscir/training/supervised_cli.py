@@ -6,7 +6,7 @@ import json
 
 import click
 
-from zscir.utils.options import DROPOUT, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, POSITIVE_INT
+from zscir.utils.options import DROPOUT, NON_NEGATIVE_FLOAT, OUTPUT_DIR, POSITIVE_FLOAT, POSITIVE_INT
 
 # the keys of zscir.training.supervised.DATASETS, spelled out so that `--help` does not import torch (tested)
 DATASETS = ("fashioniq", "cirr", "fine-fashioniq", "fine-cirr", "shapes")
@@ -22,7 +22,7 @@ DATASETS = ("fashioniq", "cirr", "fine-fashioniq", "fine-cirr", "shapes")
 @click.option("--clip", "clip_name", default=None, help="open_clip model name. Default for shapes: the world's CLIP.")
 @click.option("--pretrained", default=None, help="open_clip pretrained tag or local weights file.")
 @click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default="targetpad", show_default=True)
-@click.option("--out", default=None, help="Run directory (config, log, train state, model.safetensors). "
+@click.option("--out", type=OUTPUT_DIR, default=None, help="Run directory (config, log, train state, model.safetensors). "
               "Default: runs/supervised-<dataset>-<texts>-<head>.")
 @click.option("--epochs", type=POSITIVE_INT, default=60, show_default=True)
 @click.option("--batch-size", type=POSITIVE_INT, default=256, show_default=True)
@@ -38,7 +38,7 @@ DATASETS = ("fashioniq", "cirr", "fine-fashioniq", "fine-cirr", "shapes")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=POSITIVE_INT, default=None, help="CPU threads for the training loop (default: torch's). "
               "The heads are small: on a busy 2-core machine --threads 1 trained 3x faster than 2.")
-@click.option("--cache-dir", default=None, help="Feature cache root. Default: the evaluation cache (<zscir cache>/features/eval).")
+@click.option("--cache-dir", type=OUTPUT_DIR, default=None, help="Feature cache root. Default: the evaluation cache (<zscir cache>/features/eval).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out (its config, log and checkpoints).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")

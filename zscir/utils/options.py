@@ -55,3 +55,35 @@ POSITIVE_FLOAT = FiniteFloat(min=0, min_open=True)   # learning rates, temperatu
 NON_NEGATIVE_FLOAT = FiniteFloat(min=0)      # weight decay
 DROPOUT = FiniteFloat(min=0, max=1, max_open=True)   # a probability of dropping: 1 would drop everything
 FRACTION = FiniteFloat(min=0, max=1)
+
+
+class OutputPath(click.Path):
+    """A file or folder zscir will write: refused at parse time when it cannot be written.
+
+    Checks what can be known before any work: the path is not of the other kind (a file given
+    for a folder or the reverse), no part of it is a file, and the nearest existing folder is
+    writable (a read-only mount or missing permission). A full disk shows only when writing;
+    :func:`zscir.errors.user_message` turns that into one line.
+    """
+
+    def __init__(self, kind: str = "dir"):
+        super().__init__(file_okay=kind == "file", dir_okay=kind == "dir")
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        import os
+
+        value = super().convert(value, param, ctx)
+        path = os.path.abspath(os.fspath(value))
+        parent = path if self.kind == "dir" else os.path.dirname(path)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            self.fail(f"{value}: {parent} is a file, expected a folder there", param, ctx)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            self.fail(f"{value}: the folder {parent} is not writable (read-only or permission denied)", param, ctx)
+        return value
+
+
+OUTPUT_DIR = OutputPath("dir")
+OUTPUT_FILE = OutputPath("file")

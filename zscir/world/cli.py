@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from zscir.errors import ZscirError
-from zscir.utils.options import FRACTION, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
+from zscir.utils.options import FRACTION, NON_NEGATIVE_INT, OUTPUT_DIR, OUTPUT_FILE, POSITIVE_FLOAT, POSITIVE_INT
 
 
 @click.group("world")
@@ -20,7 +20,7 @@ def world():
 
 
 @world.command("generate")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=OUTPUT_DIR, default=None,
               help="World folder (default: the cached default world, built on first use).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same world (annotations and image bytes).")
 @click.option("--num-val", type=NON_NEGATIVE_INT, default=None, help="Validation queries [500].")
@@ -54,9 +54,9 @@ def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size,
 
 
 @world.command("train-backbone")
-@click.option("--out", type=click.Path(dir_okay=False), default="runs/shapes_clip/shapes_clip.safetensors", show_default=True,
+@click.option("--out", type=OUTPUT_FILE, default="runs/shapes_clip/shapes_clip.safetensors", show_default=True,
               help="Where to write the fp16 safetensors weights (the shipped checkpoints/ are only written when named here).")
-@click.option("--run-dir", type=click.Path(file_okay=False), default="runs/shapes_clip", show_default=True,
+@click.option("--run-dir", type=OUTPUT_DIR, default="runs/shapes_clip", show_default=True,
               help="Resumable training state; a killed run continues from here.")
 @click.option("--model", default=None, help="open_clip model name [zscir-shapes-vit].")
 @click.option("--seed", type=int, default=None, help="Seed of scenes, renderings, captions, init and batches [0].")
@@ -72,7 +72,7 @@ def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size,
 @click.option("--init", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Start from these weights (fine-tuning) instead of a random init.")
 @click.option("--eval-scenes", type=NON_NEGATIVE_INT, default=1000, show_default=True, help="Held-out scenes evaluated at the end (0: skip).")
-@click.option("--report", type=click.Path(dir_okay=False), default=None,
+@click.option("--report", type=OUTPUT_FILE, default=None,
               help="Training record JSON [beside --out, same name, .json].")
 def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_size, lr, twin_fraction, text_lock_steps,
                            twin_kinds, text_negatives, init, eval_scenes, report):
