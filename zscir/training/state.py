@@ -85,8 +85,8 @@ def check_run_dir(out, resume: bool, overwrite: bool, kind: str, expect: dict[st
     A directory holding a zscir run (``config.json`` with a ``kind`` section, "pretrain" or
     "supervised") needs ``--resume`` (``view(recorded section)`` must agree with ``expect``) or
     ``--overwrite`` (zscir's run files are removed, nothing else). A non-empty folder without a
-    run, or a file, is refused whatever the flags. On resume, ``log.jsonl`` keeps only the steps
-    the saved train state covers, so the resumed run logs each step once.
+    run, or a file, is refused whatever the flags. (On resume the training loop trims
+    ``log.jsonl`` to the steps its saved state covers: :func:`trim_log`.)
     """
     import json
 
@@ -120,17 +120,7 @@ def check_run_dir(out, resume: bool, overwrite: bool, kind: str, expect: dict[st
             option = "--" + key.replace("_", "-")
             raise ZscirError(f"--resume: {out} was trained with {option} {recorded.get(key)}, not {value}: "
                              f"resume with {option} {recorded.get(key)}, or start a new run in another --out")
-    trim_log(run / "log.jsonl", _saved_step(run))
     return "resume"
-
-
-def _saved_step(run: Path) -> int:
-    import json
-
-    try:
-        return int(json.loads((run / "train_state.json").read_text())["progress"]["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
 
 
 def trim_log(log: Path, last_step: int) -> None:
