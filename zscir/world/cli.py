@@ -28,7 +28,7 @@ def world():
 @click.option("--num-train", type=NON_NEGATIVE_INT, default=None, help="Train triplets [3000].")
 @click.option("--num-unlabeled", type=NON_NEGATIVE_INT, default=None, help="Unlabeled images with captions [12000].")
 @click.option("--image-size", type=click.IntRange(min=24), default=None, help="Rendered image side in pixels [72].")
-@click.option("--max-objects", type=click.IntRange(1, 4), default=None, help="Objects per scene, 1 to this [4].")
+@click.option("--max-objects", type=POSITIVE_INT, default=None, help="Objects per scene, 1 to this [4].")
 @click.option("--tiny", is_flag=True, help="A world of a few dozen queries (seconds), for trying things out.")
 @click.option("--workers", type=POSITIVE_INT, default=2, show_default=True, help="Rendering processes.")
 @click.option("--force", is_flag=True, help="Replace whatever is in --out.")
