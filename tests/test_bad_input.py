@@ -424,3 +424,28 @@ def test_subcommand_modules_do_not_import_torch_for_their_help():
 
     assert pretrain_cli.FEATURE_CACHE_MODES == pretrain_data.FEATURE_CACHE_MODES
     assert supervised_cli.DATASETS == tuple(supervised.DATASETS)
+
+
+def test_damaged_json_of_zscir_files_names_the_file_and_the_fix(tmp_path):
+    """A JSONDecodeError escaping any reader is named by the file it was reading, with the hint that fixes it."""
+    from zscir.errors import user_message
+
+    def read(path):
+        return json.loads(Path(path).read_text())
+
+    index = tmp_path / "gallery-index" / "index.json"
+    index.parent.mkdir()
+    index.write_text('{"rows": [1, 2')
+    sidecar = tmp_path / "model.json"
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    sidecar.write_text("{")
+    other = tmp_path / "notes.json"
+    other.write_text("[1,")
+    messages = {}
+    for path in (index, sidecar, other):
+        with pytest.raises(json.JSONDecodeError) as info:
+            read(path)
+        messages[path] = user_message(info.value)
+    assert messages[index].startswith(f"{index}: not valid JSON") and "zscir index --force" in messages[index]
+    assert messages[sidecar].startswith(f"{sidecar}: not valid JSON") and "save the checkpoint again" in messages[sidecar]
+    assert messages[other].startswith(f"{other}: not valid JSON") and "\n" not in messages[other]
