@@ -93,6 +93,7 @@ def run_case(case: Case, cwd: Path) -> Outcome:
         ok = out.code == 130 and not out.traceback and out.error_lines == 1
     else:
         ok = out.code == 0 and not out.traceback
+        out.message = "succeeded" + (" (checked: every name captioned once, ids kept)" if case.check else "")
     out.problem = case.check() if case.check else ""
     out.passed = ok and not out.problem
     return out
@@ -426,7 +427,7 @@ def main() -> int:
                            "error_lines": o.error_lines, "message": o.message, "problem": o.problem,
                            "passed": o.passed, "skipped": bool(o.case.skip)} for o in outcomes], indent=2))
     else:
-        print(f"| case | exit | traceback | message |\n|---|---|---|---|")
+        print("| case | exit | traceback | message |\n|---|---|---|---|")
         for o in outcomes:
             if o.case.skip:
                 print(f"| {o.case.name} | - | - | skipped: {o.case.skip} |")
