@@ -40,3 +40,17 @@ def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
     atomic_write_text(tmp_path / "atomic.txt", "x")
     (tmp_path / "plain.txt").write_text("x")
     assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
+def test_check_weights_file_accepts_good_weights_and_names_bad_ones(tmp_path):
+    from zscir.checkpoint import check_weights_file
+    from zscir.utils.paths import repo_checkpoints_dir
+
+    check_weights_file(repo_checkpoints_dir() / "shapes_clip.safetensors")  # shipped safetensors: fine
+    torch.save({"w": torch.ones(3)}, tmp_path / "sd.pt")
+    check_weights_file(tmp_path / "sd.pt")                                   # a plain state dict: fine
+    torch.save({"w": torch.ones(3)}, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
+    check_weights_file(tmp_path / "legacy.bin")                              # the pre-zip pickle format too
+    (tmp_path / "cut.safetensors").write_bytes((repo_checkpoints_dir() / "shapes_clip.safetensors").read_bytes()[:-100])
+    with pytest.raises(ZscirError, match=r"--model .*cut.safetensors: not a readable safetensors file"):
+        check_weights_file(tmp_path / "cut.safetensors", "--model")

@@ -49,7 +49,7 @@ from fake_captioner import SlowFakeCaptioner
 from zscir.data.caption_cache import caption_images
 from zscir.data.sources import open_image_source
 
-captioner = SlowFakeCaptioner({log!r}, hang_on_call={hang}, marker={marker!r})
+captioner = SlowFakeCaptioner({log!r}, hang_on_call={hang}, marker={marker!r}, delay={delay})
 caption_images(open_image_source({images!r}), captioner, {cache!r}, batch_size=4, progress=False)
 '''
 
@@ -69,7 +69,7 @@ def test_sigkill_midway_then_rerun_captions_every_image_exactly_once(tmp_path):
     (images / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     log, cache, marker = tmp_path / "calls.log", tmp_path / "cache.jsonl", tmp_path / "hanging"
     script = RUN_SCRIPT.format(tmp=str(tmp_path), log=str(log), hang=4, marker=str(marker),
-                               images=str(images), cache=str(cache))
+                               images=str(images), cache=str(cache), delay=0.02)
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 60
     while not marker.exists():
@@ -108,6 +108,62 @@ def test_sigkill_midway_then_rerun_captions_every_image_exactly_once(tmp_path):
     assert sum(Counter(log.read_text().split()).values()) == 30
 
 
+def _cached_ids(cache) -> set[str]:
+    """Ids whose caption is durably in the cache (whole lines only: a cut last line is not finished)."""
+    if not cache.exists():
+        return set()
+    return {json.loads(line)["id"] for line in cache.read_bytes().split(b"\n")[:-1] if b'"h"' in line}
+
+
+@pytest.mark.multiprocess
+def test_sigint_and_sigkill_at_random_points_lose_nothing_and_redo_nothing_finished(tmp_path):
+    """Four interruptions (SIGKILL and SIGINT, at random moments): what was cached is never captioned
+    again, no line is half-written once the cache is reopened, and the final result equals an
+    uninterrupted run's."""
+    import random
+
+    (tmp_path / "fake_captioner.py").write_text(FAKE_CAPTIONER)
+    images = tmp_path / "images"
+    make_images(images, 40)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from fake_captioner import SlowFakeCaptioner
+    finally:
+        sys.path.remove(str(tmp_path))
+    reference = caption_images(open_image_source(str(images)), SlowFakeCaptioner(str(tmp_path / "ref.log"), delay=0),
+                               str(tmp_path / "ref.jsonl"), batch_size=4, progress=False)
+
+    log, cache = tmp_path / "calls.log", tmp_path / "cache.jsonl"
+    script = RUN_SCRIPT.format(tmp=str(tmp_path), log=str(log), hang=None, marker="", images=str(images),
+                               cache=str(cache), delay=0.06)
+    rng = random.Random(3)
+    for sig in (signal.SIGKILL, signal.SIGINT, signal.SIGKILL, signal.SIGINT):
+        done_before = _cached_ids(cache)
+        calls_before = len(log.read_text().split()) if log.exists() else 0
+        target = calls_before + 4 * rng.randint(1, 2)
+        proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while proc.poll() is None and time.time() < deadline and (
+                not log.exists() or len(log.read_text().split()) < target):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.06))  # inside the next batch, or while its lines are written
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        proc.send_signal(sig)
+        proc.wait()
+        redone = set(log.read_text().split()[calls_before:]) & done_before
+        assert not redone, f"captioned again after {sig!r}: {sorted(redone)}"
+        assert done_before <= _cached_ids(cache)  # nothing finished was lost
+    with CaptionCache(cache, "slow-fake-v1") as reopened:
+        assert reopened.dropped_lines <= 1   # at most the line cut by the last kill, dropped on reopening
+    assert all(json.loads(line) for line in cache.read_text().splitlines())
+
+    final = caption_images(open_image_source(str(images)), SlowFakeCaptioner(str(log), delay=0), str(cache),
+                           batch_size=4, progress=False)
+    assert dict(final) == dict(reference) and list(final) == list(reference)
+    done = _cached_ids(cache)
+    assert len(done) == 40 and sorted(done) == sorted(reference)
+
+
 def test_a_half_written_last_line_is_dropped_and_appends_stay_valid(tmp_path):
     path = tmp_path / "cache.jsonl"
     with CaptionCache(path, "cap-A") as cache:
@@ -119,7 +175,8 @@ def test_a_half_written_last_line_is_dropped_and_appends_stay_valid(tmp_path):
         assert cache.dropped_lines == 1
         cache.add_many([("h3", "c.png", "a bird")])
     lines = path.read_text().splitlines()
-    assert all(json.loads(line) for line in lines) and len(lines) == 4  # declaration + 3 captions
+    assert all(json.loads(line) for line in lines) and len(lines) == 5  # header, declaration, 3 captions
+    assert json.loads(lines[0]) == caption_cache.HEADER
     with CaptionCache(path, "cap-A") as cache:
         assert cache.get("h3") == "a bird" and cache.dropped_lines == 0
 

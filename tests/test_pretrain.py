@@ -32,21 +32,35 @@ def _steps_logged(run_dir: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, features):
+def test_sigint_and_sigkill_at_random_points_then_resume_gives_the_uninterrupted_run(tmp_path, features):
+    """Three interruptions (SIGKILL, SIGINT, SIGKILL) at random steps and moments within a step or a save:
+    the resumed run ends with the same weights and the same log (each step once, same losses)."""
+    from zscir.checkpoint import load_checkpoint
+
     straight = tmp_path / "straight"
     subprocess.run([sys.executable, DRIVER, "train", features, str(straight)], env=ENV, check=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, DRIVER, "train", features, str(killed), "--slow", "0.4"], env=ENV)
-    deadline = time.time() + 120
-    while _steps_logged(killed) < 5 and time.time() < deadline and proc.poll() is None:  # 3 steps/epoch: mid epoch 2
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    state = json.loads((killed / "train_state.json").read_text())["progress"]
-    assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"
-    assert 0 < state["global_step"] < 9
+    rng = np.random.default_rng(13)
+    for n, sig in enumerate([signal.SIGKILL, signal.SIGINT, signal.SIGKILL]):
+        target = min(_steps_logged(killed) + int(rng.integers(1, 3)), 8)
+        cmd = [sys.executable, DRIVER, "train", features, str(killed), "--slow", "0.3"] + (["--resume"] if n else [])
+        proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while _steps_logged(killed) < target and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0, 0.3)))  # anywhere in the next step, or in the middle of a save
+        proc.send_signal(sig)
+        proc.wait()
+        assert proc.returncode != 0 and not (killed / "model.safetensors").exists(), "the run finished first"
+        if (killed / "train_state.json").exists():  # whole, and its weights match their sha256
+            _, meta = load_checkpoint(killed / "train_state")
+            assert meta["progress"]["global_step"] <= _steps_logged(killed)
     subprocess.run([sys.executable, DRIVER, "train", features, str(killed), "--resume"], env=ENV, check=True)
 
     a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
@@ -54,6 +68,9 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, feature
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert json.loads((killed / "model.json").read_text())["training"]["steps"] == 9
+    want, got = _log(straight), _log(killed)
+    assert [e["step"] for e in got] == list(range(1, 10))  # each step logged once, none lost
+    assert [e["loss"] for e in got] == [e["loss"] for e in want]
 
 
 @pytest.mark.slow

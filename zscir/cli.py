@@ -1,9 +1,13 @@
 """The ``zscir`` command line: a thin shell over importable functions.
 
 Commands live next to the code they drive (``zscir/<area>/cli.py``) and are
-registered here by name, imported only when used so that ``zscir --help``
-stays fast. Errors meant for the user (:class:`zscir.errors.ZscirError`) are
-printed on one line and exit with status 1, without a traceback.
+registered here by name, imported only when used: ``zscir --help`` lists
+them from ``SHORT_HELP`` without importing any (tests check that the texts match
+the commands' own). :func:`main` is the one place where errors become CLI
+lines: :class:`zscir.errors.ZscirError` and what :func:`zscir.errors.user_message`
+recognises (OSError, damaged files, refused pickles, ...) print one line and
+exit 1; usage errors exit 2; Ctrl-C exits 130. Anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import sys
 import click
 
 from zscir import __version__
-from zscir.errors import ZscirError
+from zscir.errors import user_message
 
 # command name -> "module:attribute" of a click command or group
 COMMANDS: dict[str, str] = {
@@ -31,9 +35,38 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# command name -> its one-line help, so that `zscir --help` imports no command (torch, open_clip).
+# A command missing here still works; `zscir --help` then imports it to read its help.
+SHORT_HELP: dict[str, str] = {
+    "world": "The shapes world: an offline procedural CIR benchmark with its own tiny CLIP.",
+    "backbone": "Load a backbone and print its identity and dimensions.",
+    "caption": "Caption every image of --images once; rerun to resume after a kill or to add new images.",
+    "eval": "Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir.",
+    "index": "Encode a folder of images (only new or changed ones on a rerun) and build a searchable index.",
+    "pretrain": "Pretrain a mapping network on unlabeled images (FTI4CIR by default).",
+    "train-supervised": "Train a supervised composition head on frozen CLIP features (cached), for comparison with zero-shot models.",
+    "retrieve": "Rank the gallery for a reference image plus a modification text.",
+    "import-checkpoint": "Import a released FTI4CIR, SEARLE, Pic2Word, LinCIR or Context-I2W checkpoint as a zscir checkpoint.",
+    "serve": "Serve composed search over HTTP: a JSON API (schema at /openapi.json) and a web page at /.",
+}
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
         return sorted(COMMANDS)
+
+    def format_commands(self, ctx, formatter):
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = []
+        for name in self.list_commands(ctx):
+            text = SHORT_HELP.get(name)
+            if text is None:
+                text = self.get_command(ctx, name).get_short_help_str(limit)
+            elif len(text) > limit:
+                text = text[: max(limit - 3, 0)].rsplit(" ", 1)[0] + "..."
+            rows.append((name, text))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def get_command(self, ctx, name):
         target = COMMANDS.get(name)
@@ -52,18 +85,22 @@ def cli():
 def main(argv=None):
     try:
         rv = cli.main(args=argv, prog_name="zscir", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted: what was finished is kept; rerun the same command to resume", err=True)
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
+    except click.UsageError as e:  # one line, as every other error: what was wrong, and where the help is
+        where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        click.echo(f"error: {' '.join(e.format_message().split())}{where}", err=True)
         sys.exit(e.exit_code)
-    except ZscirError as e:
-        click.echo(f"error: {e}", err=True)
+    except click.ClickException as e:
+        click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+        sys.exit(e.exit_code)
+    except Exception as e:
+        message = user_message(e)
+        if message is None:
+            raise  # a bug: keep the traceback
+        click.echo(f"error: {' '.join(message.split())}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

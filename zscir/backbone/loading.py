@@ -105,18 +105,26 @@ def _create_model(name: str, pretrained: Optional[str], device, precision: str, 
         if pretrained not in tags:
             raise ZscirError(f"unknown pretrained tag {pretrained!r} for {name} (option --pretrained): "
                              f"expected one of {', '.join(tags) or '(none)'} or a local weights file")
+    if pretrained is not None and os.path.isfile(pretrained):
+        from zscir.checkpoint import check_weights_file
+
+        check_weights_file(pretrained, "--pretrained")  # damaged, empty, pickle-in-safetensors: one line, before open_clip
     try:
         with _quiet_open_clip():
             model = open_clip.create_model(name, pretrained=None if is_hub else pretrained, device=device,
                                            precision=precision, cache_dir=cache_dir, weights_only=True,
                                            force_quick_gelu=tag_uses_quick_gelu(name, pretrained))
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError, AssertionError) as e:  # open_clip asserts on mismatched shapes
         msg = str(e)
         if is_hub or "download" in msg.lower() or "offline" in msg.lower() or "connect" in msg.lower():
             where = name if is_hub else f"{name} / {pretrained}"
             raise MissingWeightsError(
                 f"weights for {where} are not available offline: put them in the Hugging Face cache "
                 f"({_hf_cache_hint()}) or pass --pretrained /path/to/weights.safetensors") from None
+        if "Error(s) in loading state_dict" in msg or isinstance(e, AssertionError):  # another architecture
+            detail = next((line.strip() for line in (msg.splitlines()[1:] or msg.splitlines()) if line.strip()), "")[:200]
+            raise ZscirError(f"--pretrained {pretrained}: these weights do not fit the {name} architecture "
+                             f"(option --clip): {detail}; pass the --clip they were trained for") from None
         raise ZscirError(f"could not build {name} with weights {pretrained}: {msg.splitlines()[0]}") from None
     return model
 

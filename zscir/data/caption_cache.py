@@ -9,8 +9,18 @@ hash and the captioner's identity, so that:
 - a different model or different generation settings never reuse old captions.
 
 File format, one JSON object per line:
+  {"zscir": "caption-cache", "format_version": 1}               header: the file is zscir's
   {"captioner": "<full identity>", "c": "<16-hex key>"}         declares a captioner
   {"h": "<sha256 of image bytes>", "c": "<key>", "id": "...", "caption": "..."}
+
+zscir only appends to a file it created: a new cache is created with the header
+(exclusively, so two jobs starting together agree on one file); an existing file
+must start with the header, or, for caches written before the header existed,
+with a captioner declaration (``captioner`` and a 16-hex ``c`` and nothing else,
+which every such cache starts with). Anything else (a notes file, a JPEG) is
+refused before it is touched. Ids that are not valid UTF-8 (file names in
+another encoding arrive as surrogate escapes) are written as JSON ``\\udcXX``
+escapes, so every line stays UTF-8 and reads back to the same id.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import fcntl
 import json
 import os
 import re
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +39,7 @@ from zscir.data.captioners import Captioner
 from zscir.data.images import BadImageError, SkipReport
 from zscir.data.sources import ImageItem, ImageSource
 from zscir.errors import ZscirError
+from zscir.utils.atomic import _umask
 from zscir.utils.hashing import sha256_bytes
 from zscir.utils.paths import cache_dir
 
@@ -42,6 +54,76 @@ def default_cache_path(identity: str) -> Path:
     return cache_dir() / "captions" / f"{slug}-{captioner_key(identity)}.jsonl"
 
 
+HEADER = {"zscir": "caption-cache", "format_version": 1}
+_KEY = re.compile(r"[0-9a-f]{16}")
+
+
+def json_line(record: dict) -> bytes:
+    """One UTF-8 JSON line; text that is not valid Unicode (surrogate-escaped file names) is written as escapes."""
+    try:
+        return json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(record).encode("ascii") + b"\n"
+
+
+def check_cache_file(path: str | os.PathLike) -> None:
+    """Refuse a file zscir did not create as a caption cache (a missing or empty file is fine)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ZscirError(f"--cache {path}: is a folder, expected a caption cache file")
+    with open(path, "rb") as f:
+        first = f.readline(4096)
+    if not first:
+        return
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if isinstance(record, dict) and record.get("zscir") == HEADER["zscir"]:
+        if record.get("format_version") != HEADER["format_version"]:
+            raise ZscirError(f"--cache {path}: caption cache format {record.get('format_version')} "
+                             f"(this zscir reads {HEADER['format_version']}): upgrade zscir or choose another file")
+        return
+    legacy = (isinstance(record, dict) and set(record) == {"captioner", "c"} and isinstance(record["captioner"], str)
+              and isinstance(record["c"], str) and _KEY.fullmatch(record["c"]) and first.endswith(b"\n"))
+    if not legacy:
+        raise ZscirError(f"--cache {path}: not a zscir caption cache (its first line is not zscir's header): "
+                         f"zscir does not write into files it did not create; choose another file or a new name")
+
+
+def create_cache_file(path: Path) -> None:
+    """Create ``path`` holding only the header, unless it exists (then it must be a zscir cache)."""
+    check_cache_file(path)
+    if path.exists() and path.stat().st_size:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(json_line(HEADER))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        if path.exists():  # an empty file (created by hand): replace it by the header
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # exclusive: of two jobs starting together, one creates the file
+            except FileExistsError:
+                check_cache_file(path)
+            except OSError:  # a file system without hard links: create exclusively and write in place
+                try:
+                    with open(path, "xb") as f:
+                        f.write(json_line(HEADER))
+                except FileExistsError:
+                    check_cache_file(path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 class CaptionCache:
     """Content hash -> caption for one captioner, backed by an append-only JSONL file."""
 
@@ -49,7 +131,7 @@ class CaptionCache:
         self.path, self.identity, self.key = Path(path), identity, captioner_key(identity)
         self.entries: dict[str, str] = {}
         self.dropped_lines = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_cache_file(self.path)
         self._file = open(self.path, "a+b")
         with self._locked():
             declared = self._load_and_repair()
@@ -77,7 +159,7 @@ class CaptionCache:
             except ValueError:
                 self.dropped_lines += 1
                 continue
-            if record.get("c") != self.key:
+            if not isinstance(record, dict) or record.get("c") != self.key:
                 continue
             if "h" in record:
                 self.entries[record["h"]] = record["caption"]
@@ -90,7 +172,7 @@ class CaptionCache:
         return declared
 
     def _write(self, records: list[dict]) -> None:
-        data = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
+        data = b"".join(json_line(r) for r in records)
         self._file.seek(0, os.SEEK_END)
         self._file.write(data)  # one write per batch: a kill leaves whole lines plus at most one partial
         self._file.flush()

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from zscir.errors import ZscirError
+from zscir.utils.options import OUTPUT_FILE
 
 
 def _find_world(images: str) -> str | None:
@@ -34,9 +35,9 @@ def _find_world(images: str) -> str | None:
               help="Captions file (JSONL, CSV/TSV or JSON id -> caption); implies --captioner file.")
 @click.option("--world", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="shapes-world: the world folder (default: found above --images).")
-@click.option("--cache", "cache_path", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--cache", "cache_path", default=None, type=OUTPUT_FILE, metavar="FILE",
               help="Caption cache (append-only JSONL; default under the zscir cache dir, one per captioner).")
-@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--out", "out_path", default=None, type=OUTPUT_FILE, metavar="FILE",
               help="Write one JSON line per image: id, caption, subject, attribute.")
 @click.option("--splitter", default="auto", show_default=True, type=click.Choice(["auto", "rules", "spacy", "none"]),
               help="Subject/attribute splitter for --out (none: captions only).")
@@ -52,11 +53,13 @@ def caption(images, captioner, model, captions_file, world, cache_path, out_path
 
     Bad images (corrupt, truncated, empty, too large) are skipped, counted and listed at the end.
     """
-    from zscir.data.caption_cache import caption_images
+    from zscir.data.caption_cache import caption_images, check_cache_file
     from zscir.data.captioners import build_captioner
     from zscir.data.images import DEFAULT_MAX_PIXELS
     from zscir.data.sources import open_image_source
 
+    if cache_path:
+        check_cache_file(cache_path)  # before any work: never append to a file zscir did not create
     source = open_image_source(images, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     if captions_file:
         captioner = "file"
@@ -94,14 +97,15 @@ def caption(images, captioner, model, captions_file, world, cache_path, out_path
 
 
 def _write_out(result, out_path: str, splitter: str) -> None:
+    from zscir.data.caption_cache import json_line
     from zscir.data.splitter import get_splitter
     from zscir.utils.atomic import atomic_path
 
     split = None if splitter == "none" else get_splitter(splitter).split
-    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as f:
         for item_id, text in result.items():
             row = {"id": item_id, "caption": text}
             if split is not None:
                 parts = split(text)
                 row["subject"], row["attribute"] = parts if parts else (None, None)
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json_line(row))

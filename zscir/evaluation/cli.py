@@ -10,6 +10,7 @@ import click
 from zscir.benchmarks import BENCHMARKS
 from zscir.evaluation.protocol import FIQ_CAPTION_MODES, PREPROCESS_CHOICES, Protocol
 from zscir.benchmarks.fine import FINE_GALLERIES
+from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 
 
 @click.command("eval")
@@ -23,7 +24,7 @@ from zscir.benchmarks.fine import FINE_GALLERIES
 @click.option("--split", "splits", multiple=True, help="Split(s) to run, repeatable (default: val; shapes: val and val_coarse).")
 @click.option("--category", "categories", multiple=True, type=click.Choice(["dress", "shirt", "toptee"]),
               help="FashionIQ categories (default: all three).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run directory (default runs/eval-BENCHMARK-TIME).")
+@click.option("--out", "out_dir", type=OUTPUT_DIR, help="Run directory (default runs/eval-BENCHMARK-TIME).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
 @click.option("--fiq-captions", type=click.Choice(FIQ_CAPTION_MODES), default="method", show_default=True,
               help="How FashionIQ's two captions form the query: each model's own official rule (method), "
@@ -34,9 +35,9 @@ from zscir.benchmarks.fine import FINE_GALLERIES
               help="Fine-FashionIQ gallery: FineCIR's smaller one or the full split.")
 @click.option("--preprocess", type=click.Choice(PREPROCESS_CHOICES), default=None,
               help="Image preprocessing (default: targetpad, or the checkpoint's).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache (default: ZSCIR_CACHE/features/eval).")
+@click.option("--cache-dir", type=OUTPUT_DIR, help="Feature cache (default: ZSCIR_CACHE/features/eval).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def eval_command(benchmark, root, models, clip, pretrained, splits, categories, out_dir, as_json, fiq_captions,
                  remove_reference, fine_gallery, preprocess, cache_dir, device, batch_size, no_progress):

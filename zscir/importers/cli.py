@@ -20,8 +20,10 @@ from zscir.importers import IMPORTERS
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the sidecar as JSON.")
 def import_checkpoint_command(src, fmt, out, clip, pretrained, overwrite, as_json):
-    """Import SRC (FTI4CIR, SEARLE, Pic2Word, LinCIR or Context-I2W weights, read without running any of
-    its code) as a zscir checkpoint that `zscir eval/index/retrieve --model OUT.safetensors` take."""
+    """Import a released FTI4CIR, SEARLE, Pic2Word, LinCIR or Context-I2W checkpoint as a zscir checkpoint.
+
+    SRC is read without running any of its code; `zscir eval/index/retrieve --model OUT.safetensors`
+    take the result."""
     from zscir.importers import import_checkpoint
 
     meta = import_checkpoint(src, fmt, out, clip=clip, pretrained=pretrained, overwrite=overwrite)

@@ -142,7 +142,7 @@ def load_query_encoder(model: str, backbone: Backbone | None = None) -> QueryEnc
 
     if not Path(model).with_suffix(".json").is_file() and not Path(model).is_file():
         raise ZscirError(f"--model {model!r} is neither a baseline ({', '.join(BASELINES)}) nor a checkpoint file")
-    _, meta = load_checkpoint(model, verify=False)
+    _, meta = load_checkpoint(model)  # verifies the sha256 once; the kind loader reuses that
     kind = meta.get("kind")
     if kind not in CHECKPOINT_KINDS:
         if kind == "supervised":

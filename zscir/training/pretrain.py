@@ -24,7 +24,7 @@ import torch
 from zscir.errors import ZscirError
 from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
 from zscir.models.objective import OBJECTIVES, LossWeights
-from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state
+from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
 from zscir.utils.atomic import atomic_write_json
 
 DEFAULT_CONFIGS = {"fti": "fti4cir", "single": "single"}
@@ -174,6 +174,8 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
     elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", record)
+    if resume and accelerator.is_main_process:
+        trim_log(run_dir / "log.jsonl", progress.global_step)  # the steps after the last checkpoint are redone
     network, optimizer = accelerator.prepare(network, optimizer)
     objective = OBJECTIVES[cfg.method]
     weights = LossWeights(cfg.temperature, cfg.orth_weight, cfg.reg_weight)

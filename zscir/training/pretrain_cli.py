@@ -7,7 +7,11 @@ import os
 
 import click
 
-from zscir.training.pretrain_data import FEATURE_CACHE_MODES
+from zscir.utils.options import (DROPOUT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, OUTPUT_DIR, POSITIVE_FLOAT,
+                                 POSITIVE_INT)
+
+# zscir.training.pretrain_data.FEATURE_CACHE_MODES, spelled out so that `--help` does not import torch (tested)
+FEATURE_CACHE_MODES = ("full", "globals", "off")
 
 @click.command("pretrain")
 @click.option("--images", default=None, help="Folder, list file, or webdataset shards (cc3m/{00000..00331}.tar). "
@@ -20,21 +24,23 @@ from zscir.training.pretrain_data import FEATURE_CACHE_MODES
 @click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default="targetpad", show_default=True)
 @click.option("--method", type=click.Choice(["fti", "single"]), default="fti", show_default=True)
 @click.option("--network-config", default=None, help="Mapping-network config name (zscir/models/configs). Default per method.")
-@click.option("--out", default="runs/pretrain", show_default=True, help="Run directory (config, log, checkpoints).")
-@click.option("--epochs", type=int, default=60, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch size.")
-@click.option("--lr", type=float, default=4e-5, show_default=True)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--lr-decay-epoch", type=int, default=10, show_default=True, help="Multiply lr by 0.1 from this epoch on.")
-@click.option("--dropout", type=float, default=None, help="Override the network config's dropout.")
+@click.option("--out", type=OUTPUT_DIR, default="runs/pretrain", show_default=True, help="Run directory (config, log, checkpoints).")
+@click.option("--epochs", type=POSITIVE_INT, default=60, show_default=True)
+@click.option("--batch-size", type=POSITIVE_INT, default=256, show_default=True, help="Global batch size.")
+@click.option("--lr", type=POSITIVE_FLOAT, default=4e-5, show_default=True)
+@click.option("--weight-decay", type=NON_NEGATIVE_FLOAT, default=0.01, show_default=True)
+@click.option("--lr-decay-epoch", type=NON_NEGATIVE_INT, default=10, show_default=True, help="Multiply lr by 0.1 from this epoch on.")
+@click.option("--dropout", type=DROPOUT, default=None, help="Override the network config's dropout.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--save-every", "save_every_steps", type=int, default=500, show_default=True, help="Checkpoint every N steps (and every epoch).")
-@click.option("--max-steps", type=int, default=None, help="Stop after N steps in total.")
+@click.option("--save-every", "save_every_steps", type=NON_NEGATIVE_INT, default=500, show_default=True,
+              help="Checkpoint every N steps (and every epoch; 0: every epoch only).")
+@click.option("--max-steps", type=POSITIVE_INT, default=None, help="Stop after N steps in total.")
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
 @click.option("--feature-cache", type=click.Choice(FEATURE_CACHE_MODES), default="full", show_default=True,
               help="full: cache global features and tokens; globals: cache global features, recompute tokens; off: recompute all.")
-@click.option("--cache-dir", default=None, help="Feature and caption cache root. Default: ZSCIR_CACHE or ~/.cache/zscir.")
+@click.option("--cache-dir", type=OUTPUT_DIR, default=None, help="Feature and caption cache root. Default: ZSCIR_CACHE or ~/.cache/zscir.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out (its config, log and checkpoints).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
 @click.option("--recipe", default=None, help="A reproduction preset (fti4cir-official: the official FTI4CIR run); "
               "options given explicitly override it.")
@@ -43,12 +49,19 @@ from zscir.training.pretrain_data import FEATURE_CACHE_MODES
 @click.pass_context
 def pretrain(ctx, images, captions, captioner, clip_name, pretrained, preprocess, method, network_config, out, epochs,
              batch_size, lr, weight_decay, lr_decay_epoch, dropout, seed, save_every_steps, max_steps,
-             mixed_precision, feature_cache, cache_dir, resume, as_json, recipe, splitter):
+             mixed_precision, feature_cache, cache_dir, resume, overwrite, as_json, recipe, splitter):
     """Pretrain a mapping network on unlabeled images (FTI4CIR by default).
 
     Multi-GPU / multi-node: run the same command under `accelerate launch` or `torchrun`.
     """
-    from zscir.training.pretrain import PretrainConfig, run_pretraining
+    from zscir.training.pretrain import DEFAULT_CONFIGS, PretrainConfig, run_pretraining
+    from zscir.training.state import check_run_dir
+
+    if int(os.environ.get("RANK", "0")) == 0:  # once, before any process writes into the run
+        check_run_dir(out, resume, overwrite, "pretrain",
+                      expect={"method": method, "network_config": network_config or DEFAULT_CONFIGS[method]},
+                      view=lambda rec: {"method": rec.get("method"), "network_config":
+                                        rec.get("network_config") or DEFAULT_CONFIGS.get(rec.get("method"))})
 
     cfg = PretrainConfig(out=out, method=method, network_config=network_config, dropout=dropout, epochs=epochs,
                          batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_decay_epoch=lr_decay_epoch,

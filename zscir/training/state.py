@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -70,3 +70,72 @@ def load_train_state(run_dir: Path, network: torch.nn.Module, optimizer, rank: i
 
 def has_train_state(run_dir: Path) -> bool:
     return (run_dir / "train_state.json").is_file()
+
+
+# --------------------------------------------------------------- the run directory, checked before any work
+
+RUN_FILES = ("config.json", "log.jsonl", "train_state.safetensors", "train_state.json", "model.safetensors",
+             "model.json")
+
+
+def check_run_dir(out, resume: bool, overwrite: bool, kind: str, expect: dict[str, Any],
+                  view: Callable[[dict], dict] = lambda recorded: recorded) -> str:
+    """Decide what to do with the run directory ``out`` before any work; return "new", "resume" or "overwrite".
+
+    A directory holding a zscir run (``config.json`` with a ``kind`` section, "pretrain" or
+    "supervised") needs ``--resume`` (``view(recorded section)`` must agree with ``expect``) or
+    ``--overwrite`` (zscir's run files are removed, nothing else). A non-empty folder without a
+    run, or a file, is refused whatever the flags. (On resume the training loop trims
+    ``log.jsonl`` to the steps its saved state covers: :func:`trim_log`.)
+    """
+    import json
+
+    from zscir.errors import ZscirError
+
+    run = Path(out)
+    if resume and overwrite:
+        raise ZscirError("--resume and --overwrite exclude each other: continue the run or replace it")
+    if run.exists() and not run.is_dir():
+        raise ZscirError(f"--out {out}: is a file, expected a run directory")
+    if not run.is_dir() or not any(run.iterdir()):
+        return "new"
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise ZscirError(f"--out {out}: the folder is not empty and holds no zscir run (no config.json): "
+                         f"choose another --out")
+    try:
+        recorded = json.loads(config_path.read_text())[kind]
+    except (ValueError, KeyError, TypeError):
+        raise ZscirError(f"{config_path}: not the config of a zscir {kind} run: choose another --out") from None
+    if overwrite:
+        for name in RUN_FILES:
+            (run / name).unlink(missing_ok=True)
+        return "overwrite"
+    if not resume:
+        raise ZscirError(f"--out {out} already holds a {kind} run: pass --resume to continue it "
+                         f"or --overwrite to replace it")
+    recorded = view(recorded)
+    for key, value in expect.items():
+        if recorded.get(key) != value:
+            option = "--" + key.replace("_", "-")
+            raise ZscirError(f"--resume: {out} was trained with {option} {recorded.get(key)}, not {value}: "
+                             f"resume with {option} {recorded.get(key)}, or start a new run in another --out")
+    return "resume"
+
+
+def trim_log(log: Path, last_step: int) -> None:
+    """Keep the log lines of steps <= ``last_step`` (a resumed run redoes and relogs the others)."""
+    import json
+
+    from zscir.utils.atomic import atomic_write_text
+
+    if not log.is_file():
+        return
+    kept = []
+    for line in log.read_text().splitlines(keepends=True):
+        try:
+            if line.endswith("\n") and json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass
+    atomic_write_text(log, "".join(kept))

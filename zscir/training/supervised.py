@@ -31,7 +31,7 @@ from zscir.errors import ZscirError
 from zscir.models.supervised import (create_head, encode_phrases, entity_phrases, head_config, project_patches,
                                      save_supervised_checkpoint)
 from zscir.training.pretrain import epoch_order
-from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state
+from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
 from zscir.utils.atomic import atomic_write_json
 
 # dataset name -> (benchmark, {text style: split})
@@ -272,6 +272,8 @@ def train(cfg: SupervisedConfig, backbone, data: TripletData, resume: bool = Fal
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", record)
+    if resume:
+        trim_log(run_dir / "log.jsonl", progress.global_step)  # the steps after the last checkpoint are redone
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)

@@ -6,11 +6,14 @@ import json
 
 import click
 
-from zscir.training.supervised import DATASETS
+from zscir.utils.options import DROPOUT, NON_NEGATIVE_FLOAT, OUTPUT_DIR, POSITIVE_FLOAT, POSITIVE_INT
+
+# the keys of zscir.training.supervised.DATASETS, spelled out so that `--help` does not import torch (tested)
+DATASETS = ("fashioniq", "cirr", "fine-fashioniq", "fine-cirr", "shapes")
 
 
 @click.command("train-supervised")
-@click.option("--dataset", type=click.Choice(list(DATASETS)), default="shapes", show_default=True,
+@click.option("--dataset", type=click.Choice(DATASETS), default="shapes", show_default=True,
               help="Train triplets: FashionIQ, CIRR, FineCIR's Fine-FashionIQ / Fine-CIRR, or the shapes world.")
 @click.option("--root", default=None, help="The dataset folder (as for `zscir eval`). Default for shapes: the default world.")
 @click.option("--texts", type=click.Choice(["fine", "coarse"]), default="fine", show_default=True,
@@ -19,35 +22,39 @@ from zscir.training.supervised import DATASETS
 @click.option("--clip", "clip_name", default=None, help="open_clip model name. Default for shapes: the world's CLIP.")
 @click.option("--pretrained", default=None, help="open_clip pretrained tag or local weights file.")
 @click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default="targetpad", show_default=True)
-@click.option("--out", default=None, help="Run directory (config, log, train state, model.safetensors). "
+@click.option("--out", type=OUTPUT_DIR, default=None, help="Run directory (config, log, train state, model.safetensors). "
               "Default: runs/supervised-<dataset>-<texts>-<head>.")
-@click.option("--epochs", type=int, default=60, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=2e-4, show_default=True)
-@click.option("--weight-decay", type=float, default=0.05, show_default=True)
-@click.option("--temperature", type=float, default=0.01, show_default=True, help="Softmax temperature (initial value if learned).")
+@click.option("--epochs", type=POSITIVE_INT, default=60, show_default=True)
+@click.option("--batch-size", type=POSITIVE_INT, default=256, show_default=True)
+@click.option("--lr", type=POSITIVE_FLOAT, default=2e-4, show_default=True)
+@click.option("--weight-decay", type=NON_NEGATIVE_FLOAT, default=0.05, show_default=True)
+@click.option("--temperature", type=POSITIVE_FLOAT, default=0.01, show_default=True, help="Softmax temperature (initial value if learned).")
 @click.option("--learn-temperature", is_flag=True, help="Learn the temperature.")
-@click.option("--dropout", type=float, default=None, help="Head dropout (default 0.5, as CLIP4Cir).")
-@click.option("--max-entities", type=int, default=None, help="Entities per text for the FineCIR-style head (default 6).")
+@click.option("--dropout", type=DROPOUT, default=None, help="Head dropout (default 0.5, as CLIP4Cir).")
+@click.option("--max-entities", type=POSITIVE_INT, default=None, help="Entities per text for the FineCIR-style head (default 6).")
 @click.option("--parser", default="auto", show_default=True, help="Text parser: auto (SceneGraphParser if installed, else rules), rules, sng.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-steps", type=int, default=None, help="Stop after N steps in total.")
+@click.option("--max-steps", type=POSITIVE_INT, default=None, help="Stop after N steps in total.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=int, default=None, help="CPU threads for the training loop (default: torch's). "
+@click.option("--threads", type=POSITIVE_INT, default=None, help="CPU threads for the training loop (default: torch's). "
               "The heads are small: on a busy 2-core machine --threads 1 trained 3x faster than 2.")
-@click.option("--cache-dir", default=None, help="Feature cache root. Default: the evaluation cache (<zscir cache>/features/eval).")
+@click.option("--cache-dir", type=OUTPUT_DIR, default=None, help="Feature cache root. Default: the evaluation cache (<zscir cache>/features/eval).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out (its config, log and checkpoints).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
 def train_supervised(dataset, root, texts, head, clip_name, pretrained, preprocess, out, epochs, batch_size, lr,
                      weight_decay, temperature, learn_temperature, dropout, max_entities, parser, seed, max_steps,
-                     device, threads, cache_dir, resume, as_json):
+                     device, threads, cache_dir, resume, overwrite, as_json):
     """Train a supervised composition head on frozen CLIP features (cached), for comparison with zero-shot models.
 
     The checkpoint (OUT/model.safetensors) is evaluated with `zscir eval ... --model OUT/model.safetensors`.
     """
+    from zscir.training.state import check_run_dir
     from zscir.training.supervised import SupervisedConfig, run_supervised_training
 
-    cfg = SupervisedConfig(out=out or f"runs/supervised-{dataset}-{texts}-{head}", dataset=dataset, texts=texts,
+    out = out or f"runs/supervised-{dataset}-{texts}-{head}"
+    check_run_dir(out, resume, overwrite, "supervised", expect={"head": head, "dataset": dataset, "texts": texts})
+    cfg = SupervisedConfig(out=out, dataset=dataset, texts=texts,
                            head=head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                            temperature=temperature, learn_temperature=learn_temperature, parser=parser,
                            head_options={"dropout": dropout, "max_entities": max_entities}, seed=seed,

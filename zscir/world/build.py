@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -203,7 +204,9 @@ def render_all(root: Path, images: list[WorldImage], config: WorldConfig, worker
             bar.update(_render_chunk(chunk))
     else:
         # spawn, not fork: the caller may hold torch threads, which do not survive a fork
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        # workers ignore Ctrl-C: the main process alone stops the pool (no traceback per worker); rerun resumes
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=signal.signal,
+                                                       initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
             for n in pool.imap_unordered(_render_chunk, chunks):
                 bar.update(n)
     bar.close()

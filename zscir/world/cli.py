@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from zscir.errors import ZscirError
+from zscir.utils.options import FRACTION, NON_NEGATIVE_INT, OUTPUT_DIR, OUTPUT_FILE, POSITIVE_FLOAT, POSITIVE_INT
 
 
 @click.group("world")
@@ -19,17 +20,17 @@ def world():
 
 
 @world.command("generate")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=OUTPUT_DIR, default=None,
               help="World folder (default: the cached default world, built on first use).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same world (annotations and image bytes).")
-@click.option("--num-val", type=int, default=None, help="Validation queries [500].")
-@click.option("--num-test", type=int, default=None, help="Test queries [500].")
-@click.option("--num-train", type=int, default=None, help="Train triplets [3000].")
-@click.option("--num-unlabeled", type=int, default=None, help="Unlabeled images with captions [12000].")
-@click.option("--image-size", type=int, default=None, help="Rendered image side in pixels [72].")
-@click.option("--max-objects", type=int, default=None, help="Objects per scene, 1 to this [4].")
+@click.option("--num-val", type=NON_NEGATIVE_INT, default=None, help="Validation queries [500].")
+@click.option("--num-test", type=NON_NEGATIVE_INT, default=None, help="Test queries [500].")
+@click.option("--num-train", type=NON_NEGATIVE_INT, default=None, help="Train triplets [3000].")
+@click.option("--num-unlabeled", type=NON_NEGATIVE_INT, default=None, help="Unlabeled images with captions [12000].")
+@click.option("--image-size", type=click.IntRange(min=24), default=None, help="Rendered image side in pixels [72].")
+@click.option("--max-objects", type=POSITIVE_INT, default=None, help="Objects per scene, 1 to this [4].")
 @click.option("--tiny", is_flag=True, help="A world of a few dozen queries (seconds), for trying things out.")
-@click.option("--workers", type=int, default=2, show_default=True, help="Rendering processes.")
+@click.option("--workers", type=POSITIVE_INT, default=2, show_default=True, help="Rendering processes.")
 @click.option("--force", is_flag=True, help="Replace whatever is in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print world.json on stdout.")
 def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size, max_objects, tiny, workers, force, as_json):
@@ -53,25 +54,25 @@ def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size,
 
 
 @world.command("train-backbone")
-@click.option("--out", type=click.Path(dir_okay=False), default="checkpoints/shapes_clip.safetensors", show_default=True,
-              help="Where to write the fp16 safetensors weights.")
-@click.option("--run-dir", type=click.Path(file_okay=False), default="runs/shapes_clip", show_default=True,
+@click.option("--out", type=OUTPUT_FILE, default="runs/shapes_clip/shapes_clip.safetensors", show_default=True,
+              help="Where to write the fp16 safetensors weights (the shipped checkpoints/ are only written when named here).")
+@click.option("--run-dir", type=OUTPUT_DIR, default="runs/shapes_clip", show_default=True,
               help="Resumable training state; a killed run continues from here.")
 @click.option("--model", default=None, help="open_clip model name [zscir-shapes-vit].")
 @click.option("--seed", type=int, default=None, help="Seed of scenes, renderings, captions, init and batches [0].")
-@click.option("--num-scenes", type=int, default=None, help="Pre-rendered training scenes [100000].")
-@click.option("--steps", type=int, default=None, help="Optimizer steps [700].")
-@click.option("--batch-size", type=int, default=None, help="Pairs per step [256].")
-@click.option("--lr", type=float, default=None, help="Peak learning rate [1e-3].")
-@click.option("--twin-fraction", type=float, default=None, help="Share of one-attribute twin pairs [0.8].")
-@click.option("--text-lock-steps", type=int, default=None, help="Steps the text tower stays at its random init [150].")
+@click.option("--num-scenes", type=POSITIVE_INT, default=None, help="Pre-rendered training scenes [100000].")
+@click.option("--steps", type=POSITIVE_INT, default=None, help="Optimizer steps [700].")
+@click.option("--batch-size", type=POSITIVE_INT, default=None, help="Pairs per step [256].")
+@click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate [1e-3].")
+@click.option("--twin-fraction", type=FRACTION, default=None, help="Share of one-attribute twin pairs [0.8].")
+@click.option("--text-lock-steps", type=NON_NEGATIVE_INT, default=None, help="Steps the text tower stays at its random init [150].")
 @click.option("--twin-kinds", default=None, help="What twins change, with weights [cell=3,shape=2,pattern=2,size=1,color=0.5,background=0.5].")
 @click.option("--text-negatives", default=None,
               help="NegCLIP-style text negatives: comma-separated kinds among color,shape,size,position,pattern,background [none].")
 @click.option("--init", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Start from these weights (fine-tuning) instead of a random init.")
-@click.option("--eval-scenes", type=int, default=1000, show_default=True, help="Held-out scenes evaluated at the end (0: skip).")
-@click.option("--report", type=click.Path(dir_okay=False), default=None,
+@click.option("--eval-scenes", type=NON_NEGATIVE_INT, default=1000, show_default=True, help="Held-out scenes evaluated at the end (0: skip).")
+@click.option("--report", type=OUTPUT_FILE, default=None,
               help="Training record JSON [beside --out, same name, .json].")
 def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_size, lr, twin_fraction, text_lock_steps,
                            twin_kinds, text_negatives, init, eval_scenes, report):
@@ -108,7 +109,7 @@ def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_s
 @world.command("eval-backbone")
 @click.option("--clip", "model", default=None, help="open_clip model name [the registered zscir-shapes-* config].")
 @click.option("--pretrained", default=None, help="Weights file or tag [the shipped checkpoints/shapes_clip.safetensors].")
-@click.option("--scenes", "num_scenes", type=int, default=1000, show_default=True, help="Held-out scenes.")
+@click.option("--scenes", "num_scenes", type=POSITIVE_INT, default=1000, show_default=True, help="Held-out scenes.")
 @click.option("--seed", type=int, default=None, help="Seed of the held-out scenes [1234].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
 def eval_backbone_command(model, pretrained, num_scenes, seed, as_json):
