@@ -3,14 +3,19 @@
 ``run/model.safetensors`` holds tensors only (no pickle); ``run/model.json``
 holds the config needed to rebuild the module, the backbone identity, and the
 sha256 of the weights file so that a weights/sidecar pair from two different
-saves is detected. Both files are written atomically, weights first: a crash
-leaves either the old pair or the new pair.
+saves is detected. Both files are written atomically, weights first. The
+weights file also carries the record in its safetensors header, with a
+``save_id`` unique to each save: a crash between the two renames leaves the new
+weights beside the old sidecar (different ``save_id``), and loading then takes
+the record from the weights and writes the sidecar again. The same ``save_id``
+with another sha256 is damage, and an error.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ from zscir.utils.atomic import atomic_path, atomic_write_json
 from zscir.utils.hashing import sha256_file
 
 FORMAT_VERSION = 1
+EMBEDDED_KEY = "zscir"  # the record's copy in the weights file's safetensors header
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -37,11 +43,10 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]
     """Save ``state_dict`` and ``meta`` (JSON-serialisable); return the weights path."""
     weights, sidecar = _paths(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    record = {"format": "zscir-checkpoint", "format_version": FORMAT_VERSION, **meta, "save_id": uuid.uuid4().hex}
     with atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp))
-    record = {"format": "zscir-checkpoint", "format_version": FORMAT_VERSION, **meta,
-              "weights_sha256": sha256_file(weights)}
-    atomic_write_json(sidecar, record)
+        save_file(tensors, str(tmp), metadata={EMBEDDED_KEY: json.dumps(record)})
+    atomic_write_json(sidecar, {**record, "weights_sha256": sha256_file(weights)})
     return weights
 
 
@@ -62,22 +67,43 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[dict[
     if not isinstance(meta, dict) or meta.get("format") != "zscir-checkpoint":
         raise ZscirError(f"{sidecar} is not a zscir checkpoint sidecar (field 'format' should be 'zscir-checkpoint')")
     if verify and meta.get("weights_sha256"):
-        _verify(weights, sidecar, meta["weights_sha256"])
+        meta = _verify(weights, sidecar, meta)
     return read_safetensors(weights), meta
 
 
 _verified: set[tuple[str, int, int, str]] = set()
 
 
-def _verify(weights: Path, sidecar: Path, expected: str) -> None:
+def _embedded_record(weights: Path) -> dict | None:
+    """The record a save wrote into the weights file's header, or None (older files, damaged headers)."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            text = (f.metadata() or {}).get(EMBEDDED_KEY)
+        return json.loads(text) if text else None
+    except (SafetensorError, OSError, ValueError):
+        return None
+
+
+def _verify(weights: Path, sidecar: Path, meta: dict) -> dict:
+    """Check the weights against the sidecar's sha256; return the record that describes them."""
+    expected = meta["weights_sha256"]
     stat = weights.stat()
     key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns, expected)
     if key in _verified:
-        return
-    if sha256_file(weights) != expected:
-        raise ZscirError(f"{weights} does not match its sidecar {sidecar} (sha256 differs): the file is damaged "
-                         f"or the pair comes from two different saves; save the checkpoint again or restore both files")
+        return meta
+    actual = sha256_file(weights)
+    if actual != expected:
+        embedded = _embedded_record(weights)
+        if embedded is None or embedded.get("save_id") in (None, meta.get("save_id")):
+            raise ZscirError(f"{weights} does not match its sidecar {sidecar} (sha256 differs): the file is damaged "
+                             f"or the pair comes from two different saves; save the checkpoint again or restore "
+                             f"both files")
+        # a save was cut between its two renames: the weights are whole (renamed atomically), the sidecar is stale
+        meta = {**embedded, "weights_sha256": actual}
+        atomic_write_json(sidecar, meta)
+        key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns, actual)
     _verified.add(key)
+    return meta
 
 
 # --------------------------------------------------------------- weights files from elsewhere (--pretrained)
