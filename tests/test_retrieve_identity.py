@@ -19,28 +19,15 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from zscir.cli import main
 from zscir.errors import ZscirError
+from _images import draw_image as draw
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-COLOURS = [(220, 30, 30), (30, 180, 40), (30, 60, 220), (230, 200, 20), (200, 40, 200), (20, 200, 200)]
-
-
-def draw(path: Path, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    im = Image.new("RGB", (40, 32), COLOURS[seed % 6])
-    d = ImageDraw.Draw(im)
-    for _ in range(3):
-        x, y = rng.integers(0, 30), rng.integers(0, 22)
-        d.rectangle([x, y, x + rng.integers(4, 12), y + rng.integers(4, 12)], fill=COLOURS[rng.integers(0, 6)])
-    im.save(path)
-    return path
 
 
 def run(args, capsys):

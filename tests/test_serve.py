@@ -19,23 +19,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
+from _images import draw_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-PALETTE = [(220, 30, 30), (30, 180, 40), (30, 60, 220), (230, 200, 20), (200, 40, 200), (20, 200, 200)]
 UPLOAD_CAP = 64 * 1024
-
-
-def draw_image(path: Path, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    im = Image.new("RGB", (40, 32), PALETTE[seed % len(PALETTE)])
-    d = ImageDraw.Draw(im)
-    for _ in range(3):
-        x, y = rng.integers(0, 30), rng.integers(0, 22)
-        d.rectangle([x, y, x + rng.integers(4, 12), y + rng.integers(4, 12)], fill=PALETTE[rng.integers(0, 6)])
-    im.save(path)
-    return path
 
 
 def png_claiming(width: int, height: int) -> bytes:
