@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from zscir.benchmarks import circo
-from zscir.benchmarks.base import EvalSplit
+from zscir.benchmarks.base import BenchmarkDefaults, EvalSplit
 from zscir.errors import ZscirError
 
 FINE_SPLITS = ("val", "test", "train")
@@ -39,3 +39,40 @@ def load(root: str | Path | None = None, split: str = "val", benchmark: str = "s
         return circo.load(root, split, benchmark=benchmark, gallery_list=TRAIN_LIST, image_dir=TRAIN_DIR,
                           gallery_label=f"{benchmark}-train")
     return circo.load(root, split, benchmark=benchmark)
+
+
+# the world's own models and ceilings (imported on use: the world's modules are heavy)
+def _backbone(device: str = "cpu", preprocess: str = "targetpad"):
+    from zscir.world.shipped import shapes_backbone
+
+    return shapes_backbone(device=device, preprocess=preprocess)
+
+
+def _models(backbone) -> list[str]:
+    from zscir.world.shipped import shipped_checkpoints
+
+    return [str(p) for p in shipped_checkpoints(backbone.identity)]
+
+
+def _query_model(backbone_identity: dict) -> str | None:
+    from zscir.world.shipped import shipped_fti_checkpoint
+
+    ckpt = shipped_fti_checkpoint(backbone_identity)
+    return str(ckpt) if ckpt else None
+
+
+def _oracles(root: Path, split: EvalSplit) -> dict[str, list[str]]:
+    from zscir.world.oracles import oracle_texts
+
+    return oracle_texts(root, split)
+
+
+# the oracle rows of `zscir eval shapes` (texts made by zscir.world.oracles), in table order
+ORACLE_NOTES = {
+    "caption": "the target's canonical caption as the text query",
+    "edit": "the reference's scene with the edit applied by the world's generator, captioned (coarse: one reading)",
+    "inversion": "'a photo of {reference caption} but {text}': the true caption in place of the pseudo-words",
+    "reference": "the reference's canonical caption alone (a floor, not a ceiling)",
+}
+DEFAULTS = BenchmarkDefaults(backbone=_backbone, models=_models, query_model=_query_model, oracles=_oracles,
+                             oracle_notes=ORACLE_NOTES)
