@@ -42,7 +42,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {spec.name: spec for spec in [
                   root_hint="the FashionIQ folder with FineCIR's fiq.fine.*.jsonl in captions/"),
     BenchmarkSpec("fine-cirr", "Fine-CIRR", fine.load_cirr, ("val", "train"), ("val",), remove_reference=True,
                   root_hint="the CIRR folder with FineCIR's cirr.fine.*.jsonl in captions/"),
-    BenchmarkSpec("shapes", "shapes world", shapes.load, shapes.FINE_SPLITS + shapes.COARSE_SPLITS,
+    BenchmarkSpec("shapes", "shapes world", shapes.load,
+                  shapes.FINE_SPLITS + shapes.COARSE_SPLITS + shapes.MULTITURN_SPLITS,
                   ("val", "val_coarse"), remove_reference=False, default_root=shapes.default_root, defaults=shapes.DEFAULTS),
 ]}
 

@@ -3,7 +3,8 @@
 Its annotation files are CIRCO's schema (``annotations/{val,test,val_coarse,
 test_coarse,...}.json``) over a gallery list in CIRCO's place, so the CIRCO
 loader reads it unchanged; the train triplets rank the world's separate train
-gallery (``train_gallery/``). Without a root, the default world is built on
+gallery (``train_gallery/``), the multi-turn sequences theirs (``multiturn_gallery/``;
+each query's sequence and turn go to ``EvalSplit.notes["multiturn"]``). Without a root, the default world is built on
 first use (``zscir.world.build.default_world``) and reused afterwards.
 """
 
@@ -13,13 +14,16 @@ import sys
 from pathlib import Path
 
 from zscir.benchmarks import circo
-from zscir.benchmarks.base import BenchmarkDefaults, EvalSplit
+from zscir.benchmarks.base import BenchmarkDefaults, EvalSplit, field_of, read_json
 from zscir.errors import ZscirError
 
 FINE_SPLITS = ("val", "test", "train")
 TRAIN_LIST = Path("train_gallery/image_info.json")   # the world's train gallery (zscir.world.build)
 TRAIN_DIR = Path("train_gallery/images")
 COARSE_SPLITS = ("val_coarse", "test_coarse", "train_coarse")
+MULTITURN_SPLITS = ("multiturn", "multiturn_coarse")   # sequences of edits, over their own gallery
+MULTITURN_LIST = Path("multiturn_gallery/image_info.json")
+MULTITURN_DIR = Path("multiturn_gallery/images")
 
 
 def default_root() -> Path:
@@ -38,7 +42,20 @@ def load(root: str | Path | None = None, split: str = "val", benchmark: str = "s
         # train triplets rank their own gallery, disjoint from the evaluation one
         return circo.load(root, split, benchmark=benchmark, gallery_list=TRAIN_LIST, image_dir=TRAIN_DIR,
                           gallery_label=f"{benchmark}-train")
+    if split.startswith("multiturn"):
+        return [_with_turns(s) for s in circo.load(root, split, benchmark=benchmark, gallery_list=MULTITURN_LIST,
+                                                    image_dir=MULTITURN_DIR, gallery_label=f"{benchmark}-multiturn")]
     return circo.load(root, split, benchmark=benchmark)
+
+
+def _with_turns(split: EvalSplit) -> EvalSplit:
+    """Record each query's (sequence, turn) in ``notes["multiturn"]``: the split is evaluated turn by turn."""
+    path = Path(split.sources[0])
+    records = read_json(path, f"shapes world {split.split} annotations")
+    sequence = [field_of(r, "sequence", path, f"record {n}") for n, r in enumerate(records)]
+    turn = [field_of(r, "turn", path, f"record {n}") for n, r in enumerate(records)]
+    split.notes["multiturn"] = {"sequence": sequence, "turn": turn}
+    return split
 
 
 # the world's own models and ceilings (imported on use: the world's modules are heavy)

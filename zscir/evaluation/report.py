@@ -42,7 +42,25 @@ def tables(results: dict) -> list[Table]:
             continue
         done.add(split)
         out.append(_split_table(results, split, info))
+        if any("multiturn" in m["splits"].get(split, {}) for m in results["models"]):
+            out.append(_turn_table(results, split))
     return out
+
+
+def _turn_table(results: dict, split: str) -> Table:
+    """Multi-turn splits: per turn, each model in both modes (true previous scene, closed loop)."""
+    models = [m for m in results["models"] if "multiturn" in m["splits"].get(split, {})]
+    first = models[0]["splits"][split]["multiturn"]
+    turns, keys = list(first["turns"]), first["metrics"]
+    cols = ["model", "mode"] + [f"t{t} {k}" for t in turns for k in keys]
+    rows = []
+    for m in models:
+        per = m["splits"][split]["multiturn"]["turns"]
+        for mode in first["modes"]:
+            rows.append([m["name"], mode] + [_fmt(per[t][mode][k]) for t in turns for k in keys])
+    counts = ", ".join(f"t{t}: {first['turns'][t]['queries']}" for t in turns)
+    return Table(f"{split} per turn (queries {counts}); closed_loop: each turn starts from the previous top-1",
+                 cols, rows)
 
 
 def _split_table(results: dict, split: str, info: dict) -> Table:

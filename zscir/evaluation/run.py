@@ -205,6 +205,12 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
     with timer("ranking"):
         ranked, subset = rank_split(split, queries, valid, gallery, protocol, protocol.top_k)
         metrics = score_split(split, ranked, subset)
+    turns = None
+    if "multiturn" in split.notes and metrics is not None:
+        from zscir.evaluation.multiturn import evaluate_multiturn
+
+        with timer("closed loop"):
+            turns = evaluate_multiturn(qe, split, ranked, gallery, protocol, cache_root, req.batch_size, req.progress)
     with timer("writing"):
         paths = write_rankings(rankings_dir, split, ranked, subset)
         problems = check_payloads(split, ranking_payloads(split, ranked, subset))
@@ -221,7 +227,8 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
         "feature_cache": {"encoded": cache.encoded, "reused": cache.reused,
                           "images_per_s": round(cache.images_per_s, 1)},
         "timings_s": {k: round(v, 3) for k, v in timer.seconds.items()},
-        "loader_notes": split.notes, "sources": split.sources,
+        "loader_notes": {k: v for k, v in split.notes.items() if k != "multiturn"}, "sources": split.sources,
+        **({"multiturn": turns} if turns is not None else {}),
     }
 
 
