@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "train-supervised": "zscir.training.supervised_cli:train_supervised",
     "retrieve": "zscir.index.cli:retrieve",
     "import-checkpoint": "zscir.importers.cli:import_checkpoint_command",
+    "explain": "zscir.models.explain:explain_command",
 }
 
 
