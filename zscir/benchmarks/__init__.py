@@ -44,7 +44,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {spec.name: spec for spec in [
                   root_hint="the CIRR folder with FineCIR's cirr.fine.*.jsonl in captions/"),
     BenchmarkSpec("shapes", "shapes world", shapes.load,
                   shapes.FINE_SPLITS + shapes.COARSE_SPLITS + shapes.MULTITURN_SPLITS,
-                  ("val", "val_coarse"), remove_reference=False, default_root=shapes.default_root, defaults=shapes.DEFAULTS),
+                  ("val", "val_coarse"), remove_reference=False, default_root=shapes.default_root,
+                  defaults=shapes.DEFAULTS),
 ]}
 
 
@@ -73,5 +74,5 @@ def load_splits(name: str, root: str | Path | None, split: str, **options) -> li
     return spec.load(resolve_root(spec, root), split, **kwargs)
 
 
-__all__ = ["BENCHMARKS", "BenchmarkDefaults", "BenchmarkSpec", "EvalSplit", "Query", "KINDS", "get_benchmark", "load_splits",
-           "resolve_root"]
+__all__ = ["BENCHMARKS", "BenchmarkDefaults", "BenchmarkSpec", "EvalSplit", "Query", "KINDS", "get_benchmark",
+           "load_splits", "resolve_root"]

@@ -27,7 +27,7 @@ from zscir.benchmarks.base import EvalSplit, read_json
 from zscir.benchmarks.shapes import ORACLE_NOTES
 from zscir.errors import ZscirError
 from zscir.world.captions import canonical_caption
-from zscir.world.edits import apply_edits, concretize
+from zscir.world.edits import ATTRIBUTE_KINDS, apply_edits, concretize
 from zscir.world.spec import Scene
 
 ORACLE_SEED = 14  # the stream the coarse edit oracle draws its readings from (with the query id)
@@ -44,11 +44,18 @@ def caption_of(scene: Scene) -> str:
     return canonical_caption(scene).text
 
 
+def is_fine(edit: dict) -> bool:
+    """A fine edit names its object by cell and its new value; a coarse twin by slot, with values left open."""
+    if "slot" in edit:
+        return False
+    if edit["kind"] == "add":
+        return "object" in edit
+    return "value" in edit if edit["kind"] in ATTRIBUTE_KINDS + ("background",) else True
+
+
 def edit_result(reference: Scene, edits: list[dict], qid: int) -> Scene:
     """The scene the generator makes of ``reference`` under the record's edits (coarse: one seeded reading)."""
-    if all("slot" not in e and not (e["kind"] == "add" and "object" not in e) and
-           not (e["kind"] in ("color", "shape", "size", "pattern", "background") and "value" not in e)
-           for e in edits):
+    if all(is_fine(e) for e in edits):
         return apply_edits(reference, edits)
     fine = concretize(reference, edits, np.random.default_rng([ORACLE_SEED, qid]))
     if fine is None:
