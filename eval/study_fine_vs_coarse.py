@@ -164,6 +164,16 @@ def main(world, clip, pretrained, fti, single, epochs, batch_size, threads, out,
     for row, title in ROWS:
         f, c = table[row]["fine"], table[row]["coarse"]
         lines.append(f"| {title} | {cell(f, 'mAP@10')} | {cell(f, 'R@1')} | {cell(c, 'mAP@10')} | {cell(c, 'R@1')} |")
+    # ceilings (zscir eval's oracle rows): text queries from the world's ground truth, never models
+    oracles = {o["kind"]: {style: o["splits"].get(f"shapes/{split}", {}).get("metrics")
+                           for style, split in STYLES.items()} for o in results.get("oracles") or []}
+    for kind, per in oracles.items():
+        f, c = per["fine"], per["coarse"]
+        lines.append(f"| [oracle] {kind} | {cell(f, 'mAP@10')} | — | {cell(c, 'mAP@10')} | — |")
+    ceiling = (oracles.get("caption") or {}).get("fine")
+    if ceiling and table.get("fti", {}).get("fine"):
+        lines += ["", f"FTI's fine mAP@10 is {table['fti']['fine']['mAP@10'] / ceiling['mAP@10']:.2f} of the caption "
+                      f"oracle's ({table['fti']['fine']['mAP@10']:.2f} / {ceiling['mAP@10']:.2f})."]
     lines += ["", "Heads queried with the other text style:", "", "| head | queried with | mAP@10 | R@1 |",
               "|---|---|---:|---:|"]
     for name, m in crossed.items():
@@ -177,7 +187,7 @@ def main(world, clip, pretrained, fti, single, epochs, batch_size, threads, out,
     markdown = "\n".join(lines) + "\n"
     record = {"world": str(world), "backbone": backbone.identity, "zero_shot": zero_shot, "heads":
               {f"{s}-{h}": r["checkpoint"] for (s, h), r in heads.items()}, "table": table, "crossed": crossed,
-              "training_seconds": training, "missing": missing, "eval_dir": str(out / "eval"),
+              "oracles": oracles, "training_seconds": training, "missing": missing, "eval_dir": str(out / "eval"),
               "seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_json(out / "study.json", record)
     atomic_write_text(out / "study.md", markdown)

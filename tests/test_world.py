@@ -105,9 +105,10 @@ def test_ids_unique_and_every_image_on_disk(world, scenes):
     gallery = json.loads((world / build.GALLERY_LIST).read_text())["images"]
     train = json.loads((world / build.TRAIN_LIST).read_text())["images"]
     captions = [json.loads(line) for line in (world / build.CAPTIONS).read_text().splitlines()]
-    ids = [g["id"] for g in gallery] + [t["id"] for t in train] + [c["id"] for c in captions]
+    multiturn = json.loads((world / build.MULTITURN_LIST).read_text())["images"]
+    ids = [g["id"] for g in gallery] + [t["id"] for t in train] + [c["id"] for c in captions] + [m["id"] for m in multiturn]
     assert len(ids) == len(set(ids)) == len(scenes)
-    for entries, folder in ((gallery, build.GALLERY_DIR), (train, build.TRAIN_DIR)):
+    for entries, folder in ((gallery, build.GALLERY_DIR), (train, build.TRAIN_DIR), (multiturn, build.MULTITURN_DIR)):
         assert all((world / folder / e["file_name"]).is_file() for e in entries)
     assert all((world / build.UNLABELED_DIR / c["file"]).is_file() for c in captions)
     train_ids = {t["id"] for t in train}
@@ -118,10 +119,11 @@ def test_ids_unique_and_every_image_on_disk(world, scenes):
 
 def test_no_scene_spec_shared_between_training_images_and_eval_gallery(scenes):
     key = lambda row: Scene.from_json(row).key  # noqa: E731
-    eval_keys = {key(r) for r in scenes.values() if r["split"] == "eval"}
-    train_keys = {key(r) for r in scenes.values() if r["split"] != "eval"}
+    held_out = ("eval", "multiturn")   # the multi-turn split's scenes are evaluation scenes too
+    eval_keys = {key(r) for r in scenes.values() if r["split"] in held_out}
+    train_keys = {key(r) for r in scenes.values() if r["split"] not in held_out}
     assert eval_keys and train_keys and not eval_keys & train_keys
-    assert all(spec_part(Scene.from_json(r)) == ("eval" if r["split"] == "eval" else "train") for r in scenes.values())
+    assert all(spec_part(Scene.from_json(r)) == ("eval" if r["split"] in held_out else "train") for r in scenes.values())
 
 
 def test_captions_carry_their_subject_and_attribute_parts(world, scenes):

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "retrieve": "zscir.index.cli:retrieve",
     "import-checkpoint": "zscir.importers.cli:import_checkpoint_command",
     "serve": "zscir.serve.cli:serve",
+    "explain": "zscir.models.explain:explain_command",
 }
 
 
@@ -48,6 +49,7 @@ SHORT_HELP: dict[str, str] = {
     "retrieve": "Rank the gallery for a reference image plus a modification text.",
     "import-checkpoint": "Import a released FTI4CIR, SEARLE, Pic2Word, LinCIR or Context-I2W checkpoint as a zscir checkpoint.",
     "serve": "Serve composed search over HTTP: a JSON API (schema at /openapi.json) and a web page at /.",
+    "explain": "Nearest vocabulary words of each pseudo-word of REF (FTI4CIR's pseudo-to-real analysis), with the reference's true caption when REF is a shapes-world image.",
 }
 
 

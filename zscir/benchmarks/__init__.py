@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from zscir.benchmarks import circo, cirr, fashioniq, fine, shapes
-from zscir.benchmarks.base import KINDS, EvalSplit, Query
+from zscir.benchmarks.base import KINDS, BenchmarkDefaults, EvalSplit, Query
 from zscir.errors import ZscirError
 
 
@@ -26,6 +26,7 @@ class BenchmarkSpec:
     options: tuple[str, ...] = ()      # loader keywords set from the protocol
     default_root: Callable[[], Path] | None = None
     root_hint: str = ""
+    defaults: BenchmarkDefaults = BenchmarkDefaults()   # own backbone, shipped models, oracle ceilings
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {spec.name: spec for spec in [
@@ -41,8 +42,10 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {spec.name: spec for spec in [
                   root_hint="the FashionIQ folder with FineCIR's fiq.fine.*.jsonl in captions/"),
     BenchmarkSpec("fine-cirr", "Fine-CIRR", fine.load_cirr, ("val", "train"), ("val",), remove_reference=True,
                   root_hint="the CIRR folder with FineCIR's cirr.fine.*.jsonl in captions/"),
-    BenchmarkSpec("shapes", "shapes world", shapes.load, shapes.FINE_SPLITS + shapes.COARSE_SPLITS,
-                  ("val", "val_coarse"), remove_reference=False, default_root=shapes.default_root),
+    BenchmarkSpec("shapes", "shapes world", shapes.load,
+                  shapes.FINE_SPLITS + shapes.COARSE_SPLITS + shapes.MULTITURN_SPLITS,
+                  ("val", "val_coarse"), remove_reference=False, default_root=shapes.default_root,
+                  defaults=shapes.DEFAULTS),
 ]}
 
 
@@ -71,5 +74,5 @@ def load_splits(name: str, root: str | Path | None, split: str, **options) -> li
     return spec.load(resolve_root(spec, root), split, **kwargs)
 
 
-__all__ = ["BENCHMARKS", "BenchmarkSpec", "EvalSplit", "Query", "KINDS", "get_benchmark", "load_splits",
-           "resolve_root"]
+__all__ = ["BENCHMARKS", "BenchmarkDefaults", "BenchmarkSpec", "EvalSplit", "Query", "KINDS", "get_benchmark",
+           "load_splits", "resolve_root"]

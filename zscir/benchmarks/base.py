@@ -22,6 +22,24 @@ KINDS = ("circo", "cirr", "fashioniq")
 
 
 @dataclass(frozen=True)
+class BenchmarkDefaults:
+    """What a benchmark brings of its own, so that the evaluation and indexing layers need no word of it.
+
+    backbone:    (device, preprocess) -> the benchmark's own backbone, used when no --clip is given
+    models:      backbone -> the query-model checkpoints shipped for it (evaluated besides the baselines)
+    query_model: backbone identity -> the one model `zscir retrieve` uses by default (None: none shipped)
+    oracles:     (root, split) -> {oracle name: one query text per query}: ceilings, reported beside models
+    oracle_notes: oracle name -> what its text is
+    """
+
+    backbone: Callable[[str, str], Any] | None = None
+    models: Callable[[Any], list[str]] | None = None
+    query_model: Callable[[dict], str | None] | None = None
+    oracles: Callable[[Path, "EvalSplit"], dict[str, list[str]]] | None = None
+    oracle_notes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Query:
     """One composed query.
 

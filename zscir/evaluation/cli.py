@@ -39,8 +39,10 @@ from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--no-oracles", is_flag=True, help="Leave out the benchmark's oracle rows (shapes: caption, edit, "
+                                                  "inversion and reference-caption ceilings).")
 def eval_command(benchmark, root, models, clip, pretrained, splits, categories, out_dir, as_json, fiq_captions,
-                 remove_reference, fine_gallery, preprocess, cache_dir, device, batch_size, no_progress):
+                 remove_reference, fine_gallery, preprocess, cache_dir, device, batch_size, no_progress, no_oracles):
     """Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir."""
     from zscir.backbone.options import check_device, resolve_pretrained
     from zscir.evaluation import report
@@ -53,5 +55,5 @@ def eval_command(benchmark, root, models, clip, pretrained, splits, categories, 
         benchmark=benchmark, root=root, splits=splits or None, models=models or None, clip=clip,
         pretrained=pretrained, protocol=protocol, categories=categories or None, out_dir=out_dir,
         cache_root=cache_dir, device=device, batch_size=batch_size, progress=not no_progress,
-        command=" ".join(["zscir"] + sys.argv[1:])))
+        command=" ".join(["zscir"] + sys.argv[1:]), oracles=not no_oracles))
     click.echo(json.dumps(results, indent=2) if as_json else report.text(results))

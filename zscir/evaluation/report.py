@@ -42,7 +42,25 @@ def tables(results: dict) -> list[Table]:
             continue
         done.add(split)
         out.append(_split_table(results, split, info))
+        if any("multiturn" in m["splits"].get(split, {}) for m in results["models"]):
+            out.append(_turn_table(results, split))
     return out
+
+
+def _turn_table(results: dict, split: str) -> Table:
+    """Multi-turn splits: per turn, each model in both modes (true previous scene, closed loop)."""
+    models = [m for m in results["models"] if "multiturn" in m["splits"].get(split, {})]
+    first = models[0]["splits"][split]["multiturn"]
+    turns, keys = list(first["turns"]), first["metrics"]
+    cols = ["model", "mode"] + [f"t{t} {k}" for t in turns for k in keys]
+    rows = []
+    for m in models:
+        per = m["splits"][split]["multiturn"]["turns"]
+        for mode in first["modes"]:
+            rows.append([m["name"], mode] + [_fmt(per[t][mode][k]) for t in turns for k in keys])
+    counts = ", ".join(f"t{t}: {first['turns'][t]['queries']}" for t in turns)
+    return Table(f"{split} per turn (queries {counts}); closed_loop: each turn starts from the previous top-1",
+                 cols, rows)
 
 
 def _split_table(results: dict, split: str, info: dict) -> Table:
@@ -53,7 +71,17 @@ def _split_table(results: dict, split: str, info: dict) -> Table:
         return Table(title + " (no ground truth: submission files written)", ["model", "rankings"], rows)
     cols = list(metrics)
     rows = [[m["name"]] + [_fmt(m["splits"][split]["metrics"][c]) for c in cols] for m in results["models"]]
-    return Table(title, ["model"] + cols, rows)
+    oracles = [o for o in results.get("oracles") or [] if split in o["splits"] and o["splits"][split]["metrics"]]
+    if not oracles:
+        return Table(title, ["model"] + cols, rows)
+    # ceilings: rows marked [oracle], and every row's share of the caption oracle
+    from zscir.evaluation.oracles import SHARE_METRIC, SHARE_OF, share_of_caption_oracle
+
+    rows += [[o["name"]] + [_fmt(o["splits"][split]["metrics"][c]) for c in cols] for o in oracles]
+    shares = [share_of_caption_oracle(results, split, e["splits"][split]["metrics"])
+              for e in results["models"] + oracles]
+    rows = [r + ["-" if x is None else f"{x:.2f}"] for r, x in zip(rows, shares)]
+    return Table(title, ["model"] + cols + [f"{SHARE_METRIC} / {SHARE_OF} oracle"], rows)
 
 
 def _fashioniq_table(results: dict, group: str, members: list[str]) -> Table:
@@ -73,7 +101,7 @@ def _fashioniq_table(results: dict, group: str, members: list[str]) -> Table:
 
 def _numeric(t: Table, i: int) -> bool:
     try:
-        return all(float(r[i]) is not None for r in t.rows)
+        return all(r[i] == "-" or float(r[i]) is not None for r in t.rows)
     except ValueError:
         return False
 
@@ -108,6 +136,9 @@ def markdown(results: dict) -> str:
         lines.append("")
     lines += ["## Protocol", ""]
     lines += [f"- {k}: {v}" for k, v in (results.get("protocol") or {}).items()]
+    if results.get("oracles"):
+        lines += ["", "## Oracles (ceilings, not models)", ""]
+        lines += [f"- **{o['name']}**: {o['description']}" for o in results["oracles"]]
     lines += ["", "## Models", ""]
     for m in results["models"]:
         lines.append(f"- **{m['name']}**: `{m['model']}`, backbone {m['backbone']}, preprocess {m['preprocess']}, "

@@ -58,6 +58,7 @@ class EvalRequest:
     batch_size: int = 64
     progress: bool = True
     command: str | None = None                   # the command line, recorded in the results
+    oracles: bool = True                         # the benchmark's oracle rows (ceilings), when it has any
 
 
 class Timer:
@@ -79,7 +80,7 @@ def _say(msg: str) -> None:
 
 # ---------------------------------------------------------------- models and backbones
 def load_backbone_for(req: EvalRequest, spec: BenchmarkSpec):
-    """The backbone given by --clip/--pretrained, else the shapes world's own for the shapes world, else None."""
+    """The backbone given by --clip/--pretrained, else the benchmark's own (the shapes world's CLIP), else None."""
     from zscir.backbone import load_backbone
     from zscir.backbone.options import check_device
 
@@ -89,18 +90,14 @@ def load_backbone_for(req: EvalRequest, spec: BenchmarkSpec):
         return load_backbone(req.clip, req.pretrained, device=req.device, preprocess=preprocess)
     if req.pretrained:
         raise ZscirError("--pretrained needs --clip (the open_clip model name the weights belong to)")
-    if spec.name == "shapes":
-        from zscir.world.shipped import shapes_backbone
-
-        return shapes_backbone(device=req.device, preprocess=preprocess)
+    if spec.defaults.backbone is not None:
+        return spec.defaults.backbone(req.device, preprocess)
     return None
 
 
 def default_models(spec: BenchmarkSpec, backbone) -> list[str]:
-    if spec.name == "shapes":
-        from zscir.world.shipped import shipped_checkpoints
-
-        return list(BASELINES) + [str(p) for p in shipped_checkpoints(backbone.identity)]
+    if spec.defaults.models is not None and backbone is not None:
+        return list(BASELINES) + list(spec.defaults.models(backbone))
     if backbone is None:
         raise ZscirError(f"nothing to evaluate: pass --model (a checkpoint, or {', '.join(BASELINES)} "
                          "with --clip/--pretrained)")
@@ -208,6 +205,12 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
     with timer("ranking"):
         ranked, subset = rank_split(split, queries, valid, gallery, protocol, protocol.top_k)
         metrics = score_split(split, ranked, subset)
+    turns = None
+    if "multiturn" in split.notes and metrics is not None:
+        from zscir.evaluation.multiturn import evaluate_multiturn
+
+        with timer("closed loop"):
+            turns = evaluate_multiturn(qe, split, ranked, gallery, protocol, cache_root, req.batch_size, req.progress)
     with timer("writing"):
         paths = write_rankings(rankings_dir, split, ranked, subset)
         problems = check_payloads(split, ranking_payloads(split, ranked, subset))
@@ -224,7 +227,8 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
         "feature_cache": {"encoded": cache.encoded, "reused": cache.reused,
                           "images_per_s": round(cache.images_per_s, 1)},
         "timings_s": {k: round(v, 3) for k, v in timer.seconds.items()},
-        "loader_notes": split.notes, "sources": split.sources,
+        "loader_notes": {k: v for k, v in split.notes.items() if k != "multiturn"}, "sources": split.sources,
+        **({"multiturn": turns} if turns is not None else {}),
     }
 
 
@@ -275,6 +279,12 @@ def evaluate(req: EvalRequest) -> dict:
             "truncated_prompts": sum(r["truncated_prompts"] for r in split_results),
             "seconds": round(time.perf_counter() - t_model, 3),
         })
+    if req.oracles and spec.defaults.oracles is not None:
+        from zscir.evaluation.oracles import evaluate_oracles
+
+        _say(f"oracle rows ({', '.join(spec.defaults.oracle_notes) or 'ceilings'}) on {', '.join(s.name for s in splits)}")
+        results["oracles"] = evaluate_oracles(spec, root, splits, backbone, protocol, cache_root, req.batch_size,
+                                              req.progress)
     from zscir.evaluation.protocol import GALLERY_DEFINITIONS
 
     galleries = {s.name: {"definition": GALLERY_DEFINITIONS.get(spec.name, s.gallery_name), "size": len(s.gallery),

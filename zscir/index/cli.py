@@ -97,9 +97,9 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
         model = str(Path(model).absolute())
     notice = None
     if backbone is None:
-        from zscir.world.shipped import shapes_backbone
+        from zscir.index.defaults import default_backbone
 
-        backbone = shapes_backbone(device=device)
+        backbone = default_backbone(device)
         notice = world_model_notice(backbone)
         _echo_err(f"note: {notice}")
     summary = build_index(out, backbone, images=images, kind=kind, batch_size=batch_size, workers=workers,
@@ -150,10 +150,9 @@ def open_retriever(index_dir, model, clip, pretrained, preprocess, device, progr
     from zscir.index import defaults
     from zscir.index.retriever import Retriever
     from zscir.models.query import BASELINES, load_query_encoder
-    from zscir.world.shipped import shapes_backbone
 
     if model is None or model in BASELINES:
-        backbone = backbone or shapes_backbone(device=device)
+        backbone = backbone or defaults.default_backbone(device)
         model = model or defaults.default_model_for(backbone.identity)
     elif backbone is None and device != "cpu":
         backbone = _checkpoint_backbone(model, device)

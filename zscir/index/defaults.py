@@ -1,7 +1,8 @@
 """What `zscir retrieve` uses when not told: the shapes world, so that it answers on a fresh install.
 
-- backbone: the world's shipped tiny CLIP (``zscir.world.shipped``);
-- model: the shipped FTI checkpoint trained on that backbone (else the image+text sum baseline);
+- backbone: the default benchmark's own (the shapes world's shipped tiny CLIP, from its
+  :class:`~zscir.benchmarks.base.BenchmarkDefaults`);
+- model: its shipped query model for that backbone (FTI; else the image+text sum baseline);
 - gallery: the default world's evaluation gallery, built into the cache directory on
   first use and indexed there (``<cache>/indexes/shapes-world-...``), reused afterwards.
 """
@@ -17,13 +18,25 @@ from zscir.errors import ZscirError
 from zscir.utils.paths import cache_dir
 
 FALLBACK_BASELINE = "sum"
+DEFAULT_BENCHMARK = "shapes"  # the benchmark whose own backbone and shipped model answer a bare `zscir retrieve`
 
 
 def default_model_for(backbone_identity: dict) -> str:
-    from zscir.world.shipped import shipped_fti_checkpoint
+    """The default benchmark's shipped query model for this backbone, else the sum baseline."""
+    from zscir.benchmarks import get_benchmark
 
-    ckpt = shipped_fti_checkpoint(backbone_identity)
-    return str(ckpt) if ckpt else FALLBACK_BASELINE
+    pick = get_benchmark(DEFAULT_BENCHMARK).defaults.query_model
+    return (pick(backbone_identity) if pick else None) or FALLBACK_BASELINE
+
+
+def default_backbone(device: str = "cpu", preprocess: str = "targetpad"):
+    """The default benchmark's own backbone (the shapes world's CLIP)."""
+    from zscir.benchmarks import get_benchmark
+
+    make = get_benchmark(DEFAULT_BENCHMARK).defaults.backbone
+    if make is None:
+        raise ZscirError(f"benchmark {DEFAULT_BENCHMARK!r} has no backbone of its own: pass --clip NAME --pretrained TAG|FILE")
+    return make(device, preprocess)
 
 
 def load_index_backbone(index, device: str = "cpu"):

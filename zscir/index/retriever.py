@@ -145,6 +145,13 @@ class Retriever:
                     Hit(rank, sc, self.index.ids[row], self.index.paths[row]) for rank, (sc, row) in enumerate(hits, 1)]))
         return results
 
+    def refine(self, image: ImageInput, texts: Sequence[str], k: int = 10,
+               exclude_reference: bool = True) -> list[QueryResult]:
+        """A multi-turn dialog: one result per text, each turn's top hit the next turn's reference."""
+        from zscir.index.refine import refine
+
+        return refine(self, image, texts, k, exclude_reference)
+
     def _excluded_rows_by_id(self, exclude_ids, n_queries: int) -> list[set[int]]:
         if exclude_ids is None:
             return [set() for _ in range(n_queries)]

@@ -9,6 +9,8 @@
       COCO2017_unlabeled/unlabeled2017/<file_name>                   its images (PNG)
       train_gallery/image_info.json, train_gallery/images/<file_name>
       unlabeled/images/<file>, unlabeled/captions.jsonl   {"id", "file", "caption", "subject", "attribute"}
+      annotations/multiturn.json, multiturn_coarse.json   multi-turn sequences (+ "sequence", "turn"); gallery below
+      multiturn_gallery/image_info.json, multiturn_gallery/images/<file_name>
       scenes.jsonl                                 every image's spec: {"id", "split", "role", "background", "objects"}
 
 Everything is derived from the seed through named random streams, and each
@@ -42,18 +44,22 @@ from zscir.world.render import DEFAULT_IMAGE_SIZE, png_bytes, render_image
 from zscir.world.spec import MAX_OBJECTS, Scene, sample_scene
 from zscir.world.triplets import Triplet, gallery_items, sample_triplet
 
-GENERATOR_VERSION = 2  # 2: coarse moves/adds land on cells empty in the reference
+# 2: coarse moves/adds land on cells empty in the reference
+# 2.1: + the multiturn split (own stream, ids after all others): every v2 image and annotation is unchanged
+GENERATOR_VERSION = "2.1"
 GALLERY_LIST = Path("COCO2017_unlabeled/annotations/image_info_unlabeled2017.json")
 GALLERY_DIR = Path("COCO2017_unlabeled/unlabeled2017")
 TRAIN_LIST = Path("train_gallery/image_info.json")
 TRAIN_DIR = Path("train_gallery/images")
+MULTITURN_LIST = Path("multiturn_gallery/image_info.json")
+MULTITURN_DIR = Path("multiturn_gallery/images")
 UNLABELED_DIR = Path("unlabeled/images")
 CAPTIONS = Path("unlabeled/captions.jsonl")
 
 # named random streams: adding a stream or changing one part never shifts the others
 RENDER_CHUNK = 256  # images per job sent to a rendering process
 
-STREAMS = {"eval": 1, "train": 2, "unlabeled": 3, "captions": 4, "distractors": 5, "shuffle": 6}
+STREAMS = {"eval": 1, "train": 2, "unlabeled": 3, "captions": 4, "distractors": 5, "shuffle": 6, "multiturn": 7}
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class WorldConfig:
     num_unlabeled: int = 12000
     distractor_fraction: float = 0.1   # random evaluation-part scenes added to the gallery, per gallery image
     max_objects: int = MAX_OBJECTS
+    num_multiturn: int = 200           # multi-turn sequences (2-5 turns each), with their own gallery
 
     def __post_init__(self):
         for f in fields(self):
@@ -80,7 +87,7 @@ class WorldConfig:
     @staticmethod
     def tiny(seed: int = 0) -> "WorldConfig":
         """A world built in seconds, for tests."""
-        return WorldConfig(seed=seed, num_val=16, num_test=16, num_train=16, num_unlabeled=40)
+        return WorldConfig(seed=seed, num_val=16, num_test=16, num_train=16, num_unlabeled=40, num_multiturn=6)
 
 
 def file_name(image_id: int) -> str:
@@ -95,7 +102,7 @@ def stream(config: WorldConfig, name: str) -> np.random.Generator:
 class WorldImage:
     id: int
     scene: Scene
-    split: str   # "eval" | "train_gallery" | "unlabeled"
+    split: str   # "eval" | "train_gallery" | "unlabeled" | "multiturn"
     role: str
     folder: Path
 
@@ -159,6 +166,38 @@ def plan_unlabeled(config: WorldConfig, ids: IdCounter):
         images.append(image)
         rows.append({"id": image.id, "file": file_name(image.id), **caption.to_json()})
     return images, rows
+
+
+def plan_multiturn(config: WorldConfig, ids: IdCounter):
+    """Sequences of turns (one triplet each) and their gallery; turn k's reference is turn k-1's target image."""
+    from zscir.world.multiturn import sample_sequence
+
+    rng = stream(config, "multiturn")
+    sequences = [sample_sequence(rng, "eval", config.max_objects) for _ in range(config.num_multiturn)]
+    items = []  # ((sequence, turn) or None, role, scene); turn 0's "target" is the starting scene
+    for s, turns in enumerate(sequences):
+        items.append(((s, 0), "target", turns[0].reference))
+        for k, t in enumerate(turns, 1):
+            items += [((s, k), role, scene) for role, scene in gallery_items(t, rng, "eval") if role != "reference"]
+    items += [(None, "distractor", sample_scene(rng, "eval", config.max_objects))
+              for _ in range(int(round(config.distractor_fraction * len(items))))]
+    images, state_image = [], {}
+    for k in rng.permutation(len(items)):  # ids carry no hint of roles or turns
+        where, role, scene = items[int(k)]
+        image = WorldImage(ids.take(), scene, "multiturn", role if where is None else f"{role}_turn{where[1]}",
+                           MULTITURN_DIR)
+        images.append(image)
+        if role == "target":
+            state_image[where] = image.id
+    images.sort(key=lambda im: im.id)
+    triplets, turn_of, reference_of, target_of = [], [], {}, {}
+    for s, turns in enumerate(sequences):
+        for k, t in enumerate(turns, 1):
+            q = len(triplets)
+            triplets.append(t)
+            turn_of.append((s, k))
+            reference_of[q], target_of[q] = state_image[(s, k - 1)], state_image[(s, k)]
+    return triplets, turn_of, images, reference_of, target_of
 
 
 def annotations(triplets: list[Triplet], images: list[WorldImage], reference_of, target_of) -> tuple[list, list]:
@@ -249,7 +288,8 @@ def generate_world(out: str | os.PathLike, config: WorldConfig = WorldConfig(), 
     eval_triplets, eval_images, eval_refs, eval_tgts = plan_eval(config, ids)
     train_triplets, train_images, train_refs, train_tgts = plan_train(config, ids)
     unlabeled_images, caption_rows = plan_unlabeled(config, ids)
-    all_images = eval_images + train_images + unlabeled_images
+    mt_triplets, mt_turns, mt_images, mt_refs, mt_tgts = plan_multiturn(config, ids)
+    all_images = eval_images + train_images + unlabeled_images + mt_images
     render_all(partial, all_images, config, workers, progress)
 
     fine, coarse = annotations(eval_triplets, eval_images, eval_refs, eval_tgts)
@@ -258,16 +298,26 @@ def generate_world(out: str | os.PathLike, config: WorldConfig = WorldConfig(), 
     for name in ("test", "test_coarse"):  # CIRCO's rule: a record's id is its position in its file
         splits[name] = [dict(r, id=i) for i, r in enumerate(splits[name])]
     splits["train"], splits["train_coarse"] = annotations(train_triplets, train_images, train_refs, train_tgts)
+    if mt_triplets:
+        mt_fine, mt_coarse = annotations(mt_triplets, mt_images, mt_refs, mt_tgts)
+        for records in (mt_fine, mt_coarse):
+            for r, (seq, turn) in zip(records, mt_turns):
+                r.update(sequence=seq, turn=turn)
+        splits["multiturn"], splits["multiturn_coarse"] = mt_fine, mt_coarse
     for name, records in splits.items():
         atomic_write_json(partial / "annotations" / f"{name}.json", records)
     atomic_write_json(partial / GALLERY_LIST, {"images": [{"id": im.id, "file_name": file_name(im.id)} for im in eval_images]})
     atomic_write_json(partial / TRAIN_LIST, {"images": [{"id": im.id, "file_name": file_name(im.id)} for im in train_images]})
+    if mt_images:
+        atomic_write_json(partial / MULTITURN_LIST, {"images": [{"id": im.id, "file_name": file_name(im.id)}
+                                                                for im in mt_images]})
     atomic_write_text(partial / CAPTIONS, "".join(json.dumps(r) + "\n" for r in caption_rows))
     atomic_write_text(partial / "scenes.jsonl", "".join(
         json.dumps({"id": im.id, "split": im.split, "role": im.role, **im.scene.to_json()}) + "\n" for im in all_images))
     counts = {"eval_gallery": len(eval_images), "val": n_val, "test": config.num_test,
               "train_triplets": len(train_triplets), "train_gallery": len(train_images),
-              "unlabeled": len(unlabeled_images), "images": len(all_images)}
+              "unlabeled": len(unlabeled_images), "multiturn_sequences": config.num_multiturn,
+              "multiturn_turns": len(mt_triplets), "multiturn_gallery": len(mt_images), "images": len(all_images)}
     atomic_write_json(partial / "world.json", world_record(config, counts))
     stamp.unlink()
     if out.exists():

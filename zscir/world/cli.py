@@ -29,17 +29,19 @@ def world():
 @click.option("--num-unlabeled", type=NON_NEGATIVE_INT, default=None, help="Unlabeled images with captions [12000].")
 @click.option("--image-size", type=click.IntRange(min=24), default=None, help="Rendered image side in pixels [72].")
 @click.option("--max-objects", type=POSITIVE_INT, default=None, help="Objects per scene, 1 to this [4].")
+@click.option("--num-multiturn", type=NON_NEGATIVE_INT, default=None, help="Multi-turn sequences (2-5 edits each) [200].")
 @click.option("--tiny", is_flag=True, help="A world of a few dozen queries (seconds), for trying things out.")
 @click.option("--workers", type=POSITIVE_INT, default=2, show_default=True, help="Rendering processes.")
 @click.option("--force", is_flag=True, help="Replace whatever is in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print world.json on stdout.")
-def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size, max_objects, tiny, workers, force, as_json):
+def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size, max_objects, num_multiturn, tiny, workers,
+             force, as_json):
     """Generate a shapes world in CIRCO's layout."""
     from zscir.world.build import WorldConfig, default_world_dir, generate_world
 
     config = WorldConfig.tiny(seed) if tiny else WorldConfig(seed=seed)
     overrides = {"num_val": num_val, "num_test": num_test, "num_train": num_train, "num_unlabeled": num_unlabeled,
-                 "image_size": image_size, "max_objects": max_objects}
+                 "image_size": image_size, "max_objects": max_objects, "num_multiturn": num_multiturn}
     values = {f.name: getattr(config, f.name) for f in fields(config)}
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = WorldConfig(**values)
