@@ -11,7 +11,7 @@ new checkpoint or world generator:
 
 Try one:
 
-    zscir retrieve --ref ~/.cache/zscir/worlds/shapes-v2-seed0/<ref> --text "<text>" -k 5
+    zscir retrieve --ref ~/.cache/zscir/worlds/shapes-v2.1-seed0/<ref> --text "<text>" -k 5
 """
 
 from __future__ import annotations
