@@ -84,18 +84,15 @@ def decode_image(data: bytes, item_id: str = "<bytes>", max_pixels: int = DEFAUL
 def draft_to_cover(image: Image.Image, min_size: int) -> None:
     """Ask a not yet loaded JPEG for the smallest DCT-scaled size whose shorter side is >= ``min_size``.
 
-    PIL's ``draft`` picks the largest reduction keeping both sides >= the requested
-    size, so we request the image scaled to shorter side ``min_size`` (EXIF rotation
-    swaps the sides, never the shorter one). A no-op for other formats.
+    PIL's ``draft`` picks the largest reduction (1/2, 1/4, 1/8) that keeps both sides >= the
+    requested size, so we request ``min_size`` x ``min_size``: the shorter side stays >= ``min_size``
+    (EXIF rotation swaps the sides, never the shorter one). A no-op for other formats.
     """
     if image.format != "JPEG" or min_size < 1:
         return
-    width, height = image.size
-    short = min(width, height)
-    if short <= min_size:
-        return
-    want = (-(-width * min_size // short), -(-height * min_size // short))  # exact integer ceilings
-    image.draft(image.mode if image.mode in ("RGB", "L", "CMYK") else None, want)
+    if min(image.size) < 2 * min_size:
+        return  # even 1/2 would not cover
+    image.draft(image.mode if image.mode in ("RGB", "L", "CMYK") else None, (min_size, min_size))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
