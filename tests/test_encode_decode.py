@@ -141,3 +141,30 @@ def test_an_fp32_store_is_not_reused_by_a_bf16_run(world_bb, tmp_path):
     # and a bf16 index is not silently reused by an fp32 run either
     with pytest.raises(ZscirError, match="bf16 features, not fp32"):
         build_index(out, world_bb, items=items, batch_size=3, workers=0, progress=False)
+
+
+def test_index_cli_reads_webdataset_shards(tmp_path):
+    import json
+    import tarfile
+
+    from click.testing import CliRunner
+
+    from zscir.cli import cli
+    from zscir.index.gallery import GalleryIndex
+
+    photos = photo_jpegs(tmp_path / "photos", 6)
+    (tmp_path / "shards").mkdir()
+    for s in range(2):
+        with tarfile.open(tmp_path / "shards" / f"{s:05d}.tar", "w") as tar:
+            for name, path in photos[s * 3:(s + 1) * 3]:
+                tar.add(path, arcname=f"{name}.jpg")
+    runs = {}
+    for label, spec in (("tar", str(tmp_path / "shards" / "{00000..00001}.tar")), ("folder", str(tmp_path / "photos"))):
+        res = CliRunner().invoke(cli, ["index", "--images", spec, "--out", str(tmp_path / label), "--json",
+                                       "--no-progress", "--workers", "0"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout[res.stdout.index("{"):])["count"] == 6
+        runs[label] = FeatureStore(tmp_path / label / "features").load()
+    assert runs["tar"].ids == [n for n, _ in photos] and runs["folder"].ids == [f"{n}.jpg" for n, _ in photos]
+    assert GalleryIndex.open(tmp_path / "tar").ids == runs["tar"].ids
+    np.testing.assert_array_equal(np.asarray(runs["tar"].pooled), np.asarray(runs["folder"].pooled))

@@ -43,7 +43,9 @@ def _print_verify(report, as_json) -> None:
 
 
 @click.command("index")
-@click.option("--images", type=click.Path(), help="Folder of images (searched recursively). Required unless --verify.")
+@click.option("--images", type=click.Path(),
+              help="Folder of images (searched recursively), or webdataset tar shards ('shards/{00000..00099}.tar', "
+                   "a folder of .tar files) or a text file listing image paths. Required unless --verify.")
 @click.option("--out", required=True, type=click.Path(), help="Index directory (created, or updated incrementally).")
 @click.option("--clip", help="open_clip model name of the backbone (default: the shapes world's CLIP).")
 @click.option("--pretrained", help="pretrained tag (e.g. openai) or a local weights file, with --clip; "
@@ -97,6 +99,7 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
         raise ZscirError(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 0:
         raise ZscirError(f"--workers must be at least 0, got {workers}")
+    from zscir.data.sources import _is_shard_folder, open_image_source
     from zscir.features.distributed import current_ranks, process_device
     from zscir.features.precision import check_precision
     from zscir.index.gallery import build_index
@@ -125,7 +128,16 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
         notice = world_model_notice(backbone)
         if ranks.is_main:
             _echo_err(f"note: {notice}")
-    summary = build_index(out, backbone, images=images, kind=kind, batch_size=batch_size, workers=workers,
+    items = None
+    if not Path(images).is_dir() or _is_shard_folder(images):  # webdataset shards or a list file
+        source = open_image_source(images)
+        items = list(source)
+        if source.skipped and ranks.is_main:
+            _echo_err(source.skipped.summary(max_items=5))
+        if not items:
+            raise ZscirError(f"--images {images}: no usable images in it")
+        images = None
+    summary = build_index(out, backbone, images=images, items=items, kind=kind, batch_size=batch_size, workers=workers,
                           progress=not no_progress, exact_max=exact_max, log=_echo_err, model=model, force=force,
                           precision=precision, draft=decode == "draft", shard_size=shard_size,
                           ranks=ranks if ranks.world > 1 else None)
