@@ -25,6 +25,7 @@ from zscir.errors import ZscirError
 from zscir.features.sources import _item_id
 
 RANKS_DIR = "ranks"
+PLAN_TIMEOUT_HOURS = 24
 
 
 @dataclass
@@ -81,9 +82,14 @@ def current_ranks(device: str = "cpu") -> Ranks:
     """The job this process belongs to: one process, or the launcher's (gloo on CPUs, nccl on GPUs)."""
     if launched_world() <= 1:
         return Ranks(0, 1)
-    from accelerate import Accelerator
+    from datetime import timedelta
 
-    accelerator = Accelerator(cpu=str(device) == "cpu")
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # the others wait while the main process hashes a new gallery (hours at 100M images): no 30-min timeout
+    accelerator = Accelerator(cpu=str(device) == "cpu",
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=PLAN_TIMEOUT_HOURS))])
     return Ranks(accelerator.process_index, accelerator.num_processes, accelerator)
 
 
@@ -112,7 +118,7 @@ def distributed_update(store, backbone, items: Iterable[Any], ranks: Ranks, with
     Returns the main process's report (images encoded by all processes) on the main
     process, and the process's own report on the others.
     """
-    from zscir.features.store import UpdateReport
+    from zscir.features.store import UpdateReport, backbone_fingerprint
 
     items = list(items)
     kwargs = dict(with_tokens=with_tokens, batch_size=batch_size, shard_size=shard_size,
@@ -121,6 +127,12 @@ def distributed_update(store, backbone, items: Iterable[Any], ranks: Ranks, with
         plan = ranks.broadcast(None)
         if plan.get("error"):
             raise ZscirError(f"process {ranks.rank}: the main process stopped: {plan['error']}")
+        if plan["fingerprint"] != backbone_fingerprint(backbone, precision):
+            error = (f"process {ranks.rank} loaded {backbone_fingerprint(backbone)['backbone']} but the main process "
+                     f"{plan['fingerprint']['backbone']} (random weights, --pretrained none, differ per process: "
+                     "pass a weights file)")
+            ranks.gather({"error": error, "encoded": 0, "corrupt": [], "images_per_s": 0.0})
+            raise ZscirError(error)
         mine = _encode_share(store, backbone, items, plan, ranks, progress=False, **kwargs)
         ranks.gather(mine)
         return UpdateReport(**{k: v for k, v in mine.items() if k in ("encoded", "seconds", "images_per_s")},
@@ -134,7 +146,8 @@ def distributed_update(store, backbone, items: Iterable[Any], ranks: Ranks, with
         except BaseException as e:
             fail(ranks, str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise
-        plan = ranks.broadcast({"error": None, "todo": [s.id for s in todo], "hashes": store._read_hashes()})
+        plan = ranks.broadcast({"error": None, "todo": [s.id for s in todo], "hashes": store._read_hashes(),
+                                "fingerprint": backbone_fingerprint(backbone, precision)})
         mine = _encode_share(store, backbone, items, plan, ranks, progress=progress, **kwargs)
         results = ranks.gather(mine)  # also the barrier: every process has finished its share
         errors = [f"process {r}: {res['error']}" for r, res in enumerate(results) if res.get("error")]

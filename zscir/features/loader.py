@@ -83,6 +83,15 @@ def _identity(batch):
     return batch
 
 
+def _quiet_worker(_worker_id: int) -> None:
+    """A decoding worker writes nothing to stderr. Its errors reach the main process anyway (an unusable
+    image as its skip reason, anything else re-raised there by the DataLoader); what is left is noise, e.g.
+    the traceback of a batch it was still sending when Ctrl-C stopped the main process."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
 def prepared_batches(sources: Sequence[ImageSource], preprocess, batch_size: int, workers: int,
                      min_size: int | None = None, pin_memory: bool = False,
                      prefetch: int = 2) -> Iterator[PreparedBatch]:
@@ -97,5 +106,6 @@ def prepared_batches(sources: Sequence[ImageSource], preprocess, batch_size: int
     # fork: the sources (and a caller's own load() closures) need not be picklable; spawn elsewhere
     context = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
-                        pin_memory=pin_memory, prefetch_factor=prefetch, multiprocessing_context=context)
+                        pin_memory=pin_memory, prefetch_factor=prefetch, multiprocessing_context=context,
+                        worker_init_fn=_quiet_worker)
     yield from loader
