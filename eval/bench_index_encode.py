@@ -138,12 +138,17 @@ def command_seconds(images: Path, clip: list[str], batch: int, nproc: int, port:
 @click.option("--no-scaling", is_flag=True, help="Skip the 1 vs 2 processes part.")
 @click.option("--no-scaling-vit", is_flag=True, help="Scaling for the world CLIP only.")
 @click.option("--rounds", default=2, show_default=True, help="Back-to-back forward/index rounds (median ratio).")
+@click.option("--threads", type=int, default=None,
+              help="torch threads of the forward (default: torch's). On shared, oversubscribed cores 2-thread "
+                   "OpenMP regions wait for each other's time slices; 1 thread then measures the model, not the queue.")
 @click.option("--json-out", type=click.Path(path_type=Path), default=None)
-def main(n, batch, models, images, no_scaling, no_scaling_vit, rounds, json_out):
+def main(n, batch, models, images, no_scaling, no_scaling_vit, rounds, threads, json_out):
     from zscir.data.images import decode_image
     from zscir.features.loader import default_decode_workers
     from zscir.features.precision import cpu_flags
 
+    if threads:
+        torch.set_num_threads(threads)
     tmp = Path(tempfile.mkdtemp(prefix="zscir-bench-encode-"))
     images = images or tmp / "photos"
     if not images.is_dir() or not any(images.glob("*.jpg")):
