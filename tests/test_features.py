@@ -228,7 +228,7 @@ def test_killed_update_keeps_finished_shards_and_resumes(tmp_path):
     items = make_folder(tmp_path / "imgs", 9)
     store_dir = tmp_path / "store"
     # a child process encodes in shards of 2 and is SIGKILLed once three shards (6 images) are written;
-    # the 7th image's loader waits for that, as decoding runs ahead of encoding
+    # the 7th image's loader waits for that (workers=0: decoded in the process that is killed)
     script = textwrap.dedent(f"""
         import json, os, signal, sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -247,7 +247,7 @@ def test_killed_update_keeps_finished_shards_and_resumes(tmp_path):
             return load
         sources = [ImageSource(i, file_key(p), loader(n, p)) for n, (i, p) in enumerate(items)]
         FeatureStore({str(store_dir)!r}).update(ConvBackbone(), sources, with_tokens=True, batch_size=2,
-                                                 shard_size=2, workers=1, progress=False)
+                                                 shard_size=2, workers=0, progress=False)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == -9, proc.stderr

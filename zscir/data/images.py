@@ -38,8 +38,16 @@ class BadImageError(ZscirError):
         super().__init__(f"{item_id}: {reason}" + (f" ({detail})" if detail else ""))
 
 
-def decode_image(data: bytes, item_id: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode encoded image bytes to an 8-bit RGB image, or raise :class:`BadImageError`."""
+def decode_image(data: bytes, item_id: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_size: int | None = None) -> Image.Image:
+    """Decode encoded image bytes to an 8-bit RGB image, or raise :class:`BadImageError`.
+
+    ``min_size``: the caller only needs the shorter side to be at least ``min_size`` pixels
+    (a model's input size). A JPEG is then decoded in draft mode: libjpeg scales by 1/2,
+    1/4 or 1/8 during decoding (DCT scaling, 2-8x faster than a full decode), to the smallest
+    such size whose shorter side still covers ``min_size``; other formats, and images already
+    smaller, are decoded in full. None (default) always decodes in full.
+    """
     if not data:
         raise BadImageError(item_id, "empty file")
     try:
@@ -51,6 +59,8 @@ def decode_image(data: bytes, item_id: str = "<bytes>", max_pixels: int = DEFAUL
             if width * height > max_pixels:
                 raise BadImageError(item_id, "too large (decompression bomb refused)",
                                     f"{width}x{height} > {max_pixels} pixels")
+            if min_size is not None:
+                draft_to_cover(image, min_size)
             image.load()
     except BadImageError:
         raise
@@ -69,6 +79,20 @@ def decode_image(data: bytes, item_id: str = "<bytes>", max_pixels: int = DEFAUL
         return to_rgb(image)
     except (OSError, ValueError) as e:
         raise BadImageError(item_id, "unsupported pixel format", f"mode {image.mode}: {e}") from None
+
+
+def draft_to_cover(image: Image.Image, min_size: int) -> None:
+    """Ask a not yet loaded JPEG for the smallest DCT-scaled size whose shorter side is >= ``min_size``.
+
+    PIL's ``draft`` picks the largest reduction (1/2, 1/4, 1/8) that keeps both sides >= the
+    requested size, so we request ``min_size`` x ``min_size``: the shorter side stays >= ``min_size``
+    (EXIF rotation swaps the sides, never the shorter one). A no-op for other formats.
+    """
+    if image.format != "JPEG" or min_size < 1:
+        return
+    if min(image.size) < 2 * min_size:
+        return  # even 1/2 would not cover
+    image.draft(image.mode if image.mode in ("RGB", "L", "CMYK") else None, (min_size, min_size))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -103,8 +103,11 @@ def file_content_key(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def read_image_file(path: str | os.PathLike, item_id: str) -> Image.Image:
-    """Read and decode one image file; a missing or unreadable file is a :class:`BadImageError`."""
+def read_image_file(path: str | os.PathLike, item_id: str, min_size: int | None = None) -> Image.Image:
+    """Read and decode one image file; a missing or unreadable file is a :class:`BadImageError`.
+
+    ``min_size``: see :func:`zscir.data.images.decode_image` (JPEG draft decoding).
+    """
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -112,11 +115,31 @@ def read_image_file(path: str | os.PathLike, item_id: str) -> Image.Image:
         raise BadImageError(item_id, reason) from None
     except OSError as e:
         raise BadImageError(item_id, "unreadable file", e.strerror or str(e)) from None
-    return decode_image(data, item_id)
+    return decode_image(data, item_id, min_size=min_size)
+
+
+class _FileLoader:
+    """``load()`` of a file source; picklable, so decoding worker processes can be spawned."""
+
+    accepts_min_size = True
+
+    def __init__(self, image_id: str, path: Path):
+        self.image_id, self.path = image_id, path
+
+    def __call__(self, min_size: int | None = None) -> Image.Image:
+        return read_image_file(self.path, self.image_id, min_size)
 
 
 def _file_loader(image_id: str, path: Path) -> Callable[[], Image.Image]:
-    return lambda: read_image_file(path, image_id)
+    return _FileLoader(image_id, path)
+
+
+def load_image(source: "ImageSource", min_size: int | None = None) -> Image.Image:
+    """Decode ``source``; with ``min_size``, JPEGs are decoded in draft mode where its loader allows it
+    (zscir's own loaders do; a caller's ``load`` without arguments is called as it is)."""
+    if min_size is not None and getattr(source.load, "accepts_min_size", False):
+        return source.load(min_size=min_size)
+    return source.load()
 
 
 def _stat_or_skip(image_id: str, path: Path) -> str:
@@ -162,13 +185,29 @@ def _release(item: Any) -> None:
         release()
 
 
-def _object_loader(item: Any) -> Callable[[], Image.Image]:
-    def load() -> Image.Image:
+class _ObjectLoader:
+    """``load()`` of an item object (e.g. a webdataset sample); draft decoding when it exposes its bytes."""
+
+    accepts_min_size = True
+
+    def __init__(self, item: Any):
+        self.item = item
+
+    def __call__(self, min_size: int | None = None) -> Image.Image:
+        item = self.item
         try:
+            if min_size is not None and callable(getattr(item, "read_bytes", None)):
+                from zscir.data.images import DEFAULT_MAX_PIXELS
+
+                return decode_image(item.read_bytes(), safe_name(str(item.id)),
+                                    getattr(item, "max_pixels", DEFAULT_MAX_PIXELS), min_size=min_size)
             return to_rgb(item.load())  # ImageItem.load() already decodes with decode_image
         finally:
             _release(item)
-    return load
+
+
+def _object_loader(item: Any) -> Callable[[], Image.Image]:
+    return _ObjectLoader(item)
 
 
 def _from_object(item: Any) -> ImageSource:

@@ -35,7 +35,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -96,6 +98,7 @@ class UpdateReport:
     seconds: float = 0.0
     images_per_s: float = 0.0
     hashed: int = 0               # files read to compute their content hash (new, moved or touched)
+    by_process: list[int] = field(default_factory=list)  # images each process encoded (several processes)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -109,9 +112,11 @@ class UpdateReport:
         return s
 
 
-def backbone_fingerprint(backbone) -> dict[str, Any]:
-    """What makes two features comparable: the model's identity and the preprocessing."""
-    return {"backbone": dict(backbone.identity), "preprocess": backbone.preprocess_name}
+def backbone_fingerprint(backbone, precision: str = "fp32") -> dict[str, Any]:
+    """What makes two features comparable: the model's identity and the preprocessing, and the
+    encoding precision when it is not fp32 (fp32 stores predate the field and carry none)."""
+    fp = {"backbone": dict(backbone.identity), "preprocess": backbone.preprocess_name}
+    return fp if precision == "fp32" else {**fp, "precision": precision}
 
 
 def _slug(text: str) -> str:
@@ -232,11 +237,16 @@ class FeatureStore:
         manifest["generation"] += 1
         atomic_write_json(self.manifest_path, manifest, indent=1)
 
-    def check_backbone(self, backbone) -> None:
-        """Raise if this store's features came from another backbone or preprocessing than ``backbone``'s."""
+    def check_backbone(self, backbone, precision: str = "fp32") -> None:
+        """Raise if this store's features came from another backbone, preprocessing or precision."""
         meta = self.meta
         have = {"backbone": meta["backbone"], "preprocess": meta["preprocess"]}
         want = backbone_fingerprint(backbone)
+        if have == want and meta.get("precision", "fp32") != precision:
+            raise ZscirError(
+                f"feature store {str(self.root)!r} holds {meta.get('precision', 'fp32')} features, but this run "
+                f"encodes in {precision} (--precision): features of two precisions are never mixed; use "
+                f"--precision {meta.get('precision', 'fp32')}, another directory, or --force to re-encode all")
         if have != want:
             raise ZscirError(
                 f"feature store {str(self.root)!r} holds features of {_describe(have)}, "
@@ -361,7 +371,9 @@ class FeatureStore:
     # ---------------------------------------------------------------- writing
     def update(self, backbone, items: Iterable[Any], with_tokens: bool = False, batch_size: int = 64,
                shard_size: int = 2048, flush_seconds: float = 120.0, workers: int | None = None,
-               progress: bool = True, prune: bool = True, force: bool = False) -> UpdateReport:
+               progress: bool = True, prune: bool = True, force: bool = False, precision: str = "fp32",
+               draft: bool = False, ranks=None, known_hashes: dict[str, str] | None = None,
+               consolidate: bool = True) -> UpdateReport:
         """Make the store hold ``items``' features: encode new or changed images, drop the rest.
 
         ``prune=False`` keeps the rows of images not in ``items`` (a store shared by
@@ -369,20 +381,49 @@ class FeatureStore:
         ``force=True`` forgets what the store holds (even a damaged manifest) and encodes everything.
         Finished shards survive a kill; rerunning continues where it stopped.
         Corrupt images are skipped and listed in the report.
+        ``workers``: decoding processes (None: one per core); ``precision``: fp32, or bf16/fp16
+        autocast (recorded in meta.json: a store holds one precision); ``draft``: JPEG draft decoding.
+        ``ranks`` (:class:`zscir.features.distributed.Ranks` of 2+ processes): every process calls
+        this, each encodes its share into its own store, the main process merges them.
         """
+        if ranks is not None and ranks.world > 1:
+            from zscir.features.distributed import distributed_update
+
+            return distributed_update(self, backbone, items, ranks, with_tokens=with_tokens, batch_size=batch_size,
+                                      shard_size=shard_size, flush_seconds=flush_seconds, workers=workers,
+                                      progress=progress, prune=prune, force=force, precision=precision,
+                                      draft=draft)
+        with self.planned_update(backbone, items, with_tokens, workers, progress, prune, force, precision,
+                                 known_hashes) as (manifest, todo, report):
+            try:
+                self._encode_into(manifest, backbone, todo, report, with_tokens, batch_size, shard_size,
+                                  flush_seconds, workers, progress, precision, draft)
+            except KeyboardInterrupt:
+                _stderr(f"interrupted: the {report.encoded} image(s) encoded in this run are saved in {self.root} "
+                        f"({report.reused + report.encoded} in all); rerun the same command to encode the rest")
+                raise
+            if consolidate:
+                self.finish_update(manifest)
+        return report
+
+    @contextlib.contextmanager
+    def planned_update(self, backbone, items, with_tokens=False, workers=None, progress=True, prune=True,
+                       force=False, precision="fp32", known_hashes=None):
+        """Under the update lock: yield (manifest, sources still to encode, report) with every row that is
+        no longer wanted already dropped; the caller encodes ``todo`` (or has it encoded) and commits."""
         t0 = time.perf_counter()
         if self.exists() and not force:
-            self.check_backbone(backbone)  # before hashing anything
-        known = {} if force else {**self._legacy_stat_keys(), **self._read_hashes()}
-        sources, unusable = as_sources(items, workers=workers or default_workers(), progress=progress,
+            self.check_backbone(backbone, precision)  # before hashing anything
+        known = {} if force else {**self._legacy_stat_keys(), **self._read_hashes(), **(known_hashes or {})}
+        sources, unusable = as_sources(items, workers=max(1, workers or default_workers()), progress=progress,
                                        known_hashes=known)
         report = UpdateReport(total=len(sources) + len(unusable), corrupt=list(unusable),
                               hashed=sum(1 for s in sources if s.stat and s.stat not in known))
         with self._locked(), self._missing_is_damage():
             if force:
-                manifest = self._reset(backbone)
+                manifest = self._reset(backbone, precision)
             else:
-                self._init_meta(backbone)
+                self._init_meta(backbone, precision)
                 manifest = self._read_manifest()
             if self._drop_damaged(manifest) or manifest.get("consolidated") is None:
                 with sigint_deferred():
@@ -409,32 +450,61 @@ class FeatureStore:
                 with sigint_deferred():
                     self._compact(manifest)
                     self._commit(manifest, consolidated=False)
-
-            todo = [s for s in sources if s.id not in kept]
-            try:
-                self._encode_into(manifest, backbone, todo, report, with_tokens, batch_size, shard_size,
-                                  flush_seconds, workers, progress)
-            except KeyboardInterrupt:
-                _stderr(f"interrupted: the {report.encoded} image(s) encoded in this run are saved in {self.root} "
-                        f"({report.reused + report.encoded} in all); rerun the same command to encode the rest")
-                raise
-            if manifest.get("consolidated") is None:
-                with sigint_deferred():
-                    self._consolidate(manifest)
+            yield manifest, [s for s in sources if s.id not in kept], report
         report.seconds = time.perf_counter() - t0
-        return report
 
-    def _reset(self, backbone) -> dict[str, Any]:
+    def finish_update(self, manifest) -> None:
+        """Write the consolidated pooled file (when the shards changed) and drop what nothing refers to."""
+        if manifest.get("consolidated") is None:
+            with sigint_deferred():
+                self._consolidate(manifest)
+
+    def adopt_shards(self, manifest, other: "FeatureStore") -> int:
+        """Append ``other``'s live shards to ``manifest`` (hard links, no copy: its files stay whole
+        until ``other`` is deleted) and commit; return the rows adopted. Same backbone and precision only."""
+        if not other.exists():
+            return 0
+        def what(meta):
+            return meta["backbone"], meta["preprocess"], meta.get("precision", "fp32"), meta["embed_dim"]
+
+        if what(other.meta) != what(self.meta):
+            raise ZscirError(f"feature store {str(other.root)!r} was written with another backbone, preprocessing "
+                             f"or precision than {str(self.root)!r}; delete it and rerun")
+        theirs = other._read_manifest()
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        rows = 0
+        with sigint_deferred():
+            for shard in theirs["shards"]:
+                if shard["rows"] == len(shard["dead"]):
+                    continue
+                name = self._new_shard_name(manifest)
+                src, dst = shard_files(other.shard_dir, shard["name"]), shard_files(self.shard_dir, name)
+                for part in ("pooled", "tokens", "rows"):  # the rows file last: it marks a shard complete
+                    if part == "tokens" and not shard["tokens"]:
+                        continue
+                    dst[part].unlink(missing_ok=True)
+                    try:
+                        os.link(src[part], dst[part])
+                    except OSError:
+                        shutil.copyfile(src[part], dst[part])
+                manifest["shards"].append({**shard, "name": name, "dead": list(shard["dead"])})
+                rows += shard["rows"] - len(shard["dead"])
+            self._commit(manifest, consolidated=False)
+        return rows
+
+    def _reset(self, backbone, precision: str = "fp32") -> dict[str, Any]:
         """For ``force``: a fresh description and an empty manifest (garbage collection then drops the rest)."""
         try:
             meta = self.meta if self.exists() else None
         except ZscirError:
             meta = None  # damaged: rewritten below
-        if meta is not None:
-            self.check_backbone(backbone)
+        if meta is not None and meta.get("precision", "fp32") == precision:
+            self.check_backbone(backbone, precision)
         else:
+            if meta is not None:
+                self.check_backbone(backbone, meta.get("precision", "fp32"))  # only the precision changes
             self.meta_path.unlink(missing_ok=True)
-            self._init_meta(backbone)
+            self._init_meta(backbone, precision)
         try:
             generation = self._read_manifest()["generation"]
         except ZscirError:
@@ -519,13 +589,13 @@ class FeatureStore:
                     problems.append(str(e))
         return checked, problems
 
-    def _init_meta(self, backbone) -> None:
+    def _init_meta(self, backbone, precision: str = "fp32") -> None:
         if self.exists():
-            self.check_backbone(backbone)
+            self.check_backbone(backbone, precision)
             return
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **backbone_fingerprint(backbone),
                 "backbone_str": getattr(backbone, "identity_str", None),
-                "embed_dim": int(backbone.embed_dim), "dtype": "float16",
+                "embed_dim": int(backbone.embed_dim), "dtype": "float16", "precision": precision,
                 "pooled": "projected image embedding, not normalised",
                 "tokens": "final transformer block outputs (CLS + patches) before ln_post",
                 "image_key": "sha256:<content hash> (file:<abs path>:<size>:<mtime_ns> in older stores)"}
@@ -542,7 +612,7 @@ class FeatureStore:
         return name
 
     def _encode_into(self, manifest, backbone, todo, report, with_tokens, batch_size, shard_size,
-                     flush_seconds, workers, progress) -> None:
+                     flush_seconds, workers, progress, precision="fp32", draft=False) -> None:
         if not todo:
             return
         self.shard_dir.mkdir(parents=True, exist_ok=True)
@@ -574,7 +644,7 @@ class FeatureStore:
         try:
             from zscir.features.encode import encode_sources  # torch: only when something is encoded
 
-            for batch in encode_sources(backbone, todo, batch_size, with_tokens, workers):
+            for batch in encode_sources(backbone, todo, batch_size, with_tokens, workers, precision, draft):
                 report.corrupt.extend(batch.corrupt)
                 skipped_here += len(batch.corrupt)
                 bar.update(len(batch.ids) + len(batch.corrupt))

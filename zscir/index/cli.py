@@ -43,7 +43,9 @@ def _print_verify(report, as_json) -> None:
 
 
 @click.command("index")
-@click.option("--images", type=click.Path(), help="Folder of images (searched recursively). Required unless --verify.")
+@click.option("--images", type=click.Path(),
+              help="Folder of images (searched recursively), or webdataset tar shards ('shards/{00000..00099}.tar', "
+                   "a folder of .tar files) or a text file listing image paths. Required unless --verify.")
 @click.option("--out", required=True, type=click.Path(), help="Index directory (created, or updated incrementally).")
 @click.option("--clip", help="open_clip model name of the backbone (default: the shapes world's CLIP).")
 @click.option("--pretrained", help="pretrained tag (e.g. openai) or a local weights file, with --clip; "
@@ -56,18 +58,33 @@ def _print_verify(report, as_json) -> None:
 @click.option("--exact-max", type=int, default=EXACT_MAX, show_default=True,
               help="With --kind auto: largest gallery searched exactly.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=None, help="Image decoding threads (default: up to 4).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps.")
+@click.option("--workers", type=int, default=None,
+              help="Image decoding processes, overlapped with the forward (default: one per core, up to 8; "
+                   "0: decode in the main process).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Image forward precision: bf16/fp16 autocast where the device has native kernels (refused "
+                   "elsewhere). Recorded in the index: features of two precisions never mix.")
+@click.option("--decode", type=click.Choice(["draft", "full"]), default="draft", show_default=True,
+              help="draft: decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the model's "
+                   "input (2-4x faster); full: always decode every pixel.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Images per feature shard: a killed run keeps every finished shard.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda, cuda:N or mps. Under torchrun / accelerate launch, cuda = each process's own GPU.")
 @click.option("--force", is_flag=True, help="Re-encode every image and rebuild every file (repairs a damaged index).")
 @click.option("--verify", is_flag=True, help="Check every file of --out against its recorded checksum; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, batch_size, workers, device, force,
-          verify, as_json, no_progress):
+def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, batch_size, workers, precision, decode,
+          shard_size, device, force, verify, as_json, no_progress):
     """Encode a folder of images (only new or changed ones on a rerun) and build a searchable index.
 
     Rerunning on an index rebuilds a missing or damaged faiss index or index.json from the
     stored features; --force re-encodes everything; --verify only checks.
+
+    Several processes: run the same command under `torchrun --nproc_per_node N -m zscir.cli index ...`
+    or `accelerate launch -m zscir.cli index ...`: each process encodes a share of the images into its
+    own shards (resumable), the main process merges them and builds the index.
     """
     if verify:
         if force or images is not None:
@@ -80,11 +97,18 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
         raise ZscirError("missing option --images DIR: the folder of images to index (or --verify to check --out)")
     if batch_size < 1:
         raise ZscirError(f"--batch-size must be at least 1, got {batch_size}")
-    if workers is not None and workers < 1:
-        raise ZscirError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and workers < 0:
+        raise ZscirError(f"--workers must be at least 0, got {workers}")
+    from zscir.data.sources import _is_shard_folder, open_image_source
+    from zscir.features.distributed import current_ranks, process_device
+    from zscir.features.precision import check_precision
     from zscir.index.gallery import build_index
 
-    backbone = load_cli_backbone(clip, pretrained, preprocess, device)  # validates --device too
+    from zscir.backbone.options import check_device
+
+    device = process_device(check_device(device))
+    check_precision(precision, device)  # before any weights are loaded
+    backbone = load_cli_backbone(clip, pretrained, preprocess, device)
     if model is not None:
         from zscir.models.query import BASELINES, load_query_encoder
 
@@ -95,15 +119,30 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
             backbone = _checkpoint_backbone(model, device)
         backbone = load_query_encoder(model, backbone).backbone
         model = str(Path(model).absolute())
+    ranks = current_ranks(device)
     notice = None
     if backbone is None:
         from zscir.index.defaults import default_backbone
 
         backbone = default_backbone(device)
         notice = world_model_notice(backbone)
-        _echo_err(f"note: {notice}")
-    summary = build_index(out, backbone, images=images, kind=kind, batch_size=batch_size, workers=workers,
-                          progress=not no_progress, exact_max=exact_max, log=_echo_err, model=model, force=force)
+        if ranks.is_main:
+            _echo_err(f"note: {notice}")
+    items = None
+    if not Path(images).is_dir() or _is_shard_folder(images):  # webdataset shards or a list file
+        source = open_image_source(images)
+        items = list(source)
+        if source.skipped and ranks.is_main:
+            _echo_err(source.skipped.summary(max_items=5))
+        if not items:
+            raise ZscirError(f"--images {images}: no usable images in it")
+        images = None
+    summary = build_index(out, backbone, images=images, items=items, kind=kind, batch_size=batch_size, workers=workers,
+                          progress=not no_progress, exact_max=exact_max, log=_echo_err, model=model, force=force,
+                          precision=precision, draft=decode == "draft", shard_size=shard_size,
+                          ranks=ranks if ranks.world > 1 else None)
+    if not ranks.is_main:  # a helper process: the main process reports for all of them
+        return
     summary["backbone"] = {"identity": backbone.identity, "preprocess": backbone.preprocess_name,
                            "device": str(backbone.device), "shapes_world_model": notice is not None,
                            "notice": notice}

@@ -142,7 +142,8 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
                 items: Iterable[Any] | None = None, kind: str = "auto", batch_size: int = 64,
                 workers: int | None = None, progress: bool = True, exact_max: int = search_index.EXACT_MAX,
                 log: Callable[[str], None] | None = None, model: str | None = None,
-                force: bool = False) -> dict[str, Any]:
+                force: bool = False, precision: str = "fp32", draft: bool = True, shard_size: int = 2048,
+                ranks=None) -> dict[str, Any]:
     """Index a folder of ``images`` (ids = paths relative to it) or explicit ``items``; return a summary.
 
     ``items`` are what the feature store accepts: (id, path) pairs, paths, or ImageItems.
@@ -150,6 +151,12 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
     ``force`` re-encodes every image and rebuilds every file (also of a damaged index).
     Images that cannot be used (dangling symlinks, unreadable or undecodable files) are
     skipped and counted in ``summary["skipped"]``.
+    ``workers``: decoding processes; ``precision``: fp32 or bf16/fp16 autocast (an index holds
+    one precision); ``draft``: decode JPEGs at the smallest DCT scale covering the model input;
+    ``shard_size``: images per feature shard (what a killed run keeps).
+    ``ranks`` (:func:`zscir.features.distributed.current_ranks`, 2+ processes): every process
+    calls this; each encodes a share of the images, the main process merges the features and
+    builds the index (the others return ``{"rank", "features"}`` once their share is merged).
     """
     out = Path(out)
     if (images is None) == (items is None):
@@ -161,9 +168,14 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
                              "(option --images)")
         items = pairs
     items = list(items)
+    encode = dict(batch_size=batch_size, workers=workers, progress=progress, force=force, precision=precision,
+                  draft=draft, shard_size=shard_size, ranks=ranks)
+    if ranks is not None and not ranks.is_main:  # a helper process: encode its share, the main one does the rest
+        store = FeatureStore(out / "features", repair_hint=repair_hint(out, images))
+        report = store.update(backbone, items, **{**encode, "progress": False})
+        return {"index": str(out), "rank": ranks.rank, "features": report.to_dict()}
     with _build_lock(out):  # two first-use builds of the same index: one builds, the other then finds it
-        return _build_locked(out, backbone, images, items, kind, batch_size, workers, progress, exact_max, log,
-                             model, force)
+        return _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode)
 
 
 @contextlib.contextmanager
@@ -182,9 +194,8 @@ def _say(log, msg: str) -> None:
         log(msg)
 
 
-def _build_locked(out, backbone, images, items, kind, batch_size, workers, progress, exact_max, log, model, force):
-    path_of = {safe_name(str(i[0])): safe_name(str(Path(i[1]).absolute())) for i in items if isinstance(i, tuple)}
-    images_root = safe_name(str(Path(images).absolute())) if images is not None else None
+def _check_existing(out, backbone, precision, force, log):
+    """index.json of ``out`` (None for a new or damaged one); refuses another backbone or precision."""
     existing, damage = _read_meta(out)
     if damage:
         _say(log, f"{out / 'index.json'} is damaged ({damage}); rebuilding it from the features")
@@ -192,10 +203,30 @@ def _build_locked(out, backbone, images, items, kind, batch_size, workers, progr
             != backbone_fingerprint(backbone):
         raise ZscirError(f"index {str(out)!r} was built with {_describe(existing)}, not "
                          f"{_describe(backbone_fingerprint(backbone))}: use another --out")
+    have = (existing or {}).get("precision", "fp32")
+    if existing is not None and have != precision and not force:
+        raise ZscirError(f"index {str(out)!r} holds {have} features, not {precision} (--precision): features "
+                         f"of two precisions are never mixed; use --precision {have}, another --out, or --force "
+                         f"to re-encode every image in {precision}")
+    return existing
+
+
+def _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode):
+    path_of = {safe_name(str(i[0])): safe_name(str(Path(i[1]).absolute())) for i in items if isinstance(i, tuple)}
+    images_root = safe_name(str(Path(images).absolute())) if images is not None else None
+    ranks, force, precision = encode["ranks"], encode["force"], encode["precision"]
+    try:
+        existing = _check_existing(out, backbone, precision, force, log)
+    except BaseException as e:
+        if ranks is not None and ranks.world > 1:  # the other processes wait for the plan: tell them
+            from zscir.features.distributed import fail
+
+            fail(ranks, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise
 
     t0 = time.perf_counter()
     store = FeatureStore(out / "features", repair_hint=repair_hint(out, images_root))
-    report = store.update(backbone, items, batch_size=batch_size, workers=workers, progress=progress, force=force)
+    report = store.update(backbone, items, **encode)
     if report.corrupt:
         counts = _count_reasons(report.corrupt)
         _say(log, f"skipped {len(report.corrupt)} image(s) ({', '.join(f'{n} {r}' for r, n in counts.items())}), "
@@ -212,6 +243,7 @@ def _build_locked(out, backbone, images, items, kind, batch_size, workers, progr
     if stale and existing is not None:
         _say(log, f"rebuilding the search index of {out}: {stale}")
     unchanged = (not force and not stale and not report.encoded and not report.deleted
+                 and existing.get("precision", "fp32") == precision
                  and existing.get("requested_kind") == kind and existing.get("count") == len(ids)
                  and existing.get("exact_max") == exact_max)
     if unchanged:
@@ -227,12 +259,13 @@ def _build_locked(out, backbone, images, items, kind, batch_size, workers, progr
             _say(log, f"--kind {kind}: {built.params['fallback_reason']}")
         with sigint_deferred():
             meta = _write_generation(out, existing, backbone, built, recall, ids, paths, keys, images_root, kind,
-                                     exact_max, index_seconds=time.perf_counter() - t_index,
+                                     exact_max, precision, index_seconds=time.perf_counter() - t_index,
                                      model=model if model is not None else (existing or {}).get("model"))
     return {"index": str(out), "count": meta["count"], "kind": meta["kind"], "params": meta["params"],
             "recall": meta["recall"], "rebuilt": not unchanged, "features": report.to_dict(),
             "skipped": {"count": len(report.corrupt), "by_reason": _count_reasons(report.corrupt)},
-            "escaped_ids": escaped, "seconds": time.perf_counter() - t0}
+            "escaped_ids": escaped, "precision": precision,
+            "processes": ranks.world if ranks is not None else 1, "seconds": time.perf_counter() - t0}
 
 
 def _count_reasons(corrupt: list[tuple[str, str]]) -> dict[str, int]:
@@ -299,7 +332,7 @@ def _next_generation(out: Path, existing: dict | None) -> int:
 
 
 def _write_generation(out: Path, existing, backbone, built, recall, ids, paths, keys, images_root, kind, exact_max,
-                      index_seconds: float, model: str | None) -> dict[str, Any]:
+                      precision: str, index_seconds: float, model: str | None) -> dict[str, Any]:
     gen = _next_generation(out, existing)
     files = {"faiss": f"faiss.g{gen:06d}.index", "ids": f"ids.g{gen:06d}.json"}
     with atomic_path(out / files["faiss"]) as tmp:
@@ -308,7 +341,8 @@ def _write_generation(out: Path, existing, backbone, built, recall, ids, paths, 
     k = min(search_index.RECALL_K, len(ids))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "generation": gen, "files": files,
             "sha256": {part: sha256_file(out / name) for part, name in files.items()},
-            **backbone_fingerprint(backbone), "backbone_source": getattr(backbone, "source", None),
+            **backbone_fingerprint(backbone), "precision": precision,
+            "backbone_source": getattr(backbone, "source", None),
             "images_root": images_root,
             "count": len(ids), "requested_kind": kind, "exact_max": exact_max, "kind": built.kind,
             "params": built.params,

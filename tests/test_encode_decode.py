@@ -1,0 +1,170 @@
+"""Decoding for the encoder: JPEG draft decode (bounded against a full decode), worker
+processes (== in-process), and the encoding precision as part of the store's identity."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zscir.data.images import decode_image
+from zscir.errors import ZscirError
+from zscir.features import FeatureStore
+from zscir.features.encode import encode_sources
+from zscir.features.precision import check_precision
+from zscir.features.sources import as_sources
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def photo_jpegs(folder, n=12):
+    """Real photographs (skimage's samples), cropped and resized to a few camera-like sizes, as JPEGs."""
+    skdata = pytest.importorskip("skimage.data")
+    photos = [skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket()]
+    sizes = [(640, 480), (480, 640), (800, 600), (500, 500), (1024, 576), (333, 251)]
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n):
+        im = Image.fromarray(photos[i % len(photos)]).convert("RGB")
+        w, h = im.size
+        im = im.crop((i * 7 % 40, i * 5 % 30, w - i * 3 % 25, h)).resize(sizes[i % len(sizes)], Image.BICUBIC)
+        path = folder / f"photo{i:02d}.jpg"
+        im.save(path, quality=90)
+        items.append((path.stem, path))
+    return items
+
+
+@pytest.fixture(scope="module")
+def world_bb():
+    from zscir.world.shipped import shapes_backbone
+
+    return shapes_backbone()
+
+
+@pytest.fixture(scope="module")
+def vit_bb():
+    from zscir.backbone import load_backbone
+
+    torch.manual_seed(0)
+    return load_backbone("zscir-tiny-test", pretrained=None)
+
+
+def test_draft_decode_is_the_smallest_dct_scale_covering_the_input(tmp_path):
+    for path in [p for _, p in photo_jpegs(tmp_path, 6)]:
+        data = path.read_bytes()
+        full = decode_image(data)
+        for min_size in (32, 64, 100, 224, 240, 300):
+            draft = decode_image(data, min_size=min_size)
+            short = min(draft.size)
+            assert short >= min(min_size, min(full.size))
+            if draft.size != full.size:  # reduced: by 2, 4 or 8, and the next reduction would not cover
+                scale = full.size[0] / draft.size[0]
+                assert round(scale) in (2, 4, 8) and abs(full.size[1] / draft.size[1] - scale) < 0.1
+                assert min(full.size) / (2 * round(scale)) < min_size or round(scale) == 8
+            else:
+                assert min(full.size) / 2 < min_size  # half the size would be too small
+    png = io.BytesIO()
+    Image.new("RGB", (400, 300), (10, 20, 30)).save(png, "PNG")
+    assert decode_image(png.getvalue(), min_size=64).size == (400, 300)  # only JPEGs have draft scales
+
+
+@pytest.mark.parametrize("name, bound", [("world_bb", 0.99), ("vit_bb", 0.998)])
+def test_draft_decode_changes_features_by_a_bounded_amount(name, bound, request, tmp_path):
+    bb = request.getfixturevalue(name)
+    sources, bad = as_sources(photo_jpegs(tmp_path, 12))
+    assert not bad
+    full = np.concatenate([b.pooled for b in encode_sources(bb, sources, batch_size=6, workers=0)]).astype(np.float32)
+    draft = np.concatenate([b.pooled for b in encode_sources(bb, sources, batch_size=6, workers=0, draft=True)]
+                           ).astype(np.float32)
+    cos = (full * draft).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(draft, axis=1)
+    # measured on these 12 photos: world CLIP (64 px, trained on flat shapes: photos at 1/8 scale move
+    # it most) min 0.992, median 0.9999; the tiny test ViT (random weights) min 0.9999
+    assert cos.min() > bound and np.median(cos) > 0.999, cos
+    assert not np.array_equal(full, draft)  # draft decoding did happen
+
+
+def test_worker_processes_give_the_same_features_as_in_process(world_bb, tmp_path):
+    items = photo_jpegs(tmp_path, 10)
+    items.append(("broken", tmp_path / "broken.jpg"))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    sources, _ = as_sources(items)
+    runs = []
+    for workers in (0, 2):
+        batches = list(encode_sources(world_bb, sources, batch_size=3, workers=workers, draft=True))
+        runs.append((sum((b.ids for b in batches), []), np.concatenate([b.pooled for b in batches if b.ids]),
+                     sum((b.corrupt for b in batches), [])))
+    (ids0, p0, bad0), (ids2, p2, bad2) = runs
+    assert ids0 == ids2 == [i for i, _ in items[:10]]
+    np.testing.assert_array_equal(p0, p2)
+    assert [i for i, _ in bad0] == [i for i, _ in bad2] == ["broken"]
+
+
+def test_fp16_and_bf16_need_native_cpu_support():
+    check_precision("fp32", "cpu", frozenset())
+    with pytest.raises(ZscirError, match="avx512_fp16") as e:
+        check_precision("fp16", "cpu", frozenset({"avx512f", "avx512_bf16"}))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ZscirError, match="avx512_bf16"):
+        check_precision("bf16", "cpu", frozenset({"avx2"}))
+    check_precision("fp16", "cpu", frozenset({"avx512_fp16"}))
+    check_precision("bf16", "cpu", frozenset({"amx_bf16"}))
+    with pytest.raises(ZscirError, match="--precision"):
+        check_precision("int8", "cpu")
+
+
+def test_an_fp32_store_is_not_reused_by_a_bf16_run(world_bb, tmp_path):
+    from zscir.features.precision import cpu_flags
+    from zscir.index.gallery import GalleryIndex, build_index
+
+    if not {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        pytest.skip("this CPU has no native bf16")
+    items = photo_jpegs(tmp_path / "imgs", 6)
+    out = tmp_path / "idx"
+    build_index(out, world_bb, items=items, batch_size=3, workers=0, progress=False)
+    fp32 = np.asarray(FeatureStore(out / "features").load().pooled, np.float32)
+    with pytest.raises(ZscirError, match="fp32 features, not bf16"):
+        build_index(out, world_bb, items=items, batch_size=3, workers=0, progress=False, precision="bf16")
+    with pytest.raises(ZscirError, match="two precisions are never mixed"):  # the store itself refuses too
+        FeatureStore(out / "features").update(world_bb, items, precision="bf16", progress=False)
+    summary = build_index(out, world_bb, items=items, batch_size=3, workers=0, progress=False, precision="bf16",
+                          force=True)
+    assert summary["features"]["encoded"] == 6 and summary["features"]["reused"] == 0
+    store = FeatureStore(out / "features")
+    assert store.meta["precision"] == "bf16" and GalleryIndex.open(out).meta["precision"] == "bf16"
+    bf16 = np.asarray(store.load().pooled, np.float32)
+    assert not np.array_equal(bf16, fp32)
+    cos = (bf16 * fp32).sum(1) / np.linalg.norm(bf16, axis=1) / np.linalg.norm(fp32, axis=1)
+    assert cos.min() > 0.99, cos
+    # and a bf16 index is not silently reused by an fp32 run either
+    with pytest.raises(ZscirError, match="bf16 features, not fp32"):
+        build_index(out, world_bb, items=items, batch_size=3, workers=0, progress=False)
+
+
+def test_index_cli_reads_webdataset_shards(tmp_path):
+    import json
+    import tarfile
+
+    from click.testing import CliRunner
+
+    from zscir.cli import cli
+    from zscir.index.gallery import GalleryIndex
+
+    photos = photo_jpegs(tmp_path / "photos", 6)
+    (tmp_path / "shards").mkdir()
+    for s in range(2):
+        with tarfile.open(tmp_path / "shards" / f"{s:05d}.tar", "w") as tar:
+            for name, path in photos[s * 3:(s + 1) * 3]:
+                tar.add(path, arcname=f"{name}.jpg")
+    runs = {}
+    for label, spec in (("tar", str(tmp_path / "shards" / "{00000..00001}.tar")), ("folder", str(tmp_path / "photos"))):
+        res = CliRunner().invoke(cli, ["index", "--images", spec, "--out", str(tmp_path / label), "--json",
+                                       "--no-progress", "--workers", "0"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout[res.stdout.index("{"):])["count"] == 6
+        runs[label] = FeatureStore(tmp_path / label / "features").load()
+    assert runs["tar"].ids == [n for n, _ in photos] and runs["folder"].ids == [f"{n}.jpg" for n, _ in photos]
+    assert GalleryIndex.open(tmp_path / "tar").ids == runs["tar"].ids
+    np.testing.assert_array_equal(np.asarray(runs["tar"].pooled), np.asarray(runs["folder"].pooled))

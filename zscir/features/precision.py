@@ -1,0 +1,69 @@
+"""Encoding precision: fp32, or bf16 / fp16 autocast where the device has fast kernels for it.
+
+The precision is part of a feature store's identity (``meta.json``) and of an index's
+``index.json``: features of two precisions are never mixed in one store. A reduced
+precision is only used where it is fast: on a CPU, bf16 needs AVX512-BF16 or AMX-BF16 and
+fp16 needs AVX512-FP16 (without it fp16 matmuls are emulated, 45-100x slower than fp32);
+the flags are read at run time from ``/proc/cpuinfo``. Anything else is refused with one
+line, never silently run in another precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+from zscir.errors import ZscirError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# CPU flags that make each reduced precision fast (any one of them suffices)
+CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags of this machine (empty where /proc/cpuinfo does not exist)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.split(":", 1)[0].strip() in ("flags", "Features"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def check_precision(precision: str, device: str | torch.device, flags: frozenset[str] | None = None) -> None:
+    """Raise a one-line :class:`ZscirError` unless ``device`` runs ``precision`` natively."""
+    if precision not in PRECISIONS:
+        raise ZscirError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return
+    device = torch.device(device)
+    if device.type == "cpu":
+        flags = cpu_flags() if flags is None else flags
+        need = CPU_FLAGS[precision]
+        if not any(f in flags for f in need):
+            raise ZscirError(f"--precision {precision} on the CPU needs {' or '.join(need)} (this CPU lacks them: "
+                             f"{precision} matmuls would be emulated, many times slower than fp32); use --precision "
+                             f"fp32{' or bf16' if precision == 'fp16' else ''}")
+    elif device.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ZscirError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
+                             "use --precision fp16 or fp32")
+    elif device.type == "mps":
+        if precision == "bf16":
+            raise ZscirError("--precision bf16 is not offered on mps; use --precision fp16 or fp32")
+    else:
+        raise ZscirError(f"--precision {precision} is not offered on device {device.type!r}; use --precision fp32")
+
+
+def autocast(precision: str, device: str | torch.device):
+    """The context an image forward runs in: nothing for fp32, else torch autocast to bf16/fp16."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[precision])
