@@ -1,0 +1,130 @@
+"""Exact inner-product search over fp16 vectors, with the kernel chosen by batch size and CPU.
+
+The gallery's vectors are kept once, in fp16 (an array or a memory-mapped ``.npy``): no
+fp32 copy. A scan is memory-bound for one query (it must read every byte once) and
+compute-bound for a batch, so the kernel depends on both the batch size and what the CPU
+can do natively:
+
+    fp16-matmul   torch fp16 matmul straight on the stored rows; only where the CPU has
+                  AVX512-FP16 (or on CUDA). Elsewhere fp16 arithmetic is emulated and
+                  45-100x slower than fp32, so it is never chosen there.
+    bf16-matmul   the rows converted chunk by chunk to bf16 (AVX512-BF16 / AMX), one matmul
+                  per chunk: for batches on CPUs with bf16 but no fp16.
+    fp32-chunked  the rows converted chunk by chunk to fp32, one sgemm per chunk: works
+                  everywhere.
+
+Every kernel returns ``RERANK_FACTOR * k`` candidates whose low-precision scores are then
+recomputed exactly (fp32 dot products of the fp16 rows) and re-sorted, so the answer's
+order and scores are the exact fp32 ones on the stored fp16 vectors, whatever the kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+RERANK_FACTOR = 4        # candidates re-scored exactly per requested result
+CHUNK_ROWS = 65_536      # rows converted at a time by the chunked kernels
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_native_fp16(flags: frozenset[str] | None = None) -> bool:
+    return "avx512_fp16" in (cpu_flags() if flags is None else flags)
+
+
+def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    flags = cpu_flags() if flags is None else flags
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _scores_fp16(vectors: np.ndarray, queries: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(np.asarray(vectors))
+    return x @ torch.from_numpy(queries).to(torch.float16).T
+
+
+def _chunked(dtype: torch.dtype) -> Callable[[np.ndarray, np.ndarray], torch.Tensor]:
+    def scores(vectors: np.ndarray, queries: np.ndarray) -> torch.Tensor:
+        q = torch.from_numpy(queries).to(dtype).T.contiguous()
+        out = torch.empty((len(vectors), q.shape[1]), dtype=torch.float32)
+        for start in range(0, len(vectors), CHUNK_ROWS):
+            chunk = torch.from_numpy(np.asarray(vectors[start:start + CHUNK_ROWS])).to(dtype)
+            out[start:start + len(chunk)] = chunk @ q
+        return out
+    return scores
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    scores: Callable[[np.ndarray, np.ndarray], torch.Tensor]   # (vectors [N, D] fp16, queries [B, D] fp32) -> [N, B]
+    available: Callable[[frozenset[str]], bool]
+
+
+KERNELS: dict[str, Kernel] = {
+    "fp16-matmul": Kernel("fp16-matmul", _scores_fp16, has_native_fp16),
+    "bf16-matmul": Kernel("bf16-matmul", _chunked(torch.bfloat16), has_native_bf16),
+    "fp32-chunked": Kernel("fp32-chunked", _chunked(torch.float32), lambda flags: True),
+}
+
+
+def choose_kernel(batch: int, flags: frozenset[str] | None = None) -> Kernel:
+    """fp16 matmul where the CPU does fp16 natively (any batch: it reads the rows once, as they are);
+    else bf16 for batches (compute-bound: bf16 units), else fp32 on converted chunks."""
+    flags = cpu_flags() if flags is None else flags
+    if has_native_fp16(flags):
+        return KERNELS["fp16-matmul"]
+    if batch > 1 and has_native_bf16(flags):
+        return KERNELS["bf16-matmul"]
+    return KERNELS["fp32-chunked"]
+
+
+def exact_rescore(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray, k: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact fp32 scores of candidate ``rows`` [B, C] (-1 = none); the best ``k`` per query, best first."""
+    b, c = rows.shape
+    valid = rows >= 0
+    safe = np.where(valid, rows, 0)
+    flat = np.unique(safe)                      # sorted: memory-mapped rows are read in file order
+    gathered = np.asarray(vectors[flat], dtype=np.float32)
+    where = np.searchsorted(flat, safe)
+    scores = np.einsum("bcd,bd->bc", gathered[where], queries.astype(np.float32))
+    scores = np.where(valid, scores, -np.inf)
+    # ties broken by row number (as a brute-force stable sort does)
+    order = np.lexsort((safe, -scores), axis=-1)[:, :k] if b else np.zeros((0, k), dtype=np.int64)
+    top_rows = np.take_along_axis(np.where(valid, safe, -1), order, 1)
+    top_scores = np.take_along_axis(scores, order, 1).astype(np.float32)
+    if top_rows.shape[1] < k:
+        pad = k - top_rows.shape[1]
+        top_rows = np.pad(top_rows, ((0, 0), (0, pad)), constant_values=-1)
+        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    top_scores[top_rows < 0] = -np.inf
+    return top_scores, top_rows
+
+
+def search(vectors: np.ndarray, queries: np.ndarray, k: int, kernel: Kernel | str | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` (scores [B, k] fp32, rows [B, k]) of fp16 ``vectors`` for fp32 ``queries``."""
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    n = len(vectors)
+    k = max(1, min(int(k), n))
+    kernel = KERNELS[kernel] if isinstance(kernel, str) else kernel or choose_kernel(len(queries))
+    scores = kernel.scores(vectors, queries)                       # [N, B] low precision
+    candidates = min(n, RERANK_FACTOR * k + 8)
+    rows = torch.topk(scores.T.float() if scores.dtype != torch.float32 else scores.T, candidates, dim=1).indices
+    return exact_rescore(vectors, queries, rows.numpy(), k)
