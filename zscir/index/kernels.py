@@ -21,6 +21,7 @@ order and scores are the exact fp32 ones on the stored fp16 vectors, whatever th
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -53,8 +54,15 @@ def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing the (possibly read-only, memory-mapped) array's memory; it is only read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(array))
+
+
 def _scores_fp16(vectors: np.ndarray, queries: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.asarray(vectors))
+    x = _tensor(vectors)
     return x @ torch.from_numpy(queries).to(torch.float16).T
 
 
@@ -63,7 +71,7 @@ def _chunked(dtype: torch.dtype) -> Callable[[np.ndarray, np.ndarray], torch.Ten
         q = torch.from_numpy(queries).to(dtype).T.contiguous()
         out = torch.empty((len(vectors), q.shape[1]), dtype=torch.float32)
         for start in range(0, len(vectors), CHUNK_ROWS):
-            chunk = torch.from_numpy(np.asarray(vectors[start:start + CHUNK_ROWS])).to(dtype)
+            chunk = _tensor(vectors[start:start + CHUNK_ROWS]).to(dtype)
             out[start:start + len(chunk)] = chunk @ q
         return out
     return scores
