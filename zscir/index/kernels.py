@@ -104,24 +104,20 @@ def choose_kernel(batch: int, flags: frozenset[str] | None = None) -> Kernel:
 
 def exact_rescore(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray, k: int
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact fp32 scores of candidate ``rows`` [B, C] (-1 = none); the best ``k`` per query, best first."""
-    b, c = rows.shape
-    valid = rows >= 0
-    safe = np.where(valid, rows, 0)
-    flat = np.unique(safe)                      # sorted: memory-mapped rows are read in file order
-    gathered = np.asarray(vectors[flat], dtype=np.float32)
-    where = np.searchsorted(flat, safe)
-    scores = np.einsum("bcd,bd->bc", gathered[where], queries.astype(np.float32))
-    scores = np.where(valid, scores, -np.inf)
-    # ties broken by row number (as a brute-force stable sort does)
-    order = np.lexsort((safe, -scores), axis=-1)[:, :k] if b else np.zeros((0, k), dtype=np.int64)
-    top_rows = np.take_along_axis(np.where(valid, safe, -1), order, 1)
-    top_scores = np.take_along_axis(scores, order, 1).astype(np.float32)
-    if top_rows.shape[1] < k:
-        pad = k - top_rows.shape[1]
-        top_rows = np.pad(top_rows, ((0, 0), (0, pad)), constant_values=-1)
-        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-    top_scores[top_rows < 0] = -np.inf
+    """Exact fp32 scores of candidate ``rows`` [B, C] (-1 = none); the best ``k`` per query, best first.
+
+    Ties are broken by row number, as a stable brute-force sort does."""
+    b = rows.shape[0]
+    top_scores = np.full((b, k), -np.inf, dtype=np.float32)
+    top_rows = np.full((b, k), -1, dtype=np.int64)
+    for i in range(b):
+        cand = np.unique(rows[i][rows[i] >= 0])       # sorted: file order for memory-mapped rows, row tie-break
+        if not len(cand):
+            continue
+        s = np.asarray(vectors[cand], dtype=np.float32) @ queries[i].astype(np.float32)
+        order = np.argsort(-s, kind="stable")[:k]
+        top_scores[i, :len(order)] = s[order]
+        top_rows[i, :len(order)] = cand[order]
     return top_scores, top_rows
 
 
