@@ -93,3 +93,18 @@ def test_string_column_and_lookup_are_compact_and_exact():
     assert both.rows("/real/x") == [1] and both.rows("/p/b") == [] and both.rows("/p/a") == [0]
     many = [f"images/{i:07d}.jpg" for i in range(20000)]
     assert StringColumn(many).nbytes < 30 * len(many)   # ~18 characters + 8 bytes offset per row
+
+
+@pytest.mark.parametrize("n,batch", [(1000, 1), (64 * 50 + 7, 3), (40_000, 16), (30, 2)])
+def test_block_preselection_keeps_every_top_row(n, batch):
+    import torch
+
+    scores = torch.from_numpy(np.random.default_rng(n).standard_normal((n, batch)).astype(np.float16))
+    count = min(n, 40)       # as search() asks
+    rows = kernels.top_candidates(scores, count)
+    for j in range(batch):
+        col = scores[:, j].float().numpy()
+        kth = np.sort(col)[::-1][count - 1]
+        want = np.nonzero(col > kth)[0]                       # ties at the 40th score aside
+        assert set(want.tolist()) <= set(rows[j].tolist()) and len(set(rows[j].tolist())) >= count
+        assert len(rows[j]) <= count + kernels.BLOCK

@@ -121,6 +121,32 @@ def exact_rescore(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray, k:
     return top_scores, top_rows
 
 
+BLOCK = 64   # candidate pre-selection: rows are grouped in blocks of this many, blocks ranked by their best score
+
+
+def top_candidates(scores: torch.Tensor, count: int) -> np.ndarray:
+    """Rows [B, <=count + tail] that include the ``count`` best of each column of ``scores`` [N, B].
+
+    A full top-k over N scores per query costs as much as the scan itself for a batch. Instead,
+    every block of BLOCK rows is summarised by its best score; a row among a column's ``count``
+    best lies in a block whose best is at least that column's count-th score, and there are at
+    most ``count`` such blocks, so the ``count`` best blocks hold every wanted row (ties aside,
+    which the exact re-rank sorts out). The rows after the last full block are always kept.
+    """
+    n, b = scores.shape
+    full = (n // BLOCK) * BLOCK
+    tail = torch.arange(full, n).expand(b, n - full)
+    if full == 0 or n // BLOCK <= count:
+        return torch.topk(scores.T.float(), min(n, count), dim=1).indices.numpy()
+    best = scores[:full].view(n // BLOCK, BLOCK, b).amax(dim=1)                 # [blocks, B]
+    blocks = torch.topk(best.T.float(), count, dim=1).indices                    # [B, count]
+    rows = (blocks[:, :, None] * BLOCK + torch.arange(BLOCK)).reshape(b, -1)     # [B, count * BLOCK]
+    picked = torch.gather(scores.T, 1, rows) if b > 1 else scores[rows[0], 0][None]
+    keep = torch.topk(picked.float(), count, dim=1).indices
+    rows = torch.gather(rows, 1, keep)
+    return torch.cat([rows, tail], dim=1).numpy()
+
+
 def search(vectors: np.ndarray, queries: np.ndarray, k: int, kernel: Kernel | str | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` (scores [B, k] fp32, rows [B, k]) of fp16 ``vectors`` for fp32 ``queries``."""
@@ -129,6 +155,5 @@ def search(vectors: np.ndarray, queries: np.ndarray, k: int, kernel: Kernel | st
     k = max(1, min(int(k), n))
     kernel = KERNELS[kernel] if isinstance(kernel, str) else kernel or choose_kernel(len(queries))
     scores = kernel.scores(vectors, queries)                       # [N, B] low precision
-    candidates = min(n, RERANK_FACTOR * k + 8)
-    rows = torch.topk(scores.T.float() if scores.dtype != torch.float32 else scores.T, candidates, dim=1).indices
-    return exact_rescore(vectors, queries, rows.numpy(), k)
+    rows = top_candidates(scores, min(n, RERANK_FACTOR * k + 8))
+    return exact_rescore(vectors, queries, rows, k)
