@@ -121,3 +121,48 @@ def test_build_auto_follows_the_plan():
     assert built.kind == "ivf-sq8" and built.params["memory"]["max_index_memory"] == 10 ** 9 and recall >= 0.9
     # a budget below the SQ8 codes: PQ (built in test_ivf_pq_is_reranked_exactly; PQ training is slow here)
     assert autotune.plan(6000, 16, exact_max=1000, max_memory=6000 * 20)["kind"] == "ivf-pq"
+
+
+def test_gallery_ivf_sq8_index_on_disk_is_memory_mapped_and_reranked(tmp_path, monkeypatch):
+    import json
+
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from zscir.backbone import load_backbone
+    from zscir.features import FeatureStore
+    from zscir.index.gallery import GalleryIndex, build_index, verify_index
+
+    torch.manual_seed(0)
+    model = load_backbone("zscir-tiny-test", None).model
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "tiny.safetensors"))
+    bb = load_backbone("zscir-tiny-test", str(tmp_path / "tiny.safetensors"))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(160):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(folder / f"im{i:03d}.png")
+    (folder / "link.png").symlink_to(folder / "im007.png")
+    # random images have no clusters: tune to nprobe 1 (recall recorded as measured), else the index
+    # would rightly fall back to exact search, and the on-disk IVF path would go untested
+    tune = search_index.tune
+    monkeypatch.setattr(search_index, "tune", lambda built, target=0.95, **kw: tune(built, target=0.0, **kw))
+    s = build_index(tmp_path / "idx", bb, images=folder, kind="ivf-sq8", progress=False, max_index_memory=10 ** 9)
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    assert s["kind"] == "ivf-sq8" and meta["max_index_memory"] == 10 ** 9 and set(meta["files"]) == {
+        "faiss", "ids", "vectors"}
+    assert meta["params"]["memory"]["max_index_memory"] == 10 ** 9 and meta["params"]["nprobe"] == 1
+    assert meta["recall"]["value"] == meta["params"]["recall@50"] > 0
+    rows = json.loads((tmp_path / "idx" / meta["files"]["ids"]).read_text())
+    assert rows["realpaths"][rows["ids"].index("link.png")] == str((folder / "im007.png").resolve())
+    index = GalleryIndex.open(tmp_path / "idx")
+    assert isinstance(index.searcher, search_index.Reranked) and isinstance(index.searcher.vectors, np.memmap)
+    assert isinstance(faiss.downcast_InvertedLists(faiss.extract_index_ivf(index.index).invlists),
+                      faiss.OnDiskInvertedLists)
+    feats = FeatureStore(tmp_path / "idx" / "features").load(ids=list(index.ids), tokens=False)
+    vectors16 = search_index.normalized_fp16(feats.pooled)
+    q = search_index.sample_queries(vectors16, 8, seed=4)
+    scores, found = index.search(q, 5)
+    np.testing.assert_allclose(scores, np.einsum("bkd,bd->bk", vectors16[found].astype(np.float64), q), atol=1e-5)
+    assert verify_index(tmp_path / "idx")["ok"]
