@@ -28,8 +28,10 @@ def reference(vectors, queries, k):
 
 @pytest.mark.parametrize("kernel", list(kernels.KERNELS))
 @pytest.mark.parametrize("batch", [1, 7, 33])
-def test_kernel_equals_brute_force(kernel, batch, monkeypatch):
+@pytest.mark.parametrize("scan_rows", [kernels.SCAN_ROWS, 20_000])
+def test_kernel_equals_brute_force(kernel, batch, scan_rows, monkeypatch):
     monkeypatch.setattr(kernels, "CHUNK_ROWS", 1000)  # several chunks, the last one partial
+    monkeypatch.setattr(kernels, "SCAN_ROWS", scan_rows)  # 20k: the scan in row blocks, candidates merged
     vectors = stored()
     rng = np.random.default_rng(batch)
     q = rng.standard_normal((batch, vectors.shape[1])).astype(np.float32)

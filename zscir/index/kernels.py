@@ -30,6 +30,7 @@ import torch
 
 RERANK_FACTOR = 4        # candidates re-scored exactly per requested result
 CHUNK_ROWS = 65_536      # rows converted at a time by the chunked kernels
+SCAN_ROWS = 64 * 2 ** 20  # rows x queries of scores held at once by search() (128 MB of fp16)
 
 
 @functools.lru_cache(maxsize=1)
@@ -154,6 +155,13 @@ def search(vectors: np.ndarray, queries: np.ndarray, k: int, kernel: Kernel | st
     n = len(vectors)
     k = max(1, min(int(k), n))
     kernel = KERNELS[kernel] if isinstance(kernel, str) else kernel or choose_kernel(len(queries))
-    scores = kernel.scores(vectors, queries)                       # [N, B] low precision
-    rows = top_candidates(scores, min(n, RERANK_FACTOR * k + 8))
+    count = min(n, RERANK_FACTOR * k + 8)
+    # scores [rows, B] are held for SCAN_ROWS rows at a time (100M x 256 queries would be 51 GB at once)
+    step = max(SCAN_ROWS // max(1, len(queries)), count)
+    parts = []
+    for start in range(0, n, step):
+        block = vectors[start:start + step]
+        scores = kernel.scores(block, queries)                     # [rows, B] low precision
+        parts.append(top_candidates(scores, min(len(block), count)) + start)
+    rows = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
     return exact_rescore(vectors, queries, rows, k)
