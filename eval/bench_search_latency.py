@@ -1,5 +1,10 @@
-"""Query latency against gallery size: exact search in fp32 and fp16 beside the memory-bandwidth bound,
-and the approximate (IVF) index's latency and recall@50 against exact search.
+"""Query latency against gallery size on RANDOM unit vectors (a worst case with no cluster structure).
+
+Superseded for approximate-index numbers by eval/bench_search_ann.py, which measures on a
+clustered Gaussian mixture (like real CLIP features), with composed queries, the index kinds
+zscir now builds (fp16 exact, IVF-SQ8/PQ + exact re-rank) and the bandwidth bound in the same
+run. The recall figures below say nothing about real features; this script is kept for the
+fp32-vs-fp16 exact comparison on random data.
 
     python eval/bench_search_latency.py                               # 10k, 100k, 1M x 768 (several minutes)
     python eval/bench_search_latency.py --sizes 10000,100000 --json out.json

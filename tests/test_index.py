@@ -34,7 +34,7 @@ def brute_top_k(vectors, queries, k):
 
 
 def test_auto_choice_by_size_and_nlist_rule():
-    assert search_index.choose_kind(50_000) == "flat" and search_index.choose_kind(50_001) == "ivf"
+    assert search_index.choose_kind(50_000) == "flat" and search_index.choose_kind(50_001) == "ivf-sq8"
     assert search_index.ivf_nlist(1_000_000) == 4096 and search_index.ivf_nlist(100_000) == 1024
     assert search_index.ivf_nlist(1000) == 16  # 4 sqrt(1000) ~ 126, but at least 39 training points per list
 
@@ -47,16 +47,16 @@ def test_approximate_index_recall_is_tuned_and_truthful(kind):
     knob = "nprobe" if kind == "ivf" else "efSearch"
     assert built.params[knob] >= 1 and built.params["recall@50"] == recall
     # the recorded recall equals an independent recount against a numpy brute force on the same queries
-    queries = search_index.sample_queries(vectors)
+    queries, _ = search_index.heldout_queries(built)
     exact = brute_top_k(vectors, queries, 50)
-    found = built.index.search(queries, 50)[1]
+    found = built.search(queries, 50)[1]
     recount = np.mean([len(set(f) & set(e)) / 50 for f, e in zip(found, exact)])
     assert abs(recount - recall) < 0.01
     if kind == "ivf":  # tuning stops at the smallest sufficient nprobe
         smaller = built.params["nprobe"] // 2
         if smaller >= 1:
             faiss.extract_index_ivf(built.index).nprobe = smaller
-            lower = np.mean([len(set(f) & set(e)) / 50 for f, e in zip(built.index.search(queries, 50)[1], exact)])
+            lower = np.mean([len(set(f) & set(e)) / 50 for f, e in zip(built.search(queries, 50)[1], exact)])
             assert lower < 0.95
 
 
@@ -65,7 +65,7 @@ def test_flat_index_equals_brute_force_and_tiny_galleries_stay_exact():
     built, recall = search_index.build(vectors, "auto")
     assert built.kind == "flat" and recall == 1.0
     q = unit(np.random.default_rng(1).standard_normal((5, 32)))
-    np.testing.assert_array_equal(built.index.search(q, 10)[1], brute_top_k(vectors, q, 10))
+    np.testing.assert_array_equal(built.search(q, 10)[1], brute_top_k(built.vectors.astype(np.float64), q, 10))
     assert search_index.build(vectors[:50], "ivf")[0].kind == "flat"  # too few to train
     with pytest.raises(ZscirError, match="--kind"):
         search_index.build(vectors, "lsh")
@@ -135,9 +135,9 @@ def test_incremental_index_equals_fresh_build(bb, tmp_path):
     brute = normalized(feats.pooled) @ q.T
     for j in range(len(q)):
         order = np.argsort(-brute[:, j], kind="stable")
-        np.testing.assert_allclose(sb[j], brute[order, j], atol=1e-5)
+        np.testing.assert_allclose(sb[j], brute[order, j], atol=2e-3)  # the index stores fp16 vectors
     # only the current generation's files remain
-    assert sorted(p.name for p in (tmp_path / "idx").glob("faiss.g*")) == [inc.meta["files"]["faiss"]]
+    assert sorted(p.name for p in (tmp_path / "idx").glob("*.g*")) == sorted(inc.meta["files"].values())
 
 
 def test_index_errors(bb, tmp_path):

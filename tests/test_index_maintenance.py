@@ -106,7 +106,7 @@ def test_rerun_rebuilds_damaged_derived_files_without_reencoding(tiny, tmp_path)
     want = top_ids(out, tiny["bb"], paths[3])
     meta = json.loads((out / "index.json").read_text())
     damage = [
-        ("faiss", lambda: (out / meta["files"]["faiss"]).write_bytes(b"\x00" * 40)),
+        ("vectors", lambda: (out / meta["files"]["vectors"]).write_bytes(b"\x00" * 40)),
         ("ids", lambda: (out / json.loads((out / "index.json").read_text())["files"]["ids"]).unlink()),
         ("index.json", lambda: (out / "index.json").write_text((out / "index.json").read_text()[:70])),
     ]
@@ -176,7 +176,7 @@ def test_verify_names_each_damaged_file(tiny, tmp_path, capsys):
     meta = json.loads((out / "index.json").read_text())
     manifest = json.loads((out / "features" / "manifest.json").read_text())
     shard = manifest["shards"][0]["name"]
-    files = [out / meta["files"]["faiss"], out / meta["files"]["ids"],
+    files = [out / meta["files"]["vectors"], out / meta["files"]["ids"],
              out / "features" / "shards" / f"{shard}.pooled.npy", out / "features" / "shards" / f"{shard}.rows.json",
              out / "features" / manifest["consolidated"]["pooled"]]
     for path in files:

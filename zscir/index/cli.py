@@ -54,7 +54,13 @@ def _print_verify(report, as_json) -> None:
 @click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default=None,
               help="Image preprocessing with --clip (default: targetpad).")
 @click.option("--kind", type=click.Choice(["auto", *KINDS]), default="auto", show_default=True,
-              help="faiss index: exact (flat) inner product, or approximate IVF / HNSW; auto picks by size.")
+              help="exact (flat, fp16) search, or approximate: ivf-sq8 / ivf-pq (compressed codes, re-ranked "
+                   "exactly), ivf (fp32 lists), hnsw; auto: exact up to --exact-max, else the IVF kind that fits "
+                   "--max-index-memory, its nprobe tuned by measured recall.")
+@click.option("--max-index-memory", default="16GB", show_default=True,
+              help="Memory an approximate index may take when fully paged in (codes + centroids), e.g. 16GB; "
+                   "decides SQ8 vs PQ codes with --kind auto. The fp16 vectors used for re-ranking stay "
+                   "memory-mapped.")
 @click.option("--exact-max", type=int, default=EXACT_MAX, show_default=True,
               help="With --kind auto: largest gallery searched exactly.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -75,8 +81,8 @@ def _print_verify(report, as_json) -> None:
 @click.option("--verify", is_flag=True, help="Check every file of --out against its recorded checksum; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, batch_size, workers, precision, decode,
-          shard_size, device, force, verify, as_json, no_progress):
+def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memory, exact_max, batch_size, workers,
+          precision, decode, shard_size, device, force, verify, as_json, no_progress):
     """Encode a folder of images (only new or changed ones on a rerun) and build a searchable index.
 
     Rerunning on an index rebuilds a missing or damaged faiss index or index.json from the
@@ -102,10 +108,12 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
     from zscir.data.sources import _is_shard_folder, open_image_source
     from zscir.features.distributed import current_ranks, process_device
     from zscir.features.precision import check_precision
+    from zscir.index.autotune import parse_size
     from zscir.index.gallery import build_index
 
     from zscir.backbone.options import check_device
 
+    max_index_memory = parse_size(max_index_memory)
     device = process_device(check_device(device))
     check_precision(precision, device)  # before any weights are loaded
     backbone = load_cli_backbone(clip, pretrained, preprocess, device)
@@ -140,7 +148,7 @@ def index(images, out, clip, pretrained, model, preprocess, kind, exact_max, bat
     summary = build_index(out, backbone, images=images, items=items, kind=kind, batch_size=batch_size, workers=workers,
                           progress=not no_progress, exact_max=exact_max, log=_echo_err, model=model, force=force,
                           precision=precision, draft=decode == "draft", shard_size=shard_size,
-                          ranks=ranks if ranks.world > 1 else None)
+                          ranks=ranks if ranks.world > 1 else None, max_index_memory=max_index_memory)
     if not ranks.is_main:  # a helper process: the main process reports for all of them
         return
     summary["backbone"] = {"identity": backbone.identity, "preprocess": backbone.preprocess_name,

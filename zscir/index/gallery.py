@@ -4,7 +4,9 @@
       index.json            format version, backbone identity + source, preprocessing, count,
                             index kind and parameters, recall@k against exact search,
                             the current generation's file names and their sha256 (written last)
-      faiss.g<gen>.index    the faiss index; row i is ids[i]
+      faiss.g<gen>.index    the faiss index of an approximate kind; row i is ids[i] (memory-mapped at load)
+      vectors.g<gen>.npy    the normalised fp16 vectors in row order: exact search and re-ranking read them
+                            (memory-mapped at load)
       ids.g<gen>.json       {"ids": [...], "paths": [...], "keys": [...]} in faiss row order
                             (keys: each image's content hash, to recognise a query's own image)
       features/             the shared feature store (zscir.features): fp16 shards + ids + metadata
@@ -33,7 +35,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -41,8 +43,10 @@ import numpy as np
 from zscir.errors import ZscirError
 from zscir.features import FeatureStore, backbone_fingerprint, images_in_folder
 from zscir.features.sources import fs_name, safe_name
+from zscir.features.shards import save_npy
 from zscir.features.store import sigint_deferred
 from zscir.index import search_index
+from zscir.index.rows import StringColumn
 from zscir.utils.atomic import atomic_path, atomic_write_json
 from zscir.utils.hashing import sha256_file
 
@@ -78,9 +82,11 @@ class GalleryIndex:
     root: Path
     meta: dict[str, Any]
     index: faiss.Index
-    ids: list[str]
-    paths: list[str | None]
-    keys: list[str | None] | None = None  # content key of each row (None in indexes built before keys)
+    ids: Sequence[str]                    # compact columns (zscir.index.rows.StringColumn), row order
+    paths: Sequence[str | None]
+    keys: Sequence[str | None] | None = None  # content key of each row (None in indexes built before keys)
+    realpaths: Sequence[str | None] | None = None  # each path resolved at build time (None: same as path / unknown)
+    searcher: Any = None                  # what answers queries (search_index.searcher_for)
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> "GalleryIndex":
@@ -102,18 +108,29 @@ class GalleryIndex:
                              f"this zscir reads {FORMAT!r} version {FORMAT_VERSION}: rebuild the index")
         hint = repair_hint(root, meta.get("images_root"))
         try:
-            index = faiss.read_index(str(root / meta["files"]["faiss"]))
-            rows = _read_json_file(root / meta["files"]["ids"])
-            ids, paths = rows["ids"], rows["paths"]
-            keys = rows.get("keys") or [None] * len(ids)
-            if not (len(ids) == len(paths) == len(keys) == index.ntotal == meta["count"]):
+            files = meta["files"]
+            vectors = np.load(root / files["vectors"], mmap_mode="r") if "vectors" in files else None
+            if "faiss" in files:  # inverted lists memory-mapped: only the lists a query visits are read
+                index = faiss.read_index(str(root / files["faiss"]),
+                                         faiss.IO_FLAG_MMAP if meta["kind"] in search_index.IVF_KINDS else 0)
+                search_index.apply_params(index, meta["kind"], meta["params"])
+            else:
+                index = search_index.ExactIndex(vectors)
+            rows = _read_json_file(root / files["ids"])
+            n = len(rows["ids"])
+            ids, paths = StringColumn(rows.pop("ids")), StringColumn(rows.pop("paths"))
+            keys = StringColumn(rows.pop("keys", None) or [None] * n)
+            realpaths = StringColumn(rows.pop("realpaths", None) or [None] * n)
+            del rows
+            if not (len(ids) == len(paths) == len(keys) == index.ntotal == meta["count"]) or (
+                    vectors is not None and vectors.shape != (index.ntotal, index.d)):
                 raise ValueError(f"{len(ids)} ids, {index.ntotal} vectors, index.json says {meta['count']}")
-            search_index.apply_params(index, meta["kind"], meta["params"])
+            searcher = search_index.searcher_for(index, meta["kind"], vectors, meta["params"])
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
             detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise ZscirError(f"index {str(root)!r} is damaged ({detail}): rerun `zscir index` on it to rebuild "
                              f"its derived files from the features, or {hint}") from None
-        return cls(root, meta, index, ids, paths, keys)
+        return cls(root, meta, index, ids, paths, keys, realpaths, searcher)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -135,7 +152,7 @@ class GalleryIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [B, k], rows [B, k]); rows are -1 where fewer than k results exist."""
         k = max(1, min(int(k), len(self)))
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return (self.searcher or self.index).search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
 def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | None = None,
@@ -143,12 +160,13 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
                 workers: int | None = None, progress: bool = True, exact_max: int = search_index.EXACT_MAX,
                 log: Callable[[str], None] | None = None, model: str | None = None,
                 force: bool = False, precision: str = "fp32", draft: bool = True, shard_size: int = 2048,
-                ranks=None) -> dict[str, Any]:
+                ranks=None, max_index_memory: int | None = None) -> dict[str, Any]:
     """Index a folder of ``images`` (ids = paths relative to it) or explicit ``items``; return a summary.
 
     ``items`` are what the feature store accepts: (id, path) pairs, paths, or ImageItems.
     ``model``, when given, is recorded as the index's default query model (a checkpoint path).
     ``force`` re-encodes every image and rebuilds every file (also of a damaged index).
+    ``max_index_memory`` (bytes): what an approximate index may take in memory (zscir.index.autotune).
     Images that cannot be used (dangling symlinks, unreadable or undecodable files) are
     skipped and counted in ``summary["skipped"]``.
     ``workers``: decoding processes; ``precision``: fp32 or bf16/fp16 autocast (an index holds
@@ -175,7 +193,7 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
         report = store.update(backbone, items, **{**encode, "progress": False})
         return {"index": str(out), "rank": ranks.rank, "features": report.to_dict()}
     with _build_lock(out):  # two first-use builds of the same index: one builds, the other then finds it
-        return _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode)
+        return _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode, max_index_memory)
 
 
 @contextlib.contextmanager
@@ -211,7 +229,7 @@ def _check_existing(out, backbone, precision, force, log):
     return existing
 
 
-def _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode):
+def _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode, max_index_memory=None):
     path_of = {safe_name(str(i[0])): safe_name(str(Path(i[1]).absolute())) for i in items if isinstance(i, tuple)}
     images_root = safe_name(str(Path(images).absolute())) if images is not None else None
     ranks, force, precision = encode["ranks"], encode["force"], encode["precision"]
@@ -238,14 +256,16 @@ def _build_locked(out, backbone, images, items, kind, exact_max, log, model, enc
     if escaped:
         _say(log, f"{escaped} file name(s) are not valid UTF-8: their ids write each such byte as \\xNN")
 
-    wanted_kind = search_index.choose_kind(len(ids), exact_max) if kind == "auto" else kind
+    wanted_kind = (search_index.choose_kind(len(ids), exact_max, pooled.shape[1], max_index_memory)
+                   if kind == "auto" else kind)
     stale = _stale_derived_files(out, existing, ids, paths) if existing is not None else "no index.json"
     if stale and existing is not None:
         _say(log, f"rebuilding the search index of {out}: {stale}")
     unchanged = (not force and not stale and not report.encoded and not report.deleted
                  and existing.get("precision", "fp32") == precision
                  and existing.get("requested_kind") == kind and existing.get("count") == len(ids)
-                 and existing.get("exact_max") == exact_max)
+                 and existing.get("exact_max") == exact_max
+                 and existing.get("max_index_memory") == max_index_memory)
     if unchanged:
         meta = existing
         if model is not None and meta.get("model") != model:
@@ -254,12 +274,13 @@ def _build_locked(out, backbone, images, items, kind, exact_max, log, model, enc
     else:
         previous = None if force else _previous_index(out, existing, wanted_kind)
         t_index = time.perf_counter()
-        built, recall = search_index.build(normalized(pooled), kind, previous, exact_max)
+        built, recall = search_index.build(pooled, kind, previous, exact_max, max_memory=max_index_memory)
         if "fallback_reason" in built.params:
             _say(log, f"--kind {kind}: {built.params['fallback_reason']}")
         with sigint_deferred():
             meta = _write_generation(out, existing, backbone, built, recall, ids, paths, keys, images_root, kind,
                                      exact_max, precision, index_seconds=time.perf_counter() - t_index,
+                                     max_index_memory=max_index_memory,
                                      model=model if model is not None else (existing or {}).get("model"))
     return {"index": str(out), "count": meta["count"], "kind": meta["kind"], "params": meta["params"],
             "recall": meta["recall"], "rebuilt": not unchanged, "features": report.to_dict(),
@@ -301,7 +322,7 @@ def _read_meta(out: Path) -> tuple[dict[str, Any] | None, str | None]:
 def _stale_derived_files(out: Path, meta: dict[str, Any], ids: list[str], paths: list) -> str | None:
     """Why the faiss index or the ids file must be rebuilt (missing, damaged, other images), else None."""
     digests = meta.get("sha256") or {}
-    for part in ("faiss", "ids"):
+    for part in meta["files"]:
         path = out / meta["files"][part]
         if not path.is_file():
             return f"{path.name} is missing"
@@ -317,7 +338,7 @@ def _stale_derived_files(out: Path, meta: dict[str, Any], ids: list[str], paths:
 
 
 def _previous_index(out: Path, existing: dict | None, kind: str) -> faiss.Index | None:
-    if existing is None or existing.get("kind") != kind or kind != "ivf":
+    if existing is None or existing.get("kind") != kind or kind not in search_index.IVF_KINDS:
         return None
     try:
         return faiss.read_index(str(out / existing["files"]["faiss"]))
@@ -327,37 +348,56 @@ def _previous_index(out: Path, existing: dict | None, kind: str) -> faiss.Index 
 
 def _next_generation(out: Path, existing: dict | None) -> int:
     on_disk = [int(m.group(2)) for p in out.iterdir()
-               if (m := re.fullmatch(r"(faiss|ids)\.g(\d+)\.(index|json)", p.name))]
+               if (m := re.fullmatch(r"(faiss|ids|vectors)\.g(\d+)\.(index|json|npy)", p.name))]
     return max([(existing or {}).get("generation", 0), *on_disk]) + 1
 
 
 def _write_generation(out: Path, existing, backbone, built, recall, ids, paths, keys, images_root, kind, exact_max,
-                      precision: str, index_seconds: float, model: str | None) -> dict[str, Any]:
+                      precision: str, index_seconds: float, model: str | None,
+                      max_index_memory: int | None = None) -> dict[str, Any]:
     gen = _next_generation(out, existing)
-    files = {"faiss": f"faiss.g{gen:06d}.index", "ids": f"ids.g{gen:06d}.json"}
-    with atomic_path(out / files["faiss"]) as tmp:
-        faiss.write_index(built.index, str(tmp))
-    atomic_write_json(out / files["ids"], {"ids": list(ids), "paths": list(paths), "keys": list(keys)}, indent=None)
+    files = {"ids": f"ids.g{gen:06d}.json", "vectors": f"vectors.g{gen:06d}.npy"}
+    if isinstance(built.index, faiss.Index):
+        files["faiss"] = f"faiss.g{gen:06d}.index"
+        with atomic_path(out / files["faiss"]) as tmp:
+            faiss.write_index(built.index, str(tmp))
+    save_npy(out / files["vectors"], built.vectors)
+    # resolved once here, so that opening the index needs no realpath per image (recognising a query's own file)
+    realpaths = [_resolved(p) for p in paths]
+    atomic_write_json(out / files["ids"], {"ids": list(ids), "paths": list(paths), "keys": list(keys),
+                                           "realpaths": realpaths}, indent=None)
     k = min(search_index.RECALL_K, len(ids))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "generation": gen, "files": files,
             "sha256": {part: sha256_file(out / name) for part, name in files.items()},
             **backbone_fingerprint(backbone), "precision": precision,
             "backbone_source": getattr(backbone, "source", None),
             "images_root": images_root,
-            "count": len(ids), "requested_kind": kind, "exact_max": exact_max, "kind": built.kind,
+            "count": len(ids), "requested_kind": kind, "exact_max": exact_max, "max_index_memory": max_index_memory,
+            "kind": built.kind,
             "params": built.params,
             "recall": {"k": k, "value": recall,
                        "against": "exact inner-product search" if built.kind in search_index.APPROXIMATE
                        else "exact (this index is exact)",
-                       "queries": search_index.RECALL_QUERIES if built.kind in search_index.APPROXIMATE else 0},
+                       "queries": search_index.RECALL_QUERIES if built.kind in search_index.APPROXIMATE else 0,
+                       "queries_are": "composed (sum of two gallery vectors), held out from the index's training "
+                       "sample where the gallery is larger than the sample"
+                       if built.kind in search_index.APPROXIMATE else None},
             "model": model, "index_seconds": round(index_seconds, 3),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_json(out / "index.json", meta)
     for p in out.iterdir():  # older generations: no reader opens them any more once index.json moved on
-        m = re.fullmatch(r"(faiss|ids)\.g(\d+)\.(index|json)", p.name)
+        m = re.fullmatch(r"(faiss|ids|vectors)\.g(\d+)\.(index|json|npy)", p.name)
         if m and p.name not in files.values():
             p.unlink(missing_ok=True)
     return meta
+
+
+def _resolved(path: str | None) -> str | None:
+    """The real path of ``path``, or None when it is the same (most files) or there is none."""
+    if not path:
+        return None
+    real = safe_name(os.path.realpath(fs_name(path)))
+    return None if real == path else real
 
 
 def verify_index(root: str | os.PathLike) -> dict[str, Any]:
@@ -385,7 +425,7 @@ def verify_index(root: str | os.PathLike) -> dict[str, Any]:
     problems += store_problems
     if meta is not None:
         digests = meta.get("sha256") or {}
-        for part in ("faiss", "ids"):
+        for part in meta["files"]:
             checked += 1
             path = root / str(meta["files"].get(part))
             if not path.is_file():

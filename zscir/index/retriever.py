@@ -25,8 +25,9 @@ from PIL import Image
 from zscir.backbone import ImageFeatures
 from zscir.errors import ZscirError
 from zscir.index.gallery import GalleryIndex
-from zscir.features.sources import fs_name, safe_name
+from zscir.features.sources import safe_name
 from zscir.index.queries import ImageInput, check_text, read_reference
+from zscir.index.rows import Lookup
 
 
 @dataclass
@@ -55,12 +56,10 @@ class Retriever:
     def __init__(self, index: GalleryIndex, encoder):
         index.check_backbone(encoder.backbone, what=f"the query model ({encoder.name})")
         self.index, self.encoder, self.backbone = index, encoder, encoder.backbone
-        self._row_of_path = {os.path.realpath(fs_name(p)): n for n, p in enumerate(index.paths) if p}
-        self._rows_of_key: dict[str, list[int]] = {}
-        for n, key in enumerate(index.keys or []):
-            if key:
-                self._rows_of_key.setdefault(key, []).append(n)
-        self._row_of_id = {i: n for n, i in enumerate(index.ids)}
+        # compact lookups (zscir.index.rows); paths were resolved when the index was built, so none is resolved here
+        self._rows_of_path = Lookup(*([index.realpaths] if index.realpaths is not None else []), index.paths)
+        self._rows_of_key = Lookup(index.keys if index.keys is not None else [None] * len(index))
+        self._rows_of_id = Lookup(index.ids)
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike | GalleryIndex, model: str | None = None, backbone=None,
@@ -160,19 +159,19 @@ class Retriever:
         out = []
         for ids in exclude_ids:
             ids = [] if ids is None else [ids] if isinstance(ids, str) else list(ids)
-            unknown = [i for i in ids if i not in self._row_of_id]
+            rows = [self._rows_of_id.rows(i) for i in ids]
+            unknown = [i for i, r in zip(ids, rows) if not r]
             if unknown:
                 raise ZscirError(f"exclude_ids: {unknown[0]!r} is not an image id of index {str(self.index.root)!r}")
-            out.append({self._row_of_id[i] for i in ids})
+            out.append({r for rs in rows for r in rs})
         return out
 
     def _own_rows(self, image: ImageInput, key: str | None) -> set[int]:
         """Gallery rows that are the reference: the same content, or the same file."""
-        rows = set(self._rows_of_key.get(key, [])) if key else set()
+        rows = set(self._rows_of_key.rows(key)) if key else set()
         if not isinstance(image, Image.Image):
-            row = self._row_of_path.get(os.path.realpath(image))
-            if row is not None:
-                rows.add(row)
+            real = safe_name(os.path.realpath(image))
+            rows.update(self._rows_of_path.rows(real))
         return rows
 
 

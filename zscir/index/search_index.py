@@ -1,78 +1,158 @@
-"""Which faiss index to build for a gallery, and how well an approximate one does.
+"""Which index to build for a gallery, and how well an approximate one does.
 
-Small galleries get exact inner-product search: scanning 50k x 768 fp32 vectors
-takes ~15 ms, so there is nothing to gain from approximation. Larger ones get
-an approximate index, as autofaiss does, with its search-time knob (IVF's
-``nprobe``, HNSW's ``efSearch``) raised until recall@k against exact search
-reaches a target on sample queries. The measured recall is returned so that it
-can be recorded in the index metadata: an approximate answer is never silent.
+Vectors are L2-normalised, so inner product = cosine similarity. They are kept once, in
+fp16 (``Built.vectors``, written as ``vectors.g<gen>.npy`` and memory-mapped at load);
+every index kind answers from them:
 
-Vectors are L2-normalised, so inner product = cosine similarity.
+    flat      exact search over the fp16 vectors (zscir.index.kernels: the kernel is
+              chosen by batch size and the CPU's native fp16/bf16 support).
+    ivf-sq8   faiss IVF with 8-bit scalar-quantised codes (d bytes per vector), the
+              top candidates re-ranked exactly from the fp16 vectors.
+    ivf-pq    faiss IVF with PQ codes (m bytes per vector) for galleries whose SQ8 codes
+              exceed --max-index-memory; re-ranked the same way.
+    ivf       faiss IVF with uncompressed fp32 lists (the index of earlier zscir versions).
+    hnsw      faiss HNSW32 graph; only on request (``--kind hnsw``): on composed queries
+              over high-dimensional features it was measured far below the recall target
+              (eval/bench_search_ann.py), so "auto" never picks it.
+
+"auto" (zscir.index.autotune, in autofaiss's spirit) takes exact search up to
+``exact_max`` vectors, else the IVF kind and code size that fit the memory budget;
+then the search knob (``nprobe`` / ``efSearch``) is raised until recall@k against exact
+search reaches the target on held-out composed queries (midpoints of two gallery
+vectors that were not in the training sample). The measured recall is returned and
+recorded in index.json: an approximate answer is never silent. The IVF indexes are
+trained on a sample and filled chunk by chunk; on disk their inverted lists are
+memory-mapped (faiss IO_FLAG_MMAP), so only the lists a query visits are paged in.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import faiss
 import numpy as np
 
 from zscir.errors import ZscirError
+from zscir.index import kernels
 
 EXACT_MAX = 50_000          # "auto" uses exact search up to this many images
 TARGET_RECALL = 0.95        # "auto" tunes the approximate index's knob to reach this recall@k
 RECALL_K = 50
 RECALL_QUERIES = 256
 MIN_APPROXIMATE = 2 * 39    # fewer vectors: an approximate index is not trained, exact search is used (and said)
+TRAIN_PER_LIST = 64         # k-means training points per IVF list (faiss samples 256 anyway; 64 is plenty)
+ADD_CHUNK = 262_144         # vectors converted to fp32 and added at a time
+RERANK_FACTOR = 4           # an approximate index proposes this many candidates per result, re-ranked exactly
+
+
+class ExactIndex:
+    """Exact inner-product search over fp16 vectors (duck-types faiss's ``search``/``ntotal``/``d``)."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = vectors
+        self.ntotal, self.d = vectors.shape
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return kernels.search(self.vectors, queries, k)
+
+
+class Reranked:
+    """A faiss index proposing ``factor * k`` candidates, re-scored exactly from the fp16 vectors."""
+
+    def __init__(self, index: faiss.Index, vectors: np.ndarray, factor: int = RERANK_FACTOR):
+        self.index, self.vectors, self.factor = index, vectors, factor
+        self.ntotal, self.d = index.ntotal, index.d
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        k = max(1, min(int(k), self.ntotal))
+        rows = self.index.search(queries, min(self.ntotal, self.factor * k))[1]
+        return kernels.exact_rescore(self.vectors, queries, rows, k)
 
 
 @dataclass
 class Built:
-    index: faiss.Index
+    index: faiss.Index | ExactIndex      # the faiss index (approximate kinds) or the exact fp16 index
     kind: str
-    params: dict            # construction and search parameters (nlist, nprobe, M, efSearch ...)
+    params: dict                         # construction and search parameters (nlist, nprobe, M, efSearch ...)
+    vectors: np.ndarray | None = None    # the normalised fp16 vectors every kind answers from
+    train_rows: np.ndarray | None = field(default=None, repr=False)  # rows the index was trained on
+
+    def searcher(self):
+        return searcher_for(self.index, self.kind, self.vectors, self.params)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.searcher().search(queries, k)
 
 
-def _flat(vectors: np.ndarray, previous: faiss.Index | None = None) -> Built:
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    return Built(index, "flat", {})
+def searcher_for(index, kind: str, vectors: np.ndarray | None, params: dict):
+    """What answers queries: the exact index, or the faiss index with exact re-ranking from ``vectors``."""
+    if isinstance(index, ExactIndex) or vectors is None or kind not in RERANKED:
+        return index
+    return Reranked(index, vectors, int(params.get("rerank_factor", RERANK_FACTOR)))
 
 
-def _ivf(vectors: np.ndarray, previous: faiss.Index | None = None) -> Built:
-    n, d = vectors.shape
-    if previous is not None and _reusable_ivf(previous, n, d):
-        # same distribution, similar size: keep the trained centroids, only re-assign the vectors
-        index = previous
-        index.reset()
-        nlist = faiss.extract_index_ivf(index).nlist
-    else:
-        nlist = ivf_nlist(n)
-        index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-        train = vectors
-        if n > 64 * nlist:  # faiss k-means samples 256 per centroid anyway; 64 is plenty and 4x faster
-            rng = np.random.default_rng(0)
-            train = vectors[np.sort(rng.choice(n, 64 * nlist, replace=False))]
-        index.train(train)
-    index.add(vectors)
-    return Built(index, "ivf", {"nlist": int(nlist)})
+def normalized_fp16(pooled: np.ndarray, out: np.ndarray | None = None, chunk: int = ADD_CHUNK) -> np.ndarray:
+    """L2-normalise ``pooled`` [N, D] (any float dtype, memory-mapped is fine) into fp16, chunk by chunk."""
+    out = np.empty(pooled.shape, dtype=np.float16) if out is None else out
+    for start in range(0, len(pooled), chunk):
+        x = np.asarray(pooled[start:start + chunk], dtype=np.float32)
+        out[start:start + len(x)] = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return out
 
 
-def _reusable_ivf(previous: faiss.Index, n: int, d: int) -> bool:
+def _chunks(vectors: np.ndarray, chunk: int = ADD_CHUNK):
+    for start in range(0, len(vectors), chunk):
+        yield np.ascontiguousarray(vectors[start:start + chunk], dtype=np.float32)
+
+
+def _train_rows(n: int, nlist: int, seed: int = 0) -> np.ndarray:
+    if n <= TRAIN_PER_LIST * nlist:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, TRAIN_PER_LIST * nlist, replace=False))
+
+
+def _flat(vectors: np.ndarray, previous=None, **_) -> Built:
+    return Built(ExactIndex(vectors), "flat", {"storage": "fp16"}, vectors)
+
+
+def _ivf_family(factory: Callable[[int, int], str], kind: str):
+    def make(vectors: np.ndarray, previous: faiss.Index | None = None, nlist: int | None = None, **plan) -> Built:
+        n, d = vectors.shape
+        nlist = nlist or ivf_nlist(n)
+        spec = factory(nlist, d, **plan)
+        train_rows = _train_rows(n, nlist)
+        if previous is not None and _reusable_ivf(previous, nlist, d, spec):
+            index = previous  # same distribution, similar size: keep the trained quantizers, re-assign the vectors
+            index.reset()
+        else:
+            index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+            index.train(np.asarray(vectors[train_rows], dtype=np.float32))
+        for x in _chunks(vectors):
+            index.add(x)
+        return Built(index, kind, {"nlist": int(nlist), "factory": spec, "rerank_factor": RERANK_FACTOR}
+                     if kind in RERANKED else {"nlist": int(nlist)}, vectors, train_rows)
+    return make
+
+
+def _reusable_ivf(previous: faiss.Index, nlist: int, d: int, spec: str) -> bool:
     try:
         ivf = faiss.extract_index_ivf(previous)
     except RuntimeError:
         return False
-    return previous.d == d and previous.is_trained and ivf.nlist == ivf_nlist(n)
+    probe = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    return (previous.d == d and previous.is_trained and ivf.nlist == nlist
+            and type(faiss.downcast_index(probe)) is type(faiss.downcast_index(previous)))
 
 
-def _hnsw(vectors: np.ndarray, previous: faiss.Index | None = None, m: int = 32) -> Built:
+def _hnsw(vectors: np.ndarray, previous: faiss.Index | None = None, m: int = 32, **_) -> Built:
     index = faiss.IndexHNSWFlat(vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 80
-    index.add(vectors)
-    return Built(index, "hnsw", {"M": m, "efConstruction": 80})
+    for x in _chunks(vectors):
+        index.add(x)
+    return Built(index, "hnsw", {"M": m, "efConstruction": 80}, vectors)
 
 
 def ivf_nlist(n: int) -> int:
@@ -82,16 +162,26 @@ def ivf_nlist(n: int) -> int:
     return int(min(nlist, cap))
 
 
-KINDS: dict[str, Callable[..., Built]] = {"flat": _flat, "ivf": _ivf, "hnsw": _hnsw}
-APPROXIMATE = {"ivf", "hnsw"}
+KINDS: dict[str, Callable[..., Built]] = {
+    "flat": _flat,
+    "ivf-sq8": _ivf_family(lambda nlist, d, **_: f"IVF{nlist},SQ8", "ivf-sq8"),
+    "ivf-pq": _ivf_family(lambda nlist, d, m=None, **_: f"IVF{nlist},PQ{m or max(8, d // 8)}", "ivf-pq"),
+    "ivf": _ivf_family(lambda nlist, d, **_: f"IVF{nlist},Flat", "ivf"),
+    "hnsw": _hnsw,
+}
+APPROXIMATE = {"ivf", "ivf-sq8", "ivf-pq", "hnsw"}
+IVF_KINDS = {"ivf", "ivf-sq8", "ivf-pq"}
+RERANKED = {"ivf-sq8", "ivf-pq"}        # compressed codes: re-rank exactly from the fp16 vectors
 
 
-def choose_kind(n: int, exact_max: int = EXACT_MAX) -> str:
-    return "flat" if n <= exact_max else "ivf"
+def choose_kind(n: int, exact_max: int = EXACT_MAX, d: int = 768, max_memory: int | None = None) -> str:
+    from zscir.index.autotune import plan
+
+    return plan(n, d, exact_max=exact_max, max_memory=max_memory)["kind"]
 
 
 def set_search_knob(built: Built, value: int) -> None:
-    if built.kind == "ivf":
+    if built.kind in IVF_KINDS:
         faiss.extract_index_ivf(built.index).nprobe = int(value)
         built.params["nprobe"] = int(value)
     elif built.kind == "hnsw":
@@ -101,19 +191,33 @@ def set_search_knob(built: Built, value: int) -> None:
 
 def apply_params(index: faiss.Index, kind: str, params: dict) -> None:
     """Restore the tuned search knob after reading an index from disk."""
-    if kind == "ivf" and "nprobe" in params:
+    if kind in IVF_KINDS and "nprobe" in params:
         faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
     elif kind == "hnsw" and "efSearch" in params:
         index.hnsw.efSearch = int(params["efSearch"])
 
 
-def sample_queries(vectors: np.ndarray, count: int = RECALL_QUERIES, seed: int = 0) -> np.ndarray:
-    """Queries that look like composed ones: normalised midpoints of two random gallery vectors."""
+def sample_queries(vectors: np.ndarray, count: int = RECALL_QUERIES, seed: int = 0,
+                   rows: np.ndarray | None = None) -> np.ndarray:
+    """Queries that look like composed ones: normalised sums of two random gallery vectors (from ``rows``)."""
     rng = np.random.default_rng(seed)
-    a = vectors[rng.integers(0, len(vectors), count)]
-    b = vectors[rng.integers(0, len(vectors), count)]
+    pool = np.arange(len(vectors)) if rows is None else rows
+    a = np.asarray(vectors[np.sort(pool[rng.integers(0, len(pool), count)])], dtype=np.float32)
+    b = np.asarray(vectors[np.sort(pool[rng.integers(0, len(pool), count)])], dtype=np.float32)
+    rng.shuffle(b)
     q = a + b
     return (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def heldout_queries(built: Built, count: int = RECALL_QUERIES, seed: int = 0) -> tuple[np.ndarray, bool]:
+    """Composed queries from gallery vectors outside the training sample; (queries, held_out?)."""
+    n = len(built.vectors)
+    rows = None
+    if built.train_rows is not None and len(built.train_rows) < n:
+        mask = np.ones(n, dtype=bool)
+        mask[built.train_rows] = False
+        rows = np.nonzero(mask)[0]
+    return sample_queries(built.vectors, count, seed, rows), rows is not None
 
 
 def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
@@ -124,53 +228,72 @@ def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
 
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    return index.search(queries, k)[1]
+    """Rows of the exact top-``k`` (exact fp32 scores of the stored vectors)."""
+    return kernels.search(vectors, queries, k)[1]
 
 
-def tune(built: Built, vectors: np.ndarray, target: float = TARGET_RECALL, k: int = RECALL_K,
+def tune(built: Built, vectors: np.ndarray | None = None, target: float = TARGET_RECALL, k: int = RECALL_K,
          queries: np.ndarray | None = None) -> float:
-    """Raise the search knob (powers of two) until recall@k >= target; return the recall reached."""
+    """Raise the search knob (powers of two) until recall@k >= target on held-out composed queries;
+    return the recall reached (recorded in ``built.params``)."""
+    vectors = built.vectors if vectors is None else vectors
     k = min(k, len(vectors))
-    queries = sample_queries(vectors) if queries is None else queries
+    held_out = False
+    if queries is None:
+        queries, held_out = heldout_queries(built)
     exact = exact_top_k(vectors, queries, k)
-    if built.kind == "ivf":
+    if built.kind in IVF_KINDS:
         candidates = [2 ** i for i in range(int(math.log2(faiss.extract_index_ivf(built.index).nlist)) + 1)]
     else:
         candidates = [max(16, k)] + [2 ** i for i in range(6, 13) if 2 ** i > max(16, k)]
+    searcher = built.searcher()
     recall = 0.0
     for value in candidates:
         set_search_knob(built, value)
-        recall = recall_at_k(built.index.search(queries, k)[1], exact)
+        recall = recall_at_k(searcher.search(queries, k)[1], exact)
         if recall >= target:
             break
     built.params[f"recall@{k}"] = recall
+    built.params["recall_queries"] = {"count": int(len(queries)), "composed": True,
+                                      "held_out_from_training": bool(held_out)}
     return recall
 
 
 def build(vectors: np.ndarray, kind: str = "auto", previous: faiss.Index | None = None,
-          exact_max: int = EXACT_MAX, target_recall: float = TARGET_RECALL) -> tuple[Built, float]:
-    """Build the index for L2-normalised fp32 ``vectors``; return it with its recall@k vs exact (1.0 if exact)."""
-    if kind == "auto":
-        kind = choose_kind(len(vectors), exact_max)
-    if kind not in KINDS:
+          exact_max: int = EXACT_MAX, target_recall: float = TARGET_RECALL,
+          max_memory: int | None = None, normalised: bool = False) -> tuple[Built, float]:
+    """Build the index for ``vectors`` [N, D] (normalised here, into fp16); return it with its recall@k vs exact.
+
+    ``max_memory``: bytes the index may take in memory (codes + centroids) when fully paged in;
+    decides the code size of "auto" (zscir.index.autotune). ``normalised``: ``vectors`` are already
+    L2-normalised fp16 (e.g. a memory-mapped file written by :func:`normalized_fp16`) and are used as they are.
+    """
+    from zscir.index.autotune import plan
+
+    if kind != "auto" and kind not in KINDS:
         raise ZscirError(f"unknown index kind {kind!r} (option --kind): expected auto, {', '.join(KINDS)}")
     if len(vectors) == 0:
         raise ZscirError("no image could be encoded: the index would be empty")
+    n, d = vectors.shape
+    chosen = plan(n, d, exact_max=exact_max, max_memory=max_memory, kind=None if kind == "auto" else kind)
+    kind = chosen.pop("kind")
     fallback = None
-    if kind in APPROXIMATE and len(vectors) < MIN_APPROXIMATE:
-        fallback = (f"{len(vectors)} images are too few for an approximate {kind} index (it needs at least "
+    if kind in APPROXIMATE and n < MIN_APPROXIMATE:
+        fallback = (f"{n} images are too few for an approximate {kind} index (it needs at least "
                     f"{MIN_APPROXIMATE} to train, and exact search over so few is as fast): using exact search")
         kind = "flat"
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    built = KINDS[kind](vectors, previous)
+    if not (normalised and vectors.dtype == np.float16):
+        vectors = normalized_fp16(vectors)
+    budget = chosen.pop("memory", None)
+    built = KINDS[kind](vectors, previous, **chosen)
+    if budget:
+        built.params["memory"] = budget
     if kind not in APPROXIMATE:
         if fallback:
             built.params["fallback_reason"] = fallback
         return built, 1.0
-    recall = tune(built, vectors, target_recall)
-    if built.kind == "ivf" and built.params["nprobe"] > faiss.extract_index_ivf(built.index).nlist // 4:
+    recall = tune(built, target=target_recall)
+    if built.kind in IVF_KINDS and built.params["nprobe"] > faiss.extract_index_ivf(built.index).nlist // 4:
         # reaching the target needs most of the lists: slower than a plain scan, so scan
         reason = (f"IVF{built.params['nlist']} needed nprobe {built.params['nprobe']} for recall@{RECALL_K} "
                   f"{recall:.3f}; exact search is faster at that point")
