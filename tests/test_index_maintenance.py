@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from zscir.cli import main
 from zscir.errors import ZscirError
 from zscir.index.gallery import GalleryIndex, build_index
 from _images import draw_image as draw
+from _cli import one_line_error, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -42,20 +41,6 @@ def tiny(tmp_path_factory):
     weights = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     return {"weights": str(weights), "bb": load_backbone("zscir-tiny-test", str(weights))}
-
-
-def run(args, capsys):
-    """`zscir ARGS` in this process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def one_line_error(code, err, pattern):
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
-    assert re.search(pattern, lines[0]), (pattern, lines[0])
 
 
 def top_ids(root, bb, query_image) -> list[str]:

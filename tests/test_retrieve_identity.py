@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -23,24 +22,11 @@ import pytest
 import torch
 from PIL import Image
 
-from zscir.cli import main
 from zscir.errors import ZscirError
 from _images import draw_image as draw
+from _cli import one_line_error, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def one_line_error(code, err, pattern):
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
-    assert re.search(pattern, lines[0]), (pattern, lines[0])
 
 
 @pytest.fixture(scope="module")
