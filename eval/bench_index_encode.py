@@ -60,7 +60,7 @@ def make_photos(folder: Path, n: int) -> None:
 
 
 def cpu_info() -> dict:
-    from zscir.features.precision import cpu_flags
+    from zscir.utils.cpu import cpu_flags
 
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                  platform.processor())
@@ -145,7 +145,7 @@ def command_seconds(images: Path, clip: list[str], batch: int, nproc: int, port:
 def main(n, batch, models, images, no_scaling, no_scaling_vit, rounds, threads, json_out):
     from zscir.data.images import decode_image
     from zscir.features.loader import default_decode_workers
-    from zscir.features.precision import cpu_flags
+    from zscir.utils.cpu import has_native
 
     if threads:
         torch.set_num_threads(threads)
@@ -159,7 +159,7 @@ def main(n, batch, models, images, no_scaling, no_scaling_vit, rounds, threads, 
     info = {"cpu": cpu_info(), "torch_threads": torch.get_num_threads(), "decode_workers": default_decode_workers(),
             "n": len(files), "batch": batch, "models": {}}
     print(f"CPU: {info['cpu']['model']}, {info['cpu']['cores']} cores, flags {' '.join(info['cpu']['flags'])}")
-    bf16 = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    bf16 = has_native("bf16")
     for name in models.split(","):
         bb, clip = load(name, tmp)
         tensors = torch.stack([bb.preprocess(decode_image(p.read_bytes())) for p in files])

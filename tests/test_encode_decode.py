@@ -116,10 +116,10 @@ def test_fp16_and_bf16_need_native_cpu_support():
 
 
 def test_an_fp32_store_is_not_reused_by_a_bf16_run(world_bb, tmp_path):
-    from zscir.features.precision import cpu_flags
+    from zscir.utils.cpu import has_native
     from zscir.index.gallery import GalleryIndex, build_index
 
-    if not {"avx512_bf16", "amx_bf16"} & cpu_flags():
+    if not has_native("bf16"):
         pytest.skip("this CPU has no native bf16")
     items = photo_jpegs(tmp_path / "imgs", 6)
     out = tmp_path / "idx"

@@ -11,32 +11,14 @@ line, never silently run in another precision.
 from __future__ import annotations
 
 import contextlib
-import functools
-from pathlib import Path
 
 import torch
 
 from zscir.errors import ZscirError
+from zscir.utils.cpu import NATIVE_FLAGS, has_native
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# CPU flags that make each reduced precision fast (any one of them suffices)
-CPU_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU feature flags of this machine (empty where /proc/cpuinfo does not exist)."""
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.split(":", 1)[0].strip() in ("flags", "Features"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
 def check_precision(precision: str, device: str | torch.device, flags: frozenset[str] | None = None) -> None:
     """Raise a one-line :class:`ZscirError` unless ``device`` runs ``precision`` natively."""
     if precision not in PRECISIONS:
@@ -45,9 +27,8 @@ def check_precision(precision: str, device: str | torch.device, flags: frozenset
         return
     device = torch.device(device)
     if device.type == "cpu":
-        flags = cpu_flags() if flags is None else flags
-        need = CPU_FLAGS[precision]
-        if not any(f in flags for f in need):
+        need = NATIVE_FLAGS[precision]
+        if not has_native(precision, flags):
             raise ZscirError(f"--precision {precision} on the CPU needs {' or '.join(need)} (this CPU lacks them: "
                              f"{precision} matmuls would be emulated, many times slower than fp32); use --precision "
                              f"fp32{' or bf16' if precision == 'fp16' else ''}")

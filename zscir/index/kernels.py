@@ -20,7 +20,6 @@ order and scores are the exact fp32 ones on the stored fp16 vectors, whatever th
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -28,31 +27,19 @@ from typing import Callable
 import numpy as np
 import torch
 
+from zscir.utils.cpu import cpu_flags, has_native
+
 RERANK_FACTOR = 4        # candidates re-scored exactly per requested result
 CHUNK_ROWS = 65_536      # rows converted at a time by the chunked kernels
 SCAN_ROWS = 64 * 2 ** 20  # rows x queries of scores held at once by search() (128 MB of fp16)
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def has_native_fp16(flags: frozenset[str] | None = None) -> bool:
-    return "avx512_fp16" in (cpu_flags() if flags is None else flags)
+    return has_native("fp16", flags)
 
 
 def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
-    flags = cpu_flags() if flags is None else flags
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return has_native("bf16", flags)
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
