@@ -25,7 +25,6 @@ on disk. Names that are valid UTF-8 are used unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -38,6 +37,7 @@ from PIL import Image
 
 from zscir.data.images import BadImageError, decode_image, to_rgb
 from zscir.errors import ZscirError
+from zscir.utils.hashing import sha256_bytes, sha256_file
 
 
 @dataclass(frozen=True)
@@ -92,15 +92,11 @@ def file_key(path: str | os.PathLike) -> str:
 
 
 def content_key(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return "sha256:" + sha256_bytes(data)
 
 
-def file_content_key(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+def file_content_key(path: str | os.PathLike) -> str:
+    return "sha256:" + sha256_file(path)
 
 
 def read_image_file(path: str | os.PathLike, item_id: str, min_size: int | None = None) -> Image.Image:
