@@ -1,10 +1,28 @@
-"""The frozen CLIP backbone layer over open_clip."""
+"""The frozen CLIP backbone layer over open_clip.
 
-from zscir.backbone.clip import PLACEHOLDER, Backbone, ImageFeatures
-from zscir.backbone.loading import load_backbone, register_model_configs, resolve_identity
-from zscir.backbone.preprocess import Preprocess, make_preprocess, target_pad
+Its names are imported on first use (PEP 562), so that importing a submodule that needs
+no model, such as the ``zscir backbone`` command for its ``--help``, loads neither torch
+nor open_clip. The first use also registers zscir's model configs with open_clip.
+"""
 
-register_model_configs()
+import importlib
 
-__all__ = ["PLACEHOLDER", "Backbone", "ImageFeatures", "load_backbone", "register_model_configs",
-           "resolve_identity", "Preprocess", "make_preprocess", "target_pad"]
+_EXPORTS = {
+    "PLACEHOLDER": "zscir.backbone.clip", "Backbone": "zscir.backbone.clip", "ImageFeatures": "zscir.backbone.clip",
+    "load_backbone": "zscir.backbone.loading", "register_model_configs": "zscir.backbone.loading",
+    "resolve_identity": "zscir.backbone.loading",
+    "Preprocess": "zscir.backbone.preprocess", "make_preprocess": "zscir.backbone.preprocess",
+    "target_pad": "zscir.backbone.preprocess",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    importlib.import_module("zscir.backbone.loading").register_model_configs()
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
