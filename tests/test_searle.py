@@ -135,6 +135,12 @@ def test_run_oti_killed_and_resumed_equals_uninterrupted(tiny_backbone, tmp_path
     assert torch.equal(tok_a, tok_b)
     with pytest.raises(ZscirError, match="'seed' differs"):
         run_oti(b, ids, feats, PHRASES, tmp_path / "killed", SMALL, seed=4, log=lambda *_: None)
+    with pytest.raises(ZscirError, match="'features_sha256' differs"):
+        run_oti(b, ids, feats + 1, PHRASES, tmp_path / "killed", SMALL, seed=3, log=lambda *_: None)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ZscirError, match="holds no OTI run"):
+        run_oti(b, ids, feats, PHRASES, tmp_path / "other", SMALL, seed=3, log=lambda *_: None)
 
 
 def _palavra_loop(a, c, tau):

@@ -273,7 +273,7 @@ def run_oti(backbone, ids: list[str], features: torch.Tensor, phrases: ConceptPh
             on_chunk: Optional[Callable[[int], None]] = None) -> Path:
     """OTI tokens of every image, in chunks of ``config.batch_size`` saved atomically in ``out``; a killed run continues.
 
-    ``out/oti.json`` records the run (config, seed, phrases, backbone, the ids' hash); each chunk is a
+    ``out/oti.json`` records the run (config, seed, phrases, backbone, hashes of the ids and features); each chunk is a
     checkpoint (:func:`zscir.checkpoint.save_checkpoint`: weights then sidecar, each written to a temporary
     file and renamed) holding its ``tokens`` (EMA) and ``last``; a chunk counts as done once its sidecar
     exists. ``on_chunk(c)`` is called after chunk ``c`` is saved.
@@ -288,7 +288,8 @@ def run_oti(backbone, ids: list[str], features: torch.Tensor, phrases: ConceptPh
     out = Path(out)
     record = {"kind": "searle-oti", "config": asdict(config), "seed": seed, "phrases": phrases.record(),
               "backbone": backbone.identity, "num_images": len(ids),
-              "ids_sha256": sha256_bytes("\n".join(ids).encode())}
+              "ids_sha256": sha256_bytes("\n".join(ids).encode()),
+              "features_sha256": sha256_bytes(features.detach().float().cpu().contiguous().numpy().tobytes())}
     record = json.loads(json.dumps(record))  # tuples -> lists, as read back
     manifest = out / MANIFEST
     if manifest.is_file():
@@ -339,6 +340,8 @@ def load_oti_tokens(out) -> tuple[list[str], torch.Tensor]:
         state, meta = load_checkpoint(path)
         ids += meta["ids"]
         tokens.append(state["tokens"])
+    if sha256_bytes("\n".join(ids).encode()) != record["ids_sha256"]:
+        raise ZscirError(f"{out}: the chunks' image ids do not match {MANIFEST}: delete the folder and run OTI again")
     return ids, torch.cat(tokens)
 
 
