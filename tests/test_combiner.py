@@ -14,7 +14,7 @@ from zscir.models.combiner import (EditTriple, FileCaptionEditor, ScotCombiner, 
                                    compose_scot, edit_rng, scot_loss)
 from zscir.world.captions import canonical_caption
 from zscir.world.edits import apply_edits, sample_edits
-from zscir.world.spec import Scene, sample_scene, spec_part
+from zscir.world.spec import sample_scene, spec_part
 from zscir.world.texts import fine_text
 
 TRIPLES = [

@@ -52,7 +52,8 @@ def test_oti_loss_matches_loop(tiny_backbone):
     torch.manual_seed(1)
     tokens, images = torch.randn(3, b.token_dim), torch.randn(3, b.embed_dim)
     templates = ["a photo of *", "a * image", "a photo of *"]
-    with_word, with_token = ["a red circle", "two star", "a square on the left"], ["a red *", "two *", "a * on the left"]
+    with_word = ["a red circle", "two star", "a square on the left"]
+    with_token = ["a red *", "two *", "a * on the left"]
     loss, terms = oti_loss(b, tokens, images, templates, with_word, with_token, OTIConfig())
     ref = _oti_loss_loop(b, tokens, images, templates, with_word, with_token, 1.0, 0.5)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)

@@ -211,7 +211,8 @@ def oti_loss(backbone, tokens: torch.Tensor, image_features: torch.Tensor, templ
     its regulariser phrase with the concept word / with ``*`` (:func:`sample_phrases`).
     """
     l_cos = cosine_pull(backbone.encode_prompts(templates, tokens), image_features)
-    l_reg = phrase_regulariser(backbone, tokens, with_word, with_token) if config.lambda_reg > 0 else l_cos.new_zeros(())
+    l_reg = (phrase_regulariser(backbone, tokens, with_word, with_token) if config.lambda_reg > 0
+             else l_cos.new_zeros(()))
     total = (config.lambda_cos * l_cos + config.lambda_reg * l_reg) / (config.lambda_cos + config.lambda_reg)
     return total, {"cosine": l_cos.detach(), "regulariser": l_reg.detach()}
 
@@ -271,7 +272,8 @@ def _chunk_path(out: Path, chunk: int) -> Path:
 def run_oti(backbone, ids: list[str], features: torch.Tensor, phrases: ConceptPhrases, out,
             config: OTIConfig = OTIConfig(), seed: int = 0, log: Callable = print,
             on_chunk: Optional[Callable[[int], None]] = None) -> Path:
-    """OTI tokens of every image, in chunks of ``config.batch_size`` saved atomically in ``out``; a killed run continues.
+    """OTI tokens of every image, in chunks of ``config.batch_size`` saved atomically in ``out``; a killed run
+    continues where it stopped.
 
     ``out/oti.json`` records the run (config, seed, phrases, backbone, hashes of the ids and features); each chunk is a
     checkpoint (:func:`zscir.checkpoint.save_checkpoint`: weights then sidecar, each written to a temporary
