@@ -213,3 +213,13 @@ def test_concept_phrases_from_files_and_world(tmp_path):
     assert "a {} on a gray background" in world.phrases and fill("a {} in the center", "star") == "a star in the center"
     with pytest.raises(ZscirError, match="OTI option steps=0"):
         OTIConfig(steps=0)
+
+
+def test_oti_runs_with_the_world_phrases(tiny_backbone):
+    b, world = tiny_backbone, ConceptPhrases.world()
+    torch.manual_seed(7)
+    cfg = OTIConfig(steps=2, top_k=3)
+    result = invert(b, torch.randn(3, b.embed_dim), world, cfg, torch.Generator().manual_seed(0))
+    assert result.tokens.shape == (3, b.token_dim) and len(result.losses) == 2
+    for phrase in world.phrases:  # the slot, filled with the placeholder, is one token of the tokenizer
+        assert int((b.tokenize([fill(phrase, PLACEHOLDER)]) == b.placeholder_token_id).sum()) == 1
