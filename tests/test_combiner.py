@@ -118,7 +118,12 @@ def test_world_editor_from_world_reads_the_split(tmp_path):
             for i, s in scenes.items()]
     (tmp_path / "scenes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     editor = WorldCaptionEditor.from_world(tmp_path)
-    assert editor.ids() == ["0", "1", "2"] and editor.scenes["1"] == scenes["1"]
+    assert editor.ids() == ["000000000000.png", "000000000001.png", "000000000002.png"]
+    assert editor.scenes["000000000001.png"] == scenes["1"]
+    by_id = WorldCaptionEditor.from_world(tmp_path, key="id")
+    assert by_id.ids() == ["0", "1", "2"] and by_id.scenes["1"] == scenes["1"]
+    with pytest.raises(ZscirError, match="key 'path' must be one of file, id"):
+        WorldCaptionEditor.from_world(tmp_path, key="path")
     assert editor.record()["world"] == str(tmp_path)
     with pytest.raises(ZscirError, match="no images in split 'train'"):
         WorldCaptionEditor.from_world(tmp_path, split="train")

@@ -82,13 +82,18 @@ class WorldCaptionEditor:
         self.scenes, self.part, self.source = dict(scenes), part, source
 
     @classmethod
-    def from_world(cls, world, split: str = "unlabeled", part: str = "train") -> "WorldCaptionEditor":
-        """The scenes of ``world``'s images in ``split`` (``scenes.jsonl``), keyed by image id as a string."""
-        from zscir.world.build import read_scenes
+    def from_world(cls, world, split: str = "unlabeled", part: str = "train",
+                   key: str = "file") -> "WorldCaptionEditor":
+        """The scenes of ``world``'s images in ``split`` (``scenes.jsonl``), keyed by their file name (``key="file"``:
+        the ids an image folder source gives, e.g. ``000000000042.png``) or their numeric id (``key="id"``)."""
+        from zscir.world.build import file_name, read_scenes
         from zscir.world.spec import Scene
 
+        names = {"file": file_name, "id": str}
+        if key not in names:
+            raise ZscirError(f"world caption editor: key {key!r} must be one of {', '.join(names)}")
         rows = read_scenes(world)
-        scenes = {str(i): Scene.from_json(r) for i, r in rows.items() if r["split"] == split}
+        scenes = {names[key](i): Scene.from_json(r) for i, r in rows.items() if r["split"] == split}
         if not scenes:
             raise ZscirError(f"shapes world {world}: no images in split {split!r}")
         return cls(scenes, part, source=str(world))
