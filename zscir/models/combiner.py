@@ -219,10 +219,12 @@ def scot_logits(query: torch.Tensor, edited: torch.Tensor, original: torch.Tenso
     is masked out."""
     columns = F.normalize(torch.cat([edited, original]), dim=-1)
     logits = F.normalize(query, dim=-1) @ columns.T / temperature
-    texts = list(edited_texts) + list(original_texts)
-    same = torch.tensor([[texts[j] == edited_texts[i] and j != i for j in range(len(texts))]
-                         for i in range(len(edited_texts))], device=logits.device)
-    return logits.masked_fill(same, float("-inf"))
+    number: dict[str, int] = {}
+    columns_id = torch.tensor([number.setdefault(t, len(number)) for t in [*edited_texts, *original_texts]])
+    rows_id = columns_id[:len(edited_texts)]
+    same = rows_id.unsqueeze(1) == columns_id.unsqueeze(0)
+    same[:, :len(edited_texts)].fill_diagonal_(False)  # the positive itself stays
+    return logits.masked_fill(same.to(logits.device), float("-inf"))
 
 
 def scot_loss(network, backbone, pooled: torch.Tensor, tokens, subjects, attributes, w: ScotWeights,
