@@ -41,14 +41,14 @@ def main():
     if mode == "train":
         if "--slow" in sys.argv:
             delay = float(sys.argv[sys.argv.index("--slow") + 1])
-            fast = objective_module.OBJECTIVES["fti"]
+            import zscir.training.pretrain as pretrain_module
+            fast = pretrain_module.batch_loss
 
             def slow(*args, **kw):
                 time.sleep(delay)
                 return fast(*args, **kw)
 
-            import zscir.training.pretrain as pretrain_module
-            pretrain_module.OBJECTIVES = {**objective_module.OBJECTIVES, "fti": slow}
+            pretrain_module.batch_loss = slow
         train(config(out), bb, data, resume="--resume" in sys.argv, progress_bar=False)
     elif mode == "grads":
         from accelerate import Accelerator
@@ -63,7 +63,7 @@ def main():
         net = acc.prepare(net)
         global_batch = epoch_order(len(data), 0, 0)[:8]
         loss, _ = batch_loss(net, bb, data, global_batch, acc.process_index, acc.num_processes,
-                             objective_module.fti_loss, LossWeights(), make_gather(acc))
+                             objective_module.fti_objective, LossWeights(), make_gather(acc))
         acc.backward(loss)
         loss = acc.reduce(loss.detach(), reduction="mean")  # as train() reports it
         if acc.is_main_process:
