@@ -4,9 +4,9 @@ A method's registry entry (:class:`zscir.models.methods.Training`) gives its
 objective, its default network config and its data: unlabeled images
 (captions split into subject/attribute, frozen-CLIP features from the cache) or
 captions alone (LinCIR: cached text features). Read top to bottom: resolve the
-config, build the data, build the network and optimizer, then the loop. The loop is written once against ``accelerate``:
-one CPU, one GPU, or many GPUs / nodes through ``accelerate launch`` (or
-``torchrun``). Each process takes an equal share of every global batch; the
+config, build the data, build the network and optimizer, then the loop. The
+loop is written once against ``accelerate``: one CPU, one GPU, or many GPUs /
+nodes through ``accelerate launch`` (or ``torchrun``). Each process takes an equal share of every global batch; the
 contrastive loss gathers the features of all processes (with gradient) so its
 denominator spans the global batch, exactly as on one process.
 """
@@ -29,7 +29,6 @@ from zscir.models.methods import METHODS, get_training
 from zscir.models.objective import LossWeights
 from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
 from zscir.utils.atomic import atomic_write_json
-
 
 
 def default_network_config(method: str | None) -> str | None:
@@ -277,12 +276,13 @@ def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions:
         backbone = shapes_backbone(device=device, preprocess=preprocess)
     else:
         backbone = load_backbone(clip_name, pretrained, device=device, preprocess=preprocess)
-    world = None
-    if images is None and (training.data == "images" or captions is None):
-        from zscir.world.build import default_world
+    from zscir.world.build import default_world
 
+    world = None  # the shapes world supplies what the user did not: its images, or (captions methods) its captions
+    if training.data == "captions" and captions is None:
         world = default_world()
-    if images is None and training.data == "images":
+    elif training.data == "images" and images is None:
+        world = default_world()
         images, captioner = str(world / "unlabeled" / "images"), f"shapes-world:{world}"
     cache_root = cache_dir or default_cache_dir() / "features"
     with accelerator.main_process_first():  # the main process fills the caches, the others then read them
