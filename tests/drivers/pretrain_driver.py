@@ -1,7 +1,7 @@
 """Subprocess driver for the pretraining tests: resume after SIGKILL, and 2-process equivalence.
 
 Usage:
-  python pretrain_driver.py train FEATURES.npz RUN_DIR [--slow SECONDS] [--resume]
+  python pretrain_driver.py train FEATURES.npz RUN_DIR [--slow SECONDS] [--resume] [--method fti|pic2word|lincir]
   torchrun --nproc_per_node N pretrain_driver.py grads FEATURES.npz OUT.safetensors
 """
 
@@ -12,44 +12,54 @@ import numpy as np
 import torch
 
 from zscir.backbone import load_backbone
+from zscir.data.splitter import rule_tags
 from zscir.models import objective as objective_module
 from zscir.training.pretrain import PretrainConfig, batch_loss, epoch_order, make_gather, train
-from zscir.training.pretrain_data import PretrainingSet
+from zscir.training.pretrain_data import CaptionSet, PretrainingSet, keyword_mask
 
 SUBJECTS = ["a dog", "a red car", "a small cat", "a tall tree"]
 ATTRIBUTES = ["on the grass", "parked near a fence", "sleeping on a sofa", "in a snowy field"]
 
 
-def load(features):
+def load(features, method="fti"):
     torch.manual_seed(0)
     bb = load_backbone("zscir-tiny-test")
     z = np.load(features)
     n = len(z["pooled"])
+    if method == "lincir":  # captions only: "a dog on the grass", ... and their text features
+        captions = [f"{SUBJECTS[i % 4]} {ATTRIBUTES[(i // 4) % 4]}" for i in range(n)]
+        return bb, CaptionSet(captions, [keyword_mask(c, rule_tags) for c in captions],
+                              bb.encode_text(captions).numpy().astype(np.float16), bb)
     return bb, PretrainingSet([str(i) for i in range(n)], [SUBJECTS[i % 4] for i in range(n)],
-                              [ATTRIBUTES[i % 4] for i in range(n)], bb, pooled=z["pooled"], tokens=z["tokens"])
+                              [ATTRIBUTES[i % 4] for i in range(n)], bb, pooled=z["pooled"], tokens=z["tokens"],
+                              need_tokens=method == "fti")
 
 
-def config(run_dir):
-    return PretrainConfig(out=run_dir, network_config="fti4cir-tiny", dropout=0.5, epochs=3, batch_size=8,
-                          lr=1e-3, lr_decay_epoch=2, save_every_steps=2, seed=3)
+NETWORK_CONFIGS = {"fti": "fti4cir-tiny", "pic2word": "pic2word-tiny", "lincir": "lincir-tiny"}
+
+
+def config(run_dir, method="fti"):
+    return PretrainConfig(out=run_dir, method=method, network_config=NETWORK_CONFIGS[method], dropout=0.5, epochs=3,
+                          batch_size=8, lr=1e-3, lr_decay_epoch=2, save_every_steps=2, seed=3)
 
 
 def main():
     torch.set_num_threads(1)
     mode, features, out = sys.argv[1:4]
-    bb, data = load(features)
+    method = sys.argv[sys.argv.index("--method") + 1] if "--method" in sys.argv else "fti"
+    bb, data = load(features, method)
     if mode == "train":
         if "--slow" in sys.argv:
             delay = float(sys.argv[sys.argv.index("--slow") + 1])
-            fast = objective_module.OBJECTIVES["fti"]
+            import zscir.training.pretrain as pretrain_module
+            fast = pretrain_module.batch_loss
 
             def slow(*args, **kw):
                 time.sleep(delay)
                 return fast(*args, **kw)
 
-            import zscir.training.pretrain as pretrain_module
-            pretrain_module.OBJECTIVES = {**objective_module.OBJECTIVES, "fti": slow}
-        train(config(out), bb, data, resume="--resume" in sys.argv, progress_bar=False)
+            pretrain_module.batch_loss = slow
+        train(config(out, method), bb, data, resume="--resume" in sys.argv, progress_bar=False)
     elif mode == "grads":
         from accelerate import Accelerator
         from safetensors.torch import save_file
@@ -63,7 +73,7 @@ def main():
         net = acc.prepare(net)
         global_batch = epoch_order(len(data), 0, 0)[:8]
         loss, _ = batch_loss(net, bb, data, global_batch, acc.process_index, acc.num_processes,
-                             objective_module.fti_loss, LossWeights(), make_gather(acc))
+                             objective_module.fti_objective, LossWeights(), make_gather(acc))
         acc.backward(loss)
         loss = acc.reduce(loss.detach(), reduction="mean")  # as train() reports it
         if acc.is_main_process:

@@ -31,3 +31,14 @@ def orthogonality_loss(latent_topk: torch.Tensor) -> torch.Tensor:
 def cosine_pull(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean of 1 - cos(pred, target)."""
     return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
+
+
+def clip_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE over the B x B cross-modal logits (Pic2Word's objective).
+
+    The mean of image->text and text->image cross-entropy, positives on the diagonal, no same-modal
+    negatives (unlike :func:`contrastive_loss`).
+    """
+    logits = logit_scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2

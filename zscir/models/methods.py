@@ -3,8 +3,9 @@
 A :class:`Method` names the mapping network that produces the pseudo-words and
 how a query is composed from them: the query prompt, what the network reads
 (the pooled feature, the image tokens, the prompt's text feature), the
-FashionIQ caption rule and the preprocessing of its official evaluation. The
-query encoder (:mod:`zscir.models.query`) and the network factory
+FashionIQ caption rule and the preprocessing of its official evaluation; a
+trainable method also carries its :class:`Training` facts (objective, default
+network config, data). The query encoder (:mod:`zscir.models.query`) and the network factory
 (:mod:`zscir.models.factory`) read this table; adding a method (or training
 for one) means adding an entry, never a branch on its name.
 """
@@ -17,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from zscir.models import prompts
+from zscir.models import objective, prompts
 from zscir.models.context_i2w import ContextI2WNetwork
 from zscir.models.fti import FTINetwork, SingleTokenNetwork
 from zscir.models.pic2word import Pic2WordNetwork
@@ -56,6 +57,23 @@ def compose_context_i2w(backbone, network, ref, texts) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class Training:
+    """How ``zscir pretrain --method NAME`` trains a method.
+
+    objective:      (network, backbone, batch, LossWeights, gather) -> (loss, terms) (:mod:`zscir.models.objective`)
+    network_config: the default config name in ``zscir/models/configs``
+    data:           "images" (cached image features + split captions) or "captions" (caption text only)
+    """
+
+    objective: Callable
+    network_config: str
+    data: str
+
+
+DATA_KINDS = ("images", "captions")
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     network: type[nn.Module]
@@ -65,28 +83,34 @@ class Method:
     preprocess: str = "targetpad"
     needs_tokens: bool = False
     title: str = ""
+    training: Training | None = None   # None: importable and evaluable, not trainable by zscir
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
+    if method.training is not None and method.training.data not in DATA_KINDS:
+        raise ValueError(f"method {method.name}: training data {method.training.data!r} is not one of {DATA_KINDS}")
     METHODS[method.name] = method
     return method
 
 
 for _m in (
     Method("fti", FTINetwork, compose_fti, "a photo of * with * ... * but {text}", "fti4cir", "targetpad", True,
-           "FTI4CIR (Lin et al., SIGIR 2024)"),
+           "FTI4CIR (Lin et al., SIGIR 2024)", Training(objective.fti_objective, "fti4cir", "images")),
     Method("single", SingleTokenNetwork, single_token(prompts.single_query_prompt), "a photo of * but {text}",
-           "both-orders", "targetpad", False, "zscir's single-token baseline"),
+           "both-orders", "targetpad", False, "zscir's single-token baseline",
+           Training(objective.single_objective, "single", "images")),
     Method("searle", SingleTokenNetwork, single_token(prompts.that_query_prompt), "a photo of $ that {text}",
            "searle", "targetpad", False, "SEARLE (Baldrati et al., ICCV 2023)"),
     Method("lincir", SingleTokenNetwork, single_token(prompts.that_query_prompt, also_fills="$"),
            "a photo of $ that {text} (every $ filled)",
-           "searle", "clip", False, "LinCIR (Gu et al., CVPR 2024)"),
+           "searle", "clip", False, "LinCIR (Gu et al., CVPR 2024)",
+           Training(objective.lincir_objective, "lincir", "captions")),
     Method("pic2word", Pic2WordNetwork, single_token(prompts.comma_query_prompt), "a photo of * , {text}",
-           "pic2word", "clip", False, "Pic2Word (Saito et al., CVPR 2023)"),
+           "pic2word", "clip", False, "Pic2Word (Saito et al., CVPR 2023)",
+           Training(objective.pic2word_objective, "pic2word", "images")),
     Method("context-i2w", ContextI2WNetwork, compose_context_i2w, "a photo of <|replace|> , {text}",
            "pic2word", "clip", True, "Context-I2W (Tang et al., AAAI 2024)"),
 ):
@@ -99,3 +123,18 @@ def get_method(name: str) -> Method:
 
         raise ZscirError(f"unknown method {name!r}: expected one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def trainable_methods() -> list[str]:
+    """Names of the methods ``zscir pretrain --method`` trains, in registry order."""
+    return [name for name, m in METHODS.items() if m.training is not None]
+
+
+def get_training(name: str) -> Training:
+    """The training facts of method ``name``; a one-line error naming --method for any other name."""
+    method = METHODS.get(name)
+    if method is None or method.training is None:
+        from zscir.errors import ZscirError
+
+        raise ZscirError(f"--method {name!r} is not a trainable method: expected one of {', '.join(trainable_methods())}")
+    return method.training

@@ -1,10 +1,12 @@
-"""Pretraining of a mapping network (FTI4CIR or single token) on unlabeled images.
+"""Pretraining of a mapping network: any trainable method of :data:`zscir.models.methods.METHODS`.
 
-Read top to bottom: resolve the config, build the data (captions split into
-subject/attribute, frozen-CLIP features from the cache), build the network and
-optimizer, then the loop. The loop is written once against ``accelerate``:
-one CPU, one GPU, or many GPUs / nodes through ``accelerate launch`` (or
-``torchrun``). Each process takes an equal share of every global batch; the
+A method's registry entry (:class:`zscir.models.methods.Training`) gives its
+objective, its default network config and its data: unlabeled images
+(captions split into subject/attribute, frozen-CLIP features from the cache) or
+captions alone (LinCIR: cached text features). Read top to bottom: resolve the
+config, build the data, build the network and optimizer, then the loop. The
+loop is written once against ``accelerate``: one CPU, one GPU, or many GPUs /
+nodes through ``accelerate launch`` (or ``torchrun``). Each process takes an equal share of every global batch; the
 contrastive loss gathers the features of all processes (with gradient) so its
 denominator spans the global batch, exactly as on one process.
 """
@@ -23,11 +25,16 @@ import torch
 
 from zscir.errors import ZscirError
 from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
-from zscir.models.objective import OBJECTIVES, LossWeights
+from zscir.models.methods import METHODS, get_training
+from zscir.models.objective import LossWeights
 from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
 from zscir.utils.atomic import atomic_write_json
 
-DEFAULT_CONFIGS = {"fti": "fti4cir", "single": "single"}
+
+def default_network_config(method: str | None) -> str | None:
+    """The registered default network config of a trainable ``method``; None for any other name."""
+    entry = METHODS.get(method)
+    return entry.training.network_config if entry is not None and entry.training is not None else None
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ def apply_recipe(name: str, cfg: "PretrainConfig", run: dict, explicit: set[str]
 @dataclass
 class PretrainConfig:
     out: str = "runs/pretrain"
-    method: str = "fti"                   # fti | single
+    method: str = "fti"                   # a trainable method (zscir.models.methods.trainable_methods())
     network_config: Optional[str] = None  # a name in zscir/models/configs (default per method)
     dropout: Optional[float] = None       # overrides the network config
     epochs: int = 60
@@ -112,7 +119,7 @@ class PretrainConfig:
     recipe: dict = field(default_factory=dict)  # the --recipe applied, if any (recorded)
 
     def resolved_network_config(self) -> dict:
-        name = self.network_config or DEFAULT_CONFIGS[self.method]
+        name = self.network_config or get_training(self.method).network_config
         cfg = get_mapping_config(name)
         if cfg["method"] != self.method:
             raise ZscirError(f"network config {name!r} is for method {cfg['method']!r}, not --method {self.method}")
@@ -142,8 +149,7 @@ def local_share(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
 
 def batch_loss(network, backbone, data, global_batch, rank, world, objective, weights, gather):
     """Loss of one global batch as seen by process ``rank`` (identical on every process)."""
-    batch = data.batch(local_share(global_batch, rank, world))
-    return objective(network, backbone, batch.pooled, batch.tokens, batch.subjects, batch.attributes, weights, gather)
+    return objective(network, backbone, data.batch(local_share(global_batch, rank, world)), weights, gather)
 
 
 def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = False, progress_bar: bool = True) -> Path:
@@ -158,7 +164,7 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
         raise ZscirError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
     steps_per_epoch = len(data) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ZscirError(f"only {len(data)} captioned images: fewer than one batch of --batch-size {cfg.batch_size}")
+        raise ZscirError(f"only {len(data)} training items: fewer than one batch of --batch-size {cfg.batch_size}")
 
     torch.manual_seed(cfg.seed + rank)
     net_cfg = cfg.resolved_network_config()
@@ -177,7 +183,7 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
     if resume and accelerator.is_main_process:
         trim_log(run_dir / "log.jsonl", progress.global_step)  # the steps after the last checkpoint are redone
     network, optimizer = accelerator.prepare(network, optimizer)
-    objective = OBJECTIVES[cfg.method]
+    objective = get_training(cfg.method).objective
     weights = LossWeights(cfg.temperature, cfg.orth_weight, cfg.reg_weight)
     gather = make_gather(accelerator)
     log = open(run_dir / "log.jsonl", "a") if accelerator.is_main_process else None
@@ -255,8 +261,12 @@ def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions:
     from accelerate import Accelerator
 
     from zscir.backbone import load_backbone
-    from zscir.training.pretrain_data import build_pretraining_set
+    from zscir.training.pretrain_data import build_caption_set, build_pretraining_set
     from zscir.utils.paths import cache_dir as default_cache_dir
+
+    training = get_training(cfg.method)
+    if training.data == "captions" and images is not None:
+        raise ZscirError(f"--method {cfg.method} trains on captions alone: pass --captions FILE, not --images")
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     device = accelerator.device
@@ -266,16 +276,22 @@ def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions:
         backbone = shapes_backbone(device=device, preprocess=preprocess)
     else:
         backbone = load_backbone(clip_name, pretrained, device=device, preprocess=preprocess)
-    if images is None:
-        from zscir.world.build import default_world
+    from zscir.world.build import default_world
 
+    world = None  # the shapes world supplies what the user did not: its images, or (captions methods) its captions
+    if training.data == "captions" and captions is None:
+        world = default_world()
+    elif training.data == "images" and images is None:
         world = default_world()
         images, captioner = str(world / "unlabeled" / "images"), f"shapes-world:{world}"
     cache_root = cache_dir or default_cache_dir() / "features"
     with accelerator.main_process_first():  # the main process fills the caches, the others then read them
-        data, record = build_pretraining_set(images, captions, captioner, backbone, cache_root, feature_cache,
-                                             need_tokens=cfg.method == "fti", log=accelerator.print,
-                                             splitter=splitter)
+        if training.data == "captions":
+            data, record = build_caption_set(captions, world, backbone, cache_root, splitter, log=accelerator.print)
+        else:
+            data, record = build_pretraining_set(images, captions, captioner, backbone, cache_root, feature_cache,
+                                                 need_tokens=METHODS[cfg.method].needs_tokens,
+                                                 log=accelerator.print, splitter=splitter)
     cfg.data = record
     checkpoint = train(cfg, backbone, data, accelerator=accelerator, resume=resume)
     return {"checkpoint": str(checkpoint), "run_dir": cfg.out, "data": record, "method": cfg.method}

@@ -1,4 +1,4 @@
-"""``zscir pretrain``: train an FTI4CIR (or single-token) mapping network on unlabeled images."""
+"""``zscir pretrain``: train a registered method's mapping network (FTI4CIR, single, Pic2Word, LinCIR)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,20 @@ from zscir.utils.options import (DROPOUT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, 
 
 # zscir.training.pretrain_data.FEATURE_CACHE_MODES, spelled out so that `--help` does not import torch (tested)
 FEATURE_CACHE_MODES = ("full", "globals", "off")
+# zscir.models.methods.trainable_methods(), spelled out for the same reason (tested equal to the registry)
+TRAINABLE_METHODS = ("fti", "single", "lincir", "pic2word")
 
 @click.command("pretrain")
 @click.option("--images", default=None, help="Folder, list file, or webdataset shards (cc3m/{00000..00331}.tar). "
               "Default: the shapes world's unlabeled images.")
-@click.option("--captions", default=None, help="Captions file (JSONL/CSV/JSON id->caption). Default: caption with --captioner "
-              "(cached), or the world's own captions.")
+@click.option("--captions", default=None, help="Captions file (JSONL/CSV/JSON id->caption; for lincir also .txt, one a "
+              "line). Default: caption with --captioner (cached), or the world's own captions.")
 @click.option("--captioner", default="blip", show_default=True, help="Captioner used when no --captions is given.")
 @click.option("--clip", "clip_name", default=None, help="open_clip model name. Default: the shapes world's CLIP.")
 @click.option("--pretrained", default=None, help="open_clip pretrained tag or local weights file.")
 @click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default="targetpad", show_default=True)
-@click.option("--method", type=click.Choice(["fti", "single"]), default="fti", show_default=True)
+@click.option("--method", type=click.Choice(TRAINABLE_METHODS), default="fti", show_default=True,
+              help="A trainable registered method. lincir trains on --captions alone (no images).")
 @click.option("--network-config", default=None, help="Mapping-network config name (zscir/models/configs). Default per method.")
 @click.option("--out", type=OUTPUT_DIR, default="runs/pretrain", show_default=True, help="Run directory (config, log, checkpoints).")
 @click.option("--epochs", type=POSITIVE_INT, default=60, show_default=True)
@@ -50,18 +53,18 @@ FEATURE_CACHE_MODES = ("full", "globals", "off")
 def pretrain(ctx, images, captions, captioner, clip_name, pretrained, preprocess, method, network_config, out, epochs,
              batch_size, lr, weight_decay, lr_decay_epoch, dropout, seed, save_every_steps, max_steps,
              mixed_precision, feature_cache, cache_dir, resume, overwrite, as_json, recipe, splitter):
-    """Pretrain a mapping network on unlabeled images (FTI4CIR by default).
+    """Pretrain a mapping network on unlabeled images, or on captions alone for lincir (FTI4CIR by default).
 
     Multi-GPU / multi-node: run the same command under `accelerate launch` or `torchrun`.
     """
-    from zscir.training.pretrain import DEFAULT_CONFIGS, PretrainConfig, run_pretraining
+    from zscir.training.pretrain import PretrainConfig, default_network_config, run_pretraining
     from zscir.training.state import check_run_dir
 
     if int(os.environ.get("RANK", "0")) == 0:  # once, before any process writes into the run
         check_run_dir(out, resume, overwrite, "pretrain",
-                      expect={"method": method, "network_config": network_config or DEFAULT_CONFIGS[method]},
+                      expect={"method": method, "network_config": network_config or default_network_config(method)},
                       view=lambda rec: {"method": rec.get("method"), "network_config":
-                                        rec.get("network_config") or DEFAULT_CONFIGS.get(rec.get("method"))})
+                                        rec.get("network_config") or default_network_config(rec.get("method"))})
 
     cfg = PretrainConfig(out=out, method=method, network_config=network_config, dropout=dropout, epochs=epochs,
                          batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_decay_epoch=lr_decay_epoch,

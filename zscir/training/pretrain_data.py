@@ -1,4 +1,6 @@
-"""What pretraining iterates over: per image, cached frozen-CLIP features and a split caption.
+"""What pretraining iterates over: per image, cached frozen-CLIP features and a split caption
+(:class:`PretrainingSet`); or, for a language-only method (LinCIR), per caption its cached
+frozen text feature and its keyword-masked form (:class:`CaptionSet`).
 
 Features come from the shared feature store (computed once, fp16, memory-mapped),
 so epochs after the first cost only the mapping network and the text encoder.
@@ -12,8 +14,10 @@ so epochs after the first cost only the mapping network and the text encoder.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -145,3 +149,126 @@ def build_pretraining_set(images: str, captions: str | None, captioner: str, bac
               "feature_cache": feature_cache, "feature_store": str(store.root),
               "splitter": getattr(caption_splitter, "name", splitter)}
     return data, record
+
+
+# --- language-only training (LinCIR) ------------------------------------------------------------
+
+# LinCIR's keywords (navervision/lincir loader.py, extract_keywords_spacy): maximal runs of
+# NOUN / PROPN / ADJ / DET words; zscir's taggers fold PROPN into NOUN.
+KEYWORD_TAGS = frozenset({"DET", "ADJ", "NOUN"})
+
+
+def lincir_caption(caption: str) -> str:
+    """The caption as LinCIR trains on it: lower-cased, ``$`` removed (official ``clean_caption``),
+    zscir's placeholder removed (it would claim a pseudo-word)."""
+    from zscir.models.prompts import clean_text
+
+    return clean_text(caption.lower().replace("$", " "))
+
+
+def keyword_mask(caption: str, tagger) -> str:
+    """LinCIR's self-masking: each maximal run of keyword words (:data:`KEYWORD_TAGS`) becomes one ``*``
+    slot, so "a red car parked near a fence" -> "* parked near *". Word-based, where the official code
+    replaces each keyword string anywhere in the caption. A caption with no keyword becomes
+    "a photo of *" (the official's last fallback; its first, one random word, is not used: no randomness
+    outside torch's RNG, so a resumed run sees the same)."""
+    from zscir.backbone import PLACEHOLDER
+    from zscir.models.prompts import single_training_prompt
+
+    words = caption.split()
+    out: list[str] = []
+    for word, tag in zip(words, tagger(words)):
+        if tag not in KEYWORD_TAGS:
+            out.append(word)
+        elif not out or out[-1] != PLACEHOLDER:
+            out.append(PLACEHOLDER)
+    return " ".join(out) if PLACEHOLDER in out else single_training_prompt()
+
+
+@dataclass
+class CaptionBatch:
+    text_features: torch.Tensor    # [b, D] float32: the frozen text tower's (unnormalised) caption features
+    masked: list[str]              # the captions with their keywords as placeholder slots
+
+
+class CaptionSet:
+    """Captions, their keyword-masked forms and their cached text features: LinCIR's training data."""
+
+    def __init__(self, captions: Sequence[str], masked: Sequence[str], text_features: np.ndarray, backbone):
+        if not (len(captions) == len(masked) == len(text_features)):
+            raise ValueError("captions, masked captions and text features must align")
+        self.captions, self.masked, self.text_features = list(captions), list(masked), text_features
+        self.backbone = backbone
+        self.last_wait_s = 0.0
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def batch(self, idx: np.ndarray) -> CaptionBatch:
+        start = time.perf_counter()
+        idx = np.asarray(idx, dtype=np.int64)
+        feats = torch.from_numpy(np.asarray(self.text_features[idx], dtype=np.float32)).to(self.backbone.device)
+        batch = CaptionBatch(feats, [self.masked[i] for i in idx])
+        self.last_wait_s = time.perf_counter() - start
+        return batch
+
+
+def read_captions(path: str | None, world: str | None) -> list[str]:
+    """Caption texts from ``path`` (.txt: one caption a line; .jsonl/.csv/.tsv/.json as ``--captions``
+    elsewhere), or the shapes world's unlabeled captions when no path is given."""
+    from zscir.data.captioners import read_caption_file, read_world_captions
+
+    if path is None:
+        return [row.caption for row in read_world_captions(world)]
+    p = Path(path)
+    if p.suffix.lower() == ".txt":
+        if not p.is_file():
+            raise ZscirError(f"captions file {p}: no such file")
+        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return list(read_caption_file(p).exact.values())
+
+
+def text_features_cached(captions: list[str], backbone, cache_root, batch_size: int = 256, log=print) -> np.ndarray:
+    """fp16 text features of ``captions`` [N, D], computed once per (backbone, caption list) and kept
+    under ``cache_root/text``."""
+    import json
+
+    from zscir.utils.atomic import atomic_write_bytes
+    from zscir.utils.hashing import sha256_bytes
+
+    key = sha256_bytes(json.dumps([backbone.identity, captions], sort_keys=True).encode())[:32]
+    path = Path(cache_root) / "text" / f"{key}.npy"
+    if path.is_file():
+        log(f"text features of {len(captions)} captions from {path}")
+        return np.load(path, mmap_mode="r")
+    feats = np.concatenate([backbone.encode_text(captions[i:i + batch_size]).cpu().numpy().astype(np.float16)
+                            for i in range(0, len(captions), batch_size)])
+    buf = io.BytesIO()
+    np.save(buf, feats)
+    atomic_write_bytes(path, buf.getvalue())
+    log(f"text features of {len(captions)} captions cached in {path}")
+    return feats
+
+
+def build_caption_set(captions_path: str | None, world: str | None, backbone, cache_root, splitter: str = "auto",
+                      log=print) -> tuple[CaptionSet, dict]:
+    """A caption file (or the world's captions) -> a :class:`CaptionSet`, and a record of what was used."""
+    from zscir.data.splitter import get_splitter
+    from zscir.models.prompts import single_training_prompt
+
+    caption_splitter = get_splitter(splitter)
+    tagger = getattr(caption_splitter, "tagger", None)
+    if tagger is None:
+        raise ZscirError(f"--splitter {splitter} has no word tagger for LinCIR's keyword masking: "
+                         "use auto, rules or spacy")
+    captions = [c for c in (lincir_caption(t) for t in read_captions(captions_path, world)) if c]
+    if not captions:
+        raise ZscirError(f"captions file {captions_path or world}: no captions")
+    masked = [keyword_mask(c, tagger) for c in captions]
+    feats = text_features_cached(captions, backbone, cache_root, log=log)
+    log(f"{len(captions)} captions from {captions_path or world}")
+    record = {"captions": captions_path, "world": None if captions_path else str(world), "num_captions": len(captions),
+              "splitter": getattr(caption_splitter, "name", splitter), "masking": "keyword runs (DET/ADJ/NOUN) -> *",
+              "without_keyword": sum(m == single_training_prompt() for m in masked)}
+    return CaptionSet(captions, masked, feats, backbone), record
+
