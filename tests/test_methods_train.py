@@ -131,10 +131,11 @@ def test_lincir_loss_against_a_per_caption_reference(tiny_backbone):
     noise = 0.5 * torch.randn_like(t)
     loss, terms = lincir_loss(net, bb, t, masked, noise)
     total = 0.0
-    for i, m in enumerate(masked):
-        w = net(t[i:i + 1] + noise[i:i + 1]).subject
-        pred = bb.encode_prompts([m], w.repeat(m.split().count("*"), 1))[0]
-        total += sum((float(pred[d]) - float(t[i, d])) ** 2 for d in range(t.shape[1]))
+    with torch.no_grad():
+        for i, m in enumerate(masked):
+            w = net(t[i:i + 1] + noise[i:i + 1]).subject
+            pred = bb.encode_prompts([m], w.repeat(m.split().count("*"), 1))[0]
+            total += sum((float(pred[d]) - float(t[i, d])) ** 2 for d in range(t.shape[1]))
     want = total / t.numel()
     assert float(loss.detach()) == pytest.approx(want, rel=1e-4) and float(terms["mse"]) == float(loss.detach())
     assert want > 1e-3
