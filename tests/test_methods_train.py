@@ -1,6 +1,7 @@
 """Trainable methods from the registry: Pic2Word and LinCIR losses against hand-written references,
 kill/resume for each, and one query encoder for a checkpoint trained here and one imported."""
 
+import contextlib
 import json
 import math
 import os
@@ -92,9 +93,10 @@ def test_pic2word_loss_against_a_per_image_reference(tiny_backbone):
     loss, terms = pic2word_loss(net, bb, pooled)
     scale = float(bb.model.logit_scale.exp())
     # each image on its own: its pseudo-word in "a photo of *"
-    text = torch.stack([bb.encode_prompts(["a photo of *"], net(pooled[i:i + 1]).subject)[0] for i in range(6)])
+    with torch.no_grad():
+        text = torch.stack([bb.encode_prompts(["a photo of *"], net(pooled[i:i + 1]).subject)[0] for i in range(6)])
     want = infonce_reference(pooled, text, scale)
-    assert float(loss) == pytest.approx(want, rel=1e-4) and float(terms["contrastive"]) == float(loss)
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-4) and float(terms["contrastive"]) == float(loss.detach())
     assert want > 0.1  # not a degenerate zero
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
@@ -129,18 +131,19 @@ def test_lincir_loss_against_a_per_caption_reference(tiny_backbone):
     noise = 0.5 * torch.randn_like(t)
     loss, terms = lincir_loss(net, bb, t, masked, noise)
     total = 0.0
-    for i, m in enumerate(masked):
-        w = net(t[i:i + 1] + noise[i:i + 1]).subject
-        pred = bb.encode_prompts([m], w.repeat(m.split().count("*"), 1))[0]
-        total += sum((float(pred[d]) - float(t[i, d])) ** 2 for d in range(t.shape[1]))
+    with torch.no_grad():
+        for i, m in enumerate(masked):
+            w = net(t[i:i + 1] + noise[i:i + 1]).subject
+            pred = bb.encode_prompts([m], w.repeat(m.split().count("*"), 1))[0]
+            total += sum((float(pred[d]) - float(t[i, d])) ** 2 for d in range(t.shape[1]))
     want = total / t.numel()
-    assert float(loss) == pytest.approx(want, rel=1e-4) and float(terms["mse"]) == float(loss)
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-4) and float(terms["mse"]) == float(loss.detach())
     assert want > 1e-3
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
-def test_caption_set_reads_a_text_file_and_caches_text_features(tmp_path, tiny_backbone):
+def test_caption_set_reads_a_text_file_and_caches_text_features(tmp_path, tiny_backbone, monkeypatch):
     from zscir.training.pretrain_data import build_caption_set
 
     f = tmp_path / "captions.txt"
@@ -157,19 +160,12 @@ def test_caption_set_reads_a_text_file_and_caches_text_features(tmp_path, tiny_b
     assert np.array_equal(np.asarray(again.text_features), np.load(cached))
     with pytest.raises(ZscirError, match="no such file"):
         build_caption_set(str(tmp_path / "missing.txt"), None, tiny_backbone, tmp_path, "rules")
+    class NoTagger:  # as the fti4cir-official splitter: a split() but no word tagger (and no spaCy download here)
+        name = "fti4cir-official"
+
+    monkeypatch.setattr("zscir.data.splitter.get_splitter", lambda name: NoTagger())
     with pytest.raises(ZscirError, match="--splitter fti4cir-official has no word tagger"):
-        from zscir.training import pretrain_data
-
-        class NoTagger:
-            name = "fti4cir-official"
-
-        import zscir.data.splitter as splitter
-        orig = splitter.get_splitter
-        splitter.get_splitter = lambda name: NoTagger()
-        try:
-            pretrain_data.build_caption_set(str(f), None, tiny_backbone, tmp_path, "fti4cir-official")
-        finally:
-            splitter.get_splitter = orig
+        build_caption_set(str(f), None, tiny_backbone, tmp_path, "fti4cir-official")
 
 
 def test_lincir_refuses_images(tmp_path):
@@ -253,17 +249,9 @@ def test_trained_and_imported_checkpoints_give_the_same_queries(tmp_path, tiny_b
     ref = ImageFeatures(torch.randn(2, bb.embed_dim), None)
     texts = TEXTS if method == "pic2word" else ["costs $ 5 and is red", "shows two dogs"]
     trained = load_query_encoder(str(ckpt), backbone=bb)
-    with pytest.warns(UserWarning) if method == "lincir" else _nothing():
+    with pytest.warns(UserWarning, match="CC BY-NC") if method == "lincir" else contextlib.nullcontext():
         imported = load_query_encoder(str(tmp_path / "imported.safetensors"), backbone=bb)
     assert type(trained) is type(imported) and trained.method is imported.method is METHODS[method]
     q_trained, q_imported = trained.encode_queries(ref, texts), imported.encode_queries(ref, texts)
     torch.testing.assert_close(q_trained, q_imported, atol=1e-6, rtol=0)
     assert float((q_trained[0] - q_trained[1]).norm()) > 1e-3  # different queries, not a constant
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
