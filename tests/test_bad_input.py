@@ -177,13 +177,16 @@ def test_sidecar_sha256_is_checked_on_the_first_load(tmp_path):
         load_query_encoder(str(path))
 
 
-def test_a_network_of_another_architecture_as_model_is_one_line(tmp_path, capsys):
+def test_a_network_of_another_architecture_as_model_is_one_line(tmp_path, capsys, monkeypatch):
+    """Even on a fresh cache: the model is checked before the default world would be built."""
     from zscir.utils.hashing import sha256_file
 
+    monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path / "empty-cache"))
     path = _fti_copy(tmp_path, "other", (SHIPPED / "shapes_single.safetensors").read_bytes(), reseal=True)
     assert sha256_file(path) == json.loads(path.with_suffix(".json").read_text())["weights_sha256"]
     assert_one_line(["eval", "shapes", "--split", "val", "--no-progress", "--out", tmp_path / "ev", "--model", path],
                     capsys, str(path), "another architecture", code=1)
+    assert not (tmp_path / "empty-cache" / "worlds").exists()
 
 
 # ------------------------------------------------------------------ output folders and files

@@ -247,12 +247,21 @@ def evaluate(req: EvalRequest) -> dict:
     t_start = time.perf_counter()
     spec = get_benchmark(req.benchmark)
     protocol = req.protocol.resolved(spec)
-    root = resolve_root(spec, req.root)
-    split_names = list(req.splits or spec.default_splits)
-    splits = [s for name in split_names
-              for s in load_splits(spec.name, root, name, categories=req.categories, **protocol.loader_options())]
+    def load_benchmark():
+        root = resolve_root(spec, req.root)
+        return root, [s for name in list(req.splits or spec.default_splits)
+                      for s in load_splits(spec.name, root, name, categories=req.categories, **protocol.loader_options())]
+
+    # a benchmark on disk is read first (its errors are the cheapest); one that is built on first use (the
+    # default world) only after the backbone and every --model loaded, so a bad option is one line before it
+    builds_root = req.root is None and spec.default_root is not None
+    if not builds_root:
+        root, splits = load_benchmark()
     backbone = load_backbone_for(req, spec)
     models = list(req.models or default_models(spec, backbone))
+    encoders = [load_query_encoder_for(model, backbone, protocol) for model in models]
+    if builds_root:
+        root, splits = load_benchmark()
     out_dir = Path(req.out_dir) if req.out_dir else Path("runs") / f"eval-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     cache_root = Path(req.cache_root) if req.cache_root else default_cache_root()
 
@@ -262,9 +271,8 @@ def evaluate(req: EvalRequest) -> dict:
         "feature_cache": str(cache_root), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": req.command,
     }
     taken: set[str] = set()
-    for model in models:
+    for model, qe in zip(models, encoders):
         t_model = time.perf_counter()
-        qe = load_query_encoder_for(model, backbone, protocol)
         slug = model_slug(model, taken)
         _say(f"evaluating {slug} ({qe.backbone.identity_str}, {qe.backbone.preprocess_name}) on "
              f"{', '.join(s.name for s in splits)}")
