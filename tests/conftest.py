@@ -16,3 +16,15 @@ def tiny_backbone():
 
     torch.manual_seed(0)
     return load_backbone("zscir-tiny-test", pretrained=None)
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory, tiny_backbone):
+    """Pooled + token features of 24 random images on the tiny backbone, as the pretrain driver reads them (.npz)."""
+    import numpy as np
+
+    torch.manual_seed(5)
+    feats = tiny_backbone.encode_image(torch.randn(24, 3, 32, 32), with_tokens=True)
+    path = tmp_path_factory.mktemp("feats") / "features.npz"
+    np.savez(path, pooled=feats.pooled.numpy().astype(np.float16), tokens=feats.tokens.numpy().astype(np.float16))
+    return str(path)

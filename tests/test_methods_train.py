@@ -176,15 +176,6 @@ def test_lincir_refuses_images(tmp_path):
 
 
 # ----------------------------------------------------------------- kill / resume
-@pytest.fixture(scope="module")
-def features(tmp_path_factory, tiny_backbone):
-    torch.manual_seed(5)
-    feats = tiny_backbone.encode_image(torch.randn(24, 3, 32, 32), with_tokens=True)
-    path = tmp_path_factory.mktemp("feats") / "features.npz"
-    np.savez(path, pooled=feats.pooled.numpy().astype(np.float16), tokens=feats.tokens.numpy().astype(np.float16))
-    return str(path)
-
-
 def _log(run_dir: Path) -> list[dict]:
     log = run_dir / "log.jsonl"
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

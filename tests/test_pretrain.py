@@ -18,15 +18,6 @@ DRIVER = str(Path(__file__).parent / "drivers" / "pretrain_driver.py")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def features(tmp_path_factory, tiny_backbone):
-    torch.manual_seed(5)
-    feats = tiny_backbone.encode_image(torch.randn(24, 3, 32, 32), with_tokens=True)
-    path = tmp_path_factory.mktemp("feats") / "features.npz"
-    np.savez(path, pooled=feats.pooled.numpy().astype(np.float16), tokens=feats.tokens.numpy().astype(np.float16))
-    return str(path)
-
-
 def _steps_logged(run_dir: Path) -> int:
     log = run_dir / "log.jsonl"
     return len(log.read_text().splitlines()) if log.exists() else 0
