@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-
-from zscir.models import prompts
 import torch.nn.functional as F
 
+from zscir.models import prompts
 from zscir.models.losses import clip_contrastive_loss, contrastive_loss, cosine_pull, orthogonality_loss
 
 Gather = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -276,14 +276,13 @@ def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions:
         backbone = shapes_backbone(device=device, preprocess=preprocess)
     else:
         backbone = load_backbone(clip_name, pretrained, device=device, preprocess=preprocess)
-    from zscir.world.build import default_world
-
     world = None  # the shapes world supplies what the user did not: its images, or (captions methods) its captions
-    if training.data == "captions" and captions is None:
+    if (captions if training.data == "captions" else images) is None:
+        from zscir.world.build import default_world
+
         world = default_world()
-    elif training.data == "images" and images is None:
-        world = default_world()
-        images, captioner = str(world / "unlabeled" / "images"), f"shapes-world:{world}"
+        if training.data == "images":
+            images, captioner = str(world / "unlabeled" / "images"), f"shapes-world:{world}"
     cache_root = cache_dir or default_cache_dir() / "features"
     with accelerator.main_process_first():  # the main process fills the caches, the others then read them
         if training.data == "captions":
