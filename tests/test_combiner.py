@@ -171,3 +171,38 @@ def test_file_editor_missing_or_empty_file(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ZscirError, match="empty.jsonl: no caption edits"):
         FileCaptionEditor(tmp_path / "empty.jsonl")
+
+
+def test_prepare_training_draws_each_epochs_edits_and_leaves_out_unedited_images(tmp_path, tiny_backbone):
+    from types import SimpleNamespace
+
+    from zscir.models.combiner import prepare_training
+    from zscir.training.pretrain import PretrainConfig
+    from zscir.training.pretrain_data import PretrainingSet
+
+    path = tmp_path / "edits.jsonl"
+    rows = [_row(image="a.jpg"), _row(image="a.jpg", modification="make it brown", edited_caption="a brown dog"),
+            _row(image="c.jpg", caption="a cow", modification="add a hat", edited_caption="a cow in a hat")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pooled = np.arange(3 * tiny_backbone.embed_dim, dtype=np.float16).reshape(3, -1)
+    base = PretrainingSet(["a.jpg", "b.jpg", "c.jpg"], ["s"] * 3, ["t"] * 3, tiny_backbone, pooled=pooled,
+                          need_tokens=False)
+    cfg = PretrainConfig(method="scot", seed=4, edits=str(path))
+    logged = []
+    data = prepare_training(cfg, base, tiny_backbone, None, tmp_path, SimpleNamespace(num_processes=1), logged.append)
+    assert len(data) == 2 and data.ids == ["a.jpg", "c.jpg"] and logged == [
+        "1 of 3 training images have no caption edit and are left out"]
+    assert data.record["images_without_edit"] == 1 and data.record["editor"]["num_edits"] == 3
+    editor = FileCaptionEditor(path)
+    for epoch in (0, 1, 5):
+        batch = data.batch(np.array([1, 0]), epoch)
+        assert torch.equal(batch.pooled, torch.from_numpy(pooled[[2, 0]].astype(np.float32)))
+        assert batch.extra["triples"] == [editor.edit("c.jpg", edit_rng(4, epoch, 2)),
+                                          editor.edit("a.jpg", edit_rng(4, epoch, 0))]
+    drawn = {data.batch(np.array([0]), e).extra["triples"][0].edited_caption for e in range(20)}
+    assert drawn == {"a cat", "a brown dog"}  # a new draw each epoch
+    with pytest.raises(ZscirError, match="trains on one process"):
+        prepare_training(cfg, base, tiny_backbone, None, tmp_path, SimpleNamespace(num_processes=2), print)
+    with pytest.raises(ZscirError, match="--method scot on your own images needs --edits FILE"):
+        prepare_training(PretrainConfig(method="scot"), base, tiny_backbone, None, tmp_path,
+                         SimpleNamespace(num_processes=1), print)

@@ -35,19 +35,25 @@ TEXTS = ["is red and has a collar", "shows two dogs instead of one"]
 def test_trainable_methods_come_from_the_registry_and_the_cli_takes_exactly_those(capsys):
     from zscir.training import pretrain_cli
 
-    assert trainable_methods() == ["fti", "single", "lincir", "pic2word"]
+    assert trainable_methods() == ["fti", "single", "searle", "lincir", "pic2word", "scot"]
     assert pretrain_cli.TRAINABLE_METHODS == tuple(trainable_methods())
     assert {m: get_training(m).data for m in trainable_methods()} == {
-        "fti": "images", "single": "images", "lincir": "captions", "pic2word": "images"}
+        "fti": "images", "single": "images", "searle": "images", "lincir": "captions", "pic2word": "images",
+        "scot": "images"}
     assert {m: get_training(m).network_config for m in trainable_methods()} == {
-        "fti": "fti4cir", "single": "single", "lincir": "lincir", "pic2word": "pic2word"}
-    with pytest.raises(ZscirError, match=r"--method 'searle' is not a trainable method: expected one of fti, "):
-        get_training("searle")
-    code, _, err = run(["pretrain", "--method", "searle"], capsys)
+        "fti": "fti4cir", "single": "single", "searle": "searle", "lincir": "lincir", "pic2word": "pic2word",
+        "scot": "scot"}
+    with pytest.raises(ZscirError, match=r"--method 'context-i2w' is not a trainable method: expected one of fti, "):
+        get_training("context-i2w")
+    code, _, err = run(["pretrain", "--method", "context-i2w"], capsys)
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert code == 2 and len(lines) == 1 and "--method" in lines[0] and "lincir" in lines[0], err
+    assert code == 2 and len(lines) == 1 and "--method" in lines[0] and "scot" in lines[0], err
+    # an option of another method is one line naming it, before any work
+    code, _, err = run(["pretrain", "--method", "fti", "--oti-steps", "5"], capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code != 0 and lines == ["error: --oti-steps is an option of --method searle, not of --method fti"], err
     code, out, _ = run(["pretrain", "--help"], capsys)
-    assert code == 0 and "[fti|single|lincir|pic2word]" in " ".join(out.split())
+    assert code == 0 and "[fti|single|searle|lincir|pic2word|scot]" in " ".join(out.split())
 
 
 def test_default_network_configs_build_the_registered_networks(tiny_backbone):
@@ -182,7 +188,7 @@ def _log(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["pic2word", "lincir"])
+@pytest.mark.parametrize("method", ["pic2word", "lincir", "searle", "scot"])
 def test_sigkill_then_resume_gives_the_uninterrupted_run(tmp_path, features, method):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run([sys.executable, DRIVER, "train", features, str(straight), "--method", method], env=ENV, check=True)
@@ -208,7 +214,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(tmp_path, features, met
 
 
 # ----------------------------------------------------------------- one query encoder for trained and imported
-@pytest.mark.parametrize("method", ["pic2word", "lincir"])
+@pytest.mark.parametrize("method", ["pic2word", "lincir", "searle"])
 def test_trained_and_imported_checkpoints_give_the_same_queries(tmp_path, tiny_backbone, method):
     from zscir.importers import import_checkpoint
     from zscir.models.query import load_query_encoder
@@ -224,7 +230,7 @@ def test_trained_and_imported_checkpoints_give_the_same_queries(tmp_path, tiny_b
     feats = bb.encode_image(torch.randn(16, 3, 32, 32))
     npz = tmp_path / "f.npz"
     np.savez(npz, pooled=feats.pooled.numpy().astype(np.float16), tokens=np.zeros((16, 1, 1), np.float16))
-    _, data = pretrain_driver.load(str(npz), method)
+    _, data = pretrain_driver.load(str(npz), method)  # searle: with its OTI tokens (3 steps)
     cfg = PretrainConfig(out=str(tmp_path / "run"), method=method, network_config=f"{method}-tiny", epochs=1,
                          batch_size=8, lr=1e-3, save_every_steps=0)
     ckpt = train(cfg, bb, data, progress_bar=False)
@@ -233,14 +239,14 @@ def test_trained_and_imported_checkpoints_give_the_same_queries(tmp_path, tiny_b
     if method == "pic2word":   # google-research/composed_image_retrieval: DDP-prefixed state_dict_img2text
         torch.save({"epoch": 1, "name": "p2w", "state_dict": {},
                     "state_dict_img2text": {f"module.{k}": v for k, v in state.items()}}, official)
-    else:                      # navervision/lincir save_phi: {"epoch", "Phi": phi.state_dict()}
+    else:  # navervision/lincir save_phi and miccunifi/SEARLE train_phi: {"epoch", "Phi": phi.state_dict(), ...}
         torch.save({"epoch": 1, "Phi": {k.removeprefix("phi."): v for k, v in state.items()}}, official)
     import_checkpoint(official, method, tmp_path / "imported", backbone=bb)
 
     ref = ImageFeatures(torch.randn(2, bb.embed_dim), None)
     texts = TEXTS if method == "pic2word" else ["costs $ 5 and is red", "shows two dogs"]
     trained = load_query_encoder(str(ckpt), backbone=bb)
-    with pytest.warns(UserWarning, match="CC BY-NC") if method == "lincir" else contextlib.nullcontext():
+    with pytest.warns(UserWarning, match="CC BY-NC") if method != "pic2word" else contextlib.nullcontext():
         imported = load_query_encoder(str(tmp_path / "imported.safetensors"), backbone=bb)
     assert type(trained) is type(imported) and trained.method is imported.method is METHODS[method]
     q_trained, q_imported = trained.encode_queries(ref, texts), imported.encode_queries(ref, texts)

@@ -1,6 +1,7 @@
 """SEARLE: OTI, its driver, the distilled-phi loss and OTI at query time, against explicit references."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +11,9 @@ from zscir.backbone import PLACEHOLDER, ImageFeatures
 from zscir.errors import ZscirError
 from zscir.models import prompts
 from zscir.models.fti import SingleTokenNetwork
-from zscir.models.searle import (ConceptPhrases, OTIConfig, SearleWeights, concept_features, fill, invert,
-                                 load_oti_tokens, nearest_concepts, oti_compose, oti_loss, run_oti, searle_loss)
+from zscir.models.searle import (ConceptPhrases, OTIConfig, SearleWeights, chunk_generator, concept_features, fill,
+                                 invert, load_oti_tokens, nearest_concepts, oti_compose, oti_loss, run_oti,
+                                 searle_loss)
 
 PHRASES = ConceptPhrases(("circle", "square", "star"), ("a red {}", "a {} on the left", "two {}"))
 SMALL = OTIConfig(steps=3, top_k=2, batch_size=2, templates=("a photo of {}", "a {} image"))
@@ -223,3 +225,73 @@ def test_oti_runs_with_the_world_phrases(tiny_backbone):
     assert result.tokens.shape == (3, b.token_dim) and len(result.losses) == 2
     for phrase in world.phrases:  # the slot, filled with the placeholder, is one token of the tokenizer
         assert int((b.tokenize([fill(phrase, PLACEHOLDER)]) == b.placeholder_token_id).sum()) == 1
+
+
+def test_prepare_training_inverts_every_image_once_and_batches_its_tokens_and_concepts(tmp_path, tiny_backbone):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from zscir.models.searle import prepare_training
+    from zscir.training.pretrain import PretrainConfig
+    from zscir.training.pretrain_data import PretrainingSet
+
+    b = tiny_backbone
+    words, phrases = tmp_path / "words.txt", tmp_path / "phrases.txt"
+    words.write_text("\n".join(PHRASES.vocabulary))
+    phrases.write_text("\n".join(PHRASES.phrases))
+    torch.manual_seed(8)
+    pooled = torch.randn(5, b.embed_dim).numpy().astype(np.float16)
+    base = PretrainingSet([f"{i}.png" for i in range(5)], ["s"] * 5, ["t"] * 5, b, pooled=pooled, need_tokens=False)
+    cfg = PretrainConfig(method="searle", seed=2, vocabulary=str(words), phrases=str(phrases), oti_steps=3,
+                         oti_batch_size=2, oti_top_k=2)
+    acc = SimpleNamespace(num_processes=1)
+    data = prepare_training(cfg, base, b, None, tmp_path / "cache", acc, lambda *a: None)
+    oti_dir = Path(data.record["oti"]["dir"])
+    ids, tokens = load_oti_tokens(oti_dir)
+    assert ids == base.ids and oti_dir.parent == tmp_path / "cache" / "oti"
+    feats = torch.from_numpy(pooled.astype(np.float32))
+    want = invert(b, feats[2:4], PHRASES, OTIConfig(steps=3, top_k=2, batch_size=2), chunk_generator(2, 1))
+    assert torch.allclose(tokens[2:4], want.tokens, atol=1e-6)  # chunk 1 = images 2 and 3
+    batch = data.batch(np.array([3, 0]))
+    assert torch.equal(batch.extra["oti_tokens"], tokens[[3, 0]].float())
+    assert torch.equal(batch.extra["concepts"], nearest_concepts(feats, concept_features(b, PHRASES.vocabulary), 2)[[3, 0]])
+    used = batch.extra["phrases"]
+    assert (used.vocabulary, used.phrases) == (PHRASES.vocabulary, PHRASES.phrases)
+    assert data.record["phrases"]["kind"] == "user" and data.record["phrases"]["vocabulary"] == str(words)
+    # a second run with the same settings reads the cached tokens: no chunk is inverted again
+    before = {p: p.stat().st_mtime_ns for p in oti_dir.iterdir()}
+    again = prepare_training(cfg, base, b, None, tmp_path / "cache", acc, lambda *a: None)
+    assert Path(again.record["oti"]["dir"]) == oti_dir and before == {p: p.stat().st_mtime_ns for p in oti_dir.iterdir()}
+    with pytest.raises(ZscirError, match="--method searle on your own images needs --vocabulary FILE"):
+        prepare_training(PretrainConfig(method="searle"), base, b, None, tmp_path, acc, print)
+    with pytest.raises(ZscirError, match="give both --vocabulary FILE"):
+        prepare_training(PretrainConfig(method="searle", phrases=str(phrases)), base, b, None, tmp_path, acc, print)
+
+
+def test_query_time_oti_is_a_training_free_model_spec(tmp_path, tiny_backbone):
+    from zscir.models.query import OTIQuery, load_query_encoder, training_free
+    from zscir.models.searle import oti_config
+
+    b = tiny_backbone
+    words, phrases = tmp_path / "words.txt", tmp_path / "phrases.txt"
+    words.write_text("\n".join(PHRASES.vocabulary))
+    phrases.write_text("\n".join(PHRASES.phrases))
+    spec = f"searle-xl-oti:{words},{phrases}"
+    assert training_free(spec) == "searle-xl-oti" and training_free("sum") == "sum" and training_free("a.pt") is None
+    qe = load_query_encoder(spec, backbone=b)
+    assert isinstance(qe, OTIQuery) and qe.identity["phrases"]["kind"] == "user"
+    assert qe.identity["oti"]["top_k"] == 3 and qe.identity["oti"]["steps"] == 350  # official, capped by 3 words
+    assert load_query_encoder("searle-xl-oti", backbone=b).identity["phrases"]["kind"] == "world"
+    with pytest.raises(ZscirError, match="takes no options after ':'"):
+        load_query_encoder("sum:3", backbone=b)
+    with pytest.raises(ZscirError, match="expected searle-xl-oti:VOCABULARY.txt,PHRASES.txt"):
+        load_query_encoder(f"searle-xl-oti:{words}", backbone=b)
+    torch.manual_seed(3)
+    ref = ImageFeatures(torch.randn(2, b.embed_dim))
+    small = OTIQuery(b, PHRASES)
+    small.compose = oti_compose(PHRASES, SMALL, seed=0)  # 3 steps: the encoder is the compose, normalised
+    got = small.encode_queries(ref, ["is blue", "is red"])
+    assert torch.allclose(got, F.normalize(oti_compose(PHRASES, SMALL, seed=0)(b, None, ref, ["is blue", "is red"]),
+                                           dim=-1), atol=1e-6)
+    assert oti_config(PHRASES, steps=7).steps == 7 and oti_config(PHRASES, top_k=1).top_k == 1

@@ -44,7 +44,7 @@ SHORT_HELP: dict[str, str] = {
     "caption": "Caption every image of --images once; rerun to resume after a kill or to add new images.",
     "eval": "Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir.",
     "index": "Encode a folder of images (only new or changed ones on a rerun) and build a searchable index.",
-    "pretrain": "Pretrain a mapping network on unlabeled images, or on captions alone for lincir (FTI4CIR by default).",
+    "pretrain": "Pretrain a method's network on unlabeled images, or on captions alone for lincir (FTI4CIR by default).",
     "train-supervised": "Train a supervised composition head on frozen CLIP features (cached), for comparison with zero-shot models.",
     "retrieve": "Rank the gallery for a reference image plus a modification text.",
     "import-checkpoint": "Import a released FTI4CIR, SEARLE, Pic2Word, LinCIR or Context-I2W checkpoint as a zscir checkpoint.",

@@ -1,12 +1,16 @@
 """Subprocess driver for the pretraining tests: resume after SIGKILL, and 2-process equivalence.
 
 Usage:
-  python pretrain_driver.py train FEATURES.npz RUN_DIR [--slow SECONDS] [--resume] [--method fti|pic2word|lincir]
+  python pretrain_driver.py train FEATURES.npz RUN_DIR [--slow SECONDS] [--resume]
+      [--method fti|pic2word|lincir|searle|scot]
   torchrun --nproc_per_node N pretrain_driver.py grads FEATURES.npz OUT.safetensors
 """
 
+import json
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -21,6 +25,34 @@ SUBJECTS = ["a dog", "a red car", "a small cat", "a tall tree"]
 ATTRIBUTES = ["on the grass", "parked near a fence", "sleeping on a sofa", "in a snowy field"]
 
 
+def method_files(features) -> dict:
+    """SEARLE's vocabulary and phrases, SCOT's caption edits: files beside FEATURES (written once, the same each run)."""
+    folder = Path(features).parent
+    vocabulary, phrases, edits = folder / "vocabulary.txt", folder / "phrases.txt", folder / "edits.jsonl"
+    n = len(np.load(features)["pooled"])
+    if not edits.exists():
+        vocabulary.write_text("dog\ncar\ncat\ntree\n")
+        phrases.write_text("a photo of a {}\na red {} on the grass\nthe {} in a snowy field\n")
+        rows = [{"image": str(i), "caption": f"{SUBJECTS[i % 4]} {ATTRIBUTES[i % 4]}",
+                 "modification": f"make it {colour}", "edited_caption": f"a {colour} {SUBJECTS[i % 4][2:]} "
+                 f"{ATTRIBUTES[i % 4]}"} for i in range(n) for colour in ("blue", "green")]
+        edits.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"vocabulary": str(vocabulary), "phrases": str(phrases), "edits": str(edits)}
+
+
+def prepared(features, method, bb, data):
+    """SEARLE's OTI (3 steps, cached beside FEATURES) and SCOT's edits, as `zscir pretrain` adds them."""
+    from zscir.models.methods import get_training
+
+    files = method_files(features)
+    cfg = PretrainConfig(method=method, seed=3, **({"vocabulary": files["vocabulary"], "phrases": files["phrases"],
+                                                   "oti_steps": 3, "oti_batch_size": 8} if method == "searle"
+                                                  else {"edits": files["edits"]}))
+    data = get_training(method).prepare(cfg, data, bb, None, Path(features).parent / "cache",
+                                        SimpleNamespace(num_processes=1), lambda *a: None)
+    return cfg, data
+
+
 def load(features, method="fti"):
     torch.manual_seed(0)
     bb = load_backbone("zscir-tiny-test")
@@ -30,12 +62,16 @@ def load(features, method="fti"):
         captions = [f"{SUBJECTS[i % 4]} {ATTRIBUTES[(i // 4) % 4]}" for i in range(n)]
         return bb, CaptionSet(captions, [keyword_mask(c, rule_tags) for c in captions],
                               bb.encode_text(captions).numpy().astype(np.float16), bb)
-    return bb, PretrainingSet([str(i) for i in range(n)], [SUBJECTS[i % 4] for i in range(n)],
-                              [ATTRIBUTES[i % 4] for i in range(n)], bb, pooled=z["pooled"], tokens=z["tokens"],
-                              need_tokens=method == "fti")
+    data = PretrainingSet([str(i) for i in range(n)], [SUBJECTS[i % 4] for i in range(n)],
+                          [ATTRIBUTES[i % 4] for i in range(n)], bb, pooled=z["pooled"], tokens=z["tokens"],
+                          need_tokens=method == "fti")
+    if method in ("searle", "scot"):
+        return bb, prepared(features, method, bb, data)[1]
+    return bb, data
 
 
-NETWORK_CONFIGS = {"fti": "fti4cir-tiny", "pic2word": "pic2word-tiny", "lincir": "lincir-tiny"}
+NETWORK_CONFIGS = {"fti": "fti4cir-tiny", "pic2word": "pic2word-tiny", "lincir": "lincir-tiny",
+                   "searle": "searle-tiny", "scot": "scot-tiny"}
 
 
 def config(run_dir, method="fti"):

@@ -17,7 +17,8 @@ from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 @click.argument("benchmark", type=click.Choice(list(BENCHMARKS)))
 @click.option("--root", type=click.Path(file_okay=False), help="Benchmark folder (default for shapes: the built-in world).")
 @click.option("--model", "models", multiple=True,
-              help="image | text | sum (training-free, need --clip) or a checkpoint path; repeatable. "
+              help="image | text | sum | searle-xl-oti[:VOCAB.txt,PHRASES.txt] (training-free, need --clip; "
+                   "searle-xl-oti inverts each reference by OTI: slow) or a checkpoint path; repeatable. "
                    "Default: the baselines (shapes: plus the shipped checkpoints).")
 @click.option("--clip", help="open_clip model name of the backbone (e.g. ViT-L-14).")
 @click.option("--pretrained", help="pretrained tag (e.g. openai) or a local weights file.")

@@ -105,7 +105,9 @@ def default_models(spec: BenchmarkSpec, backbone) -> list[str]:
 
 
 def model_slug(model: str, taken: set[str]) -> str:
-    base = model if model in BASELINES else Path(model).name.removesuffix(".safetensors").removesuffix(".json")
+    from zscir.models.query import training_free
+
+    base = training_free(model) or Path(model).name.removesuffix(".safetensors").removesuffix(".json")
     slug, n = base, 2
     while slug in taken:
         slug, n = f"{base}-{n}", n + 1

@@ -118,9 +118,9 @@ def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memo
     check_precision(precision, device)  # before any weights are loaded
     backbone = load_cli_backbone(clip, pretrained, preprocess, device)
     if model is not None:
-        from zscir.models.query import BASELINES, load_query_encoder
+        from zscir.models.query import load_query_encoder, training_free
 
-        if model in BASELINES:
+        if training_free(model):
             raise ZscirError(f"--model {model!r} is a baseline, which has no backbone of its own: "
                              "use --clip NAME --pretrained TAG|FILE to choose the backbone")
         if backbone is None and device != "cpu":
@@ -196,9 +196,9 @@ def open_retriever(index_dir, model, clip, pretrained, preprocess, device, progr
 
     from zscir.index import defaults
     from zscir.index.retriever import Retriever
-    from zscir.models.query import BASELINES, load_query_encoder
+    from zscir.models.query import load_query_encoder, training_free
 
-    if model is None or model in BASELINES:
+    if model is None or training_free(model):
         backbone = backbone or defaults.default_backbone(device)
         model = model or defaults.default_model_for(backbone.identity)
     elif backbone is None and device != "cpu":
@@ -226,7 +226,7 @@ def _table(results) -> str:
 @click.option("--text", help="Modification text: what to change in the reference.")
 @click.option("--queries", type=click.Path(), help="JSONL file of {\"ref\": IMAGE, \"text\": \"...\"} rows, answered in one batch.")
 @click.option("--index", "index_dir", type=click.Path(), help="Index directory (default: the shapes world's gallery).")
-@click.option("--model", help="A zscir checkpoint, or a baseline: image | text | sum "
+@click.option("--model", help="A zscir checkpoint, or a training-free encoder: image | text | sum | searle-xl-oti "
                               "(default: the shipped FTI checkpoint for the index's backbone, else sum).")
 @click.option("--clip", help="open_clip model name, for a baseline --model without --index.")
 @click.option("--pretrained", help="pretrained tag or local weights file, with --clip ('none': random weights).")

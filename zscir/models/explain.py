@@ -90,7 +90,7 @@ def explain(ref: str, model: str | None = None, k: int = 5, device: str = "cpu",
     """The report: the model, its query prompt, each pseudo-word's nearest words, the true caption if known."""
     from zscir.index.defaults import default_backbone, default_model_for
     from zscir.index.queries import read_reference
-    from zscir.models.query import BASELINES, PseudoWordQuery, load_query_encoder
+    from zscir.models.query import PseudoWordQuery, load_query_encoder, training_free
 
     if k < 1:
         raise ZscirError(f"-k must be at least 1, got {k}")
@@ -98,8 +98,8 @@ def explain(ref: str, model: str | None = None, k: int = 5, device: str = "cpu",
         raise ZscirError(f"unknown vocabulary {vocabulary!r} (option --vocab): expected one of {', '.join(VOCABULARIES)}")
     if model is None:
         model = default_model_for(default_backbone(device).identity)
-    qe = None if model in BASELINES else load_query_encoder(str(model))
-    if not isinstance(qe, PseudoWordQuery):
+    qe = None if training_free(str(model)) else load_query_encoder(str(model))
+    if not isinstance(qe, PseudoWordQuery) or not qe.method.pseudo_words:
         raise ZscirError(f"--model {model!r}: explain needs a pseudo-word model (a mapping checkpoint such as "
                          f"checkpoints/shapes_fti.safetensors), not {getattr(qe, 'name', model)!r}")
     bb = qe.backbone

@@ -12,15 +12,16 @@ for one) means adding an entry, never a branch on its name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-from zscir.models import objective, prompts
+from zscir.models import combiner, objective, prompts, searle
 from zscir.models.context_i2w import ContextI2WNetwork
 from zscir.models.fti import FTINetwork, SingleTokenNetwork
+from zscir.models.objective import LossWeights
 from zscir.models.pic2word import Pic2WordNetwork
 
 
@@ -63,11 +64,18 @@ class Training:
     objective:      (network, backbone, batch, LossWeights, gather) -> (loss, terms) (:mod:`zscir.models.objective`)
     network_config: the default config name in ``zscir/models/configs``
     data:           "images" (cached image features + split captions) or "captions" (caption text only)
+    weights:        the loss weights and temperature unless the run sets them
+    prepare:        (cfg, data, backbone, world, cache_root, accelerator, log) -> the data with the method's own
+                    per-item fields (:class:`zscir.training.pretrain_data.ExtendedSet`); None: the data as built
+    options:        the :class:`zscir.training.pretrain.PretrainConfig` fields only this method reads
     """
 
     objective: Callable
     network_config: str
     data: str
+    weights: LossWeights = field(default_factory=LossWeights)
+    prepare: Callable | None = None
+    options: tuple[str, ...] = ()
 
 
 DATA_KINDS = ("images", "captions")
@@ -84,6 +92,7 @@ class Method:
     needs_tokens: bool = False
     title: str = ""
     training: Training | None = None   # None: importable and evaluable, not trainable by zscir
+    pseudo_words: bool = True          # the network gives pseudo-words (zscir explain); False: a composer (SCOT)
 
 
 METHODS: dict[str, Method] = {}
@@ -103,7 +112,9 @@ for _m in (
            "both-orders", "targetpad", False, "zscir's single-token baseline",
            Training(objective.single_objective, "single", "images")),
     Method("searle", SingleTokenNetwork, single_token(prompts.that_query_prompt), "a photo of $ that {text}",
-           "searle", "targetpad", False, "SEARLE (Baldrati et al., ICCV 2023)"),
+           "searle", "targetpad", False, "SEARLE (Baldrati et al., ICCV 2023)",
+           Training(searle.searle_objective, "searle", "images", LossWeights(temperature=0.25, orth=0.0, reg=0.25),
+                    searle.prepare_training, ("vocabulary", "phrases", "oti_steps", "oti_batch_size", "oti_top_k"))),
     Method("lincir", SingleTokenNetwork, single_token(prompts.that_query_prompt, also_fills="$"),
            "a photo of $ that {text} (every $ filled)",
            "searle", "clip", False, "LinCIR (Gu et al., CVPR 2024)",
@@ -111,6 +122,10 @@ for _m in (
     Method("pic2word", Pic2WordNetwork, single_token(prompts.comma_query_prompt), "a photo of * , {text}",
            "pic2word", "clip", False, "Pic2Word (Saito et al., CVPR 2023)",
            Training(objective.pic2word_objective, "pic2word", "images")),
+    Method("scot", combiner.ScotCombiner, combiner.compose_scot, "combiner(image, {text})", "both-orders",
+           "targetpad", False, "SCOT-style zero-shot Combiner (Jawade et al., WACV 2025)",
+           Training(combiner.scot_objective, "scot", "images", LossWeights(temperature=0.01, orth=0.0, reg=0.0),
+                    combiner.prepare_training, ("edits",)), pseudo_words=False),
     Method("context-i2w", ContextI2WNetwork, compose_context_i2w, "a photo of <|replace|> , {text}",
            "pic2word", "clip", True, "Context-I2W (Tang et al., AAAI 2024)"),
 ):

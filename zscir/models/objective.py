@@ -29,7 +29,7 @@ def _identity_gather(v, t):
     return v, t
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossWeights:
     temperature: float = 0.2
     orth: float = 1.0

@@ -32,6 +32,13 @@ class QueryEncoder:
     def identity(self) -> dict:
         return {"method": self.name, "backbone": self.backbone.identity, "preprocess": self.backbone.preprocess_name}
 
+    @classmethod
+    def from_spec(cls, backbone: Backbone, options: str):
+        """The encoder named by ``--model NAME[:OPTIONS]`` (training-free encoders take no options by default)."""
+        if options:
+            raise ZscirError(f"--model {cls.name}: takes no options after ':' (got {options!r})")
+        return cls(backbone)
+
     @torch.no_grad()
     def encode_queries(self, ref: ImageFeatures, texts: list[str]) -> torch.Tensor:
         if len(ref) != len(texts):
@@ -62,6 +69,43 @@ class ImageTextSum(QueryEncoder):
     def _encode(self, ref, texts):
         text = self.backbone.encode_text([prompts.clean_text(t) for t in texts])
         return F.normalize(ref.pooled, dim=-1) + F.normalize(text, dim=-1)
+
+
+class OTIQuery(QueryEncoder):
+    """SEARLE-XL-OTI (Baldrati et al.): no network; each reference is inverted by OTI at query time
+    (:func:`zscir.models.searle.oti_compose`, the official OTI settings) into "a photo of * that {text}".
+
+    ``--model searle-xl-oti``: the shapes world's words as concepts and phrases;
+    ``--model searle-xl-oti:VOCABULARY.txt,PHRASES.txt``: yours (a word a line; a phrase with one {} slot a line).
+    350 optimisation steps per batch of references: slow, and meant for small query sets.
+    """
+
+    name = "searle-xl-oti"
+    fiq_captions = "searle"
+
+    def __init__(self, backbone: Backbone, phrases, seed: int = 0):
+        from zscir.models.searle import oti_compose, oti_config
+
+        super().__init__(backbone)
+        self.compose = oti_compose(phrases, oti_config(phrases), seed)
+
+    @classmethod
+    def from_spec(cls, backbone: Backbone, options: str):
+        from zscir.models.searle import ConceptPhrases
+
+        if not options:
+            return cls(backbone, ConceptPhrases.world())
+        files = options.split(",")
+        if len(files) != 2:
+            raise ZscirError(f"--model {cls.name}:{options}: expected {cls.name}:VOCABULARY.txt,PHRASES.txt")
+        return cls(backbone, ConceptPhrases.from_files(*files))
+
+    @property
+    def identity(self) -> dict:
+        return {**super().identity, **self.compose.record}
+
+    def _encode(self, ref, texts):
+        return self.compose(self.backbone, None, ref, texts)
 
 
 class PseudoWordQuery(QueryEncoder):
@@ -101,7 +145,9 @@ class PseudoWordQuery(QueryEncoder):
         return cls(backbone, network, meta, meta.get("weights_sha256"))
 
 
-BASELINES: dict[str, type[QueryEncoder]] = {"image": ImageOnly, "text": TextOnly, "sum": ImageTextSum}
+# the training-free encoders, by --model NAME[:OPTIONS]
+BASELINES: dict[str, type[QueryEncoder]] = {"image": ImageOnly, "text": TextOnly, "sum": ImageTextSum,
+                                            OTIQuery.name: OTIQuery}
 CHECKPOINT_KINDS: dict[str, Callable] = {"mapping": PseudoWordQuery.from_checkpoint}
 
 
@@ -132,12 +178,19 @@ def with_preprocess(backbone: Backbone, name: str | None) -> Backbone:
     return twin
 
 
+def training_free(model: str) -> str | None:
+    """The name of the training-free encoder ``model`` names (``sum``, ``searle-xl-oti:V.txt,P.txt``), else None."""
+    name = model.partition(":")[0]
+    return name if name in BASELINES else None
+
+
 def load_query_encoder(model: str, backbone: Backbone | None = None) -> QueryEncoder:
-    """``model``: a baseline name (image, text, sum) or a zscir checkpoint path."""
-    if model in BASELINES:
+    """``model``: a training-free encoder (image, text, sum, searle-xl-oti[:OPTIONS]) or a zscir checkpoint path."""
+    name = training_free(model)
+    if name is not None:
         if backbone is None:
-            raise ZscirError(f"the {model!r} baseline needs a backbone (--clip NAME --pretrained TAG|FILE)")
-        return BASELINES[model](backbone)
+            raise ZscirError(f"the {name!r} baseline needs a backbone (--clip NAME --pretrained TAG|FILE)")
+        return BASELINES[name].from_spec(backbone, model.partition(":")[2])
     from zscir.checkpoint import load_checkpoint
 
     if not Path(model).with_suffix(".json").is_file() and not Path(model).is_file():

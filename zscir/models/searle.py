@@ -203,6 +203,13 @@ class OTIConfig:
         object.__setattr__(self, "templates", tuple(self.templates))
 
 
+def oti_config(phrases: "ConceptPhrases", **given) -> OTIConfig:
+    """The official OTI settings with the ``given`` ones that are not None; ``top_k`` (official 15) at most
+    the vocabulary's size, so a small vocabulary (the shapes world's six shapes) works by default."""
+    top_k = given.pop("top_k", None) or min(OTIConfig.top_k, len(phrases.vocabulary))
+    return OTIConfig(top_k=top_k, **{k: v for k, v in given.items() if v is not None})
+
+
 def oti_loss(backbone, tokens: torch.Tensor, image_features: torch.Tensor, templates: list[str],
              with_word: list[str], with_token: list[str], config: OTIConfig):
     """(lambda_cos * cosine + lambda_reg * regulariser) / (lambda_cos + lambda_reg), and its terms.
@@ -271,14 +278,14 @@ def _chunk_path(out: Path, chunk: int) -> Path:
 
 def run_oti(backbone, ids: list[str], features: torch.Tensor, phrases: ConceptPhrases, out,
             config: OTIConfig = OTIConfig(), seed: int = 0, log: Callable = print,
-            on_chunk: Optional[Callable[[int], None]] = None) -> Path:
+            on_chunk: Optional[Callable[[int], None]] = None, progress: bool = True) -> Path:
     """OTI tokens of every image, in chunks of ``config.batch_size`` saved atomically in ``out``; a killed run
     continues where it stopped.
 
     ``out/oti.json`` records the run (config, seed, phrases, backbone, hashes of the ids and features); each chunk is a
     checkpoint (:func:`zscir.checkpoint.save_checkpoint`: weights then sidecar, each written to a temporary
     file and renamed) holding its ``tokens`` (EMA) and ``last``; a chunk counts as done once its sidecar
-    exists. ``on_chunk(c)`` is called after chunk ``c`` is saved.
+    exists. ``on_chunk(c)`` is called after chunk ``c`` is saved; ``progress`` shows a bar of chunks.
     """
     from zscir.checkpoint import save_checkpoint
     from zscir.utils.atomic import atomic_write_json
@@ -304,10 +311,12 @@ def run_oti(backbone, ids: list[str], features: torch.Tensor, phrases: ConceptPh
         if out.is_dir() and any(out.iterdir()):
             raise ZscirError(f"{out}: the folder is not empty and holds no OTI run ({MANIFEST}): choose another folder")
         atomic_write_json(manifest, record)
+    from tqdm.auto import tqdm
+
     concept_feats = concept_features(backbone, phrases.vocabulary)
     starts = range(0, len(ids), config.batch_size)
     done = 0
-    for chunk, start in enumerate(starts):
+    for chunk, start in enumerate(tqdm(starts, desc="OTI", unit="chunk", disable=not progress)):
         path = _chunk_path(out, chunk)
         if path.with_suffix(".json").is_file():
             done += 1
@@ -380,6 +389,63 @@ def searle_loss(network, backbone, pooled: torch.Tensor, tokens, subjects, attri
         l_reg = l_distil.new_zeros(())
     total = w.distil * l_distil + w.reg * l_reg
     return total, {"distillation": l_distil.detach(), "regulariser": l_reg.detach()}
+
+
+def searle_objective(network, backbone, batch, w, gather=_identity_gather):
+    """:func:`searle_loss` read from a training batch (:mod:`zscir.models.objective`'s signature): ``w``'s
+    temperature and ``reg`` are the distillation temperature and lambda_gpt; ``batch.extra`` holds the OTI
+    tokens, concepts and phrases (:func:`prepare_training`)."""
+    extra = batch.extra
+    weights = SearleWeights(extra["phrases"], temperature=w.temperature, distil=1.0, reg=w.reg)
+    return searle_loss(network, backbone, batch.pooled, None, None, None, weights, gather,
+                       oti_tokens=extra["oti_tokens"], concepts=extra["concepts"])
+
+
+def training_phrases(vocabulary, phrases, world) -> ConceptPhrases:
+    """The user's vocabulary and phrase files, or the shapes world's own words when training on the world."""
+    if vocabulary or phrases:
+        if not (vocabulary and phrases):
+            raise ZscirError("--method searle: give both --vocabulary FILE (a concept word a line) and "
+                             "--phrases FILE (a phrase with one {} slot a line), or neither on the shapes world")
+        return ConceptPhrases.from_files(vocabulary, phrases)
+    if world is None:
+        raise ZscirError("--method searle on your own images needs --vocabulary FILE (a concept word a line) and "
+                         "--phrases FILE (a phrase with one {} slot a line): the official code's GPT phrases are "
+                         "not bundled")
+    return ConceptPhrases.world()
+
+
+def prepare_training(cfg, data, backbone, world, cache_root, accelerator, log=print):
+    """SEARLE's training data: every training image inverted by OTI (cached under ``cache_root/oti``, resumable
+    chunk by chunk, shared by runs with the same settings) and its concepts, beside the image features.
+
+    OTI's options: ``cfg.oti_steps``, ``cfg.oti_batch_size`` and ``cfg.oti_top_k`` (the official 350, 32
+    and 15 unless set; ``top_k`` at most the vocabulary's size).
+    """
+    from zscir.training.pretrain_data import ExtendedSet
+
+    if data.pooled is None:
+        raise ZscirError("--method searle inverts cached image features: use --feature-cache full or globals")
+    phrases = training_phrases(cfg.vocabulary, cfg.phrases, world)
+    config = oti_config(phrases, steps=cfg.oti_steps, batch_size=cfg.oti_batch_size, top_k=cfg.oti_top_k)
+    features = torch.from_numpy(np.asarray(data.pooled, dtype=np.float32))
+    key = sha256_bytes(json.dumps([backbone.identity, asdict(config), cfg.seed, phrases.record()["sha256"],
+                                   data.ids, sha256_bytes(features.numpy().tobytes())]).encode())[:32]
+    out = Path(cache_root) / "oti" / key
+    run_oti(backbone, data.ids, features, phrases, out, config, seed=cfg.seed, log=log)
+    ids, tokens = load_oti_tokens(out)
+    if ids != list(data.ids):
+        raise ZscirError(f"{out}: the OTI tokens belong to other images: delete the folder and run again")
+    with torch.no_grad():
+        concepts = nearest_concepts(features, concept_features(backbone, phrases.vocabulary), config.top_k).cpu()
+    tokens = tokens.float()
+    record = {"phrases": phrases.record(), "oti": {"dir": str(out), "config": json.loads(json.dumps(asdict(config))),
+                                                   "seed": cfg.seed, "num_images": len(ids)}}
+
+    def extra(rows: np.ndarray, epoch: int) -> dict:
+        return {"oti_tokens": tokens[rows].to(backbone.device), "concepts": concepts[rows], "phrases": phrases}
+
+    return ExtendedSet(data, np.arange(len(data)), extra, record)
 
 
 # ---------------------------------------------------------------- SEARLE-XL-OTI at query time

@@ -108,15 +108,36 @@ class PretrainConfig:
     weight_decay: float = 0.01
     lr_decay_epoch: int = 10              # lr x lr_decay from this epoch on
     lr_decay: float = 0.1
-    temperature: float = 0.2
-    orth_weight: float = 1.0
-    reg_weight: float = 1.4
+    temperature: Optional[float] = None   # the loss weights: the method's defaults (Training.weights) unless set
+    orth_weight: Optional[float] = None
+    reg_weight: Optional[float] = None
     seed: int = 0
     save_every_steps: int = 500
     mixed_precision: str = "no"           # no | bf16 | fp16 (accelerate; GPU)
     max_steps: Optional[int] = None       # stop early (smoke runs, benchmarks)
+    # options of one method each (Training.options); None: not given
+    vocabulary: Optional[str] = None      # searle: concept words, one a line (default: the world's)
+    phrases: Optional[str] = None         # searle: regulariser phrases with one {} slot, one a line
+    oti_steps: Optional[int] = None       # searle: OTI steps per image (official 350)
+    oti_batch_size: Optional[int] = None  # searle: images inverted together (official 32)
+    oti_top_k: Optional[int] = None       # searle: concepts per image (official 15; at most the vocabulary's size)
+    edits: Optional[str] = None           # scot: caption-edit JSONL (default: the world's generator)
     data: dict = field(default_factory=dict)  # how the data was built (recorded, not used by the loop)
     recipe: dict = field(default_factory=dict)  # the --recipe applied, if any (recorded)
+
+    def resolved_weights(self) -> LossWeights:
+        """The method's default loss weights with the ones this run sets."""
+        given = {"temperature": self.temperature, "orth": self.orth_weight, "reg": self.reg_weight}
+        return replace(get_training(self.method).weights, **{k: v for k, v in given.items() if v is not None})
+
+    def check_method_options(self) -> None:
+        """Refuse an option of another method (a one-line error naming it)."""
+        allowed = get_training(self.method).options
+        for name in METHOD_OPTIONS:
+            if getattr(self, name) is not None and name not in allowed:
+                owners = [m for m in METHODS if METHODS[m].training and name in METHODS[m].training.options]
+                raise ZscirError(f"--{name.replace('_', '-')} is an option of --method {' / '.join(owners)}, "
+                                 f"not of --method {self.method}")
 
     def resolved_network_config(self) -> dict:
         name = self.network_config or get_training(self.method).network_config
@@ -126,6 +147,9 @@ class PretrainConfig:
         if self.dropout is not None:
             cfg["dropout"] = self.dropout
         return cfg
+
+
+METHOD_OPTIONS = ("vocabulary", "phrases", "oti_steps", "oti_batch_size", "oti_top_k", "edits")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -147,9 +171,9 @@ def local_share(global_batch: np.ndarray, rank: int, world: int) -> np.ndarray:
     return global_batch[rank::world]
 
 
-def batch_loss(network, backbone, data, global_batch, rank, world, objective, weights, gather):
-    """Loss of one global batch as seen by process ``rank`` (identical on every process)."""
-    return objective(network, backbone, data.batch(local_share(global_batch, rank, world)), weights, gather)
+def batch_loss(network, backbone, data, global_batch, rank, world, objective, weights, gather, epoch=0):
+    """Loss of one global batch of epoch ``epoch`` as seen by process ``rank`` (identical on every process)."""
+    return objective(network, backbone, data.batch(local_share(global_batch, rank, world), epoch), weights, gather)
 
 
 def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = False, progress_bar: bool = True) -> Path:
@@ -170,7 +194,8 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
     net_cfg = cfg.resolved_network_config()
     network = create_mapping_network(net_cfg, backbone_dims(backbone)).to(backbone.device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    record = {"pretrain": asdict(cfg), "network": net_cfg, "backbone": backbone.identity,
+    weights = cfg.resolved_weights()
+    record = {"pretrain": asdict(cfg), "network": net_cfg, "loss_weights": asdict(weights), "backbone": backbone.identity,
               "backbone_source": backbone.source, "preprocess": backbone.preprocess_name, "num_images": len(data),
               "num_processes": world}
     progress = Progress()
@@ -184,7 +209,6 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
         trim_log(run_dir / "log.jsonl", progress.global_step)  # the steps after the last checkpoint are redone
     network, optimizer = accelerator.prepare(network, optimizer)
     objective = get_training(cfg.method).objective
-    weights = LossWeights(cfg.temperature, cfg.orth_weight, cfg.reg_weight)
     gather = make_gather(accelerator)
     log = open(run_dir / "log.jsonl", "a") if accelerator.is_main_process else None
 
@@ -213,7 +237,7 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
             t0 = time.perf_counter()
             with accelerator.autocast():
                 loss, terms = batch_loss(network, backbone, data, batches[progress.step_in_epoch], rank, world,
-                                         objective, weights, gather)
+                                         objective, weights, gather, progress.epoch)
             t1 = time.perf_counter()
             accelerator.backward(loss)
             optimizer.step()
@@ -247,7 +271,7 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
         save_mapping_checkpoint(run_dir / "model", accelerator.unwrap_model(network), net_cfg, backbone,
                                 {"training": {"steps": progress.global_step, "epochs_done": progress.epoch,
                                               "config": {k: v for k, v in asdict(cfg).items() if k != "data"},
-                                              "data": cfg.data}})
+                                              "loss_weights": asdict(weights), "data": cfg.data}})
         log.close()
     accelerator.wait_for_everyone()
     return final
@@ -265,6 +289,7 @@ def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions:
     from zscir.utils.paths import cache_dir as default_cache_dir
 
     training = get_training(cfg.method)
+    cfg.check_method_options()
     if training.data == "captions" and images is not None:
         raise ZscirError(f"--method {cfg.method} trains on captions alone: pass --captions FILE, not --images")
 
@@ -291,6 +316,9 @@ def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions:
             data, record = build_pretraining_set(images, captions, captioner, backbone, cache_root, feature_cache,
                                                  need_tokens=METHODS[cfg.method].needs_tokens,
                                                  log=accelerator.print, splitter=splitter)
+        if training.prepare is not None:
+            data = training.prepare(cfg, data, backbone, world, cache_root, accelerator, accelerator.print)
+            record = {**record, **data.record}
     cfg.data = record
     checkpoint = train(cfg, backbone, data, accelerator=accelerator, resume=resume)
     return {"checkpoint": str(checkpoint), "run_dir": cfg.out, "data": record, "method": cfg.method}

@@ -1,4 +1,4 @@
-"""``zscir pretrain``: train a registered method's mapping network (FTI4CIR, single, Pic2Word, LinCIR)."""
+"""``zscir pretrain``: train a registered method's network (FTI4CIR, single, SEARLE, LinCIR, Pic2Word, SCOT)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from zscir.utils.options import (DROPOUT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, 
 # zscir.training.pretrain_data.FEATURE_CACHE_MODES, spelled out so that `--help` does not import torch (tested)
 FEATURE_CACHE_MODES = ("full", "globals", "off")
 # zscir.models.methods.trainable_methods(), spelled out for the same reason (tested equal to the registry)
-TRAINABLE_METHODS = ("fti", "single", "lincir", "pic2word")
+TRAINABLE_METHODS = ("fti", "single", "searle", "lincir", "pic2word", "scot")
+
 
 @click.command("pretrain")
 @click.option("--images", default=None, help="Folder, list file, or webdataset shards (cc3m/{00000..00331}.tar). "
@@ -25,7 +26,8 @@ TRAINABLE_METHODS = ("fti", "single", "lincir", "pic2word")
 @click.option("--pretrained", default=None, help="open_clip pretrained tag or local weights file.")
 @click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default="targetpad", show_default=True)
 @click.option("--method", type=click.Choice(TRAINABLE_METHODS), default="fti", show_default=True,
-              help="A trainable registered method. lincir trains on --captions alone (no images).")
+              help="A trainable registered method. lincir trains on --captions alone (no images); searle inverts "
+              "every image by OTI first (cached), then distils phi; scot trains a Combiner on caption edits.")
 @click.option("--network-config", default=None, help="Mapping-network config name (zscir/models/configs). Default per method.")
 @click.option("--out", type=OUTPUT_DIR, default="runs/pretrain", show_default=True, help="Run directory (config, log, checkpoints).")
 @click.option("--epochs", type=POSITIVE_INT, default=60, show_default=True)
@@ -49,27 +51,43 @@ TRAINABLE_METHODS = ("fti", "single", "lincir", "pic2word")
               "options given explicitly override it.")
 @click.option("--splitter", default="auto", show_default=True,
               help="Caption splitter: auto | rules | spacy | fti4cir-official.")
+@click.option("--vocabulary", type=click.Path(dir_okay=False), default=None,
+              help="searle: concept words, one a line. Default on the shapes world: its shape nouns.")
+@click.option("--phrases", type=click.Path(dir_okay=False), default=None,
+              help="searle: regulariser phrases, one a line, each with one {} slot for a concept word. "
+              "Default on the shapes world: phrases of its attribute words.")
+@click.option("--oti-steps", type=POSITIVE_INT, default=None, help="searle: OTI steps per image [official: 350].")
+@click.option("--oti-batch-size", type=POSITIVE_INT, default=None,
+              help="searle: images inverted together by OTI [official: 32].")
+@click.option("--oti-top-k", type=POSITIVE_INT, default=None,
+              help="searle: concepts per image for OTI's regulariser [official: 15, at most the vocabulary's size].")
+@click.option("--edits", type=click.Path(dir_okay=False), default=None,
+              help="scot: caption edits, JSONL {image, caption, modification, edited_caption}. "
+              "Default on the shapes world: edits drawn by its generator.")
 @click.pass_context
 def pretrain(ctx, images, captions, captioner, clip_name, pretrained, preprocess, method, network_config, out, epochs,
              batch_size, lr, weight_decay, lr_decay_epoch, dropout, seed, save_every_steps, max_steps,
-             mixed_precision, feature_cache, cache_dir, resume, overwrite, as_json, recipe, splitter):
-    """Pretrain a mapping network on unlabeled images, or on captions alone for lincir (FTI4CIR by default).
+             mixed_precision, feature_cache, cache_dir, resume, overwrite, as_json, recipe, splitter, vocabulary,
+             phrases, oti_steps, oti_batch_size, oti_top_k, edits):
+    """Pretrain a method's network on unlabeled images, or on captions alone for lincir (FTI4CIR by default).
 
     Multi-GPU / multi-node: run the same command under `accelerate launch` or `torchrun`.
     """
     from zscir.training.pretrain import PretrainConfig, default_network_config, run_pretraining
     from zscir.training.state import check_run_dir
 
+    cfg = PretrainConfig(out=out, method=method, network_config=network_config, dropout=dropout, epochs=epochs,
+                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_decay_epoch=lr_decay_epoch,
+                         seed=seed, save_every_steps=save_every_steps, mixed_precision=mixed_precision,
+                         max_steps=max_steps, vocabulary=vocabulary, phrases=phrases, oti_steps=oti_steps,
+                         oti_batch_size=oti_batch_size, oti_top_k=oti_top_k, edits=edits)
+    cfg.check_method_options()
     if int(os.environ.get("RANK", "0")) == 0:  # once, before any process writes into the run
         check_run_dir(out, resume, overwrite, "pretrain",
                       expect={"method": method, "network_config": network_config or default_network_config(method)},
                       view=lambda rec: {"method": rec.get("method"), "network_config":
                                         rec.get("network_config") or default_network_config(rec.get("method"))})
 
-    cfg = PretrainConfig(out=out, method=method, network_config=network_config, dropout=dropout, epochs=epochs,
-                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_decay_epoch=lr_decay_epoch,
-                         seed=seed, save_every_steps=save_every_steps, mixed_precision=mixed_precision,
-                         max_steps=max_steps)
     run = dict(captioner=captioner, clip_name=clip_name, pretrained=pretrained, preprocess=preprocess,
                splitter=splitter)
     if recipe:

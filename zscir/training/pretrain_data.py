@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ class Batch:
     tokens: torch.Tensor | None    # [b, 1+P, W] float32, None when the method needs none
     subjects: list[str]
     attributes: list[str]
+    extra: dict = field(default_factory=dict)  # a method's own per-item fields (:class:`ExtendedSet`)
 
 
 class PretrainingSet:
@@ -62,7 +63,8 @@ class PretrainingSet:
         pixels = torch.stack([self.backbone.preprocess(self.sources[i].load()) for i in idx])
         return self.backbone.encode_image(pixels, with_tokens=self.need_tokens)
 
-    def batch(self, idx: np.ndarray) -> Batch:
+    def batch(self, idx: np.ndarray, epoch: int = 0) -> Batch:
+        """The items ``idx``, in that order (``epoch`` is not used: the same items every epoch)."""
         start = time.perf_counter()
         batch = self._batch(np.asarray(idx, dtype=np.int64))
         self.last_wait_s = time.perf_counter() - start
@@ -85,6 +87,32 @@ class PretrainingSet:
                 tokens = self._encode_images(idx).tokens
         return Batch(pooled.to(self.backbone.device), None if tokens is None else tokens.to(self.backbone.device),
                      [self.subjects[i] for i in idx], [self.attributes[i] for i in idx])
+
+
+class ExtendedSet:
+    """A :class:`PretrainingSet` restricted to some of its items, each batch carrying a method's own fields.
+
+    ``rows``: the base set's item of each item here; ``extra(rows, epoch)`` -> the batch's
+    :attr:`Batch.extra` for those base items (SEARLE: their OTI tokens and concepts; SCOT: this
+    epoch's caption edits). What it adds to the data record goes in ``record``.
+    """
+
+    def __init__(self, base: PretrainingSet, rows: np.ndarray, extra: Callable[[np.ndarray, int], dict],
+                 record: dict):
+        self.base, self.rows, self.extra, self.record = base, np.asarray(rows, dtype=np.int64), extra, record
+        self.ids = [base.ids[i] for i in self.rows]
+        self.last_wait_s = 0.0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, idx: np.ndarray, epoch: int = 0) -> Batch:
+        start = time.perf_counter()
+        rows = self.rows[np.asarray(idx, dtype=np.int64)]
+        batch = self.base.batch(rows, epoch)
+        batch.extra.update(self.extra(rows, epoch))
+        self.last_wait_s = time.perf_counter() - start
+        return batch
 
 
 def token_cache_bytes(num_images: int, backbone) -> int:
@@ -204,7 +232,8 @@ class CaptionSet:
     def __len__(self) -> int:
         return len(self.captions)
 
-    def batch(self, idx: np.ndarray) -> CaptionBatch:
+    def batch(self, idx: np.ndarray, epoch: int = 0) -> CaptionBatch:
+        """The captions ``idx``, in that order (``epoch`` is not used)."""
         start = time.perf_counter()
         idx = np.asarray(idx, dtype=np.int64)
         feats = torch.from_numpy(np.asarray(self.text_features[idx], dtype=np.float32)).to(self.backbone.device)
