@@ -263,6 +263,16 @@ def test_prepare_training_inverts_every_image_once_and_batches_its_tokens_and_co
     before = {p: p.stat().st_mtime_ns for p in oti_dir.iterdir()}
     again = prepare_training(cfg, base, b, None, tmp_path / "cache", acc, lambda *a: None)
     assert Path(again.record["oti"]["dir"]) == oti_dir and before == {p: p.stat().st_mtime_ns for p in oti_dir.iterdir()}
+    # --oti-images: a seeded subset is inverted, and phi's data is that subset
+    from dataclasses import replace
+
+    sub = prepare_training(replace(cfg, oti_images=3), base, b, None, tmp_path / "cache", acc, lambda *a: None)
+    assert len(sub) == 3 and (sub.record["oti"]["num_images"], sub.record["oti"]["of_training_images"]) == (3, 5)
+    sub_ids, sub_tokens = load_oti_tokens(sub.record["oti"]["dir"])
+    assert sub.ids == sub_ids and set(sub_ids) < set(base.ids)
+    batch = sub.batch(np.array([2, 0]))
+    assert torch.equal(batch.extra["oti_tokens"], sub_tokens[[2, 0]].float())
+    assert torch.equal(batch.pooled, feats[[base.ids.index(sub_ids[2]), base.ids.index(sub_ids[0])]])
     with pytest.raises(ZscirError, match="--method searle on your own images needs --vocabulary FILE"):
         prepare_training(PretrainConfig(method="searle"), base, b, None, tmp_path, acc, print)
     with pytest.raises(ZscirError, match="give both --vocabulary FILE"):

@@ -114,7 +114,7 @@ for _m in (
     Method("searle", SingleTokenNetwork, single_token(prompts.that_query_prompt), "a photo of $ that {text}",
            "searle", "targetpad", False, "SEARLE (Baldrati et al., ICCV 2023)",
            Training(searle.searle_objective, "searle", "images", LossWeights(temperature=0.25, orth=0.0, reg=0.25),
-                    searle.prepare_training, ("vocabulary", "phrases", "oti_steps", "oti_batch_size", "oti_top_k"))),
+                    searle.prepare_training, ("vocabulary", "phrases", "oti_steps", "oti_batch_size", "oti_top_k", "oti_images"))),
     Method("lincir", SingleTokenNetwork, single_token(prompts.that_query_prompt, also_fills="$"),
            "a photo of $ that {text} (every $ filled)",
            "searle", "clip", False, "LinCIR (Gu et al., CVPR 2024)",

@@ -420,7 +420,8 @@ def prepare_training(cfg, data, backbone, world, cache_root, accelerator, log=pr
     chunk by chunk, shared by runs with the same settings) and its concepts, beside the image features.
 
     OTI's options: ``cfg.oti_steps``, ``cfg.oti_batch_size`` and ``cfg.oti_top_k`` (the official 350, 32
-    and 15 unless set; ``top_k`` at most the vocabulary's size).
+    and 15 unless set; ``top_k`` at most the vocabulary's size). ``cfg.oti_images``: invert only a subset
+    of that many images (drawn with the run's seed, kept in the data's order) and train phi on those.
     """
     from zscir.training.pretrain_data import ExtendedSet
 
@@ -428,24 +429,32 @@ def prepare_training(cfg, data, backbone, world, cache_root, accelerator, log=pr
         raise ZscirError("--method searle inverts cached image features: use --feature-cache full or globals")
     phrases = training_phrases(cfg.vocabulary, cfg.phrases, world)
     config = oti_config(phrases, steps=cfg.oti_steps, batch_size=cfg.oti_batch_size, top_k=cfg.oti_top_k)
-    features = torch.from_numpy(np.asarray(data.pooled, dtype=np.float32))
+    rows = np.arange(len(data))
+    if cfg.oti_images is not None and cfg.oti_images < len(data):
+        rows = np.sort(np.random.default_rng([cfg.seed, len(data)]).permutation(len(data))[:cfg.oti_images])
+    image_ids = [data.ids[i] for i in rows]
+    features = torch.from_numpy(np.asarray(data.pooled[rows], dtype=np.float32))
     key = sha256_bytes(json.dumps([backbone.identity, asdict(config), cfg.seed, phrases.record()["sha256"],
-                                   data.ids, sha256_bytes(features.numpy().tobytes())]).encode())[:32]
+                                   image_ids, sha256_bytes(features.numpy().tobytes())]).encode())[:32]
     out = Path(cache_root) / "oti" / key
-    run_oti(backbone, data.ids, features, phrases, out, config, seed=cfg.seed, log=log)
+    run_oti(backbone, image_ids, features, phrases, out, config, seed=cfg.seed, log=log)
     ids, tokens = load_oti_tokens(out)
-    if ids != list(data.ids):
+    if ids != image_ids:
         raise ZscirError(f"{out}: the OTI tokens belong to other images: delete the folder and run again")
     with torch.no_grad():
         concepts = nearest_concepts(features, concept_features(backbone, phrases.vocabulary), config.top_k).cpu()
     tokens = tokens.float()
     record = {"phrases": phrases.record(), "oti": {"dir": str(out), "config": json.loads(json.dumps(asdict(config))),
-                                                   "seed": cfg.seed, "num_images": len(ids)}}
+                                                   "seed": cfg.seed, "num_images": len(ids),
+                                                   "of_training_images": len(data)}}
+    position = np.full(len(data), -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))  # base item -> its row of tokens / concepts
 
-    def extra(rows: np.ndarray, epoch: int) -> dict:
-        return {"oti_tokens": tokens[rows].to(backbone.device), "concepts": concepts[rows], "phrases": phrases}
+    def extra(base_rows: np.ndarray, epoch: int) -> dict:
+        at = torch.from_numpy(position[base_rows])
+        return {"oti_tokens": tokens[at].to(backbone.device), "concepts": concepts[at], "phrases": phrases}
 
-    return ExtendedSet(data, np.arange(len(data)), extra, record)
+    return ExtendedSet(data, rows, extra, record)
 
 
 # ---------------------------------------------------------------- SEARLE-XL-OTI at query time

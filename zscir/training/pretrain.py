@@ -121,6 +121,7 @@ class PretrainConfig:
     oti_steps: Optional[int] = None       # searle: OTI steps per image (official 350)
     oti_batch_size: Optional[int] = None  # searle: images inverted together (official 32)
     oti_top_k: Optional[int] = None       # searle: concepts per image (official 15; at most the vocabulary's size)
+    oti_images: Optional[int] = None      # searle: invert (and train phi on) a seeded subset of this many images
     edits: Optional[str] = None           # scot: caption-edit JSONL (default: the world's generator)
     data: dict = field(default_factory=dict)  # how the data was built (recorded, not used by the loop)
     recipe: dict = field(default_factory=dict)  # the --recipe applied, if any (recorded)
@@ -149,7 +150,7 @@ class PretrainConfig:
         return cfg
 
 
-METHOD_OPTIONS = ("vocabulary", "phrases", "oti_steps", "oti_batch_size", "oti_top_k", "edits")
+METHOD_OPTIONS = ("vocabulary", "phrases", "oti_steps", "oti_batch_size", "oti_top_k", "oti_images", "edits")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

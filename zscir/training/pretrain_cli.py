@@ -61,6 +61,9 @@ TRAINABLE_METHODS = ("fti", "single", "searle", "lincir", "pic2word", "scot")
               help="searle: images inverted together by OTI [official: 32].")
 @click.option("--oti-top-k", type=POSITIVE_INT, default=None,
               help="searle: concepts per image for OTI's regulariser [official: 15, at most the vocabulary's size].")
+@click.option("--oti-images", type=POSITIVE_INT, default=None,
+              help="searle: invert a seeded subset of this many training images, and train phi on them "
+              "[default: all; the official code inverts all].")
 @click.option("--edits", type=click.Path(dir_okay=False), default=None,
               help="scot: caption edits, JSONL {image, caption, modification, edited_caption}. "
               "Default on the shapes world: edits drawn by its generator.")
@@ -68,7 +71,7 @@ TRAINABLE_METHODS = ("fti", "single", "searle", "lincir", "pic2word", "scot")
 def pretrain(ctx, images, captions, captioner, clip_name, pretrained, preprocess, method, network_config, out, epochs,
              batch_size, lr, weight_decay, lr_decay_epoch, dropout, seed, save_every_steps, max_steps,
              mixed_precision, feature_cache, cache_dir, resume, overwrite, as_json, recipe, splitter, vocabulary,
-             phrases, oti_steps, oti_batch_size, oti_top_k, edits):
+             phrases, oti_steps, oti_batch_size, oti_top_k, oti_images, edits):
     """Pretrain a method's network on unlabeled images, or on captions alone for lincir (FTI4CIR by default).
 
     Multi-GPU / multi-node: run the same command under `accelerate launch` or `torchrun`.
@@ -80,7 +83,7 @@ def pretrain(ctx, images, captions, captioner, clip_name, pretrained, preprocess
                          batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_decay_epoch=lr_decay_epoch,
                          seed=seed, save_every_steps=save_every_steps, mixed_precision=mixed_precision,
                          max_steps=max_steps, vocabulary=vocabulary, phrases=phrases, oti_steps=oti_steps,
-                         oti_batch_size=oti_batch_size, oti_top_k=oti_top_k, edits=edits)
+                         oti_batch_size=oti_batch_size, oti_top_k=oti_top_k, oti_images=oti_images, edits=edits)
     cfg.check_method_options()
     if int(os.environ.get("RANK", "0")) == 0:  # once, before any process writes into the run
         check_run_dir(out, resume, overwrite, "pretrain",
