@@ -441,8 +441,7 @@ def prepare_training(cfg, data, backbone, world, cache_root, accelerator, log=pr
     ids, tokens = load_oti_tokens(out)
     if ids != image_ids:
         raise ZscirError(f"{out}: the OTI tokens belong to other images: delete the folder and run again")
-    with torch.no_grad():
-        concepts = nearest_concepts(features, concept_features(backbone, phrases.vocabulary), config.top_k).cpu()
+    concepts = nearest_concepts(features, concept_features(backbone, phrases.vocabulary), config.top_k).cpu()
     tokens = tokens.float()
     record = {"phrases": phrases.record(), "oti": {"dir": str(out), "config": json.loads(json.dumps(asdict(config))),
                                                    "seed": cfg.seed, "num_images": len(ids),

@@ -150,7 +150,8 @@ class PretrainConfig:
         return cfg
 
 
-METHOD_OPTIONS = ("vocabulary", "phrases", "oti_steps", "oti_batch_size", "oti_top_k", "oti_images", "edits")
+# the PretrainConfig fields that belong to one method each, in registry order (Training.options)
+METHOD_OPTIONS = tuple(dict.fromkeys(o for m in METHODS.values() if m.training for o in m.training.options))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
