@@ -8,8 +8,8 @@ import pytest
 from zscir.index import kernels
 from zscir.index.rows import Lookup, StringColumn
 
-FP16_CPU = frozenset({"avx512f", "avx512_fp16", "avx512_bf16"})
-BF16_CPU = frozenset({"avx512f", "avx512_bf16", "amx_bf16"})
+FP16_CPU = frozenset({"avx512f", "avx512_fp16", "avx512_bf16", "f16c"})
+BF16_CPU = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "f16c"})
 OLD_CPU = frozenset({"avx2", "f16c", "fma"})
 
 
@@ -64,8 +64,9 @@ def test_kernel_choice_follows_the_cpu_flags():
     for batch in (1, 2, 16, 256):
         assert kernels.choose_kernel(batch, FP16_CPU).name == "fp16-matmul"
         # no AVX512-FP16: fp16 arithmetic is emulated there (45-100x slower), never chosen
-        assert kernels.choose_kernel(batch, BF16_CPU).name == ("fp32-chunked" if batch == 1 else "bf16-matmul")
-        assert kernels.choose_kernel(batch, OLD_CPU).name == "fp32-chunked"
+        # one query: the fp16 gemv (F16C widening, fp32 sums: no fp16 arithmetic) wherever F16C is there
+        assert kernels.choose_kernel(batch, BF16_CPU).name == ("fp16-gemv" if batch == 1 else "bf16-matmul")
+        assert kernels.choose_kernel(batch, OLD_CPU).name == ("fp16-gemv" if batch == 1 else "fp32-chunked")
         assert kernels.choose_kernel(batch, frozenset()).name == "fp32-chunked"
     with open("/proc/cpuinfo") as f:
         text = f.read()
@@ -110,3 +111,19 @@ def test_block_preselection_keeps_every_top_row(n, batch):
         want = np.nonzero(col > kth)[0]                       # ties at the 40th score aside
         assert set(want.tolist()) <= set(rows[j].tolist()) and len(set(rows[j].tolist())) >= count
         assert len(rows[j]) <= count + kernels.BLOCK
+
+
+def test_fp16_gemv_sums_in_fp32():
+    """The single-query kernel's low-precision scores: fp32 sums (only the output rounded to fp16).
+
+    Summed in fp16, 4,096 products of 0.0156 would stall once the sum's ulp passes them (the exact 64 is
+    out of reach); widened to fp32, every product counts."""
+    x = np.full((3, 4096), 0.125, dtype=np.float16)
+    q = np.full((1, 4096), 0.125, dtype=np.float32)
+    assert kernels.KERNELS["fp16-gemv"].scores(x, q)[:, 0].tolist() == [64.0, 64.0, 64.0]
+    vectors = stored(2000, 768, seed=3)
+    q = vectors[:4].astype(np.float32) + 0.1
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    got = kernels.KERNELS["fp16-gemv"].scores(vectors, q).double().numpy()
+    want = vectors.astype(np.float64) @ q.astype(np.float16).astype(np.float64).T
+    assert np.abs(got - want).max() < 1e-3     # fp16 output rounding of scores in [-1, 1]

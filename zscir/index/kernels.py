@@ -8,6 +8,10 @@ can do natively:
     fp16-matmul   torch fp16 matmul straight on the stored rows; only where the CPU has
                   AVX512-FP16 (or on CUDA). Elsewhere fp16 arithmetic is emulated and
                   45-100x slower than fp32, so it is never chosen there.
+    fp16-gemv     one query: torch's fp16 matrix-vector product, which widens the rows to
+                  fp32 in registers (F16C) and accumulates in fp32, so it reads each stored
+                  byte once and writes nothing but the scores: the memory-bound scan. Not a
+                  matmul: no fp16 arithmetic, so it is fast on CPUs without AVX512-FP16 too.
     bf16-matmul   the rows converted chunk by chunk to bf16 (AVX512-BF16 / AMX), one matmul
                   per chunk: for batches on CPUs with bf16 but no fp16.
     fp32-chunked  the rows converted chunk by chunk to fp32, one sgemm per chunk: works
@@ -54,6 +58,11 @@ def _scores_fp16(vectors: np.ndarray, queries: np.ndarray) -> torch.Tensor:
     return x @ torch.from_numpy(queries).to(torch.float16).T
 
 
+def _scores_gemv(vectors: np.ndarray, queries: np.ndarray) -> torch.Tensor:
+    x = _tensor(vectors)   # one pass over the rows per query: chosen for batches of one
+    return torch.stack([torch.mv(x, q) for q in torch.from_numpy(queries).to(torch.float16)], dim=1)
+
+
 def _chunked(dtype: torch.dtype) -> Callable[[np.ndarray, np.ndarray], torch.Tensor]:
     def scores(vectors: np.ndarray, queries: np.ndarray) -> torch.Tensor:
         q = torch.from_numpy(queries).to(dtype).T.contiguous()
@@ -74,6 +83,7 @@ class Kernel:
 
 KERNELS: dict[str, Kernel] = {
     "fp16-matmul": Kernel("fp16-matmul", _scores_fp16, has_native_fp16),
+    "fp16-gemv": Kernel("fp16-gemv", _scores_gemv, lambda flags: "f16c" in flags),
     "bf16-matmul": Kernel("bf16-matmul", _chunked(torch.bfloat16), has_native_bf16),
     "fp32-chunked": Kernel("fp32-chunked", _chunked(torch.float32), lambda flags: True),
 }
@@ -81,10 +91,13 @@ KERNELS: dict[str, Kernel] = {
 
 def choose_kernel(batch: int, flags: frozenset[str] | None = None) -> Kernel:
     """fp16 matmul where the CPU does fp16 natively (any batch: it reads the rows once, as they are);
-    else bf16 for batches (compute-bound: bf16 units), else fp32 on converted chunks."""
+    else for one query the fp16 gemv (F16C widening, fp32 sums), for batches bf16 (compute-bound:
+    bf16 units), else fp32 on converted chunks."""
     flags = cpu_flags() if flags is None else flags
     if has_native_fp16(flags):
         return KERNELS["fp16-matmul"]
+    if batch == 1 and KERNELS["fp16-gemv"].available(flags):
+        return KERNELS["fp16-gemv"]
     if batch > 1 and has_native_bf16(flags):
         return KERNELS["bf16-matmul"]
     return KERNELS["fp32-chunked"]
