@@ -11,7 +11,7 @@ new checkpoint or world generator:
 
 Try one:
 
-    zscir retrieve --ref ~/.cache/zscir/worlds/shapes-v2.1-seed0/<ref> --text "<text>" -k 5
+    zscir retrieve --ref ~/.cache/zscir/worlds/shapes-v3-seed0/<ref> --text "<text>" -k 5
 """
 
 from __future__ import annotations
@@ -67,7 +67,12 @@ def select_examples(retriever, world: Path, count: int = COUNT, k: int = TOP_K) 
             "hit_rate_among_scanned": hits / max(len(upto), 1), "examples": examples}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m zscir.index.examples", description=(
+        f"Select the shapes world's example queries with the shipped FTI model and write {EXAMPLES_FILE.name}."
+    )).parse_args(argv)
     from zscir.index import defaults
     from zscir.index.gallery import GalleryIndex
     from zscir.index.retriever import Retriever

@@ -46,7 +46,7 @@ from zscir.world.triplets import Triplet, gallery_items, sample_triplet
 
 # 2: coarse moves/adds land on cells empty in the reference
 # 2.1: + the multiturn split (own stream, ids after all others): every v2 image and annotation is unchanged
-GENERATOR_VERSION = "2.1"
+GENERATOR_VERSION = "3"
 GALLERY_LIST = Path("COCO2017_unlabeled/annotations/image_info_unlabeled2017.json")
 GALLERY_DIR = Path("COCO2017_unlabeled/unlabeled2017")
 TRAIN_LIST = Path("train_gallery/image_info.json")

@@ -62,8 +62,8 @@ def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size,
               help="Resumable training state; a killed run continues from here.")
 @click.option("--model", default=None, help="open_clip model name [zscir-shapes-vit].")
 @click.option("--seed", type=int, default=None, help="Seed of scenes, renderings, captions, init and batches [0].")
-@click.option("--num-scenes", type=POSITIVE_INT, default=None, help="Pre-rendered training scenes [100000].")
-@click.option("--steps", type=POSITIVE_INT, default=None, help="Optimizer steps [700].")
+@click.option("--num-scenes", type=POSITIVE_INT, default=None, help="Pre-rendered training scenes [200000].")
+@click.option("--steps", type=POSITIVE_INT, default=None, help="Optimizer steps [1700].")
 @click.option("--batch-size", type=POSITIVE_INT, default=None, help="Pairs per step [256].")
 @click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate [1e-3].")
 @click.option("--twin-fraction", type=FRACTION, default=None, help="Share of one-attribute twin pairs [0.8].")
@@ -78,7 +78,7 @@ def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size,
               help="Training record JSON [beside --out, same name, .json].")
 def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_size, lr, twin_fraction, text_lock_steps,
                            twin_kinds, text_negatives, init, eval_scenes, report):
-    """Train the world's tiny CLIP on rendered scenes and their captions (2 CPU cores: ~15 minutes)."""
+    """Train the world's tiny CLIP on rendered scenes and their captions (2 CPU cores: ~40 minutes)."""
     from zscir.world.train_backbone import TrainConfig, train_backbone
 
     given = {"model": model, "seed": seed, "num_scenes": num_scenes, "steps": steps, "batch_size": batch_size,

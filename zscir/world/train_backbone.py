@@ -64,9 +64,9 @@ RENDER_SEED_OFFSET = 7_000_000  # training renderings use their own seed space, 
 class TrainConfig:
     model: str = DEFAULT_MODEL
     seed: int = 0
-    num_scenes: int = 100_000
+    num_scenes: int = 200_000
     captions_per_scene: int = 4
-    steps: int = 700
+    steps: int = 1700
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.1
