@@ -10,6 +10,7 @@ from zscir.index.rows import Lookup, StringColumn
 
 FP16_CPU = frozenset({"avx512f", "avx512_fp16", "avx512_bf16", "f16c"})
 BF16_CPU = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "f16c"})
+ZEN4_CPU = frozenset({"avx512f", "avx512_bf16", "f16c"})      # bf16 dot products, no AMX
 OLD_CPU = frozenset({"avx2", "f16c", "fma"})
 
 
@@ -67,6 +68,8 @@ def test_kernel_choice_follows_the_cpu_flags():
         # one query: the fp16 gemv (F16C widening, fp32 sums: no fp16 arithmetic) wherever F16C is there
         assert kernels.choose_kernel(batch, BF16_CPU).name == ("fp16-gemv" if batch == 1 else "bf16-matmul")
         assert kernels.choose_kernel(batch, OLD_CPU).name == ("fp16-gemv" if batch == 1 else "fp32-chunked")
+        # AVX512-BF16 without AMX: fp16 -> bf16 conversion made bf16 batches 2x slower than fp32 there
+        assert kernels.choose_kernel(batch, ZEN4_CPU).name == ("fp16-gemv" if batch == 1 else "fp32-chunked")
         assert kernels.choose_kernel(batch, frozenset()).name == "fp32-chunked"
     with open("/proc/cpuinfo") as f:
         text = f.read()
