@@ -1,7 +1,7 @@
 """Search on realistic (clustered) vectors: latency and recall of exact and approximate indexes, in one run.
 
     python eval/bench_search_ann.py --sizes 1000000 --json eval/results/search_ann_1m.json --md eval/results/search_ann_1m.md
-    python eval/bench_search_ann.py --sizes 10000000 --kinds sq8 --workdir /tmp/zscir_bench   # 10 GB on disk
+    python eval/bench_search_ann.py --sizes 10000000 --kinds pqfs --workdir /tmp/zscir_bench   # 10 GB on disk
 
 Gallery: a Gaussian mixture shaped like CLIP features (not random vectors, which have no
 cluster structure and make every IVF look broken): --clusters anisotropic clusters of
@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from zscir.index import kernels, search_index  # noqa: E402
+from zscir.index.autotune import fastscan_bytes, fastscan_m  # noqa: E402
 
 
 def rss_gib() -> float:
@@ -125,11 +126,11 @@ def copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 3) -> float:
     return 2 * nbytes / best
 
 
-def curve(name, index, knob_set, knobs, queries, exact, k, reranked_vectors=None):
+def curve(name, index, knob_set, knobs, queries, exact, k, reranked_vectors=None, factor=search_index.RERANK_FACTOR):
     points = []
     search = index.search
     if reranked_vectors is not None:
-        search = search_index.Reranked(index, reranked_vectors).search
+        search = search_index.Reranked(index, reranked_vectors, factor).search
     for value in knobs:
         knob_set(value)
         row = {"knob": value}
@@ -161,10 +162,12 @@ def ivf_index(spec: str, vectors: np.ndarray, nlist: int, train_per_list: int, q
         elif code == "SQ8":
             index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit,
                                                   faiss.METRIC_INNER_PRODUCT)
+        elif code.endswith("x4fs"):
+            index = faiss.IndexIVFPQFastScan(quantizer, d, nlist, int(code[2:-4]), 4, faiss.METRIC_INNER_PRODUCT)
         else:
             index = faiss.IndexIVFPQ(quantizer, d, nlist, int(code[2:]), 8, faiss.METRIC_INNER_PRODUCT)
     threads = faiss.omp_get_max_threads()
-    if ",PQ" in spec:  # PQ k-means: 64 points per code centroid, one thread (oversubscribed cores stall it)
+    if ",PQ" in spec and not spec.endswith("fs"):  # 8-bit PQ k-means: 64 points per centroid, one thread
         faiss.downcast_index(faiss.extract_index_ivf(index)).pq.cp.max_points_per_centroid = 64
         faiss.omp_set_num_threads(1)
     index.train(sample)
@@ -230,9 +233,12 @@ def bench(n, d, clusters, kinds, n_queries, n_latency, k, workdir, seed, nprobes
         return lambda v: setattr(ivf, "nprobe", int(v))
 
     probes = [p for p in nprobes if p <= nlist]
-    specs = {"ivf": f"IVF{nlist},Flat", "sq8": f"IVF{nlist},SQ8", "pq": f"IVF{nlist},PQ{pq_m}"}
+    specs = {"ivf": f"IVF{nlist},Flat", "sq8": f"IVF{nlist},SQ8", "pq": f"IVF{nlist},PQ{pq_m}",
+             "pqfs": f"IVF{nlist},PQ{fastscan_m(d)}x4fs"}
+    codes = {"ivf": 4 * d, "sq8": d, "pq": pq_m, "pqfs": fastscan_bytes(d)}
+    factors = {"pqfs": search_index.RERANK_FACTORS["ivf-pqfs"]}
     quantizer = None
-    for kind in ("ivf", "sq8", "pq"):
+    for kind in ("ivf", "sq8", "pq", "pqfs"):
         if kind not in kinds:
             continue
         index, build_s = ivf_index(specs[kind], vectors, nlist, train_per_list, quantizer)
@@ -245,14 +251,16 @@ def bench(n, d, clusters, kinds, n_queries, n_latency, k, workdir, seed, nprobes
             faiss.write_index(index, str(path))
             del index
             index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
-        code = {"ivf": 4 * d, "sq8": d, "pq": pq_m}[kind]
+        code = codes[kind]
         print(f"  {specs[kind]} built in {build_s:.0f} s ({code} B/vector codes)", flush=True)
         m = {"factory": specs[kind], "build_s": build_s, "train_points": min(n, train_per_list * nlist), "code_bytes_per_vector": code,
              "index_bytes": n * (code + 8) + nlist * d * 4}
-        if kind in ("sq8", "pq"):
-            m["reranked"] = curve(specs[kind] + " + re-rank", index, ivf_knob(index), probes, queries, exact, k,
-                                  reranked_vectors=vectors)
-        if kind != "pq":
+        if kind in ("sq8", "pq", "pqfs"):
+            factor = factors.get(kind, search_index.RERANK_FACTOR)
+            m["rerank_factor"] = factor
+            m["reranked"] = curve(specs[kind] + f" + re-rank {factor}k", index, ivf_knob(index), probes, queries,
+                                  exact, k, reranked_vectors=vectors, factor=factor)
+        if kind not in ("pq", "pqfs"):
             m["curve"] = curve(specs[kind], index, ivf_knob(index), probes, queries, exact, k)
         resident = rss_gib()
         m["rss_gib_after_queries"] = resident
@@ -291,7 +299,7 @@ def markdown(results: list[dict]) -> str:
         lines += ["| index | knob | plain ms | plain R@10 | plain R@50 | composed ms | composed R@10 | composed R@50 |",
                   "|---|---|---|---|---|---|---|---|"]
         for kind, m in r["methods"].items():
-            for label, pts in (("", m.get("curve")), (" + re-rank", m.get("reranked"))):
+            for label, pts in (("", m.get("curve")), (f" + re-rank {m.get('rerank_factor', 4)}k", m.get("reranked"))):
                 for p in pts or []:
                     name = (m.get("factory") or f"HNSW32 (first {m['n']:,})") + label
                     knob = ("nprobe " if kind != "hnsw" else "efSearch ") + str(p["knob"])
@@ -306,7 +314,8 @@ def markdown(results: list[dict]) -> str:
 @click.option("--sizes", default="1000000", show_default=True, help="Gallery sizes, comma-separated.")
 @click.option("--dim", default=512, show_default=True)
 @click.option("--clusters", default=4096, show_default=True, help="Mixture components.")
-@click.option("--kinds", default="flat,ivf,sq8,pq,hnsw", show_default=True)
+@click.option("--kinds", default="flat,ivf,sq8,pq,pqfs,hnsw", show_default=True,
+              help="flat (exact), ivf, sq8, pq (--pq-m bytes), pqfs (4-bit fast-scan PQ, d/4 bytes), hnsw.")
 @click.option("--queries", "n_latency", default=100, show_default=True, help="Queries of each type (timed one by one).")
 @click.option("-k", "k", default=50, show_default=True)
 @click.option("--nprobes", default="4,8,16,32,64", show_default=True)

@@ -34,7 +34,7 @@ def brute_top_k(vectors, queries, k):
 
 
 def test_auto_choice_by_size_and_nlist_rule():
-    assert search_index.choose_kind(50_000) == "flat" and search_index.choose_kind(50_001) == "ivf-sq8"
+    assert search_index.choose_kind(50_000) == "flat" and search_index.choose_kind(50_001) == "ivf-pqfs"
     assert search_index.ivf_nlist(1_000_000) == 4096 and search_index.ivf_nlist(100_000) == 1024
     assert search_index.ivf_nlist(1000) == 16  # 4 sqrt(1000) ~ 126, but at least 39 training points per list
 

@@ -96,10 +96,14 @@ def test_plan_from_size_and_memory_budget_never_picks_hnsw():
     gb = 10 ** 9
     assert autotune.plan(50_000, 512)["kind"] == "flat"
     p = autotune.plan(1_000_000, 512, max_memory=16 * gb)
-    assert p["kind"] == "ivf-sq8" and p["nlist"] == 4096 and p["memory"]["bytes_per_vector"] == 520
-    p = autotune.plan(100_000_000, 512, max_memory=16 * gb)     # SQ8 = 52 GB: the largest PQ that fits
-    assert p["kind"] == "ivf-pq" and p["m"] == 128 and p["memory"]["index_bytes"] <= 16 * gb
+    assert p["kind"] == "ivf-pqfs" and p["nlist"] == 4096 and p["m"] == 256 and p["memory"]["bytes_per_vector"] == 136
+    p = autotune.plan(100_000_000, 512, max_memory=16 * gb)     # fast-scan codes: 13.7 GB
+    assert p["kind"] == "ivf-pqfs" and p["memory"]["index_bytes"] == 100_000_000 * 136 + 32768 * 512 * 4
+    p = autotune.plan(100_000_000, 512, max_memory=10 * gb)     # they do not fit: the largest smaller 8-bit PQ
+    assert p["kind"] == "ivf-pq" and p["m"] == 64 and p["memory"]["index_bytes"] <= 10 * gb
     assert autotune.plan(100_000_000, 512, max_memory=5 * gb)["m"] == 32
+    assert autotune.plan(1_000_000, 512, kind="ivf-sq8")["memory"]["bytes_per_vector"] == 520
+    assert autotune.plan(1_000_000, 511, kind="ivf-pqfs")["m"] == 511    # odd width: one dimension a sub-quantiser
     for n in (10 ** 5, 10 ** 6, 10 ** 7, 10 ** 8):
         for budget in (2 * gb, 16 * gb, 1000 * gb):
             try:
@@ -118,9 +122,41 @@ def test_plan_from_size_and_memory_budget_never_picks_hnsw():
 def test_build_auto_follows_the_plan():
     vectors = clustered(6000, d=16)
     built, recall = search_index.build(vectors, "auto", exact_max=1000, target_recall=0.9, max_memory=10 ** 9)
-    assert built.kind == "ivf-sq8" and built.params["memory"]["max_index_memory"] == 10 ** 9 and recall >= 0.9
-    # a budget below the SQ8 codes: PQ (built in test_ivf_pq_is_reranked_exactly; PQ training is slow here)
-    assert autotune.plan(6000, 16, exact_max=1000, max_memory=6000 * 20)["kind"] == "ivf-pq"
+    assert built.kind == "ivf-pqfs" and built.params["memory"]["max_index_memory"] == 10 ** 9 and recall >= 0.9
+    assert built.params["factory"] == f"IVF{built.params['nlist']},PQ8x4fs"
+    # a budget below the fast-scan codes (d = 64: 16 + 8 B a vector + centroids = 177 kB): 8-bit PQ8
+    # (built in test_ivf_pq_is_reranked_exactly; PQ training is slow here)
+    p = autotune.plan(6000, 64, exact_max=1000, max_memory=150_000)
+    assert p["kind"] == "ivf-pq" and p["m"] == 8
+
+
+def test_auto_builds_sq8_where_the_fastscan_codes_miss_the_recall_target(monkeypatch):
+    # with 4x re-ranking the 4-bit codes of these 32-d clusters top out at recall@50 ~0.92 (8x: 0.98)
+    monkeypatch.setattr(search_index, "TRAIN_PER_LIST", 16)
+    monkeypatch.setattr(search_index, "RERANK_FACTORS", {})
+    built, recall = search_index.build(clustered(12000), "auto", exact_max=1000, target_recall=0.95)
+    tried = built.params["tried_before"]
+    assert built.kind == "ivf-sq8" and recall >= 0.95
+    assert tried["kind"] == "ivf-pqfs" and tried["recall@50"] < 0.95 and tried["nprobe"] > built.params["nlist"] // 4
+
+
+def test_ivf_fastscan_pq_reaches_the_recall_target_and_answers_exact_scores():
+    mp = pytest.MonkeyPatch()
+    mp.setattr(search_index, "TRAIN_PER_LIST", 16)
+    vectors = clustered(12000)
+    built, recall = search_index.build(vectors, "ivf-pqfs", target_recall=0.95)
+    mp.undo()
+    nlist = built.params["nlist"]
+    assert built.params["factory"] == f"IVF{nlist},PQ16x4fs"
+    assert isinstance(faiss.downcast_index(built.index), faiss.IndexIVFPQFastScan)
+    queries, held_out = search_index.heldout_queries(built)
+    exact = brute(built.vectors, queries, 50)[1]
+    scores, rows = built.search(queries, 50)
+    assert held_out and recall >= 0.95 and abs(recount(rows, exact) - recall) < 1e-9
+    np.testing.assert_allclose(scores, np.einsum("bkd,bd->bk", built.vectors[rows].astype(np.float64), queries),
+                               atol=1e-5)
+    # the codes alone (4 bits per two dimensions) rank worse than the re-ranked answer
+    assert recount(built.index.search(queries, 50)[1], exact) < recall
 
 
 def test_gallery_ivf_sq8_index_on_disk_is_memory_mapped_and_reranked(tmp_path, monkeypatch):

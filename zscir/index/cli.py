@@ -54,12 +54,13 @@ def _print_verify(report, as_json) -> None:
 @click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default=None,
               help="Image preprocessing with --clip (default: targetpad).")
 @click.option("--kind", type=click.Choice(["auto", *KINDS]), default="auto", show_default=True,
-              help="exact (flat, fp16) search, or approximate: ivf-sq8 / ivf-pq (compressed codes, re-ranked "
-                   "exactly), ivf (fp32 lists), hnsw; auto: exact up to --exact-max, else the IVF kind that fits "
-                   "--max-index-memory, its nprobe tuned by measured recall.")
+              help="exact (flat, fp16) search, or approximate: ivf-pqfs / ivf-sq8 / ivf-pq (compressed codes, "
+                   "re-ranked exactly), ivf (fp32 lists), hnsw; auto: exact up to --exact-max, else ivf-pqfs "
+                   "(4-bit fast-scan PQ, d/4 bytes a vector), or 8-bit PQ where that does not fit "
+                   "--max-index-memory; its nprobe tuned by measured recall.")
 @click.option("--max-index-memory", default="16GB", show_default=True,
               help="Memory an approximate index may take when fully paged in (codes + centroids), e.g. 16GB; "
-                   "decides SQ8 vs PQ codes with --kind auto. The fp16 vectors used for re-ranking stay "
+                   "decides the code size with --kind auto. The fp16 vectors used for re-ranking stay "
                    "memory-mapped.")
 @click.option("--exact-max", type=int, default=EXACT_MAX, show_default=True,
               help="With --kind auto: largest gallery searched exactly.")

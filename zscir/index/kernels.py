@@ -122,7 +122,9 @@ def exact_rescore(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray, k:
         cand = np.unique(rows[i][rows[i] >= 0])       # sorted: file order for memory-mapped rows, row tie-break
         if not len(cand):
             continue
-        s = np.asarray(vectors[cand], dtype=np.float32) @ queries[i].astype(np.float32)
+        # widened by torch (F16C): numpy's fp16 -> fp32 cast took 3/4 of an ANN query's re-rank
+        s = (torch.from_numpy(np.ascontiguousarray(vectors[cand])).float()
+             @ torch.from_numpy(np.ascontiguousarray(queries[i], dtype=np.float32))).numpy()
         order = np.argsort(-s, kind="stable")[:k]
         top_scores[i, :len(order)] = s[order]
         top_rows[i, :len(order)] = cand[order]

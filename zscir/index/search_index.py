@@ -8,8 +8,10 @@ every index kind answers from them:
               chosen by batch size and the CPU's native fp16/bf16 support).
     ivf-sq8   faiss IVF with 8-bit scalar-quantised codes (d bytes per vector), the
               top candidates re-ranked exactly from the fp16 vectors.
-    ivf-pq    faiss IVF with PQ codes (m bytes per vector) for galleries whose SQ8 codes
-              exceed --max-index-memory; re-ranked the same way.
+    ivf-pqfs  faiss IVF with 4-bit fast-scan PQ codes, two dimensions a sub-quantiser (d/4
+              bytes per vector; SIMD look-up tables), re-ranked the same way: "auto"'s choice.
+    ivf-pq    faiss IVF with 8-bit PQ codes (m bytes per vector) for galleries whose fast-scan
+              codes exceed --max-index-memory; re-ranked the same way.
     ivf       faiss IVF with uncompressed fp32 lists (the index of earlier zscir versions).
     hnsw      faiss HNSW32 graph; only on request (``--kind hnsw``): on composed queries
               over high-dimensional features it was measured far below the recall target
@@ -19,10 +21,13 @@ every index kind answers from them:
 ``exact_max`` vectors, else the IVF kind and code size that fit the memory budget;
 then the search knob (``nprobe`` / ``efSearch``) is raised until recall@k against exact
 search reaches the target on held-out composed queries (midpoints of two gallery
-vectors that were not in the training sample). The measured recall is returned and
-recorded in index.json: an approximate answer is never silent. The IVF indexes are
-trained on a sample and filled chunk by chunk; on disk their inverted lists are
-memory-mapped (faiss IO_FLAG_MMAP), so only the lists a query visits are paged in.
+vectors that were not in the training sample). Where the fast-scan codes miss the
+target before a quarter of the lists, "auto" builds SQ8 instead (if it fits), and where
+that misses too, exact search; what was tried is recorded. The measured recall is returned
+and recorded in index.json: an approximate answer is never silent. The IVF indexes are
+trained on a sample and filled chunk by chunk; on disk the SQ8 / PQ / Flat inverted lists
+are memory-mapped (faiss IO_FLAG_MMAP), so only the lists a query visits are paged in (the
+fast-scan lists are read into memory: d/4 bytes a vector).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy as np
 
 from zscir.errors import ZscirError
 from zscir.index import kernels
+from zscir.index.autotune import fastscan_m
 
 EXACT_MAX = 50_000          # "auto" uses exact search up to this many images
 TARGET_RECALL = 0.95        # "auto" tunes the approximate index's knob to reach this recall@k
@@ -45,6 +51,7 @@ MIN_APPROXIMATE = 2 * 39    # fewer vectors: an approximate index is not trained
 TRAIN_PER_LIST = 64         # k-means training points per IVF list (faiss samples 256 anyway; 64 is plenty)
 ADD_CHUNK = 262_144         # vectors converted to fp32 and added at a time
 RERANK_FACTOR = 4           # an approximate index proposes this many candidates per result, re-ranked exactly
+RERANK_FACTORS = {"ivf-pqfs": 8}   # 4-bit codes rank coarsely: with 8x they matched SQ8's recall at the same nprobe
 
 
 class ExactIndex:
@@ -132,7 +139,7 @@ def _ivf_family(factory: Callable[[int, int], str], kind: str):
             index.train(np.asarray(vectors[train_rows], dtype=np.float32))
         for x in _chunks(vectors):
             index.add(x)
-        return Built(index, kind, {"nlist": int(nlist), "factory": spec, "rerank_factor": RERANK_FACTOR}
+        return Built(index, kind, {"nlist": int(nlist), "factory": spec, "rerank_factor": RERANK_FACTORS.get(kind, RERANK_FACTOR)}
                      if kind in RERANKED else {"nlist": int(nlist)}, vectors, train_rows)
     return make
 
@@ -165,13 +172,14 @@ def ivf_nlist(n: int) -> int:
 KINDS: dict[str, Callable[..., Built]] = {
     "flat": _flat,
     "ivf-sq8": _ivf_family(lambda nlist, d, **_: f"IVF{nlist},SQ8", "ivf-sq8"),
+    "ivf-pqfs": _ivf_family(lambda nlist, d, m=None, **_: f"IVF{nlist},PQ{m or fastscan_m(d)}x4fs", "ivf-pqfs"),
     "ivf-pq": _ivf_family(lambda nlist, d, m=None, **_: f"IVF{nlist},PQ{m or max(8, d // 8)}", "ivf-pq"),
     "ivf": _ivf_family(lambda nlist, d, **_: f"IVF{nlist},Flat", "ivf"),
     "hnsw": _hnsw,
 }
-APPROXIMATE = {"ivf", "ivf-sq8", "ivf-pq", "hnsw"}
-IVF_KINDS = {"ivf", "ivf-sq8", "ivf-pq"}
-RERANKED = {"ivf-sq8", "ivf-pq"}        # compressed codes: re-rank exactly from the fp16 vectors
+APPROXIMATE = {"ivf", "ivf-sq8", "ivf-pqfs", "ivf-pq", "hnsw"}
+IVF_KINDS = {"ivf", "ivf-sq8", "ivf-pqfs", "ivf-pq"}
+RERANKED = {"ivf-sq8", "ivf-pqfs", "ivf-pq"}        # compressed codes: re-rank exactly from the fp16 vectors
 
 
 def choose_kind(n: int, exact_max: int = EXACT_MAX, d: int = 768, max_memory: int | None = None) -> str:
@@ -268,14 +276,15 @@ def build(vectors: np.ndarray, kind: str = "auto", previous: faiss.Index | None 
     decides the code size of "auto" (zscir.index.autotune). ``normalised``: ``vectors`` are already
     L2-normalised fp16 (e.g. a memory-mapped file written by :func:`normalized_fp16`) and are used as they are.
     """
-    from zscir.index.autotune import plan
+    from zscir.index.autotune import ivf_bytes, plan
 
-    if kind != "auto" and kind not in KINDS:
+    auto = kind == "auto"
+    if not auto and kind not in KINDS:
         raise ZscirError(f"unknown index kind {kind!r} (option --kind): expected auto, {', '.join(KINDS)}")
     if len(vectors) == 0:
         raise ZscirError("no image could be encoded: the index would be empty")
     n, d = vectors.shape
-    chosen = plan(n, d, exact_max=exact_max, max_memory=max_memory, kind=None if kind == "auto" else kind)
+    chosen = plan(n, d, exact_max=exact_max, max_memory=max_memory, kind=None if auto else kind)
     kind = chosen.pop("kind")
     fallback = None
     if kind in APPROXIMATE and n < MIN_APPROXIMATE:
@@ -293,7 +302,15 @@ def build(vectors: np.ndarray, kind: str = "auto", previous: faiss.Index | None 
             built.params["fallback_reason"] = fallback
         return built, 1.0
     recall = tune(built, target=target_recall)
-    if built.kind in IVF_KINDS and built.params["nprobe"] > faiss.extract_index_ivf(built.index).nlist // 4:
+    missed = built.kind in IVF_KINDS and built.params["nprobe"] > faiss.extract_index_ivf(built.index).nlist // 4
+    sq8_fits = ivf_bytes(n, d, built.params.get("nlist", 1), d) <= (budget or {}).get("max_index_memory", 0)
+    if missed and auto and kind == "ivf-pqfs" and sq8_fits:
+        # the 4-bit codes did not hold the recall on these features: SQ8, the next choice by measured recall
+        tried = {"kind": kind, "nprobe": built.params["nprobe"], f"recall@{RECALL_K}": recall}
+        built, recall = build(vectors, "ivf-sq8", previous, exact_max, target_recall, max_memory, normalised=True)
+        built.params["tried_before"] = tried
+        return built, recall
+    if missed:
         # reaching the target needs most of the lists: slower than a plain scan, so scan
         reason = (f"IVF{built.params['nlist']} needed nprobe {built.params['nprobe']} for recall@{RECALL_K} "
                   f"{recall:.3f}; exact search is faster at that point")
