@@ -178,7 +178,7 @@ def ivf_index(spec: str, vectors: np.ndarray, nlist: int, train_per_list: int, q
 
 
 def bench(n, d, clusters, kinds, n_queries, n_latency, k, workdir, seed, nprobes, efs, hnsw_n, pq_m, mmap,
-          train_per_list):
+          train_per_list, reuse_index=False):
     mix = Mixture(d, clusters, seed, spread=1.0)
     t = time.perf_counter()
     vectors = gallery_file(Path(workdir) / f"gmm_{n}x{d}_c{clusters}_s{seed}.npy", n, mix, seed)
@@ -241,18 +241,24 @@ def bench(n, d, clusters, kinds, n_queries, n_latency, k, workdir, seed, nprobes
     for kind in ("ivf", "sq8", "pq", "pqfs"):
         if kind not in kinds:
             continue
-        index, build_s = ivf_index(specs[kind], vectors, nlist, train_per_list, quantizer)
+        saved = Path(workdir) / f"{kind}_{n}.index"
+        if reuse_index and saved.exists():   # the index an earlier run of this command built and saved
+            index, build_s = faiss.read_index(str(saved)), None
+            print(f"  {specs[kind]} read from {saved} (--reuse-index)", flush=True)
+        else:
+            index, build_s = ivf_index(specs[kind], vectors, nlist, train_per_list, quantizer)
         if quantizer is None:  # the same coarse k-means for every IVF kind: they differ only in their codes
             quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
             faiss.extract_index_ivf(index).own_fields = False
         resident = None
         if mmap or not in_memory:
-            path = Path(workdir) / f"{kind}_{n}.index"
-            faiss.write_index(index, str(path))
+            if build_s is not None:
+                faiss.write_index(index, str(saved))
             del index
-            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+            index = faiss.read_index(str(saved), faiss.IO_FLAG_MMAP)
         code = codes[kind]
-        print(f"  {specs[kind]} built in {build_s:.0f} s ({code} B/vector codes)", flush=True)
+        if build_s is not None:
+            print(f"  {specs[kind]} built in {build_s:.0f} s ({code} B/vector codes)", flush=True)
         m = {"factory": specs[kind], "build_s": build_s, "train_points": min(n, train_per_list * nlist), "code_bytes_per_vector": code,
              "index_bytes": n * (code + 8) + nlist * d * 4}
         if kind in ("sq8", "pq", "pqfs"):
@@ -329,8 +335,10 @@ def markdown(results: list[dict]) -> str:
 @click.option("--train-per-list", default=32, show_default=True,
               help="k-means training points per IVF list (zscir index uses 64; 32 keeps this run short).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--reuse-index", is_flag=True,
+              help="Search the IVF indexes an earlier run saved in --workdir instead of building them (build_s: null).")
 def main(sizes, dim, clusters, kinds, n_latency, k, nprobes, ef_searches, hnsw_n, pq_m, mmap, train_per_list,
-         workdir, json_path, md_path, seed):
+         workdir, json_path, md_path, seed, reuse_index):
     Path(workdir).mkdir(parents=True, exist_ok=True)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     env = {"cpu": cpu, "cores": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
@@ -341,7 +349,7 @@ def main(sizes, dim, clusters, kinds, n_latency, k, nprobes, ef_searches, hnsw_n
     for n in (int(s) for s in sizes.split(",")):
         results.append(bench(n, dim, clusters, set(kinds.split(",")), n_latency, n_latency, k, workdir, seed,
                              [int(p) for p in nprobes.split(",")], [int(e) for e in ef_searches.split(",")],
-                             min(hnsw_n, n), pq_m, mmap, train_per_list))
+                             min(hnsw_n, n), pq_m, mmap, train_per_list, reuse_index))
         if json_path:
             Path(json_path).parent.mkdir(parents=True, exist_ok=True)
             with open(json_path, "w") as f:

@@ -122,13 +122,26 @@ def exact_rescore(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray, k:
         cand = np.unique(rows[i][rows[i] >= 0])       # sorted: file order for memory-mapped rows, row tie-break
         if not len(cand):
             continue
-        # widened by torch (F16C): numpy's fp16 -> fp32 cast took 3/4 of an ANN query's re-rank
-        s = (torch.from_numpy(np.ascontiguousarray(vectors[cand])).float()
-             @ torch.from_numpy(np.ascontiguousarray(queries[i], dtype=np.float32))).numpy()
+        s = _rescore_rows(np.ascontiguousarray(vectors[cand]), np.ascontiguousarray(queries[i], dtype=np.float32))
         order = np.argsort(-s, kind="stable")[:k]
         top_scores[i, :len(order)] = s[order]
         top_rows[i, :len(order)] = cand[order]
     return top_scores, top_rows
+
+
+RESCORE_ROWS = 64   # rows widened at a time: 32,768 values, torch's grain size, so no thread is woken for them
+
+
+def _rescore_rows(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """fp32 dot products of fp16 ``rows`` [C, D] with ``query`` [D], widened by torch (F16C; numpy's
+    fp16 cast is scalar, 3x slower) in slices below torch's parallel grain: for the few hundred
+    candidates of one query, waking a second thread cost more than the work (0.39-0.49 vs 0.24-0.32 ms
+    for 400 candidates, 1M x 512, of which 0.19 ms is fetching the rows)."""
+    rows_t, query_t = torch.from_numpy(rows), torch.from_numpy(query)
+    out = torch.empty(len(rows), dtype=torch.float32)
+    for start in range(0, len(rows), RESCORE_ROWS):
+        torch.mv(rows_t[start:start + RESCORE_ROWS].float(), query_t, out=out[start:start + RESCORE_ROWS])
+    return out.numpy()
 
 
 BLOCK = 64   # candidate pre-selection: rows are grouped in blocks of this many, blocks ranked by their best score
