@@ -168,3 +168,35 @@ def test_index_cli_reads_webdataset_shards(tmp_path):
     assert runs["tar"].ids == [n for n, _ in photos] and runs["folder"].ids == [f"{n}.jpg" for n, _ in photos]
     assert GalleryIndex.open(tmp_path / "tar").ids == runs["tar"].ids
     np.testing.assert_array_equal(np.asarray(runs["tar"].pooled), np.asarray(runs["folder"].pooled))
+
+
+@pytest.mark.parametrize("full_s, fewer_s, kept", [(1.0, 0.5, 1), (0.5, 0.6, 4), (0.5, 1.0, 4)])
+def test_core_balance_keeps_the_faster_thread_split(full_s, fewer_s, kept, monkeypatch):
+    from zscir.features import encode
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    clock = [0.0]
+    monkeypatch.setattr(encode.time, "perf_counter", lambda: clock[0])
+    try:
+        balance = encode.CoreBalance(workers=3)          # all 4 threads, then 4 - 3 = 1
+        assert balance.active and balance.fewer == 1
+        seen = []
+        for b in range(1 + 3 * balance.WINDOW):
+            # the start-up batch is slow and not timed; then each batch costs its window's share
+            clock[0] += 5.0 if b == 0 else (full_s if torch.get_num_threads() == 4 else fewer_s) / balance.WINDOW
+            balance.batch_done()
+            seen.append(torch.get_num_threads())
+        w = balance.WINDOW
+        assert balance.trials == pytest.approx([full_s, fewer_s])
+        # seen[b]: the threads after batch b (b = 0: start-up); the switch comes after batch w
+        if fewer_s > 1.5 * full_s:      # clearly slower: the trial stops after its first batch
+            assert seen[:w] == [4] * w and seen[w] == 1 and set(seen[w + 1:]) == {4}
+        else:
+            assert seen[:w] == [4] * w and seen[w:2 * w] == [1] * w and set(seen[2 * w:]) == {kept}
+        balance.restore()
+        assert torch.get_num_threads() == 4
+        torch.set_num_threads(2)
+        assert not encode.CoreBalance(workers=0).active     # decoding in this process: nothing to share
+    finally:
+        torch.set_num_threads(before)

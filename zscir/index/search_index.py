@@ -157,7 +157,8 @@ def _ivf_family(factory: Callable[[int, int], str], kind: str):
             index.train(np.asarray(vectors[train_rows], dtype=np.float32))
         for x in _chunks(vectors):
             index.add(x)
-        return Built(index, kind, {"nlist": int(nlist), "factory": spec, "rerank_factor": RERANK_FACTORS.get(kind, RERANK_FACTOR)}
+        factor = RERANK_FACTORS.get(kind, RERANK_FACTOR)
+        return Built(index, kind, {"nlist": int(nlist), "factory": spec, "rerank_factor": factor}
                      if kind in RERANKED else {"nlist": int(nlist)}, vectors, train_rows)
     return make
 
