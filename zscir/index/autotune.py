@@ -7,7 +7,7 @@ Exact search up to ``exact_max`` vectors (it is as fast as an approximate index 
 Beyond, an IVF index with compressed codes, re-ranked exactly from the fp16 vectors:
 4-bit fast-scan PQ with one sub-quantiser per two dimensions (``d/4`` bytes per vector)
 when it fits the budget -- on clustered CLIP-like features it holds recall@50 >= 0.95 at
-a quarter of SQ8's memory and 2-4x its speed (SIMD table look-ups instead of decoding,
+a quarter of SQ8's memory and ~3x its speed (SIMD table look-ups instead of decoding,
 eval/bench_search_ann.py) --, else 8-bit PQ with the most bytes per vector that fit.
 SQ8 (``d`` bytes) is built on request (``--kind ivf-sq8``). The budget counts what the index
 takes when fully paged in (codes + ids + centroids); the fp16 vectors used for re-ranking
