@@ -134,7 +134,7 @@ RESCORE_ROWS = 64   # rows widened at a time: 32,768 values, torch's grain size,
 
 def _rescore_rows(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
     """fp32 dot products of fp16 ``rows`` [C, D] with ``query`` [D], widened by torch (F16C; numpy's
-    fp16 cast is scalar, 3x slower) in slices below torch's parallel grain: for the few hundred
+    fp16 cast is scalar, 2-3x slower) in slices below torch's parallel grain: for the few hundred
     candidates of one query, waking a second thread cost more than the work (0.39-0.49 vs 0.24-0.32 ms
     for 400 candidates, 1M x 512, of which 0.19 ms is fetching the rows)."""
     rows_t, query_t = torch.from_numpy(rows), torch.from_numpy(query)
