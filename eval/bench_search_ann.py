@@ -305,7 +305,7 @@ def markdown(results: list[dict]) -> str:
         lines += ["| index | knob | plain ms | plain R@10 | plain R@50 | composed ms | composed R@10 | composed R@50 |",
                   "|---|---|---|---|---|---|---|---|"]
         for kind, m in r["methods"].items():
-            for label, pts in (("", m.get("curve")), (f" + re-rank {m.get('rerank_factor', 4)}k", m.get("reranked"))):
+            for label, pts in (("", m.get("curve")), (f" + re-rank {m.get('rerank_factor', search_index.RERANK_FACTOR)}k", m.get("reranked"))):
                 for p in pts or []:
                     name = (m.get("factory") or f"HNSW32 (first {m['n']:,})") + label
                     knob = ("nprobe " if kind != "hnsw" else "efSearch ") + str(p["knob"])

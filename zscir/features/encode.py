@@ -47,31 +47,27 @@ def encode_sources(backbone, sources: Sequence[ImageSource], batch_size: int = 6
     min_size = backbone.image_size if draft else None
     balance = CoreBalance(workers if backbone.device.type == "cpu" else 0)
     try:
-        yield from _encode_batches(backbone, sources, batch_size, with_tokens, workers, precision, min_size,
-                                   on_gpu, balance)
+        for batch in prepared_batches(sources, backbone.preprocess, batch_size, workers, min_size, pin_memory=on_gpu):
+            chunk = sources[batch.start:batch.start + batch_size]
+            good = [chunk[j] for j in batch.good]
+            corrupt = [(chunk[j].id, reason) for j, reason in batch.errors]
+            if not good:
+                yield EncodedBatch([], [], np.zeros((0, 0), DTYPE), None, corrupt)
+                continue
+            images = batch.images.to(backbone.device, non_blocking=on_gpu)
+            with torch.inference_mode(), autocast(precision, backbone.device):
+                feats = backbone.encode_image(images, with_tokens=with_tokens)
+            pooled = feats.pooled.float().cpu().numpy().astype(DTYPE)
+            tokens = feats.tokens.float().cpu().numpy().astype(DTYPE) if with_tokens else None
+            for name, array in (("pooled", pooled), ("token", tokens)):
+                if array is not None and not np.isfinite(array).all():
+                    raise ZscirError(f"{name} features of {backbone.identity} overflow fp16 (|x| > 65504) or are "
+                                     f"NaN in the batch starting at image {good[0].id!r}; the fp16 cache cannot "
+                                     "hold them")
+            balance.batch_done()
+            yield EncodedBatch([s.id for s in good], [s.key for s in good], pooled, tokens, corrupt)
     finally:
         balance.restore()
-
-
-def _encode_batches(backbone, sources, batch_size, with_tokens, workers, precision, min_size, on_gpu, balance):
-    for batch in prepared_batches(sources, backbone.preprocess, batch_size, workers, min_size, pin_memory=on_gpu):
-        chunk = sources[batch.start:batch.start + batch_size]
-        good = [chunk[j] for j in batch.good]
-        corrupt = [(chunk[j].id, reason) for j, reason in batch.errors]
-        if not good:
-            yield EncodedBatch([], [], np.zeros((0, 0), DTYPE), None, corrupt)
-            continue
-        images = batch.images.to(backbone.device, non_blocking=on_gpu)
-        with torch.inference_mode(), autocast(precision, backbone.device):
-            feats = backbone.encode_image(images, with_tokens=with_tokens)
-        pooled = feats.pooled.float().cpu().numpy().astype(DTYPE)
-        tokens = feats.tokens.float().cpu().numpy().astype(DTYPE) if with_tokens else None
-        for name, array in (("pooled", pooled), ("token", tokens)):
-            if array is not None and not np.isfinite(array).all():
-                raise ZscirError(f"{name} features of {backbone.identity} overflow fp16 (|x| > 65504) or are NaN "
-                                 f"in the batch starting at image {good[0].id!r}; the fp16 cache cannot hold them")
-        balance.batch_done()
-        yield EncodedBatch([s.id for s in good], [s.key for s in good], pooled, tokens, corrupt)
 
 
 class CoreBalance:
