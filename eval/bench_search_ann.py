@@ -87,14 +87,25 @@ def gallery_file(path: Path, n: int, mix: Mixture, seed: int, chunk: int = 200_0
 
 
 def median_ms(search, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
-    search(queries[:1], k)
-    times, rows = [], []
-    for q in queries:
-        t = time.perf_counter()
-        r = search(q[None], k)[1]
-        times.append(time.perf_counter() - t)
-        rows.append(r[0])
-    return statistics.median(times) * 1e3, np.stack(rows)
+    (ms,), (rows,) = interleaved_median_ms([search], queries, k)
+    return ms, rows
+
+
+def interleaved_median_ms(searches: list, queries: np.ndarray, k: int) -> tuple[list[float], list[np.ndarray]]:
+    """Median single-query latency of each search, query by query in turn (the order alternating), so
+    that the machine's drift weighs on all of them alike; and the rows each found."""
+    for search in searches:
+        search(queries[:1], k)
+    times = [[] for _ in searches]
+    rows = [[] for _ in searches]
+    for i, q in enumerate(queries):
+        order = range(len(searches)) if i % 2 == 0 else reversed(range(len(searches)))
+        for j in order:
+            t = time.perf_counter()
+            r = searches[j](q[None], k)[1]
+            times[j].append(time.perf_counter() - t)
+            rows[j].append(r[0])
+    return [statistics.median(t) * 1e3 for t in times], [np.stack(r) for r in rows]
 
 
 def recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
@@ -126,22 +137,33 @@ def copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 3) -> float:
     return 2 * nbytes / best
 
 
-def curve(name, index, knob_set, knobs, queries, exact, k, reranked_vectors=None, factor=search_index.RERANK_FACTOR):
+def curve(name, index, knob_set, knobs, queries, exact, k, reranked_vectors=None, factor=search_index.RERANK_FACTOR,
+          fp32_centroids=None):
+    """Latency and recall per knob value; with ``fp32_centroids`` (a second copy of ``index`` searching
+    with fp32 centroids) both are timed query by query in turn and the copy's rows go under
+    ``"fp32_centroids"``."""
     points = []
-    search = index.search
-    if reranked_vectors is not None:
-        search = search_index.Reranked(index, reranked_vectors, factor).search
+    indexes = [index] if fp32_centroids is None else [index, fp32_centroids]
+    searches = [i.search if reranked_vectors is None else search_index.Reranked(i, reranked_vectors, factor).search
+                for i in indexes]
     for value in knobs:
-        knob_set(value)
+        for i in indexes:
+            knob_set(i, value)
         row = {"knob": value}
         for qname, q in queries.items():
-            ms, found = median_ms(search, q, k)
-            row[qname] = {"ms": ms, "recall@10": recall(found, exact[qname], 10),
-                          "recall@50": recall(found, exact[qname], 50)}
+            ms, found = interleaved_median_ms(searches, q, k)
+            row[qname] = {"ms": ms[0], "recall@10": recall(found[0], exact[qname], 10),
+                          "recall@50": recall(found[0], exact[qname], 50)}
+            if fp32_centroids is not None:
+                row.setdefault("fp32_centroids", {})[qname] = {
+                    "ms": ms[1], "recall@10": recall(found[1], exact[qname], 10),
+                    "recall@50": recall(found[1], exact[qname], 50)}
         points.append(row)
-        print(f"  {name:28s} {value:5d}  " + "  ".join(
-            f"{qn}: {row[qn]['ms']:7.3f} ms r@10 {row[qn]['recall@10']:.3f} r@50 {row[qn]['recall@50']:.3f}"
-            for qn in queries), flush=True)
+        for label, r in (("", row), (" (fp32 centroids)", row.get("fp32_centroids"))):
+            if r:
+                print(f"  {name + label:44s} {value:5d}  " + "  ".join(
+                    f"{qn}: {r[qn]['ms']:7.3f} ms r@10 {r[qn]['recall@10']:.3f} r@50 {r[qn]['recall@50']:.3f}"
+                    for qn in queries), flush=True)
     return points
 
 
@@ -178,7 +200,7 @@ def ivf_index(spec: str, vectors: np.ndarray, nlist: int, train_per_list: int, q
 
 
 def bench(n, d, clusters, kinds, n_queries, n_latency, k, workdir, seed, nprobes, efs, hnsw_n, pq_m, mmap,
-          train_per_list, reuse_index=False):
+          train_per_list, reuse_index=False, fp32_centroids_too=False):
     mix = Mixture(d, clusters, seed, spread=1.0)
     t = time.perf_counter()
     vectors = gallery_file(Path(workdir) / f"gmm_{n}x{d}_c{clusters}_s{seed}.npy", n, mix, seed)
@@ -228,9 +250,8 @@ def bench(n, d, clusters, kinds, n_queries, n_latency, k, workdir, seed, nprobes
 
     nlist = search_index.ivf_nlist(n)
 
-    def ivf_knob(index):
-        ivf = faiss.extract_index_ivf(index)
-        return lambda v: setattr(ivf, "nprobe", int(v))
+    def ivf_knob(index, value):
+        faiss.extract_index_ivf(index).nprobe = int(value)
 
     probes = [p for p in nprobes if p <= nlist]
     specs = {"ivf": f"IVF{nlist},Flat", "sq8": f"IVF{nlist},SQ8", "pq": f"IVF{nlist},PQ{pq_m}",
@@ -261,13 +282,18 @@ def bench(n, d, clusters, kinds, n_queries, n_latency, k, workdir, seed, nprobes
             print(f"  {specs[kind]} built in {build_s:.0f} s ({code} B/vector codes)", flush=True)
         m = {"factory": specs[kind], "build_s": build_s, "train_points": min(n, train_per_list * nlist), "code_bytes_per_vector": code,
              "index_bytes": n * (code + 8) + nlist * d * 4}
+        search_index.search_with_fp16_centroids(index)   # as zscir index leaves it
+        twin = None
+        if fp32_centroids_too and mmap:
+            twin = faiss.read_index(str(saved), faiss.IO_FLAG_MMAP)   # as assigned: fp32 centroids
         if kind in ("sq8", "pq", "pqfs"):
             factor = factors.get(kind, search_index.RERANK_FACTOR)
             m["rerank_factor"] = factor
-            m["reranked"] = curve(specs[kind] + f" + re-rank {factor}k", index, ivf_knob(index), probes, queries,
-                                  exact, k, reranked_vectors=vectors, factor=factor)
+            m["reranked"] = curve(specs[kind] + f" + re-rank {factor}k", index, ivf_knob, probes, queries,
+                                  exact, k, reranked_vectors=vectors, factor=factor, fp32_centroids=twin)
         if kind not in ("pq", "pqfs"):
-            m["curve"] = curve(specs[kind], index, ivf_knob(index), probes, queries, exact, k)
+            m["curve"] = curve(specs[kind], index, ivf_knob, probes, queries, exact, k, fp32_centroids=twin)
+        del twin
         resident = rss_gib()
         m["rss_gib_after_queries"] = resident
         out["methods"][kind] = m
@@ -284,7 +310,7 @@ def bench(n, d, clusters, kinds, n_queries, n_latency, k, workdir, seed, nprobes
         build_s = time.perf_counter() - t
         print(f"  HNSW32 (efConstruction 40) on the first {hnsw_n:,} vectors, built in {build_s:.0f} s", flush=True)
         out["methods"]["hnsw"] = {"n": hnsw_n, "build_s": build_s, "curve": curve(
-            "HNSW32", index, lambda v: setattr(index.hnsw, "efSearch", int(v)), efs, queries, sub_exact, k)}
+            "HNSW32", index, lambda i, v: setattr(i.hnsw, "efSearch", int(v)), efs, queries, sub_exact, k)}
         del index
     out["rss_gib_end"] = rss_gib()
     return out
@@ -305,13 +331,17 @@ def markdown(results: list[dict]) -> str:
         lines += ["| index | knob | plain ms | plain R@10 | plain R@50 | composed ms | composed R@10 | composed R@50 |",
                   "|---|---|---|---|---|---|---|---|"]
         for kind, m in r["methods"].items():
-            for label, pts in (("", m.get("curve")), (f" + re-rank {m.get('rerank_factor', search_index.RERANK_FACTOR)}k", m.get("reranked"))):
-                for p in pts or []:
-                    name = (m.get("factory") or f"HNSW32 (first {m['n']:,})") + label
-                    knob = ("nprobe " if kind != "hnsw" else "efSearch ") + str(p["knob"])
-                    lines.append(f"| {name} | {knob} | {p['plain']['ms']:.3f} | {p['plain']['recall@10']:.3f} | "
-                                 f"{p['plain']['recall@50']:.3f} | {p['composed']['ms']:.3f} | "
-                                 f"{p['composed']['recall@10']:.3f} | {p['composed']['recall@50']:.3f} |")
+            rerank = f" + re-rank {m.get('rerank_factor', search_index.RERANK_FACTOR)}k"
+            rows = [(label, p["knob"], p) for label, pts in (("", m.get("curve")), (rerank, m.get("reranked")))
+                    for p in pts or []]
+            rows = [r for label, knob, p in rows for r in ((label, knob, p), (label + " (fp32 centroids)", knob,
+                                                                            p.get("fp32_centroids"))) if r[2]]
+            for label, knob, p in rows:
+                name = (m.get("factory") or f"HNSW32 (first {m['n']:,})") + label
+                knob = ("nprobe " if kind != "hnsw" else "efSearch ") + str(knob)
+                lines.append(f"| {name} | {knob} | {p['plain']['ms']:.3f} | {p['plain']['recall@10']:.3f} | "
+                             f"{p['plain']['recall@50']:.3f} | {p['composed']['ms']:.3f} | "
+                             f"{p['composed']['recall@10']:.3f} | {p['composed']['recall@50']:.3f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -335,10 +365,13 @@ def markdown(results: list[dict]) -> str:
 @click.option("--train-per-list", default=32, show_default=True,
               help="k-means training points per IVF list (zscir index uses 64; 32 keeps this run short).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--fp32-centroids-too", is_flag=True,
+              help="Also time each IVF index with fp32 coarse centroids (as assigned), query by query in turn with "
+                   "the fp16 ones zscir index searches with (needs --mmap).")
 @click.option("--reuse-index", is_flag=True,
               help="Search the IVF indexes an earlier run saved in --workdir instead of building them (build_s: null).")
 def main(sizes, dim, clusters, kinds, n_latency, k, nprobes, ef_searches, hnsw_n, pq_m, mmap, train_per_list,
-         workdir, json_path, md_path, seed, reuse_index):
+         workdir, json_path, md_path, seed, fp32_centroids_too, reuse_index):
     Path(workdir).mkdir(parents=True, exist_ok=True)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     env = {"cpu": cpu, "cores": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
@@ -349,7 +382,8 @@ def main(sizes, dim, clusters, kinds, n_latency, k, nprobes, ef_searches, hnsw_n
     for n in (int(s) for s in sizes.split(",")):
         results.append(bench(n, dim, clusters, set(kinds.split(",")), n_latency, n_latency, k, workdir, seed,
                              [int(p) for p in nprobes.split(",")], [int(e) for e in ef_searches.split(",")],
-                             min(hnsw_n, n), pq_m, mmap, train_per_list, reuse_index))
+                             min(hnsw_n, n), pq_m, mmap, train_per_list, reuse_index,
+                             fp32_centroids_too))
         if json_path:
             Path(json_path).parent.mkdir(parents=True, exist_ok=True)
             with open(json_path, "w") as f:

