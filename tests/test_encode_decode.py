@@ -102,6 +102,30 @@ def test_worker_processes_give_the_same_features_as_in_process(world_bb, tmp_pat
     assert [i for i, _ in bad0] == [i for i, _ in bad2] == ["broken"]
 
 
+def test_batches_travel_as_uint8_pixels_and_normalise_to_the_same_bits(world_bb, tmp_path):
+    from torchvision.transforms import functional as TF
+
+    pre = world_bb.preprocess
+    items = photo_jpegs(tmp_path, 6)
+    images = [decode_image(p.read_bytes(), min_size=pre.size) for _, p in items]
+    images.append(Image.new("P", (90, 300), 3))    # elongated: target-padded; a palette image
+    for image in images:
+        pixels = pre.pixels(image)
+        assert pixels.dtype == torch.uint8 and pixels.shape == (3, pre.size, pre.size)
+        padded = TF.center_crop(TF.resize(pre._pad(image), pre.size, interpolation=TF.InterpolationMode.BICUBIC),
+                                pre.size).convert("RGB")
+        reference = TF.normalize(TF.to_tensor(padded), pre.mean, pre.std)   # torchvision's float pipeline
+        assert torch.equal(pre(image), reference)
+        assert torch.equal(pre.normalize(torch.stack([pixels, pixels]))[1], reference)
+    # what encode_sources feeds the model: the same features as preprocessing each image by itself
+    sources, _ = as_sources(items)
+    pooled = np.concatenate([b.pooled for b in encode_sources(world_bb, sources, batch_size=4, workers=0, draft=True)])
+    with torch.inference_mode():
+        direct = np.concatenate([world_bb.encode_image(torch.stack([pre(im) for im in images[s:s + 4]])).pooled.numpy()
+                                 for s in (0, 4)])   # the same batches
+    np.testing.assert_array_equal(pooled, direct.astype(np.float16))
+
+
 def test_fp16_and_bf16_need_native_cpu_support():
     check_precision("fp32", "cpu", frozenset())
     with pytest.raises(ZscirError, match="avx512_fp16") as e:

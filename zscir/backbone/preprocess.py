@@ -48,17 +48,32 @@ def target_pad(image: Image.Image, target_ratio: float = TARGETPAD_RATIO) -> Ima
 
 
 class Preprocess:
-    """PIL image -> normalised float tensor [3, size, size]."""
+    """PIL image -> normalised float tensor [3, size, size].
+
+    In two steps, so that a batch can travel as bytes: :meth:`pixels` (pad, resize, crop: uint8
+    [3, size, size]) and :meth:`normalize` (any [..., 3, size, size] uint8 batch, on any device; the
+    same float operations as torchvision's ``to_tensor`` + ``normalize``, so the result is the same
+    to the bit). Decoding workers send uint8 batches, a quarter of the float bytes, and the main
+    process (or the GPU) normalises a whole batch at once.
+    """
 
     def __init__(self, name: str, size: int, mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD):
         self.name, self.size, self.mean, self.std = name, size, tuple(mean), tuple(std)
         self._pad: Callable[[Image.Image], Image.Image] = target_pad if name.startswith("targetpad") else (lambda im: im)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(self.pixels(image))
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
         image = self._pad(image)
         image = TF.resize(image, self.size, interpolation=TF.InterpolationMode.BICUBIC)
         image = TF.center_crop(image, self.size).convert("RGB")
-        return TF.normalize(TF.to_tensor(image), self.mean, self.std)
+        return TF.pil_to_tensor(image)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        return pixels.to(torch.float32).div(255).sub_(mean).div_(std)
 
     def __repr__(self) -> str:
         return f"Preprocess({self.name!r}, size={self.size})"

@@ -55,6 +55,8 @@ def encode_sources(backbone, sources: Sequence[ImageSource], batch_size: int = 6
                 yield EncodedBatch([], [], np.zeros((0, 0), DTYPE), None, corrupt)
                 continue
             images = batch.images.to(backbone.device, non_blocking=on_gpu)
+            if images.dtype == torch.uint8:      # a Preprocess's pixels: normalised here, a batch at once
+                images = backbone.preprocess.normalize(images)
             with torch.inference_mode(), autocast(precision, backbone.device):
                 feats = backbone.encode_image(images, with_tokens=with_tokens)
             pooled = feats.pooled.float().cpu().numpy().astype(DTYPE)

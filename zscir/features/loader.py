@@ -2,9 +2,11 @@
 
 A torch ``DataLoader`` over the sources: each worker process decodes a whole batch
 (JPEGs in draft mode to the smallest size that still covers the model's input, see
-:func:`zscir.data.images.decode_image`), preprocesses and stacks it, while the main
-process runs the forward on the previous one. Batches arrive in order. On a GPU the
-stacked batch is pinned so the copy to the device can be ``non_blocking``.
+:func:`zscir.data.images.decode_image`), pads, resizes and crops it and stacks the uint8
+pixels (:meth:`zscir.backbone.preprocess.Preprocess.pixels`), while the main process runs the
+forward on the previous one; the main process normalises a whole batch at once, on its device.
+Batches arrive in order. On a GPU the stacked batch is pinned so the copy to the device can
+be ``non_blocking``.
 
 Unusable images are not errors here: a batch carries, for each source, either its
 tensor or the reason it was skipped.
@@ -37,9 +39,10 @@ def skip_reason(error: Exception) -> str:
 
 
 def prepare(source: ImageSource, preprocess, min_size: int | None) -> tuple[torch.Tensor | None, str | None]:
-    """(tensor, None) for a usable image, (None, reason) otherwise."""
+    """(tensor, None) for a usable image, (None, reason) otherwise: a :class:`~zscir.backbone.preprocess.Preprocess`'s uint8 pixels
+    [3, S, S] (normalised later, a batch at once), or what another callable ``preprocess`` returns."""
     try:
-        return preprocess(load_image(source, min_size)), None
+        return getattr(preprocess, "pixels", preprocess)(load_image(source, min_size)), None
     except Exception as e:  # noqa: BLE001 - any decoder failure means "this file is unusable", which we count
         return None, skip_reason(e)
 
@@ -48,7 +51,7 @@ def prepare(source: ImageSource, preprocess, min_size: int | None) -> tuple[torc
 class PreparedBatch:
     start: int                      # position of the batch's first source
     good: list[int]                 # positions (within the batch) of the usable images, in order
-    images: torch.Tensor | None     # [len(good), 3, S, S] float32, or None when none is usable
+    images: torch.Tensor | None     # [len(good), 3, S, S] uint8 pixels (or a custom preprocess's floats), or None
     errors: list[tuple[int, str]]   # (position within the batch, reason) of the skipped ones
 
     def pin_memory(self) -> "PreparedBatch":  # DataLoader(pin_memory=True) calls this in its pinning thread
@@ -58,7 +61,7 @@ class PreparedBatch:
 
 
 class _Batches(Dataset):
-    """Item b = batch b of the sources, decoded and preprocessed (in a worker)."""
+    """Item b = batch b of the sources, decoded and turned into uint8 pixels (in a worker)."""
 
     def __init__(self, sources: Sequence[ImageSource], preprocess, batch_size: int, min_size: int | None):
         self.sources, self.preprocess, self.batch_size, self.min_size = sources, preprocess, batch_size, min_size
