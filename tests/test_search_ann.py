@@ -204,6 +204,15 @@ def test_gallery_ivf_sq8_index_on_disk_is_memory_mapped_and_reranked(tmp_path, m
     assert verify_index(tmp_path / "idx")["ok"]
 
 
+def list_of_each(ivf, n: int) -> np.ndarray:
+    """The inverted list each of the ``n`` vectors was added to."""
+    members = np.full(n, -1)
+    for lst in range(ivf.nlist):
+        if size := ivf.invlists.list_size(lst):
+            members[faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size)] = lst
+    return members
+
+
 def test_lists_are_assigned_by_fp32_centroids_and_probed_through_fp16_ones():
     vectors = clustered(6000).astype(np.float16)
     index = faiss.index_factory(32, "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
@@ -216,10 +225,7 @@ def test_lists_are_assigned_by_fp32_centroids_and_probed_through_fp16_ones():
     fp16 = quantizer.reconstruct_n(0, ivf.nlist)
     np.testing.assert_array_equal(fp16, fp32.astype(np.float16).astype(np.float32))
     # every vector sits in the list of its best fp32 centroid (brute force)
-    members = np.full(len(vectors), -1)
-    for lst in range(ivf.nlist):
-        if size := ivf.invlists.list_size(lst):
-            members[faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size)] = lst
+    members = list_of_each(ivf, len(vectors))
     best32 = np.argmax(vectors.astype(np.float64) @ fp32.T.astype(np.float64), axis=1)
     assert (members == best32).mean() > 0.9995 and (members >= 0).all()
     # a query probes the lists of its best fp16 centroids
@@ -230,11 +236,7 @@ def test_lists_are_assigned_by_fp32_centroids_and_probed_through_fp16_ones():
     # a rebuild on the same centroids assigns by fp32 again (the fp16 ones rounded: the same lists here)
     index.reset()
     search_index.add_assigned_in_fp32(index, vectors)
-    again = np.full(len(vectors), -1)
-    for lst in range(ivf.nlist):
-        if size := ivf.invlists.list_size(lst):
-            again[faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), size)] = lst
-    assert (again == members).mean() > 0.999
+    assert (list_of_each(ivf, len(vectors)) == members).mean() > 0.999
     assert isinstance(faiss.downcast_index(faiss.extract_index_ivf(index).quantizer), faiss.IndexScalarQuantizer)
 
 
