@@ -283,3 +283,21 @@ def test_data_package_items_prune_and_unreadable_bytes(bb, tmp_path):
     assert (rep.encoded, rep.deleted) == (2, 0) and len(store) == 6
     rep = store.update(bb, other, progress=False)
     assert rep.deleted == 4 and sorted(store.load().ids) == ["img000", "img001"]
+
+
+def test_hashing_threads_keep_the_items_order_and_report_unreadable_ones(tmp_path):
+    from zscir.features.sources import HASH_RUN, as_sources, content_key
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    items = []
+    for i in range(3 * HASH_RUN + 5):               # several runs, the last one short
+        path = folder / f"f{i:03d}.png"
+        if i % 17 != 5:                               # every 17th file is missing
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(path)
+        items.append((f"f{i:03d}", path))
+    sources, unusable = as_sources(items, workers=3)
+    present = [(i, p) for i, p in items if p.exists()]
+    assert [s.id for s in sources] == [i for i, _ in present]
+    assert [s.key for s in sources] == [content_key(p.read_bytes()) for _, p in present]
+    assert unusable == [(i, "missing file") for i, p in items if not p.exists()]

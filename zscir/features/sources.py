@@ -235,6 +235,9 @@ def as_source(item: Any, known: dict[str, str] | None = None) -> ImageSource:
                      "or an object with id, load() and content_hash")
 
 
+HASH_RUN = 32   # items a hashing thread adapts in one go
+
+
 def as_sources(items: Iterable[Any], workers: int = 4, progress: bool = False,
                known_hashes: dict[str, str] | None = None,
                ) -> tuple[list[ImageSource], list[tuple[str, str]]]:
@@ -282,10 +285,18 @@ def as_sources(items: Iterable[Any], workers: int = 4, progress: bool = False,
     if slow > 1:
         from tqdm.auto import tqdm
 
+        # a thread takes a run of HASH_RUN items, not a future an item: 2,000 page-cached 64 KB JPEGs took
+        # 0.30-0.35 s with a future each, 0.22-0.28 s in runs of 32 (a plain loop: 0.15-0.18 s; the
+        # threads are for cold disks and network storage, where reads wait)
+        runs = [items[i:i + HASH_RUN] for i in range(0, len(items), HASH_RUN)]
         pool = ThreadPoolExecutor(max_workers=workers)
+        adapted = []
         try:
-            adapted = list(tqdm(pool.map(adapt, items), total=len(items), unit="img", desc="hashing images",
-                                disable=not progress or slow < 64, file=sys.stderr, dynamic_ncols=True))
+            with tqdm(total=len(items), unit="img", desc="hashing images", disable=not progress or slow < 64,
+                      file=sys.stderr, dynamic_ncols=True) as bar:
+                for run in pool.map(lambda run: [adapt(item) for item in run], runs):
+                    adapted += run
+                    bar.update(len(run))
         except BaseException:  # Ctrl-C: stop at once instead of hashing the rest of the gallery first
             pool.shutdown(wait=False, cancel_futures=True)
             raise
