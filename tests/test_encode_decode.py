@@ -224,3 +224,14 @@ def test_core_balance_keeps_the_faster_thread_split(full_s, fewer_s, kept, monke
         assert not encode.CoreBalance(workers=0).active     # decoding in this process: nothing to share
     finally:
         torch.set_num_threads(before)
+
+
+def test_decoding_workers_share_the_cores_with_the_other_processes_of_a_launch(monkeypatch):
+    from zscir.features import loader
+
+    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda pid: set(range(12)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader.default_decode_workers() == 8            # one per core, at most 8
+    for local, workers in (("1", 8), ("2", 6), ("4", 3), ("16", 1), ("not a number", 8)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert loader.default_decode_workers() == workers, local

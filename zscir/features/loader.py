@@ -27,8 +27,14 @@ from zscir.features.sources import ImageSource, load_image
 
 
 def default_decode_workers() -> int:
-    """Decoding processes: one per core (they share the cores with the forward), at most 8."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    """Decoding processes: one per core (they share the cores with the forward), at most 8; under a launcher
+    (torchrun, accelerate launch) the machine's cores are shared by its ``LOCAL_WORLD_SIZE`` processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, min(8, cores // local))
 
 
 def skip_reason(error: Exception) -> str:

@@ -66,7 +66,8 @@ def _print_verify(report, as_json) -> None:
               help="With --kind auto: largest gallery searched exactly.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=None,
-              help="Image decoding processes, overlapped with the forward (default: one per core, up to 8; "
+              help="Image decoding processes, overlapped with the forward (default: one per core, up to 8, "
+                   "shared among the processes of a torchrun / accelerate launch on this machine; "
                    "0: decode in the main process).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="Image forward precision: bf16/fp16 autocast where the device has native kernels (refused "
