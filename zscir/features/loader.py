@@ -45,8 +45,8 @@ def skip_reason(error: Exception) -> str:
 
 
 def prepare(source: ImageSource, preprocess, min_size: int | None) -> tuple[torch.Tensor | None, str | None]:
-    """(tensor, None) for a usable image, (None, reason) otherwise: a :class:`~zscir.backbone.preprocess.Preprocess`'s uint8 pixels
-    [3, S, S] (normalised later, a batch at once), or what another callable ``preprocess`` returns."""
+    """(tensor, None) for a usable image, (None, reason) otherwise. The tensor: a ``Preprocess``'s uint8
+    pixels [3, S, S] (normalised later, a batch at once), or what another callable ``preprocess`` returns."""
     try:
         return getattr(preprocess, "pixels", preprocess)(load_image(source, min_size)), None
     except Exception as e:  # noqa: BLE001 - any decoder failure means "this file is unusable", which we count
