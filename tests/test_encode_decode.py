@@ -121,8 +121,8 @@ def test_batches_travel_as_uint8_pixels_and_normalise_to_the_same_bits(world_bb,
     sources, _ = as_sources(items)
     pooled = np.concatenate([b.pooled for b in encode_sources(world_bb, sources, batch_size=4, workers=0, draft=True)])
     with torch.inference_mode():
-        direct = np.concatenate([world_bb.encode_image(torch.stack([pre(im) for im in images[s:min(s + 4, 6)]])).pooled.numpy()
-                                 for s in (0, 4)])   # the same batches
+        batches = [torch.stack([pre(im) for im in images[s:min(s + 4, 6)]]) for s in (0, 4)]   # the same batches
+        direct = np.concatenate([world_bb.encode_image(x).pooled.numpy() for x in batches])
     np.testing.assert_array_equal(pooled, direct.astype(np.float16))
 
 
