@@ -152,12 +152,11 @@ def curve(name, index, knob_set, knobs, queries, exact, k, reranked_vectors=None
         row = {"knob": value}
         for qname, q in queries.items():
             ms, found = interleaved_median_ms(searches, q, k)
-            row[qname] = {"ms": ms[0], "recall@10": recall(found[0], exact[qname], 10),
-                          "recall@50": recall(found[0], exact[qname], 50)}
+            stats = [{"ms": t, "recall@10": recall(f, exact[qname], 10), "recall@50": recall(f, exact[qname], 50)}
+                     for t, f in zip(ms, found)]
+            row[qname] = stats[0]
             if fp32_centroids is not None:
-                row.setdefault("fp32_centroids", {})[qname] = {
-                    "ms": ms[1], "recall@10": recall(found[1], exact[qname], 10),
-                    "recall@50": recall(found[1], exact[qname], 50)}
+                row.setdefault("fp32_centroids", {})[qname] = stats[1]
         points.append(row)
         for label, r in (("", row), (" (fp32 centroids)", row.get("fp32_centroids"))):
             if r:
@@ -332,10 +331,12 @@ def markdown(results: list[dict]) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for kind, m in r["methods"].items():
             rerank = f" + re-rank {m.get('rerank_factor', search_index.RERANK_FACTOR)}k"
-            rows = [(label, p["knob"], p) for label, pts in (("", m.get("curve")), (rerank, m.get("reranked")))
-                    for p in pts or []]
-            rows = [r for label, knob, p in rows for r in ((label, knob, p), (label + " (fp32 centroids)", knob,
-                                                                            p.get("fp32_centroids"))) if r[2]]
+            rows = []
+            for label, pts in (("", m.get("curve")), (rerank, m.get("reranked"))):
+                for p in pts or []:
+                    rows.append((label, p["knob"], p))
+                    if "fp32_centroids" in p:
+                        rows.append((label + " (fp32 centroids)", p["knob"], p["fp32_centroids"]))
             for label, knob, p in rows:
                 name = (m.get("factory") or f"HNSW32 (first {m['n']:,})") + label
                 knob = ("nprobe " if kind != "hnsw" else "efSearch ") + str(knob)
