@@ -1,4 +1,4 @@
-"""open_clip's BPE tokenization, with a per-word cache for plain ASCII text (same ids, faster: measured by eval/bench_tokenizer.py).
+"""open_clip's BPE tokenization, with a per-word cache for plain ASCII text (same ids, faster: eval/bench_tokenizer.py).
 
 open_clip's ``SimpleTokenizer`` cleans every text (ftfy, HTML unescape,
 whitespace, lower case) and splits it with a regex whose matches never span
