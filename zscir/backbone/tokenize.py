@@ -1,4 +1,4 @@
-"""open_clip's BPE tokenization, with a per-word cache for plain ASCII text (same ids, ~12x faster).
+"""open_clip's BPE tokenization, with a per-word cache for plain ASCII text (same ids, faster: eval/bench_tokenizer.py).
 
 open_clip's ``SimpleTokenizer`` cleans every text (ftfy, HTML unescape,
 whitespace, lower case) and splits it with a regex whose matches never span
@@ -6,9 +6,9 @@ whitespace, so a text's ids are the concatenation of its words' ids. For
 printable ASCII without ``&`` the cleaning is the identity up to whitespace
 and case (ftfy only changes non-ASCII, control characters and HTML
 entities), so caching ids per word is exact there; other texts go through
-the full tokenizer. At ~0.27 ms per world caption on a CPU core (0.023 ms
-cached; eval/bench_tokenizer.py), the full path would cost more than a GPU's
-text-tower pass: FTI4CIR pretraining tokenizes four prompts per sample.
+the full tokenizer. The full path can cost more than a GPU's text-tower pass
+(measured by eval/bench_tokenizer.py; docs/encoding_performance.md): FTI4CIR
+pretraining tokenizes four prompts per sample.
 """
 
 from __future__ import annotations

@@ -285,9 +285,9 @@ def as_sources(items: Iterable[Any], workers: int = 4, progress: bool = False,
     if slow > 1:
         from tqdm.auto import tqdm
 
-        # a thread takes a run of HASH_RUN items, not a future an item: 2,000 page-cached 64 KB JPEGs took
-        # 0.30-0.35 s with a future each, 0.22-0.28 s in runs of 32 (a plain loop: 0.15-0.18 s; the
-        # threads are for cold disks and network storage, where reads wait)
+        # a thread takes a run of HASH_RUN items, not a future an item (a future each costs more than the
+        # hash of a small page-cached file); the threads are for cold disks and network storage, where
+        # reads wait (eval/bench_index_encode.py; docs/encoding_performance.md)
         runs = [items[i:i + HASH_RUN] for i in range(0, len(items), HASH_RUN)]
         pool = ThreadPoolExecutor(max_workers=workers)
         adapted = []

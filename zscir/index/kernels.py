@@ -13,13 +13,14 @@ can do natively:
                   byte once and writes nothing but the scores: the memory-bound scan. Not a
                   matmul: no fp16 arithmetic, so it is fast on CPUs without AVX512-FP16 too.
     bf16-matmul   the rows converted chunk by chunk to bf16, one matmul per chunk: for
-                  batches on CPUs with AMX-BF16 (measured fast there). With AVX512-BF16
-                  alone (AMD Zen 4) it was 2x slower than fp32-chunked: fp16 -> bf16
-                  conversion goes through fp32, so it is not chosen there.
+                  batches on CPUs with AMX-BF16. With AVX512-BF16 alone it is slower than
+                  fp32-chunked (fp16 -> bf16 conversion goes through fp32), so it is not
+                  chosen there.
     fp32-chunked  the rows converted chunk by chunk to fp32 into one cache-sized buffer,
-                  one sgemm per chunk: works everywhere (1M x 512, batch 16 on Zen 4:
-                  162 ms with 2,048-row chunks, 339 ms with 65,536-row ones, which spill
-                  the cache between the conversion and the sgemm).
+                  one sgemm per chunk: works everywhere. Chunks must be small enough that
+                  the conversion and the sgemm stay in cache (2,048 rows).
+
+Measured by eval/bench_search_ann.py (``--kinds flat``); see docs/search_performance.md.
 
 Every kernel returns ``RERANK_FACTOR * k`` candidates whose low-precision scores are then
 recomputed exactly (fp32 dot products of the fp16 rows) and re-sorted, so the answer's
@@ -143,10 +144,9 @@ def _rescore_rows(table: torch.Tensor, cand: np.ndarray, query: np.ndarray) -> n
 
     torch gathers the rows on its threads and widens them (F16C; numpy's fp16 cast is scalar, 2-3x
     slower). The gather is what takes the time: a few hundred random 1 KB rows, each a wait on memory,
-    which two threads wait for side by side. Measured on 1M x 512, alternating: 400 fresh rows 0.10 ms
-    against 0.20 ms gathered by numpy and widened on one thread; a whole re-ranked IVF query 0.875x
-    while torch's threads are awake (queries back to back), the same (1.01-1.04x) when they sleep
-    between queries (OMP_WAIT_POLICY=PASSIVE)."""
+    which two threads wait for side by side; it helps while torch's threads are awake (queries back to
+    back), not when they sleep between queries (OMP_WAIT_POLICY=PASSIVE). Measured with
+    eval/bench_search_ann.py; see docs/search_performance.md."""
     rows = torch.index_select(table, 0, torch.from_numpy(cand))
     return torch.mv(rows.float(), torch.from_numpy(query)).numpy()
 

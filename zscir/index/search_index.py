@@ -84,8 +84,8 @@ class Reranked:
 
 @contextmanager
 def _one_thread_for_one_query(count: int):
-    """faiss on one OpenMP thread for a single query: waking a second thread for one query cost more than
-    it saved (10M x 512, IVF16384: coarse quantizer 2.9 ms on 2 threads, 1.3 ms on 1). The setting is the
+    """faiss on one OpenMP thread for a single query: waking a second thread for one query costs more than
+    it saves (eval/bench_search_ann.py at 10M; docs/search_performance.md). The setting is the
     calling thread's own (an OpenMP ICV), so concurrent searches on other threads are unaffected."""
     if count != 1:
         yield
@@ -180,10 +180,10 @@ def search_with_fp16_centroids(index: faiss.Index) -> None:
     """Replace IVF ``index``'s coarse quantizer by one holding its centroids in fp16.
 
     One query streams every centroid once: in fp16 that is half the bytes, and the coarse quantizer
-    was half of faiss's time (1M x 512, IVF4096: 0.22 of 0.46 ms on one thread; fp16 0.26 vs fp32
-    0.47 ms alone). Whole re-ranked queries, fp16 and fp32 in turn: 0.76-0.85x as long at 10M
-    (IVF16384), within the machine's noise at 1M (0.76-1.04x). The fp16 centroids picked the same
-    lists as the fp32 ones for 99.98% of the 32 probed; the candidates are re-ranked exactly anyway.
+    is a large share of faiss's time for one query; the gain grows with the number of lists. The fp16
+    centroids pick the same lists as the fp32 ones almost always, and the candidates are re-ranked
+    exactly anyway. Measured by eval/bench_search_ann.py ``--fp32-centroids-too``; see
+    docs/search_performance.md.
     """
     ivf = faiss.extract_index_ivf(index)
     quantizer = faiss.downcast_index(ivf.quantizer)
