@@ -49,6 +49,9 @@ ALLOWED_DEFERRED = {
     "llama_cpp",  # optional local language models
     "gguf",  # optional local language models
     "httpx",  # the HTTP client of the serve tests and remote captioners
+    "huggingface_hub",  # the Hugging Face cache look-ups of model loading only
+    "lavis",  # optional: LAVIS's BLIP captioner, where installed
+    "sng_parser",  # optional: the scene-graph parser, where installed
 }
 
 MAX_LINES = 400
