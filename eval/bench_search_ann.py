@@ -256,7 +256,7 @@ def bench(n, d, clusters, kinds, n_queries, n_latency, k, workdir, seed, nprobes
     specs = {"ivf": f"IVF{nlist},Flat", "sq8": f"IVF{nlist},SQ8", "pq": f"IVF{nlist},PQ{pq_m}",
              "pqfs": f"IVF{nlist},PQ{fastscan_m(d)}x4fs"}
     codes = {"ivf": 4 * d, "sq8": d, "pq": pq_m, "pqfs": fastscan_bytes(d)}
-    factors = {"pqfs": search_index.RERANK_FACTORS["ivf-pqfs"]}
+    factors = {"pqfs": search_index.KINDS["ivf-pqfs"].rerank_factor}
     quantizer = None
     for kind in ("ivf", "sq8", "pq", "pqfs"):
         if kind not in kinds:

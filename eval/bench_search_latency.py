@@ -98,7 +98,7 @@ def bench_size(n: int, d: int, n_queries: int, k: int, bandwidth: float, nprobes
     del sq
 
     t = time.perf_counter()
-    built = search_index.KINDS["ivf"](gallery)
+    built = search_index.KINDS["ivf"].build(gallery)
     build_s = time.perf_counter() - t
     nlist = faiss.extract_index_ivf(built.index).nlist
     curve = []
@@ -111,7 +111,7 @@ def bench_size(n: int, d: int, n_queries: int, k: int, bandwidth: float, nprobes
 
     if n <= hnsw_max:
         t = time.perf_counter()
-        built = search_index.KINDS["hnsw"](gallery)
+        built = search_index.KINDS["hnsw"].build(gallery)
         build_s = time.perf_counter() - t
         curve = []
         for ef in ef_searches:

@@ -29,7 +29,7 @@ def _shipped_fti():
     if ckpt is None:
         return None, "no shipped FTI checkpoint for the shapes CLIP in checkpoints/"
     if not EXAMPLES_FILE.is_file():
-        return None, f"{EXAMPLES_FILE.name} not generated (python -m zscir.index.examples)"
+        return None, f"{EXAMPLES_FILE.name} not generated (python -m zscir.index.examples_cli)"
     return ckpt, ""
 
 

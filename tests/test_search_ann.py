@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import faiss
 import numpy as np
 import pytest
 
 from zscir.errors import ZscirError
-from zscir.index import autotune, search_index
+from zscir.index import autotune, ivf, kinds, search_index
 
 
 def clustered(n, d=32, clusters=60, seed=0):
@@ -32,7 +34,7 @@ def recount(found, exact):
 @pytest.fixture(scope="module")
 def sq8(request):
     mp = pytest.MonkeyPatch()
-    mp.setattr(search_index, "TRAIN_PER_LIST", 16)     # train on a sample, so that queries can be held out
+    mp.setattr(ivf, "TRAIN_PER_LIST", 16)     # train on a sample, so that queries can be held out
     vectors = clustered(12000)
     built, recall = search_index.build(vectors, "ivf-sq8", target_recall=0.95)
     mp.undo()
@@ -132,8 +134,8 @@ def test_build_auto_follows_the_plan():
 
 def test_auto_builds_sq8_where_the_fastscan_codes_miss_the_recall_target(monkeypatch):
     # with 4x re-ranking the 4-bit codes of these 32-d clusters top out at recall@50 ~0.92 (8x: 0.98)
-    monkeypatch.setattr(search_index, "TRAIN_PER_LIST", 16)
-    monkeypatch.setattr(search_index, "RERANK_FACTORS", {})
+    monkeypatch.setattr(ivf, "TRAIN_PER_LIST", 16)
+    monkeypatch.setitem(kinds.KINDS, "ivf-pqfs", dataclasses.replace(kinds.KINDS["ivf-pqfs"], rerank_factor=4))
     built, recall = search_index.build(clustered(12000), "auto", exact_max=1000, target_recall=0.95)
     tried = built.params["tried_before"]
     assert built.kind == "ivf-sq8" and recall >= 0.95
@@ -142,7 +144,7 @@ def test_auto_builds_sq8_where_the_fastscan_codes_miss_the_recall_target(monkeyp
 
 def test_ivf_fastscan_pq_reaches_the_recall_target_and_answers_exact_scores():
     mp = pytest.MonkeyPatch()
-    mp.setattr(search_index, "TRAIN_PER_LIST", 16)
+    mp.setattr(ivf, "TRAIN_PER_LIST", 16)
     vectors = clustered(12000)
     built, recall = search_index.build(vectors, "ivf-pqfs", target_recall=0.95)
     mp.undo()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from zscir.errors import ZscirError
+from zscir.utils.jsonl import read_jsonl
 
 # metric families: how a split is scored and how its rankings are written
 KINDS = ("circo", "cirr", "fashioniq")
@@ -136,16 +137,7 @@ def read_json(path: Path, what: str) -> Any:
 def read_jsonl(path: Path, what: str) -> list[dict]:
     if not path.is_file():
         raise ZscirError(f"{what} not found: expected {path}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ZscirError(f"{what} {path}, line {line_no}: not valid JSON: {e}") from None
-    return rows
+    return [row for _, row in read_jsonl(path, lambda n: f"{what} {path}, line {n}", "not valid JSON: {error}")]
 
 
 def field_of(record: dict, name: str, path: Path, where: str) -> Any:

@@ -25,7 +25,6 @@ escapes, so every line stays UTF-8 and reads back to the same id.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -41,6 +40,7 @@ from zscir.data.sources import ImageItem, ImageSource
 from zscir.errors import ZscirError
 from zscir.utils.atomic import _umask
 from zscir.utils.hashing import sha256_bytes
+from zscir.utils.locks import file_lock
 from zscir.utils.paths import cache_dir
 
 
@@ -141,11 +141,8 @@ class CaptionCache:
     @contextmanager
     def _locked(self):
         # Two jobs may share one cache file; a lock keeps each batch's lines whole.
-        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
-        try:
+        with file_lock(self._file):
             yield
-        finally:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
 
     def _load_and_repair(self) -> bool:
         declared, good_end = False, 0

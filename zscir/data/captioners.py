@@ -29,6 +29,7 @@ from PIL import Image
 from zscir.data.sources import ImageItem
 from zscir.errors import MissingWeightsError, ZscirError
 from zscir.utils.hashing import sha256_file
+from zscir.utils.jsonl import read_jsonl
 
 if TYPE_CHECKING:  # torch is imported only by the captioners that run a model
     import torch
@@ -282,16 +283,10 @@ def read_caption_file(path: str | Path) -> CaptionTable:
 
 
 def _read_jsonl(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ZscirError(f"captions file {path}, line {n}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise ZscirError(f"captions file {path}, line {n}: expected a JSON object per line")
-                yield f"line {n}", row
+    for n, row in read_jsonl(path, lambda n: f"captions file {path}, line {n}"):
+        if not isinstance(row, dict):
+            raise ZscirError(f"captions file {path}, line {n}: expected a JSON object per line")
+        yield f"line {n}", row
 
 
 def _read_csv(path: Path):

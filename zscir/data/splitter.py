@@ -23,100 +23,14 @@ from __future__ import annotations
 import functools
 from typing import Callable, Sequence
 
+from zscir.errors import ZscirError
+from zscir.text.lexicon import (ADJECTIVES, ADVERBS, AUXILIARIES, CAPTION_CONJUNCTIONS as CONJUNCTIONS,
+                                CAPTION_DETERMINERS as DETERMINERS, CAPTION_PREPOSITIONS as PREPOSITIONS,
+                                CAPTION_VERBS as VERBS, ED_NOUNS, ING_NOUNS, IRREGULAR_PARTICIPLES,
+                                IRREGULAR_PLURALS, NOUNS_ENDING_LY, NOUN_AFTER_NOUN, NUMBERS, PARTITIVE_NOUNS,
+                                PERSONAL_PRONOUNS, RELATIVES, SINGULAR_DETERMINERS)
+
 MIN_WORDS = 4
-
-# --- closed word classes -----------------------------------------------------------------------
-
-SINGULAR_DETERMINERS = {"a", "an", "one", "this", "that", "each", "every", "another", "single"}
-DETERMINERS = SINGULAR_DETERMINERS | {
-    "the", "these", "those", "some", "several", "many", "few", "any", "his", "her", "their", "its", "my",
-    "our", "your", "both", "all", "no", "other", "multiple", "numerous", "various"}
-NUMBERS = {"two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-           "thirteen", "fourteen", "fifteen", "twenty", "hundred", "hundreds", "dozens", "thousands"}
-PREPOSITIONS = {
-    "about", "above", "across", "after", "against", "along", "alongside", "amid", "among", "around", "as", "at",
-    "atop", "before", "behind", "below", "beneath", "beside", "besides", "between", "beyond", "by", "down",
-    "during", "except", "for", "from", "in", "inside", "into", "like", "near", "next", "of", "off", "on", "onto",
-    "out", "outside", "over", "past", "per", "through", "throughout", "to", "toward", "towards", "under",
-    "underneath", "until", "up", "upon", "via", "with", "within", "without", "than", "while", "whilst"}
-CONJUNCTIONS = {"and", "or", "but", "nor", "&"}
-RELATIVES = {"that", "which", "who", "whom", "whose", "where", "when", "what"}
-AUXILIARIES = {"is", "are", "was", "were", "be", "been", "being", "am", "has", "have", "had", "does", "do", "did",
-               "can", "could", "will", "would", "may", "might", "must", "should", "isn't", "aren't", "'s"}
-PERSONAL_PRONOUNS = {"he", "she", "they", "it", "we", "i", "you", "someone", "somebody", "something",
-                     "everyone", "everybody", "anyone", "nobody"}
-ADVERBS = {"very", "really", "quite", "extremely", "so", "too", "just", "also", "still", "almost", "partially",
-           "half", "fully", "nearly", "mostly", "slightly", "brightly", "freshly", "highly", "well", "not",
-           "together", "here", "there", "then", "now", "away", "back", "again", "alone", "outdoors", "indoors",
-           "upside", "closely", "neatly", "perfectly", "beautifully"}
-
-ADJECTIVES = {
-    # colour and light
-    "red", "blue", "green", "yellow", "orange", "purple", "pink", "black", "white", "gray", "grey", "brown",
-    "silver", "gold", "golden", "beige", "tan", "maroon", "navy", "teal", "turquoise", "cyan", "magenta",
-    "violet", "crimson", "dark", "light", "bright", "pale", "colorful", "colourful", "multicolored",
-    "multicolor", "multi", "blond", "blonde", "transparent", "clear", "shiny", "dim", "sunny", "cloudy",
-    # size and shape
-    "large", "small", "big", "little", "tiny", "huge", "giant", "massive", "enormous", "tall", "short", "long",
-    "wide", "narrow", "thin", "thick", "fat", "skinny", "round", "square", "oval", "circular", "triangular",
-    "rectangular", "flat", "deep", "high", "low", "medium", "miniature", "mini", "oversized",
-    # age, state, quality
-    "young", "old", "elderly", "new", "older", "ancient", "modern", "vintage", "antique", "rustic", "retro",
-    "beautiful", "pretty", "cute", "adorable", "handsome", "happy", "sad", "angry", "busy", "empty", "full",
-    "clean", "dirty", "wet", "dry", "open", "closed", "hot", "cold", "warm", "cool", "fresh", "frozen",
-    "delicious", "tasty", "healthy", "lush", "grassy", "sandy", "snowy", "rocky", "foggy", "rainy", "dusty",
-    "muddy", "fluffy", "furry", "fuzzy", "hairy", "curly", "wooden", "metal", "metallic", "plastic", "leather",
-    "ornate", "fancy", "cluttered", "messy", "tidy", "crowded", "cozy", "nice", "good", "great", "fine",
-    "assorted", "different", "same", "other", "double", "triple", "wild", "domestic", "professional", "male",
-    "female", "asian", "african", "indian", "italian", "chinese", "japanese", "mexican", "french", "british",
-    "american", "european", "electric", "electronic", "digital", "public", "private", "commercial", "military",
-    "giant", "lone", "lonely", "ugly", "lovely", "friendly", "silly", "early", "late", "daily", "empty", "quiet",
-    "calm", "heavy", "soft", "hard", "sharp", "smooth", "rough", "huge", "main", "whole", "half", "extra",
-    "real", "fake", "toy", "homemade", "various", "vibrant", "vivid", "sleek", "shallow", "steep", "strange",
-    "funny", "decorative", "stainless", "outdoor", "indoor", "first", "second", "third", "last", "next", "front",
-    "rear", "upper", "lower", "left", "right", "top", "central", "middle", "several", "numerous", "close",
-    # patterns and textures (also the shapes world's)
-    "striped", "stripy", "dotted", "spotted", "checkered", "checked", "plaid", "polka", "solid", "plain",
-    "patterned", "hollow", "filled", "outlined", "dashed", "shaded", "textured", "floral", "gradient", "glossy",
-    "matte", "stuffed", "frosted", "sliced", "grilled", "fried", "baked", "roasted", "cooked", "chopped",
-    "decorated", "painted", "framed", "lit",
-    # predicative "a-" adjectives
-    "asleep", "awake", "alone", "afloat", "ablaze", "adrift", "alive", "aloft", "ashore", "askew", "apart"}
-
-# Words that are adjectives before a noun but nouns after one ("a light switch" / "a traffic light").
-NOUN_AFTER_NOUN = {"light", "square", "gold", "silver", "metal", "plastic", "leather", "toy", "top", "front",
-                   "back", "orange", "navy", "double", "giant", "half", "mini", "solid", "flat", "high",
-                   "left", "right", "rear", "middle", "second", "extra", "fake", "close", "plain", "main"}
-
-# Nouns that end like participles.
-ING_NOUNS = {"thing", "king", "ring", "wing", "string", "swing", "spring", "ceiling", "building", "clothing",
-             "painting", "drawing", "wedding", "morning", "evening", "railing", "awning", "icing", "frosting",
-             "pudding", "dumpling", "earring", "sibling", "stuffing", "filling", "topping", "crossing", "sting",
-             "offspring", "sling", "duckling", "seedling", "lightning", "housing", "siding", "landing", "opening",
-             "setting", "clearing", "carving", "bedding", "dressing", "seasoning", "sign", "ping", "bling"}
-ED_NOUNS = {"bed", "shed", "sled", "seed", "weed", "feed", "speed", "steed", "breed", "tweed", "reed", "red",
-            "need", "flatbed", "seabed", "sunbed", "hundred", "creed"}
-IRREGULAR_PARTICIPLES = {"made", "built", "hung", "held", "worn", "sat", "laid", "left", "shown", "seen",
-                         "taken", "given", "done", "spread", "stuck", "caught", "drawn", "written", "broken",
-                         "fallen", "grown", "known", "ridden", "driven", "thrown", "flown", "eaten", "hidden",
-                         "shaken", "stolen", "woven", "bound", "found", "bent", "kept", "set", "put", "cut",
-                         "split", "shot", "stood", "ran", "sold", "told", "brought", "bought", "taught", "led"}
-
-# Verbs common in captions; their 3rd-person forms end a subject ("a cat sits on ...").
-VERBS = {
-    "sit", "stand", "hold", "ride", "walk", "run", "lay", "lie", "play", "eat", "look", "fly", "wear", "carry",
-    "pose", "hang", "rest", "park", "watch", "wait", "cross", "climb", "jump", "swing", "throw", "catch", "kick",
-    "hit", "swim", "surf", "ski", "skate", "drive", "talk", "read", "write", "cut", "cook", "prepare", "pull",
-    "push", "fill", "cover", "contain", "show", "feature", "display", "sleep", "smile", "laugh", "drink", "chew",
-    "graze", "float", "sail", "travel", "move", "go", "come", "lean", "perch", "reach", "point", "stare", "take",
-    "make", "use", "help", "feed", "pet", "hug", "kiss", "brush", "open", "close", "stack", "line", "grow",
-    "bloom", "shine", "sing", "dance", "fish", "roll", "serve", "sell", "set", "sets", "head", "wash", "dry",
-    "bite", "lick", "nibble", "sniff", "peek", "hide", "crawl", "fall", "drop", "pour", "slice", "check", "cuddle",
-    "stretch", "rise", "sink", "overlook", "face", "touch", "grab", "kneel", "tower", "loom", "stroll", "race",
-    "pass", "pedal", "paddle", "wade", "lounge", "relax", "prepare", "appear", "seem", "remain", "get", "give",
-    "have", "hold", "keep", "pose", "practice", "enjoy", "wander", "roam", "march", "fight", "play", "work",
-    "blow", "splash", "glide", "soar", "dive", "hover", "land", "take", "hang", "sip", "munch", "gaze", "admire"}
-
 
 def _verb_s_base(word: str) -> str | None:
     """The base form when ``word`` is a 3rd-person form of a known verb (sits, watches, flies)."""
@@ -125,25 +39,6 @@ def _verb_s_base(word: str) -> str | None:
             return word[: -len(suffix)] + replacement
     return None
 
-
-IRREGULAR_PLURALS = {"people", "men", "women", "children", "feet", "teeth", "mice", "geese", "police", "cattle"}
-
-# A noun like these followed by "of" hands the subject to its complement.
-PARTITIVE_NOUNS = {
-    "group", "groups", "couple", "pair", "bunch", "bunches", "herd", "flock", "crowd", "set", "pile", "piles",
-    "stack", "stacks", "plate", "plates", "bowl", "bowls", "cup", "cups", "glass", "glasses", "mug", "slice",
-    "slices", "piece", "pieces", "box", "boxes", "bottle", "bottles", "basket", "tray", "row", "rows", "line",
-    "lot", "lots", "number", "variety", "collection", "bundle", "bouquet", "bag", "bags", "jar", "pack", "team",
-    "family", "display", "close up", "closeup", "close-up", "picture", "pictures", "photo", "photos",
-    "photograph", "image", "view", "shot", "drawing", "painting", "sketch", "illustration", "selfie", "cartoon",
-    "handful", "loaf", "sheet", "pot", "pan", "carton", "can", "bucket", "dozen", "kind", "type", "sort",
-    "assortment", "array", "swarm", "school", "pod", "pride", "troop", "gaggle", "litter", "field", "mountain",
-    "heap", "cluster", "series", "bunch", "platter", "dish", "serving", "portion", "bite", "sandwich-board",
-    "table", "shelf", "rack", "fleet", "parade", "line-up", "lineup", "close", "side", "top", "front", "bottom",
-    "back", "end", "edge", "corner", "middle", "part", "half", "pile", "load", "truckload",
-    "bowlful", "spoonful", "herds", "flocks", "pairs", "sets", "teams", "wall", "window", "map", "statue",
-    "model", "poster", "screenshot", "rendering", "render", "photography", "shelves", "box", "crate", "sack",
-    "vase", "pitcher", "bouquets", "plateful", "cartoon", "print", "silhouette", "reflection"}
 
 # Openings that say nothing about the image (BLIP-large often starts with them).
 FILLER_OPENINGS = (("there", "is"), ("there", "are"), ("this", "is"), ("it", "is"), ("here", "is"),
@@ -208,9 +103,6 @@ def _rule_tag(w: str) -> str:
         return "VERB_S"
     return "NOUN"
 
-
-NOUNS_ENDING_LY = {"family", "butterfly", "dragonfly", "firefly", "belly", "lily", "jelly", "holly", "rally",
-                   "ally", "bully", "assembly", "supply", "italy", "july", "anomaly", "monopoly", "trolly"}
 
 SPACY_TAGS = {"DET": "DET", "NUM": "NUM", "ADJ": "ADJ", "ADV": "ADV", "NOUN": "NOUN", "PROPN": "NOUN",
               "ADP": "ADP", "CCONJ": "CONJ", "SCONJ": "REL", "AUX": "AUX", "PRON": "PRON", "PART": "ADP",
@@ -442,8 +334,6 @@ class OfficialFTI4CIRSplitter:
 
 def load_official_spacy():
     """spaCy's ``en_core_web_sm``, loaded whole as FTI4CIR's caption script loads it; one line when missing."""
-    from zscir.errors import ZscirError
-
     try:
         import spacy
     except ImportError:
@@ -463,8 +353,6 @@ SPLITTERS = ("auto", "rules", "spacy", "fti4cir-official")
 def get_splitter(backend: str = "auto"):
     """``"rules"``, ``"spacy"`` (an installed English pipeline), ``"auto"`` (spaCy if available), or
     ``"fti4cir-official"`` (FTI4CIR's own first-noun split, needs spaCy's en_core_web_sm)."""
-    from zscir.errors import ZscirError
-
     if backend not in SPLITTERS:
         raise ZscirError(f"splitter {backend!r}: expected 'auto', 'rules' or 'spacy' (or 'fti4cir-official', "
                          f"FTI4CIR's own split)")

@@ -32,7 +32,6 @@ see :meth:`FeatureStore.for_backbone`) and, per image, by the key of
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -54,6 +53,7 @@ from zscir.features.shards import DTYPE, RowView, open_array, read_rows, save_np
 from zscir.features.sources import as_sources, default_workers
 from zscir.utils.atomic import atomic_write_json
 from zscir.utils.hashing import sha256_file
+from zscir.utils.locks import file_lock
 
 FORMAT = "zscir-features"
 FORMAT_VERSION = 1
@@ -255,16 +255,9 @@ class FeatureStore:
     @contextlib.contextmanager
     def _locked(self):
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                _stderr(f"waiting for another update of {self.root} to finish ...")
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        wait = f"waiting for another update of {self.root} to finish ..."
+        with file_lock(self.root / ".lock", on_wait=lambda: _stderr(wait)):
+            yield
 
     # ---------------------------------------------------------------- reading
     def _live_rows(self, manifest: dict[str, Any]) -> list[tuple[int, int, str, str]]:

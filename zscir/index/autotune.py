@@ -13,7 +13,8 @@ SQ8 (``d`` bytes) is built on request (``--kind ivf-sq8``). The budget counts wh
 takes when fully paged in (codes + ids + centroids); the fp16 vectors used for re-ranking
 stay on disk, memory-mapped, and only the candidates' rows are read. HNSW is never
 chosen here: its recall on composed queries must be measured (``--kind hnsw`` does).
-The search knob is tuned afterwards by measured recall (search_index.tune).
+The code sizes are the kinds' own (zscir.index.kinds); the search knob is tuned afterwards
+by measured recall (search_index.tune).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ import math
 import re
 
 from zscir.errors import ZscirError
+from zscir.index.ivf import ivf_nlist
+from zscir.index.kinds import AUTO, EXACT, KINDS, fastscan_bytes, fastscan_m, pq_sizes  # noqa: F401 (re-exported)
 
+EXACT_MAX = 50_000          # "auto" uses exact search up to this many images
 DEFAULT_MAX_MEMORY = 16 * 10 ** 9
 _UNITS = {"": 1, "B": 1, "K": 10 ** 3, "KB": 10 ** 3, "M": 10 ** 6, "MB": 10 ** 6, "G": 10 ** 9, "GB": 10 ** 9,
           "T": 10 ** 12, "TB": 10 ** 12, "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30, "TIB": 2 ** 40}
@@ -46,43 +50,26 @@ def ivf_bytes(n: int, d: int, nlist: int, code_bytes: int) -> int:
     return n * (code_bytes + 8) + nlist * d * 4
 
 
-def pq_sizes(d: int) -> list[int]:
-    """PQ code sizes (bytes = sub-quantisers of 8 bits) that divide ``d``, largest first, at least 8."""
-    return [m for m in (d // 2, d // 4, d // 8, d // 16, d // 32, d // 64) if m >= 8 and d % m == 0]
+def plan(n: int, d: int, exact_max: int = EXACT_MAX, max_memory: int | None = None, kind: str | None = None) -> dict:
+    """The kind and construction parameters for ``n`` vectors of width ``d`` (``kind`` forces one).
 
-
-def fastscan_m(d: int) -> int:
-    """Sub-quantisers of the 4-bit fast-scan PQ: two dimensions each, one each where ``d`` is odd."""
-    return d // 2 if d % 2 == 0 else d
-
-
-def fastscan_bytes(d: int) -> int:
-    """Code bytes per vector of the fast-scan PQ (two 4-bit codes a byte)."""
-    return (fastscan_m(d) + 1) // 2
-
-
-def plan(n: int, d: int, exact_max: int = 50_000, max_memory: int | None = None, kind: str | None = None) -> dict:
-    """The kind and construction parameters for ``n`` vectors of width ``d`` (``kind`` forces one)."""
-    from zscir.index.search_index import ivf_nlist
-
+    A forced kind takes its largest codes that fit the budget, else its smallest; "auto" takes the first
+    codes that fit among :data:`zscir.index.kinds.AUTO`'s kinds (largest codes first), else refuses."""
     budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
     nlist = ivf_nlist(n)
     if kind is None and n <= exact_max:
-        kind = "flat"
-    if kind in ("flat", "hnsw"):
+        kind = EXACT
+    if kind is not None and KINDS[kind].codes is None:
         return {"kind": kind}
     memory = {"max_index_memory": budget}
-    fixed = {"ivf-sq8": d, "ivf": 4 * d, "ivf-pqfs": fastscan_bytes(d)}       # code bytes of the kinds with one size
-    if kind in fixed or (kind is None and ivf_bytes(n, d, nlist, fixed["ivf-pqfs"]) <= budget):
-        kind = kind or "ivf-pqfs"
-        code = fixed[kind]
-        return {"kind": kind, "nlist": nlist, **({"m": fastscan_m(d)} if kind == "ivf-pqfs" else {}),
-                "memory": {**memory, "index_bytes": ivf_bytes(n, d, nlist, code), "bytes_per_vector": code + 8}}
-    for m in (m for m in pq_sizes(d) if kind == "ivf-pq" or m < fixed["ivf-pqfs"]):
-        need = ivf_bytes(n, d, nlist, m)
-        if need <= budget or (kind == "ivf-pq" and m == pq_sizes(d)[-1]):
-            return {"kind": "ivf-pq", "nlist": nlist, "m": m,
-                    "memory": {**memory, "index_bytes": need, "bytes_per_vector": m + 8}}
-    smallest = ivf_bytes(n, d, nlist, pq_sizes(d)[-1]) if pq_sizes(d) else ivf_bytes(n, d, nlist, d)
+    options = ([(kind, params, code) for params, code in KINDS[kind].codes(d)] if kind is not None else
+               [(name, params, code) for name in AUTO for params, code in KINDS[name].codes(d)])
+    for i, (name, params, code) in enumerate(options):
+        need = ivf_bytes(n, d, nlist, code)
+        if need <= budget or (kind is not None and i == len(options) - 1):
+            return {"kind": name, "nlist": nlist, **params,
+                    "memory": {**memory, "index_bytes": need, "bytes_per_vector": code + 8}}
+    last_resort = KINDS[AUTO[-1]].codes(d)
+    smallest = ivf_bytes(n, d, nlist, last_resort[-1][1] if last_resort else d)
     raise ZscirError(f"--max-index-memory {budget / 1e9:.3g}GB cannot hold an index of {n:,} vectors of width {d} "
                      f"(the smallest, IVF{nlist} with PQ codes, takes {math.ceil(smallest / 1e9)}GB): raise it")

@@ -28,7 +28,6 @@ gallery size stays in the same range). New files get a new generation name and
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -49,6 +48,7 @@ from zscir.index import search_index
 from zscir.index.rows import StringColumn
 from zscir.utils.atomic import atomic_path, atomic_write_json
 from zscir.utils.hashing import sha256_file
+from zscir.utils.locks import file_lock
 
 FORMAT = "zscir-index"
 FORMAT_VERSION = 1
@@ -199,12 +199,8 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
 @contextlib.contextmanager
 def _build_lock(out: Path):
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(out.parent / f".{out.name}.lock"):
+        yield
 
 
 def _say(log, msg: str) -> None:

@@ -14,7 +14,8 @@ from typing import Sequence
 
 from PIL import Image
 
-from zscir.features.sources import safe_name
+from zscir.data.images import BadImageError, decode_image, to_rgb
+from zscir.features.sources import fs_name, safe_name
 from zscir.index.retriever import QueryResult
 from zscir.utils.atomic import atomic_write_text
 
@@ -42,9 +43,6 @@ def thumbnail_data_uri(source: str | os.PathLike | Image.Image | None, size: int
     A path is decoded by the project's one decoder (``zscir.data.images``), so the page shows
     what the model saw; a bytes-safe id path (``\\xNN`` escapes) is turned back into the file name.
     """
-    from zscir.data.images import BadImageError, decode_image, to_rgb
-    from zscir.features.sources import fs_name
-
     try:
         if isinstance(source, Image.Image):
             im = to_rgb(source).copy()

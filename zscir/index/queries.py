@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from zscir.errors import ZscirError
+from zscir.utils.jsonl import read_jsonl
 
 ImageInput = str | os.PathLike | Image.Image
 
@@ -65,13 +66,7 @@ def read_queries(path: str | os.PathLike) -> tuple[list[tuple[str, str]], list[d
     if not file.is_file():
         raise ZscirError(f"queries file {str(path)!r} does not exist (option --queries)")
     queries, skipped = [], []
-    for n, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ZscirError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+    for n, row in read_jsonl(path, invalid="not a JSON object ({msg})"):
         if not isinstance(row, dict) or "ref" not in row or "text" not in row:
             raise ZscirError(f"{path}:{n}: expected an object with \"ref\" and \"text\" fields")
         ref = Path(str(row["ref"]))

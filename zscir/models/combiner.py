@@ -17,7 +17,6 @@ a user's JSONL file. An editor's :meth:`record` goes into the checkpoint's metad
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Protocol
@@ -31,6 +30,7 @@ from zscir.errors import ZscirError
 from zscir.models import prompts
 from zscir.models.supervised import Combiner
 from zscir.utils.hashing import sha256_file
+from zscir.utils.jsonl import read_jsonl
 
 if TYPE_CHECKING:
     from zscir.world.spec import Scene
@@ -144,21 +144,15 @@ class FileCaptionEditor:
             raise ZscirError(f"{self.path}: no such caption-edit file (expected JSONL with fields "
                              f"{', '.join(self.FIELDS)})")
         self.rows: dict[str, list[EditTriple]] = {}
-        with open(self.path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    image, triple = self._parse(line, number)
-                    self.rows.setdefault(image, []).append(triple)
+        for number, row in read_jsonl(self.path):
+            image, triple = self._parse(row, number)
+            self.rows.setdefault(image, []).append(triple)
         if not self.rows:
             raise ZscirError(f"{self.path}: no caption edits in the file")
         self.sha256 = sha256_file(self.path)
 
-    def _parse(self, line: str, number: int) -> tuple[str, EditTriple]:
+    def _parse(self, row, number: int) -> tuple[str, EditTriple]:
         where = f"{self.path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ZscirError(f"{where}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise ZscirError(f"{where}: expected a JSON object with fields {', '.join(self.FIELDS)}")
         for name in self.FIELDS:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Callable
 
 from zscir.errors import ZscirError
-from zscir.text import sng
+import zscir.text.sng as sng
 from zscir.text.graph import ParsedText
 from zscir.text.rules import RuleParser
 

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from zscir.text import lexicon as lx
+import zscir.text.lexicon as lx
 from zscir.text.graph import Entity, ParsedText, Relation
 
 NUMBERED_ITEM = re.compile(r"(?:^|\s)\d{1,2}[.)](?=\s)")

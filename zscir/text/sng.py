@@ -10,7 +10,7 @@ graph; the supervised head only needs the entities.
 from __future__ import annotations
 
 from zscir.errors import ZscirError
-from zscir.text import lexicon as lx
+import zscir.text.lexicon as lx
 from zscir.text.graph import Entity, ParsedText, Relation
 
 ATTRIBUTE_DEPS = frozenset({"amod", "compound", "nummod", "acomp", "advmod"})

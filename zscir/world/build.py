@@ -21,7 +21,6 @@ killed build resumes where it stopped) and renamed to ``OUT`` when complete.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import multiprocessing
 import os
@@ -38,6 +37,8 @@ from tqdm import tqdm
 from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_write_json, atomic_write_text
 from zscir.utils.hashing import sha256_bytes
+from zscir.utils.jsonl import read_jsonl
+from zscir.utils.locks import file_lock
 from zscir.world.captions import random_caption
 from zscir.world.matching import GalleryIndex
 from zscir.world.render import DEFAULT_IMAGE_SIZE, png_bytes, render_image
@@ -345,8 +346,7 @@ def default_world(seed: int = 0, progress: bool = True, log: Optional[Callable[[
     if is_complete(out, config):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two processes asking at once: one builds, the other waits
+    with file_lock(out.parent / f".{out.name}.lock"):  # two processes asking at once: one builds, the other waits
         if not is_complete(out, config):
             say = log or (lambda msg: print(msg, flush=True))
             say(f"building the default shapes world into {out} (first use; reused afterwards)")
@@ -360,8 +360,6 @@ def read_scenes(world: str | os.PathLike) -> dict[int, dict]:
     if not path.is_file():
         raise ZscirError(f"shapes world {world}: expected {path}")
     rows = {}
-    with open(path) as f:
-        for line in f:
-            row = json.loads(line)
-            rows[int(row["id"])] = row
+    for _, row in read_jsonl(path):
+        rows[int(row["id"])] = row
     return rows
