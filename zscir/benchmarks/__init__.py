@@ -2,58 +2,60 @@
 
     from zscir.benchmarks import get_benchmark, load_splits
     splits = load_splits("cirr", root, "val")     # -> [EvalSplit]
+
+An entry is a :class:`BenchmarkSpec` or the import path of one (``"module:ATTRIBUTE"``): a plugin above this
+layer (the shapes world) is named so and imported on first use, so that nothing here imports it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
 from pathlib import Path
-from typing import Callable
 
-from zscir.benchmarks import circo, cirr, fashioniq, fine, shapes
-from zscir.benchmarks.base import KINDS, BenchmarkDefaults, EvalSplit, Query
+from zscir.benchmarks import circo, cirr, fashioniq, fine
+from zscir.benchmarks.base import KINDS, BenchmarkDefaults, BenchmarkSpec, EvalSplit, Query
 from zscir.errors import ZscirError
 
-
-@dataclass(frozen=True)
-class BenchmarkSpec:
-    name: str
-    title: str
-    load: Callable[..., list[EvalSplit]]
-    splits: tuple[str, ...]            # splits the official layout has
-    default_splits: tuple[str, ...]    # what `zscir eval NAME` runs without --split
-    remove_reference: bool             # protocol default: drop the reference from the ranking
-    options: tuple[str, ...] = ()      # loader keywords set from the protocol
-    default_root: Callable[[], Path] | None = None
-    root_hint: str = ""
-    defaults: BenchmarkDefaults = BenchmarkDefaults()   # own backbone, shipped models, oracle ceilings
-
-
-BENCHMARKS: dict[str, BenchmarkSpec] = {spec.name: spec for spec in [
-    BenchmarkSpec("circo", "CIRCO", circo.load, ("val", "test"), ("val",), remove_reference=False,
-                  root_hint="the CIRCO folder holding annotations/ and COCO2017_unlabeled/"),
-    BenchmarkSpec("cirr", "CIRR", cirr.load, ("val", "test1", "train"), ("val",), remove_reference=True,
-                  root_hint="the CIRR folder holding cirr/{captions,image_splits} (or captions/, image_splits/) and dev/, test1/"),
-    BenchmarkSpec("fashioniq", "FashionIQ", fashioniq.load, ("val", "test", "train"), ("val",),
+BENCHMARKS: dict[str, BenchmarkSpec | str] = {spec.name: spec for spec in [
+    BenchmarkSpec("circo", "CIRCO", "circo", circo.load, ("val", "test"), ("val",), remove_reference=False,
+                  root_hint="the CIRCO folder holding annotations/ and COCO2017_unlabeled/",
+                  gallery_definition="all images of the split's image list (COCO 2017 unlabeled, 123,403 for val "
+                                     "and test)"),
+    BenchmarkSpec("cirr", "CIRR", "cirr", cirr.load, ("val", "test1", "train"), ("val",), remove_reference=True,
+                  root_hint="the CIRR folder holding cirr/{captions,image_splits} (or captions/, image_splits/) and dev/, test1/",
+                  gallery_definition="the split's image_splits/split.rc2.{split}.json, every image (the reference "
+                                     "included unless removed)"),
+    BenchmarkSpec("fashioniq", "FashionIQ", "fashioniq", fashioniq.load, ("val", "test", "train"), ("val",),
                   remove_reference=False, options=("categories",),
-                  root_hint="the FashionIQ folder holding captions/, image_splits/ and images/"),
-    BenchmarkSpec("fine-fashioniq", "Fine-FashionIQ", fine.load_fashioniq, ("val", "train"), ("val",),
+                  root_hint="the FashionIQ folder holding captions/, image_splits/ and images/",
+                  protocol_choices=("fiq_captions",),
+                  gallery_definition="the category's image_splits/split.{category}.{split}.json"),
+    BenchmarkSpec("fine-fashioniq", "Fine-FashionIQ", "fashioniq", fine.load_fashioniq, ("val", "train"), ("val",),
                   remove_reference=True, options=("categories", "gallery"),
-                  root_hint="the FashionIQ folder with FineCIR's fiq.fine.*.jsonl in captions/"),
-    BenchmarkSpec("fine-cirr", "Fine-CIRR", fine.load_cirr, ("val", "train"), ("val",), remove_reference=True,
-                  root_hint="the CIRR folder with FineCIR's cirr.fine.*.jsonl in captions/"),
-    BenchmarkSpec("shapes", "shapes world", shapes.load,
-                  shapes.FINE_SPLITS + shapes.COARSE_SPLITS + shapes.MULTITURN_SPLITS,
-                  ("val", "val_coarse"), remove_reference=False, default_root=shapes.default_root,
-                  defaults=shapes.DEFAULTS),
+                  root_hint="the FashionIQ folder with FineCIR's fiq.fine.*.jsonl in captions/",
+                  protocol_choices=("fine_gallery",),
+                  gallery_definition="fine: the images of the queries (candidate then target, first appearance); "
+                                     "split: the category's image split"),
+    BenchmarkSpec("fine-cirr", "Fine-CIRR", "cirr", fine.load_cirr, ("val", "train"), ("val",), remove_reference=True,
+                  root_hint="the CIRR folder with FineCIR's cirr.fine.*.jsonl in captions/",
+                  gallery_definition="CIRR's image_splits/split.rc2.{split}.json"),
 ]}
+BENCHMARKS["shapes"] = "zscir.world.benchmark:SPEC"   # the shapes world, a plugin (zscir.world)
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:
     try:
-        return BENCHMARKS[name]
+        entry = BENCHMARKS[name]
     except KeyError:
         raise ZscirError(f"unknown benchmark {name!r}: expected one of {', '.join(BENCHMARKS)}") from None
+    if isinstance(entry, str):
+        module, _, attribute = entry.partition(":")
+        try:
+            plugin = importlib.import_module(module)
+        except ImportError as e:
+            raise ZscirError(f"benchmark {name!r} is not available in this installation ({e})") from None
+        entry = BENCHMARKS[name] = getattr(plugin, attribute)
+    return entry
 
 
 def resolve_root(spec: BenchmarkSpec, root: str | Path | None) -> Path:

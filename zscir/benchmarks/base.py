@@ -41,6 +41,25 @@ class BenchmarkDefaults:
 
 
 @dataclass(frozen=True)
+class BenchmarkSpec:
+    """One benchmark of the registry (:data:`zscir.benchmarks.BENCHMARKS`): how to load it and its protocol."""
+
+    name: str
+    title: str
+    family: str                        # metric family of its splits, one of KINDS (zscir.evaluation.families)
+    load: Callable[..., list["EvalSplit"]]
+    splits: tuple[str, ...]            # splits the official layout has
+    default_splits: tuple[str, ...]    # what `zscir eval NAME` runs without --split
+    remove_reference: bool             # protocol default: drop the reference from the ranking
+    options: tuple[str, ...] = ()      # loader keywords set from the protocol
+    default_root: Callable[[], Path] | None = None
+    root_hint: str = ""
+    defaults: BenchmarkDefaults = BenchmarkDefaults()   # own backbone, shipped models, oracle ceilings
+    protocol_choices: tuple[str, ...] = ()   # protocol options that apply to it, recorded with its results
+    gallery_definition: str = ""       # what its splits rank against, recorded with each gallery's size
+
+
+@dataclass(frozen=True)
 class Query:
     """One composed query.
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zscir.benchmarks import cirr, fashioniq
+import zscir.benchmarks.cirr as cirr
+import zscir.benchmarks.fashioniq as fashioniq
 from zscir.benchmarks.base import EvalSplit, Query, field_of, read_jsonl
 from zscir.errors import ZscirError
 

@@ -7,9 +7,11 @@ import sys
 
 import click
 
+from zscir.backbone.options import check_device, resolve_pretrained
 from zscir.benchmarks import BENCHMARKS
-from zscir.evaluation.protocol import FIQ_CAPTION_MODES, PREPROCESS_CHOICES, Protocol
 from zscir.benchmarks.fine import FINE_GALLERIES
+from zscir.evaluation import report
+from zscir.evaluation.protocol import FIQ_CAPTION_MODES, PREPROCESS_CHOICES, Protocol
 from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 
 
@@ -45,8 +47,7 @@ from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 def eval_command(benchmark, root, models, clip, pretrained, splits, categories, out_dir, as_json, fiq_captions,
                  remove_reference, fine_gallery, preprocess, cache_dir, device, batch_size, no_progress, no_oracles):
     """Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir."""
-    from zscir.backbone.options import check_device, resolve_pretrained
-    from zscir.evaluation import report
+    # deferred: the runner loads torch (through the models it evaluates); `zscir eval --help` must not
     from zscir.evaluation.run import EvalRequest, evaluate
 
     pretrained, device = resolve_pretrained(clip, pretrained), check_device(device)  # --pretrained none: random

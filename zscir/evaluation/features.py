@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from zscir.backbone import ImageFeatures
+import zscir.backbone as backbone_layer   # its names load torch on first use (PEP 562)
 from zscir.benchmarks.base import EvalSplit
 from zscir.features import FeatureStore, RowView
 from zscir.utils.paths import cache_dir
@@ -69,7 +68,9 @@ class GalleryFeatures:
     pooled: np.ndarray           # fp16 [n, D] projected, not normalised
     ids: list[str]
 
-    def normalized(self, device="cpu") -> torch.Tensor:
+    def normalized(self, device="cpu"):
+        import torch  # deferred: heavy, and `zscir eval --help` needs none of it
+
         x = torch.from_numpy(np.asarray(self.pooled, dtype=np.float32)).to(device)
         return torch.nn.functional.normalize(x, dim=-1)
 
@@ -80,13 +81,16 @@ class ReferenceFeatures:
     pooled: np.ndarray           # fp16 [n, D]
     tokens: RowView | None
 
-    def get(self, ids: list[str]) -> ImageFeatures:
+    def get(self, ids: list[str]):
+        """The references' :class:`~zscir.backbone.ImageFeatures` (fp32), in the order of ``ids``."""
+        import torch  # deferred: heavy, and `zscir eval --help` needs none of it
+
         rows = np.array([self.row_of[i] for i in ids], dtype=np.int64)
         pooled = torch.from_numpy(np.asarray(self.pooled[rows], dtype=np.float32))
         tokens = None
         if self.tokens is not None:
             tokens = torch.from_numpy(np.asarray(self.tokens[rows], dtype=np.float32))
-        return ImageFeatures(pooled, tokens)
+        return backbone_layer.ImageFeatures(pooled, tokens)
 
 
 def _store(cache_root: Path, key: str, backbone) -> FeatureStore:

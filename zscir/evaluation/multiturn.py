@@ -20,6 +20,8 @@ from zscir.benchmarks.base import EvalSplit, Query
 from zscir.evaluation import metrics
 from zscir.evaluation.features import CacheReport, GalleryFeatures, reference_features
 from zscir.evaluation.protocol import Protocol
+from zscir.evaluation.ranking import encode_queries, rank_split
+from zscir.index.refine import refine_turns
 
 TURN_METRICS = ("mAP@10", "R@10")
 MODES = ("true_previous", "closed_loop")
@@ -49,9 +51,6 @@ def sessions(split: EvalSplit) -> list[list[int]]:
 def closed_loop_ranking(qe, split: EvalSplit, gallery: GalleryFeatures, protocol: Protocol, cache_root: Path,
                         batch_size: int = 64, progress: bool = True) -> np.ndarray:
     """[Q, top_k] rankings where each turn after the first starts from the previous turn's top-1."""
-    from zscir.evaluation.run import encode_queries, rank_split
-    from zscir.index.refine import refine_turns
-
     # any gallery image may become a reference: features (and tokens, if the model reads them) for all
     every = replace(split, queries=[Query(f"g{n}", g, ("",)) for n, g in enumerate(gallery.ids)])
     refs = reference_features(qe.backbone, every, gallery, qe.needs_tokens, cache_root, CacheReport(), batch_size,

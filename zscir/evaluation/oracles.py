@@ -6,7 +6,8 @@ and oracle ("the target's own caption", ...). Each is encoded by the backbone's
 text tower alone and ranked against the same gallery features with the same
 protocol as the models. Results go to ``results["oracles"]`` (each entry has
 ``"oracle": true``), never to ``results["models"]``; the tables print them as
-``[oracle] NAME`` rows and give every row's share of the caption oracle.
+``[oracle] NAME`` rows and give every row's share of the caption oracle
+(:func:`zscir.evaluation.report.share_of_caption_oracle`).
 """
 
 from __future__ import annotations
@@ -14,21 +15,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from zscir.benchmarks import BenchmarkSpec
-from zscir.benchmarks.base import EvalSplit
+from zscir.benchmarks.base import BenchmarkSpec, EvalSplit
 from zscir.evaluation.features import CacheReport, gallery_features
 from zscir.evaluation.protocol import Protocol
+from zscir.evaluation.ranking import rank_split
 from zscir.evaluation.scoring import score_split
+from zscir.models.prompts import clean_text
 
-SHARE_OF = "caption"     # the oracle every row is compared with
-SHARE_METRIC = "mAP@10"
-
-
-def encode_texts(backbone, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-    from zscir.models.prompts import clean_text
+def encode_texts(backbone, texts: list[str], batch_size: int = 256):
+    """[N, D] normalised text features (a torch tensor) of the backbone's text tower."""
+    import torch  # deferred: heavy, and `zscir eval --help` needs none of it
+    import torch.nn.functional as F
 
     parts = [backbone.encode_text([clean_text(t) for t in texts[i:i + batch_size]]).float().cpu()
              for i in range(0, len(texts), batch_size)]
@@ -38,8 +36,6 @@ def encode_texts(backbone, texts: list[str], batch_size: int = 256) -> torch.Ten
 def evaluate_oracles(spec: BenchmarkSpec, root: Path, splits: list[EvalSplit], backbone, protocol: Protocol,
                      cache_root: Path, batch_size: int = 64, progress: bool = True) -> list[dict]:
     """One entry per oracle: {"name", "oracle": True, "description", "splits": {split: {metrics, ...}}}."""
-    from zscir.evaluation.run import rank_split
-
     make = spec.defaults.oracles
     if make is None or backbone is None:
         return []
@@ -59,13 +55,3 @@ def evaluate_oracles(spec: BenchmarkSpec, root: Path, splits: list[EvalSplit], b
                                            "gallery": len(split.gallery), "metrics": score_split(split, ranked, subset),
                                            "example_text": texts[0] if texts else ""}
     return list(entries.values())
-
-
-def share_of_caption_oracle(results: dict, split: str, metrics: dict | None) -> float | None:
-    """``metrics[SHARE_METRIC]`` as a fraction of the caption oracle's on ``split`` (None without one)."""
-    for o in results.get("oracles") or []:
-        if o["kind"] == SHARE_OF and split in o["splits"]:
-            ceiling = (o["splits"][split]["metrics"] or {}).get(SHARE_METRIC)
-            if ceiling and metrics and SHARE_METRIC in metrics:
-                return metrics[SHARE_METRIC] / ceiling
-    return None

@@ -1,12 +1,18 @@
 """Evaluation results as tables: plain text for the terminal, Markdown for the run directory.
 
-One table per split (FashionIQ: one per split, a column pair per category plus
-the category means), a row per model.
+One table per split (families that split by category, FashionIQ: one per split,
+a column pair per category plus the category means), a row per model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from zscir.evaluation.families import FAMILIES
+
+
+SHARE_OF = "caption"     # the oracle every row is compared with
+SHARE_METRIC = "mAP@10"
 
 
 @dataclass
@@ -14,6 +20,16 @@ class Table:
     title: str
     columns: list[str]
     rows: list[list[str]]
+
+
+def share_of_caption_oracle(results: dict, split: str, metrics: dict | None) -> float | None:
+    """``metrics[SHARE_METRIC]`` as a fraction of the caption oracle's on ``split`` (None without one)."""
+    for o in results.get("oracles") or []:
+        if o["kind"] == SHARE_OF and split in o["splits"]:
+            ceiling = (o["splits"][split]["metrics"] or {}).get(SHARE_METRIC)
+            if ceiling and metrics and SHARE_METRIC in metrics:
+                return metrics[SHARE_METRIC] / ceiling
+    return None
 
 
 def _fmt(x) -> str:
@@ -27,6 +43,12 @@ def _split_info(results: dict, split: str) -> dict:
     return {}
 
 
+def _category_mean(info: dict) -> bool:
+    """Whether the split's family averages its categories (its splits get one table per category group)."""
+    family = FAMILIES.get(info.get("kind"))
+    return family is not None and family.category_mean is not None
+
+
 def tables(results: dict) -> list[Table]:
     out: list[Table] = []
     done: set[str] = set()
@@ -34,11 +56,11 @@ def tables(results: dict) -> list[Table]:
         if split in done:
             continue
         info = _split_info(results, split)
-        if info.get("kind") == "fashioniq" and info.get("category") and info.get("metrics"):
+        if _category_mean(info) and info.get("category") and info.get("metrics"):
             group = split.replace(f"/{info['category']}/", "/")
             members = [s for s in results["splits"] if s.replace(f"/{_split_info(results, s).get('category')}/", "/") == group]
             done.update(members)
-            out.append(_fashioniq_table(results, group, members))
+            out.append(_category_table(results, group, members))
             continue
         done.add(split)
         out.append(_split_table(results, split, info))
@@ -75,8 +97,6 @@ def _split_table(results: dict, split: str, info: dict) -> Table:
     if not oracles:
         return Table(title, ["model"] + cols, rows)
     # ceilings: rows marked [oracle], and every row's share of the caption oracle
-    from zscir.evaluation.oracles import SHARE_METRIC, SHARE_OF, share_of_caption_oracle
-
     rows += [[o["name"]] + [_fmt(o["splits"][split]["metrics"][c]) for c in cols] for o in oracles]
     shares = [share_of_caption_oracle(results, split, e["splits"][split]["metrics"])
               for e in results["models"] + oracles]
@@ -84,7 +104,7 @@ def _split_table(results: dict, split: str, info: dict) -> Table:
     return Table(title, ["model"] + cols + [f"{SHARE_METRIC} / {SHARE_OF} oracle"], rows)
 
 
-def _fashioniq_table(results: dict, group: str, members: list[str]) -> Table:
+def _category_table(results: dict, group: str, members: list[str]) -> Table:
     cats = [_split_info(results, s)["category"] for s in members]
     keys = list(_split_info(results, members[0])["metrics"])
     cols = [f"{c} {k}" for c in cats for k in keys]

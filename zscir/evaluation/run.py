@@ -20,9 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from zscir import __version__
@@ -30,16 +27,17 @@ from zscir.benchmarks import BenchmarkSpec, get_benchmark, load_splits, resolve_
 from zscir.benchmarks.base import EvalSplit
 from zscir.errors import ZscirError
 from zscir.evaluation import report
-from zscir.evaluation.features import (CacheReport, GalleryFeatures, ReferenceFeatures, default_cache_root,
-                                       gallery_features, reference_features)
-from zscir.evaluation.metrics import fashioniq_average, stable_topk, subset_ranking
+from zscir.evaluation.families import get_family
+from zscir.evaluation.features import CacheReport, default_cache_root, gallery_features, reference_features
+from zscir.evaluation.multiturn import evaluate_multiturn
+from zscir.evaluation.oracles import evaluate_oracles
 from zscir.evaluation.protocol import Protocol
+from zscir.evaluation.ranking import RANK_CHUNK, encode_queries, rank_split
 from zscir.evaluation.scoring import score_split
-from zscir.evaluation.submission import SUBSET_K, check_payloads, ranking_payloads, write_rankings
+from zscir.evaluation.submission import check_payloads, ranking_payloads, write_rankings
 from zscir.utils.atomic import atomic_write_json, atomic_write_text
 
 BASELINES = ("image", "text", "sum")
-RANK_CHUNK = 256   # queries scored at once: 256 x 123k fp32 scores = 126 MB
 
 
 @dataclass
@@ -129,67 +127,6 @@ def load_query_encoder_for(model: str, backbone, protocol: Protocol):
 
 
 # ---------------------------------------------------------------- one split
-def encode_queries(qe, split: EvalSplit, refs: ReferenceFeatures, protocol: Protocol, batch_size: int,
-                   progress: bool) -> tuple[torch.Tensor, np.ndarray]:
-    """[Q, D] normalised query features and a mask of the queries that have them (reference readable)."""
-    valid = np.array([q.reference in refs.row_of for q in split.queries], dtype=bool)
-    todo = [q for q, ok in zip(split.queries, valid) if ok]
-    chunks = []
-    bar = tqdm(total=len(todo), unit="query", desc=f"queries {split.name}", disable=not progress,
-               dynamic_ncols=True, file=sys.stderr)
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        texts = [protocol.query_texts(split, q, getattr(qe, "fiq_captions", None)) for q in batch]
-        owner = torch.tensor([n for n, ts in enumerate(texts) for _ in ts])
-        flat_texts = [t for ts in texts for t in ts]
-        ref_ids = [batch[n].reference for n in owner.tolist()]
-        feats = qe.encode_queries(refs.get(ref_ids), flat_texts).float().cpu()
-        # several texts per query (FashionIQ's two caption orders): mean of normalised features, renormalised
-        summed = torch.zeros(len(batch), feats.shape[1]).index_add_(0, owner, feats)
-        chunks.append(F.normalize(summed, dim=-1))
-        bar.update(len(batch))
-    bar.close()
-    dim = chunks[0].shape[1] if chunks else 1
-    out = torch.zeros(len(split.queries), dim)
-    if chunks:
-        out[torch.from_numpy(valid)] = torch.cat(chunks)
-    return out, valid
-
-
-def rank_split(split: EvalSplit, queries: torch.Tensor, valid: np.ndarray, gallery: GalleryFeatures,
-               protocol: Protocol, top_k: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Top-k gallery indices per query (and CIRR's subset ranking), in the split's gallery index space.
-
-    Ranking runs over the gallery images that have features; ``gallery.positions``
-    is increasing, so ties are still broken by gallery order.
-    """
-    g = gallery.normalized()
-    reduced = np.full(len(split.gallery), -1, dtype=np.int64)
-    reduced[gallery.positions] = np.arange(len(gallery.positions))
-
-    def to_gallery(r: np.ndarray) -> np.ndarray:
-        return np.where(r >= 0, gallery.positions[np.maximum(r, 0)], -1)
-
-    exclude = np.full(len(split.queries), -1, dtype=np.int64)
-    if protocol.remove_reference:
-        exclude = np.array([reduced[split.gallery_index[q.reference]] if q.reference in split.gallery_index else -1
-                            for q in split.queries], dtype=np.int64)
-    ranked = np.full((len(split.queries), top_k), -1, dtype=np.int64)
-    subset = np.full((len(split.queries), SUBSET_K), -1, dtype=np.int64) if split.kind == "cirr" else None
-    rows = np.nonzero(valid)[0]
-    for start in range(0, len(rows), RANK_CHUNK):
-        idx = rows[start:start + RANK_CHUNK]
-        scores = (queries[torch.from_numpy(idx)] @ g.T).numpy()   # fp32 cosine similarities
-        ranked[idx] = to_gallery(stable_topk(scores, top_k, exclude[idx]))
-        if subset is not None:
-            members = [[reduced[split.gallery_index[m]] for m in split.queries[i].subset] for i in idx]
-            # CIRR's subset excludes the reference whatever the protocol says for the full ranking
-            ref = np.array([reduced[split.gallery_index[split.queries[i].reference]]
-                            if split.queries[i].reference in split.gallery_index else -1 for i in idx])
-            subset[idx] = to_gallery(subset_ranking(scores, members, ref, k=SUBSET_K))
-    return ranked, subset
-
-
 def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, cache_root: Path,
                    out_dir: Path, rankings_dir: Path) -> dict:
     bb = qe.backbone
@@ -209,8 +146,6 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
         metrics = score_split(split, ranked, subset)
     turns = None
     if "multiturn" in split.notes and metrics is not None:
-        from zscir.evaluation.multiturn import evaluate_multiturn
-
         with timer("closed loop"):
             turns = evaluate_multiturn(qe, split, ranked, gallery, protocol, cache_root, req.batch_size, req.progress)
     with timer("writing"):
@@ -235,13 +170,16 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
 
 
 def aggregates(split_results: list[dict]) -> dict[str, dict]:
-    """FashionIQ: the mean over categories of each split."""
+    """Families that split by category (FashionIQ): the family's mean over the categories of each split."""
     groups: dict[str, dict[str, dict]] = {}
+    means = {}
     for r in split_results:
-        if r["kind"] == "fashioniq" and r["category"] and r["metrics"]:
+        mean = get_family(r["kind"]).category_mean
+        if mean is not None and r["category"] and r["metrics"]:
             name = r["split"].replace(f"/{r['category']}/", "/")
             groups.setdefault(name, {})[r["category"]] = r["metrics"]
-    return {name: {"categories": list(per_cat), "metrics": fashioniq_average(per_cat)} for name, per_cat in groups.items()}
+            means[name] = mean
+    return {name: {"categories": list(per_cat), "metrics": means[name](per_cat)} for name, per_cat in groups.items()}
 
 
 # ---------------------------------------------------------------- the run
@@ -290,14 +228,10 @@ def evaluate(req: EvalRequest) -> dict:
             "seconds": round(time.perf_counter() - t_model, 3),
         })
     if req.oracles and spec.defaults.oracles is not None:
-        from zscir.evaluation.oracles import evaluate_oracles
-
         _say(f"oracle rows ({', '.join(spec.defaults.oracle_notes) or 'ceilings'}) on {', '.join(s.name for s in splits)}")
         results["oracles"] = evaluate_oracles(spec, root, splits, backbone, protocol, cache_root, req.batch_size,
                                               req.progress)
-    from zscir.evaluation.protocol import GALLERY_DEFINITIONS
-
-    galleries = {s.name: {"definition": GALLERY_DEFINITIONS.get(spec.name, s.gallery_name), "size": len(s.gallery),
+    galleries = {s.name: {"definition": spec.gallery_definition or s.gallery_name, "size": len(s.gallery),
                           "label": s.gallery_name} for s in splits}
     results["protocol"] = protocol.record(
         spec.name, sorted({m["preprocess"] for m in results["models"]}),

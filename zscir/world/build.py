@@ -39,8 +39,10 @@ from zscir.utils.atomic import atomic_write_json, atomic_write_text
 from zscir.utils.hashing import sha256_bytes
 from zscir.utils.jsonl import read_jsonl
 from zscir.utils.locks import file_lock
+from zscir.utils.paths import cache_dir
 from zscir.world.captions import random_caption
 from zscir.world.matching import GalleryIndex
+from zscir.world.multiturn import sample_sequence
 from zscir.world.render import DEFAULT_IMAGE_SIZE, png_bytes, render_image
 from zscir.world.spec import MAX_OBJECTS, Scene, sample_scene
 from zscir.world.triplets import Triplet, gallery_items, sample_triplet
@@ -171,8 +173,6 @@ def plan_unlabeled(config: WorldConfig, ids: IdCounter):
 
 def plan_multiturn(config: WorldConfig, ids: IdCounter):
     """Sequences of turns (one triplet each) and their gallery; turn k's reference is turn k-1's target image."""
-    from zscir.world.multiturn import sample_sequence
-
     rng = stream(config, "multiturn")
     sequences = [sample_sequence(rng, "eval", config.max_objects) for _ in range(config.num_multiturn)]
     items = []  # ((sequence, turn) or None, role, scene); turn 0's "target" is the starting scene
@@ -329,8 +329,6 @@ def generate_world(out: str | os.PathLike, config: WorldConfig = WorldConfig(), 
 
 
 def default_world_dir(seed: int = 0) -> Path:
-    from zscir.utils.paths import cache_dir
-
     return cache_dir() / "worlds" / f"shapes-v{GENERATOR_VERSION}-seed{seed}"
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 import click
 
 from zscir.errors import ZscirError
+from zscir.utils.atomic import atomic_write_json
+from zscir.utils.hashing import sha256_file
 from zscir.utils.options import FRACTION, NON_NEGATIVE_INT, OUTPUT_DIR, OUTPUT_FILE, POSITIVE_FLOAT, POSITIVE_INT
+from zscir.world.build import WorldConfig, default_world_dir, generate_world
 
 
 @click.group("world")
@@ -37,8 +40,6 @@ def world():
 def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size, max_objects, num_multiturn, tiny, workers,
              force, as_json):
     """Generate a shapes world in CIRCO's layout."""
-    from zscir.world.build import WorldConfig, default_world_dir, generate_world
-
     config = WorldConfig.tiny(seed) if tiny else WorldConfig(seed=seed)
     overrides = {"num_val": num_val, "num_test": num_test, "num_train": num_train, "num_unlabeled": num_unlabeled,
                  "image_size": image_size, "max_objects": max_objects, "num_multiturn": num_multiturn}
@@ -79,6 +80,7 @@ def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size,
 def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_size, lr, twin_fraction, text_lock_steps,
                            twin_kinds, text_negatives, init, eval_scenes, report):
     """Train the world's tiny CLIP on rendered scenes and their captions (2 CPU cores: ~40 minutes)."""
+    # deferred here and below: these load torch/open_clip; `zscir world --help` must not
     from zscir.world.train_backbone import TrainConfig, train_backbone
 
     given = {"model": model, "seed": seed, "num_scenes": num_scenes, "steps": steps, "batch_size": batch_size,
@@ -101,9 +103,6 @@ def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_s
         record["heldout"] = evaluate_backbone(load_backbone(cfg.model, str(out)), eval_scenes)
         record["eval_seconds"] = round(time.time() - start)
         click.echo(json.dumps(record["heldout"], indent=2))
-    from zscir.utils.atomic import atomic_write_json
-    from zscir.utils.hashing import sha256_file
-
     record["weights_sha256"] = sha256_file(out)
     atomic_write_json(report or Path(out).with_suffix(".json"), record)
 

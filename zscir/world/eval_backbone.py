@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from zscir.world.captions import describe
+from zscir.world.captions import canonical_caption, describe
 from zscir.world.render import render_array, render_rng
 from zscir.world.spec import ATTRIBUTES, BACKGROUNDS, Scene, choice, distinct, sample_scene
 
@@ -79,8 +79,6 @@ def recall_at(similarity: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
 def evaluate_backbone(backbone, num_scenes: int = 1000, seed: int = HELDOUT_SEED,
                       kinds: Sequence[str] = tuple(SENSITIVITY_KINDS)) -> dict:
     """Held-out text->image recall and attribute sensitivity (for ``kinds``) of ``backbone`` on the shapes world."""
-    from zscir.world.captions import canonical_caption
-
     size = backbone.image_size
     scenes = heldout_scenes(num_scenes, seed)
     arrays = [render_array(s, render_rng(seed, i), size) for i, s in enumerate(scenes)]

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from zscir.benchmarks.base import EvalSplit, read_json
-from zscir.benchmarks.shapes import ORACLE_NOTES
 from zscir.errors import ZscirError
+from zscir.world.build import read_scenes
 from zscir.world.captions import canonical_caption
 from zscir.world.edits import ATTRIBUTE_KINDS, apply_edits, concretize
 from zscir.world.spec import Scene
@@ -67,13 +67,18 @@ def inversion_text(reference_caption: str, text: str) -> str:
     return f"a photo of {reference_caption} but {text}"
 
 
-ORACLES = ORACLE_NOTES  # name -> what its text is
+# the oracle rows of `zscir eval shapes`, in table order: name -> what its text is
+ORACLE_NOTES = {
+    "caption": "the target's canonical caption as the text query",
+    "edit": "the reference's scene with the edit applied by the world's generator, captioned (coarse: one reading)",
+    "inversion": "'a photo of {reference caption} but {text}': the true caption in place of the pseudo-words",
+    "reference": "the reference's canonical caption alone (a floor, not a ceiling)",
+}
+ORACLES = ORACLE_NOTES
 
 
 def oracle_texts(root: str | Path, split: EvalSplit) -> dict[str, list[str]]:
     """Oracle name -> one query text per query of ``split`` (a world split read by the CIRCO loader)."""
-    from zscir.world.build import read_scenes
-
     scenes = read_scenes(root)
     ann_path = Path(split.sources[0])
     records = read_json(ann_path, f"shapes world {split.split} annotations")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from zscir.backbone import load_backbone
+from zscir.backbone.loading import MODEL_CONFIG_DIR
 from zscir.errors import ZscirError
 from zscir.utils.paths import repo_checkpoints_dir
 
@@ -21,8 +23,6 @@ QUERY_CHECKPOINT_KINDS = ("mapping", "supervised")
 
 
 def shapes_clip_name() -> str:
-    from zscir.backbone.loading import MODEL_CONFIG_DIR
-
     names = sorted(p.stem for p in MODEL_CONFIG_DIR.glob(f"{SHAPES_CLIP_PREFIX}*.json"))
     if not names:
         raise ZscirError(f"no shapes-world CLIP config ({SHAPES_CLIP_PREFIX}*.json in {MODEL_CONFIG_DIR}): "
@@ -35,8 +35,6 @@ def shapes_clip_weights() -> Path:
 
 
 def shapes_backbone(device: str = "cpu", preprocess: str = "targetpad"):
-    from zscir.backbone import load_backbone
-
     weights = shapes_clip_weights()
     if not weights.is_file():
         raise ZscirError(f"the shapes world's CLIP weights are not there: expected {weights} "

@@ -34,6 +34,7 @@ import json
 import math
 import multiprocessing
 import os
+import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,8 +43,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from zscir.backbone import load_backbone, register_model_configs
 from zscir.backbone.tokenize import WordCachedTokenizer
 from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_path, atomic_write_json
@@ -134,9 +137,7 @@ def training_scenes(num: int, seed: int, twin_fraction: float, twin_kinds=tuple(
 
 def _prepare_chunk(args) -> tuple[np.ndarray, np.ndarray]:
     """Render scenes [start, start + n) and tokenize their captions (runs in a worker process)."""
-    import open_clip
-
-    from zscir.backbone import register_model_configs
+    import open_clip  # deferred: heavy (each worker process loads it once)
 
     register_model_configs()
     scene_jsons, start, seed, size, model, per_scene, context_length, negative_kinds = args
@@ -196,7 +197,7 @@ def to_model_input(images_u8: np.ndarray, mean: torch.Tensor, std: torch.Tensor)
 
 def encode_text_trimmed(model, tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's ``CLIP.encode_text`` on tokens cut after the longest text (same result, fewer positions)."""
-    from open_clip.transformer import text_global_pool
+    from open_clip.transformer import text_global_pool  # deferred: heavy
 
     length = int((tokens != 0).sum(dim=1).max())
     tokens = tokens[:, :length].long()
@@ -266,15 +267,11 @@ def batch_order(cfg: TrainConfig) -> np.ndarray:
 
 def cpu_seconds() -> float:
     """CPU time of this process and its finished workers: on a shared machine, wall time over-states the cost."""
-    import resource
-
     own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
 
 def save_fp16(model, path: str | os.PathLike) -> Path:
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous().cpu()
                for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -285,10 +282,8 @@ def save_fp16(model, path: str | os.PathLike) -> Path:
 def train_backbone(cfg: TrainConfig, out: str | os.PathLike, run_dir: str | os.PathLike,
                    log: Callable[[str], None] = print, progress: bool = True) -> dict:
     """Train; write fp16 weights to ``out``; return a record (config, timings, final loss)."""
-    import open_clip
+    import open_clip  # deferred: heavy
     from open_clip.loss import ClipLoss
-
-    from zscir.backbone import load_backbone
 
     start = time.time()
     torch.set_num_threads(cfg.threads)

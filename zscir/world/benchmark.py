@@ -1,4 +1,9 @@
-"""The shapes world: zscir's offline procedural benchmark, stored in the CIRCO layout.
+"""The shapes world as a benchmark: zscir's offline procedural benchmark, stored in the CIRCO layout.
+
+The benchmark registry names it by import path (``zscir.benchmarks.BENCHMARKS["shapes"]`` is
+``"zscir.world.benchmark:SPEC"``) and imports it on first use: the world is a plugin on top of the
+layers below it. Its :data:`DEFAULTS` (backbone, shipped query models, the query model `zscir retrieve`
+uses, oracle ceilings) are the only source of world defaults for the commands below it.
 
 Its annotation files are CIRCO's schema (``annotations/{val,test,val_coarse,
 test_coarse,...}.json``) over a gallery list in CIRCO's place, so the CIRCO
@@ -14,8 +19,10 @@ import sys
 from pathlib import Path
 
 from zscir.benchmarks import circo
-from zscir.benchmarks.base import BenchmarkDefaults, EvalSplit, field_of, read_json
-from zscir.errors import ZscirError
+from zscir.benchmarks.base import BenchmarkDefaults, BenchmarkSpec, EvalSplit, field_of, read_json
+from zscir.world.build import default_world
+from zscir.world.oracles import ORACLE_NOTES, oracle_texts
+from zscir.world.shipped import shapes_backbone, shipped_checkpoints, shipped_fti_checkpoint
 
 FINE_SPLITS = ("val", "test", "train")
 TRAIN_LIST = Path("train_gallery/image_info.json")   # the world's train gallery (zscir.world.build)
@@ -27,11 +34,6 @@ MULTITURN_DIR = Path("multiturn_gallery/images")
 
 
 def default_root() -> Path:
-    try:
-        from zscir.world.build import default_world  # imported on use: building the world is heavy
-    except ImportError as e:
-        raise ZscirError(f"the shapes world is not available in this installation ({e}): pass --root DIR "
-                         "with a world made by `zscir world generate`") from None
     # messages to stderr: stdout may carry `zscir eval --json` output
     return Path(default_world(log=lambda msg: print(msg, file=sys.stderr, flush=True)))
 
@@ -58,38 +60,18 @@ def _with_turns(split: EvalSplit) -> EvalSplit:
     return split
 
 
-# the world's own models and ceilings (imported on use: the world's modules are heavy)
-def _backbone(device: str = "cpu", preprocess: str = "targetpad"):
-    from zscir.world.shipped import shapes_backbone
-
-    return shapes_backbone(device=device, preprocess=preprocess)
-
-
+# the world's own models and ceilings
 def _models(backbone) -> list[str]:
-    from zscir.world.shipped import shipped_checkpoints
-
     return [str(p) for p in shipped_checkpoints(backbone.identity)]
 
 
 def _query_model(backbone_identity: dict) -> str | None:
-    from zscir.world.shipped import shipped_fti_checkpoint
-
     ckpt = shipped_fti_checkpoint(backbone_identity)
     return str(ckpt) if ckpt else None
 
 
-def _oracles(root: Path, split: EvalSplit) -> dict[str, list[str]]:
-    from zscir.world.oracles import oracle_texts
-
-    return oracle_texts(root, split)
-
-
-# the oracle rows of `zscir eval shapes` (texts made by zscir.world.oracles), in table order
-ORACLE_NOTES = {
-    "caption": "the target's canonical caption as the text query",
-    "edit": "the reference's scene with the edit applied by the world's generator, captioned (coarse: one reading)",
-    "inversion": "'a photo of {reference caption} but {text}': the true caption in place of the pseudo-words",
-    "reference": "the reference's canonical caption alone (a floor, not a ceiling)",
-}
-DEFAULTS = BenchmarkDefaults(backbone=_backbone, models=_models, query_model=_query_model, oracles=_oracles,
+DEFAULTS = BenchmarkDefaults(backbone=shapes_backbone, models=_models, query_model=_query_model, oracles=oracle_texts,
                              oracle_notes=ORACLE_NOTES)
+SPEC = BenchmarkSpec("shapes", "shapes world", "circo", load, FINE_SPLITS + COARSE_SPLITS + MULTITURN_SPLITS,
+                     ("val", "val_coarse"), remove_reference=False, default_root=default_root, defaults=DEFAULTS,
+                     gallery_definition="the world split's gallery")
