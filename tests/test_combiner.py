@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from zscir.backbone import ImageFeatures
 from zscir.errors import ZscirError
-from zscir.models.combiner import (EditTriple, FileCaptionEditor, ScotCombiner, ScotWeights, WorldCaptionEditor,
-                                   compose_scot, edit_rng, scot_loss)
+from zscir.models.combiner import (EditTriple, FileCaptionEditor, ScotCombiner, ScotWeights, compose_scot, edit_rng,
+                                   scot_loss)
 from zscir.world.captions import canonical_caption
+from zscir.world.plugins_models import WorldCaptionEditor
 from zscir.world.edits import apply_edits, sample_edits
 from zscir.world.spec import sample_scene, spec_part
 from zscir.world.texts import fine_text
@@ -176,7 +177,7 @@ def test_file_editor_missing_or_empty_file(tmp_path):
 def test_prepare_training_draws_each_epochs_edits_and_leaves_out_unedited_images(tmp_path, tiny_backbone):
     from types import SimpleNamespace
 
-    from zscir.models.combiner import prepare_training
+    from zscir.training.scot_data import prepare_training
     from zscir.training.pretrain import PretrainConfig
     from zscir.training.pretrain_data import PretrainingSet
 

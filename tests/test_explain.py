@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from zscir.cli import main
-from zscir.models.explain import explain, nearest_words, world_caption, world_vocabulary
+from zscir.models.explain import nearest_words
+from zscir.models.explain_cli import explain
 from zscir.world.build import GALLERY_DIR, WorldConfig, generate_world, read_scenes
 from zscir.world.captions import canonical_caption
+from zscir.world.plugins_models import world_caption, world_vocabulary
 from zscir.world.spec import Scene
 
 

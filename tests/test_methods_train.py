@@ -169,7 +169,7 @@ def test_caption_set_reads_a_text_file_and_caches_text_features(tmp_path, tiny_b
     class NoTagger:  # as the fti4cir-official splitter: a split() but no word tagger (and no spaCy download here)
         name = "fti4cir-official"
 
-    monkeypatch.setattr("zscir.data.splitter.get_splitter", lambda name: NoTagger())
+    monkeypatch.setattr("zscir.training.pretrain_data.get_splitter", lambda name: NoTagger())
     with pytest.raises(ZscirError, match="--splitter fti4cir-official has no word tagger"):
         build_caption_set(str(f), None, tiny_backbone, tmp_path, "fti4cir-official")
 

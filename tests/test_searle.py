@@ -11,9 +11,10 @@ from zscir.backbone import PLACEHOLDER, ImageFeatures
 from zscir.errors import ZscirError
 from zscir.models import prompts
 from zscir.models.fti import SingleTokenNetwork
-from zscir.models.searle import (ConceptPhrases, OTIConfig, SearleWeights, chunk_generator, concept_features, fill,
-                                 invert, load_oti_tokens, nearest_concepts, oti_compose, oti_loss, run_oti,
-                                 searle_loss)
+from zscir.models.concepts import ConceptPhrases, concept_features, fill, nearest_concepts
+from zscir.models.oti import OTIConfig, chunk_generator, invert, load_oti_tokens, oti_compose, oti_loss, run_oti
+from zscir.models.searle import SearleWeights, searle_loss
+from zscir.world.plugins_models import concept_phrases
 
 PHRASES = ConceptPhrases(("circle", "square", "star"), ("a red {}", "a {} on the left", "two {}"))
 SMALL = OTIConfig(steps=3, top_k=2, batch_size=2, templates=("a photo of {}", "a {} image"))
@@ -209,7 +210,7 @@ def test_concept_phrases_from_files_and_world(tmp_path):
         ConceptPhrases.from_files(words, tmp_path / "phrases.txt")
     with pytest.raises(ZscirError, match=r"missing.txt: no such file"):
         ConceptPhrases.from_files(tmp_path / "missing.txt", phrases)
-    world = ConceptPhrases.world()
+    world = concept_phrases()
     assert world.vocabulary == ("circle", "square", "triangle", "star", "cross", "diamond")
     assert world.record()["kind"] == "world" and len(world.phrases) == 8 + 2 + 3 + 9 + 4
     assert "a {} on a gray background" in world.phrases and fill("a {} in the center", "star") == "a star in the center"
@@ -218,7 +219,7 @@ def test_concept_phrases_from_files_and_world(tmp_path):
 
 
 def test_oti_runs_with_the_world_phrases(tiny_backbone):
-    b, world = tiny_backbone, ConceptPhrases.world()
+    b, world = tiny_backbone, concept_phrases()
     torch.manual_seed(7)
     cfg = OTIConfig(steps=2, top_k=3)
     result = invert(b, torch.randn(3, b.embed_dim), world, cfg, torch.Generator().manual_seed(0))
@@ -232,7 +233,7 @@ def test_prepare_training_inverts_every_image_once_and_batches_its_tokens_and_co
 
     import numpy as np
 
-    from zscir.models.searle import prepare_training
+    from zscir.training.searle_data import prepare_training
     from zscir.training.pretrain import PretrainConfig
     from zscir.training.pretrain_data import PretrainingSet
 
@@ -280,8 +281,8 @@ def test_prepare_training_inverts_every_image_once_and_batches_its_tokens_and_co
 
 
 def test_query_time_oti_is_a_training_free_model_spec(tmp_path, tiny_backbone):
-    from zscir.models.query import OTIQuery, load_query_encoder, training_free
-    from zscir.models.searle import oti_config
+    from zscir.models.oti import OTIQuery, oti_config
+    from zscir.models.query import load_query_encoder, training_free
 
     b = tiny_backbone
     words, phrases = tmp_path / "words.txt", tmp_path / "phrases.txt"

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import uuid
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -149,10 +152,6 @@ def check_weights_file(path: str | os.PathLike, option: str = "--pretrained") ->
                 return
         except SafetensorError:
             read_safetensors(path, option)  # raises the one-line error
-    import pickle
-    import warnings
-    import zipfile
-
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses them
             warnings.simplefilter("ignore")

@@ -32,7 +32,7 @@ COMMANDS: dict[str, str] = {
     "retrieve": "zscir.index.cli:retrieve",
     "import-checkpoint": "zscir.importers.cli:import_checkpoint_command",
     "serve": "zscir.serve.cli:serve",
-    "explain": "zscir.models.explain:explain_command",
+    "explain": "zscir.models.explain_cli:explain_command",
 }
 
 

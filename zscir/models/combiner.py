@@ -9,17 +9,19 @@ captions (the paper's negatives include the original captions; its LLM-written h
 have no counterpart here). The network is CLIP4Cir's Combiner (Baldrati et al.), the one
 :mod:`zscir.models.supervised` trains on labelled triplets; here it is trained zero-shot.
 
-The triples come from a pluggable :class:`CaptionEditor`: :class:`WorldCaptionEditor` draws an
-edit of a shapes-world scene with the world's own generator (its fine text is the modification,
-the canonical caption of the edited scene the edited caption); :class:`FileCaptionEditor` reads
-a user's JSONL file. An editor's :meth:`record` goes into the checkpoint's metadata.
+The triples come from a pluggable :class:`CaptionEditor` (:data:`EDITORS`): the shapes world's
+``WorldCaptionEditor`` (:mod:`zscir.world.plugins_models`) draws an edit of a scene with the world's
+own generator (its fine text is the modification, the canonical caption of the edited scene the
+edited caption); :class:`FileCaptionEditor` reads a user's JSONL file. An editor's :meth:`record`
+goes into the checkpoint's metadata. The training data (one edit per image and epoch) is prepared by
+:mod:`zscir.training.scot_data`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,12 +30,12 @@ from torch import nn
 
 from zscir.errors import ZscirError
 from zscir.models import prompts
+from zscir.models.method import Method, Training
+from zscir.models.objective import LossWeights
+from zscir.models.registry import Entries
 from zscir.models.supervised import Combiner
 from zscir.utils.hashing import sha256_file
 from zscir.utils.jsonl import read_jsonl
-
-if TYPE_CHECKING:
-    from zscir.world.spec import Scene
 
 
 @dataclass(frozen=True)
@@ -61,72 +63,6 @@ class CaptionEditor(Protocol):
 def edit_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of one item's edit in one epoch: a resumed run draws the same triples."""
     return np.random.default_rng([seed, epoch, index])
-
-
-class WorldCaptionEditor:
-    """Edits of shapes-world scenes by the world's generator.
-
-    caption: the scene's canonical caption; modification: the fine text of 1-3 sampled edits; edited
-    caption: the canonical caption of the edited scene. Edited scenes are drawn until they lie in
-    ``part`` of the spec space (the training part by default, so no evaluation spec is ever a target).
-    """
-
-    name = "world"
-    max_tries = 100
-
-    def __init__(self, scenes: Mapping[str, Scene], part: str = "train", source: str | None = None):
-        if part not in ("train", "eval"):
-            raise ZscirError(f"world caption editor: part {part!r} must be 'train' or 'eval'")
-        if not scenes:
-            raise ZscirError("world caption editor: no scenes to edit")
-        self.scenes, self.part, self.source = dict(scenes), part, source
-
-    @classmethod
-    def from_world(cls, world, split: str = "unlabeled", part: str = "train",
-                   key: str = "file") -> "WorldCaptionEditor":
-        """The scenes of ``world``'s images in ``split`` (``scenes.jsonl``), keyed by their file name (``key="file"``:
-        the ids an image folder source gives, e.g. ``000000000042.png``) or their numeric id (``key="id"``)."""
-        from zscir.world.build import file_name, read_scenes
-        from zscir.world.spec import Scene
-
-        names = {"file": file_name, "id": str}
-        if key not in names:
-            raise ZscirError(f"world caption editor: key {key!r} must be one of {', '.join(names)}")
-        rows = read_scenes(world)
-        scenes = {names[key](i): Scene.from_json(r) for i, r in rows.items() if r["split"] == split}
-        if not scenes:
-            raise ZscirError(f"shapes world {world}: no images in split {split!r}")
-        return cls(scenes, part, source=str(world))
-
-    def ids(self) -> list[str]:
-        return list(self.scenes)
-
-    def edit(self, image_id: str, rng: np.random.Generator) -> EditTriple:
-        from zscir.world.captions import canonical_caption
-        from zscir.world.edits import apply_edits, sample_edits
-        from zscir.world.spec import spec_part
-        from zscir.world.texts import fine_text
-
-        if image_id not in self.scenes:
-            raise ZscirError(f"world caption editor: no scene for image {image_id!r}")
-        scene = self.scenes[image_id]
-        for _ in range(self.max_tries):
-            edits = sample_edits(scene, rng)
-            if not edits:
-                continue
-            target = apply_edits(scene, edits)
-            if spec_part(target) == self.part:
-                return EditTriple(canonical_caption(scene).text, fine_text(scene, edits, rng),
-                                  canonical_caption(target).text)
-        raise ZscirError(f"world caption editor: no edit of image {image_id!r} lands in the {self.part!r} part "
-                         f"of the spec space in {self.max_tries} draws")
-
-    def record(self) -> dict:
-        from zscir.world.build import GENERATOR_VERSION
-
-        return {"editor": self.name, "world": self.source, "generator_version": GENERATOR_VERSION,
-                "part": self.part, "num_images": len(self.scenes), "caption": "canonical",
-                "modification": "fine text", "edited_caption": "canonical caption of the edited scene"}
 
 
 class FileCaptionEditor:
@@ -180,7 +116,9 @@ class FileCaptionEditor:
                 "num_edits": sum(len(v) for v in self.rows.values())}
 
 
-EDITORS = {"world": WorldCaptionEditor.from_world, "file": FileCaptionEditor}
+# caption editors by name -> (source) -> CaptionEditor, by import path: the shapes world's is a plugin above this layer
+EDITORS: Entries = Entries({"world": "zscir.world.plugins_models:WorldCaptionEditor.from_world",
+                            "file": "zscir.models.combiner:FileCaptionEditor"})
 
 
 # ---------------------------------------------------------------- the network, its loss, its queries
@@ -241,46 +179,18 @@ def scot_loss(network, backbone, pooled: torch.Tensor, tokens, subjects, attribu
 
 def scot_objective(network, backbone, batch, w, gather=None):
     """:func:`scot_loss` read from a training batch (:mod:`zscir.models.objective`'s signature): ``w.temperature``
-    is the logits' temperature, ``batch.extra["triples"]`` the batch's caption edits (:func:`prepare_training`).
-    One process (``gather`` is not used; :func:`prepare_training` refuses more)."""
+    is the logits' temperature, ``batch.extra["triples"]`` the batch's caption edits
+    (:func:`zscir.training.scot_data.prepare_training`). One process (``gather`` is not used; ``prepare_training`` refuses more)."""
     return scot_loss(network, backbone, batch.pooled, None, None, None, ScotWeights(w.temperature),
                      triples=batch.extra["triples"])
-
-
-def training_editor(edits, world) -> CaptionEditor:
-    """The user's caption-edit file, or the shapes world's generator when training on the world."""
-    if edits:
-        return FileCaptionEditor(edits)
-    if world is None:
-        raise ZscirError("--method scot on your own images needs --edits FILE (JSONL: image, caption, modification, "
-                         "edited_caption): the caption editor of your data")
-    return WorldCaptionEditor.from_world(world)
-
-
-def prepare_training(cfg, data, backbone, world, cache_root, accelerator, log=print):
-    """SCOT's training data: the images the editor can edit, each batch with one edit per image drawn for its
-    epoch (:func:`edit_rng` of the run's seed, the epoch and the image), so a resumed run draws the same."""
-    from zscir.training.pretrain_data import ExtendedSet
-
-    if accelerator.num_processes > 1:
-        raise ZscirError(f"--method scot trains on one process ({accelerator.num_processes} were started): "
-                         "its loss gathers no features across processes yet")
-    editor = training_editor(cfg.edits, world)
-    known = set(editor.ids())
-    rows = np.array([i for i, item in enumerate(data.ids) if item in known], dtype=np.int64)
-    if len(rows) == 0:
-        raise ZscirError(f"--edits {cfg.edits}: edits none of the {len(data)} training images (ids such as "
-                         f"{data.ids[0]!r})" if cfg.edits else "the world caption editor knows none of the images")
-    if len(rows) < len(data):
-        log(f"{len(data) - len(rows)} of {len(data)} training images have no caption edit and are left out")
-    record = {"editor": editor.record(), "edited_images": int(len(rows)), "images_without_edit": len(data) - len(rows)}
-
-    def extra(base_rows: np.ndarray, epoch: int) -> dict:
-        return {"triples": [editor.edit(data.ids[r], edit_rng(cfg.seed, epoch, int(r))) for r in base_rows]}
-
-    return ExtendedSet(data, rows, extra, record)
 
 
 def compose_scot(backbone, network, ref, texts) -> torch.Tensor:
     """The query: the Combiner of the reference's feature and the modification text's feature."""
     return network(ref.pooled, backbone.encode_text([prompts.clean_text(t) for t in texts]))
+
+
+METHOD = Method("scot", ScotCombiner, compose_scot, "combiner(image, {text})", "both-orders", "targetpad", False,
+                "SCOT-style zero-shot Combiner (Jawade et al., WACV 2025)",
+                Training(scot_objective, "scot", "images", LossWeights(temperature=0.01, orth=0.0, reg=0.0),
+                         "zscir.training.scot_data:prepare_training", ("edits",)), pseudo_words=False)

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zscir.models import prompts
 from zscir.models.fti import PseudoWords
+from zscir.models.method import Method
 from zscir.models.pic2word import relu_mlp
 
 
@@ -109,3 +111,17 @@ class ContextI2WNetwork(nn.Module):
         subject = g + l * self.local_gate.tanh()
         return PseudoWords(subject, subject.new_zeros(0, subject.shape[1]),
                            torch.zeros(subject.shape[0], dtype=torch.long, device=subject.device))
+
+
+def compose_context_i2w(backbone, network, ref, texts) -> torch.Tensor:
+    """c = the prompt's text feature with Context-I2W's ``<|replace|>`` token (id vocab-3) in the slot;
+    the network maps (c, image tokens) to the pseudo-word that then fills the same slot."""
+    texts_ = [prompts.comma_query_prompt(t) for t in texts]
+    emb = backbone.model.token_embedding.weight
+    replace = emb[emb.shape[0] - 3].unsqueeze(0).expand(len(texts_), -1)
+    context = backbone.encode_prompts(texts_, replace)
+    return backbone.encode_prompts(texts_, network(context, ref.tokens).subject)
+
+
+METHOD = Method("context-i2w", ContextI2WNetwork, compose_context_i2w, "a photo of <|replace|> , {text}",
+                "pic2word", "clip", True, "Context-I2W (Tang et al., AAAI 2024)")

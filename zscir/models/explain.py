@@ -1,48 +1,68 @@
 """What a reference image's pseudo-words are closest to: FTI4CIR's "pseudo-to-real" analysis.
 
-    from zscir.models.explain import explain
-    report = explain("ref.png", "checkpoints/shapes_fti.safetensors", k=5)
-
 A mapping network turns the image into pseudo-words (FTI4CIR: one subject and
 r attribute words; single-token methods: one). Each is a vector in the text
 tower's token-embedding space; its nearest real tokens (cosine against the
-whole token-embedding table, special tokens and the placeholder left out) say
-what it stands for. On the shapes world, the reference's true canonical caption
-(with its subject and attribute parts) is printed beside them.
+whole token-embedding table, special tokens and the placeholder left out, or
+against a registered vocabulary's tokens) say what it stands for. Where a
+registered lookup knows the reference's true caption (a shapes-world image:
+its canonical caption with its subject and attribute parts), it is reported
+beside them.
 
-`zscir explain --ref IMG [--model CKPT] [--json]` prints the same report.
+`zscir explain --ref IMG [--model CKPT] [--json]` (:mod:`zscir.models.explain_cli`) prints the report.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-import click
 import torch
 import torch.nn.functional as F
 
 from zscir.errors import ZscirError
+from zscir.models.query import PseudoWordQuery
+from zscir.models.registry import Entries
 
 
 def _word(tokenizer, token_id: int) -> str:
     return tokenizer.decode([token_id]).strip()
 
 
-VOCABULARIES = ("all", "world")
+# --vocab NAME -> (backbone) -> the token ids searched, by import path; "all": the whole token-embedding table
+VOCABULARIES: Entries = Entries({"world": "zscir.world.plugins_models:world_vocabulary"})
+VOCABULARY_CHOICES = ("all", *VOCABULARIES)
+# lookups of a reference image's true caption: (image path) -> {"caption", "subject", "attribute", ...} or None
+TRUE_CAPTIONS: Entries = Entries({"shapes": "zscir.world.plugins_models:world_caption"})
 
 
-def world_vocabulary(backbone) -> list[int]:
-    """Token ids of every word the shapes world's captions and texts use (shapes, colours, sizes, ...)."""
-    from zscir.world import captions, spec, texts
+def check_options(k: int, vocabulary: str) -> None:
+    if k < 1:
+        raise ZscirError(f"-k must be at least 1, got {k}")
+    if vocabulary not in VOCABULARY_CHOICES:
+        raise ZscirError(f"unknown vocabulary {vocabulary!r} (option --vocab): expected one of "
+                         f"{', '.join(VOCABULARY_CHOICES)}")
 
-    phrases = [*spec.SHAPES, *spec.COLORS, *spec.BACKGROUNDS, *spec.PATTERNS,
-               *(w for ws in captions.SIZE_WORDS.values() for w in ws),
-               *(w for ws in captions.PATTERN_WORDS.values() for w in ws if w),
-               *(w for ws in texts.NEW_SIZE_WORDS.values() for w in ws),
-               *(w for ws in captions.POSITION_WORDS for w in ws)]
-    return sorted({t for p in phrases for t in backbone.tokenizer.encode(p)})
+
+def require_pseudo_words(qe, model: str) -> PseudoWordQuery:
+    """``qe`` if it is a pseudo-word model, else a one-line error naming ``--model``."""
+    if not isinstance(qe, PseudoWordQuery) or not qe.method.pseudo_words:
+        raise ZscirError(f"--model {model!r}: explain needs a pseudo-word model (a mapping checkpoint such as "
+                         f"checkpoints/shapes_fti.safetensors), not {getattr(qe, 'name', model)!r}")
+    return qe
+
+
+def vocabulary_ids(backbone, vocabulary: str) -> list[int] | None:
+    """The token ids the ``--vocab`` choice searches (None: the whole table)."""
+    return None if vocabulary == "all" else VOCABULARIES[vocabulary](backbone)
+
+
+def true_caption(ref) -> dict | None:
+    """The first registered lookup's true caption of the image file ``ref``, else None."""
+    for lookup in TRUE_CAPTIONS.values():
+        found = lookup(ref)
+        if found is not None:
+            return found
+    return None
 
 
 def nearest_words(backbone, pseudo_words: torch.Tensor, k: int = 5, vocabulary: list[int] | None = None,
@@ -65,56 +85,22 @@ def nearest_words(backbone, pseudo_words: torch.Tensor, k: int = 5, vocabulary: 
             for vs, is_ in zip(values, ids)]
 
 
-def world_caption(image_path: str | os.PathLike) -> dict | None:
-    """The true canonical caption of a shapes-world image (found by its world's scenes.jsonl), else None."""
-    path = Path(image_path).resolve()
-    try:
-        image_id = int(path.stem)
-    except ValueError:
-        return None
-    for folder in path.parents:
-        if (folder / "world.json").is_file() and (folder / "scenes.jsonl").is_file():
-            from zscir.world.build import read_scenes
-            from zscir.world.captions import canonical_caption
-            from zscir.world.spec import Scene
-
-            row = read_scenes(folder).get(image_id)
-            if row is None:
-                return None
-            return {"world": str(folder), "image_id": image_id,
-                    **canonical_caption(Scene.from_json(row)).to_json()}
-    return None
-
-
-def explain(ref: str, model: str | None = None, k: int = 5, device: str = "cpu", vocabulary: str = "all") -> dict:
-    """The report: the model, its query prompt, each pseudo-word's nearest words, the true caption if known."""
-    from zscir.index.defaults import default_backbone, default_model_for
-    from zscir.index.queries import read_reference
-    from zscir.models.query import PseudoWordQuery, load_query_encoder, training_free
-
-    if k < 1:
-        raise ZscirError(f"-k must be at least 1, got {k}")
-    if vocabulary not in VOCABULARIES:
-        raise ZscirError(f"unknown vocabulary {vocabulary!r} (option --vocab): expected one of {', '.join(VOCABULARIES)}")
-    if model is None:
-        model = default_model_for(default_backbone(device).identity)
-    qe = None if training_free(str(model)) else load_query_encoder(str(model))
-    if not isinstance(qe, PseudoWordQuery) or not qe.method.pseudo_words:
-        raise ZscirError(f"--model {model!r}: explain needs a pseudo-word model (a mapping checkpoint such as "
-                         f"checkpoints/shapes_fti.safetensors), not {getattr(qe, 'name', model)!r}")
+def pseudo_word_report(qe, image, ref: str, model: str, k: int = 5, vocabulary: str = "all") -> dict:
+    """The report of query encoder ``qe`` (a pseudo-word model) on the RGB ``image`` (file ``ref``): the model, its
+    query prompt, each pseudo-word's nearest words, the true caption if known."""
+    check_options(k, vocabulary)
+    require_pseudo_words(qe, model)
     bb = qe.backbone
-    image, _ = read_reference(ref)
     with torch.no_grad():
         feats = bb.encode_image(bb.preprocess(image).unsqueeze(0), with_tokens=qe.needs_tokens)
         pw = qe.network(feats.pooled, feats.tokens)
     slots = [("subject", pw.subject[0])] + [(f"attribute {n}", a) for n, a in enumerate(pw.attributes, 1)]
-    vocab = world_vocabulary(bb) if vocabulary == "world" else None
-    neighbours = nearest_words(bb, torch.stack([v for _, v in slots]), k, vocab)
+    neighbours = nearest_words(bb, torch.stack([v for _, v in slots]), k, vocabulary_ids(bb, vocabulary))
     return {"ref": str(ref), "model": str(model), "method": qe.name, "backbone": bb.identity_str,
             "query_prompt": qe.method.query_prompt, "k": k, "vocabulary": vocabulary,
             "pseudo_words": [{"slot": s, "norm": round(float(v.norm()), 4), "nearest": n}
                              for (s, v), n in zip(slots, neighbours)],
-            "true_caption": world_caption(ref)}
+            "true_caption": true_caption(ref)}
 
 
 def text_report(report: dict) -> str:
@@ -130,20 +116,3 @@ def text_report(report: dict) -> str:
         lines += [f"true caption (world image {cap['image_id']}): {cap['caption']}",
                   f"  subject:   {cap['subject']}", f"  attribute: {cap['attribute']}"]
     return "\n".join(lines)
-
-
-@click.command("explain")
-@click.option("--ref", required=True, type=click.Path(dir_okay=False), help="Reference image file.")
-@click.option("--model", help="Mapping checkpoint (default: the shipped FTI checkpoint of the shapes world).")
-@click.option("-k", "k", type=int, default=5, show_default=True, help="Nearest words per pseudo-word.")
-@click.option("--vocab", "vocabulary", type=click.Choice(VOCABULARIES), default="all", show_default=True,
-              help="Tokens searched: the whole token-embedding table, or only the shapes world's words.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def explain_command(ref, model, k, vocabulary, device, as_json):
-    """Nearest vocabulary words of each pseudo-word of REF (FTI4CIR's pseudo-to-real analysis), with the
-    reference's true caption when REF is a shapes-world image."""
-    from zscir.backbone.options import check_device
-
-    report = explain(ref, model, k, check_device(device), vocabulary)
-    click.echo(json.dumps(report, indent=2) if as_json else text_report(report))

@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zscir.models import prompts
+from zscir.models.method import Method, Training
+from zscir.models.objective import fti_objective
 from zscir.models.phi import Phi
 
 
@@ -129,3 +132,13 @@ class SingleTokenNetwork(nn.Module):
         b = global_feat.shape[0]
         empty = global_feat.new_zeros(0, self.phi.layers[-1].out_features)
         return PseudoWords(self.phi(global_feat), empty, torch.zeros(b, dtype=torch.long, device=global_feat.device))
+
+
+def compose_fti(backbone, network, ref, texts) -> torch.Tensor:
+    pw = network(ref.pooled, ref.tokens)
+    return backbone.encode_prompts([prompts.query_prompt(r, t) for r, t in zip(pw.counts.tolist(), texts)],
+                                   prompts.interleave(pw.subject, pw.attributes, pw.counts))
+
+
+METHOD = Method("fti", FTINetwork, compose_fti, "a photo of * with * ... * but {text}", "fti4cir", "targetpad", True,
+                "FTI4CIR (Lin et al., SIGIR 2024)", Training(fti_objective, "fti4cir", "images"))

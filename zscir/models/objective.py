@@ -3,7 +3,7 @@
 Each ``*_loss`` takes tensors and returns the total loss with its terms; each
 ``*_objective`` is the same loss read from a training batch, the signature the
 training loop calls through a method's registry entry
-(:class:`zscir.models.methods.Training`): ``(network, backbone, batch, weights, gather)``.
+(:class:`zscir.models.method.Training`): ``(network, backbone, batch, weights, gather)``.
 FTI4CIR, single and Pic2Word read cached frozen-CLIP image features
 (:class:`zscir.training.pretrain_data.Batch`); LinCIR reads cached caption text
 features (:class:`zscir.training.pretrain_data.CaptionBatch`). ``gather``

@@ -12,7 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zscir.models import prompts
 from zscir.models.fti import PseudoWords
+from zscir.models.method import Method, Training
+from zscir.models.objective import pic2word_objective
+from zscir.models.single import single_token
 
 
 def relu_mlp(input_dim: int, middle_dim: int, n_layer: int, dropout: float) -> nn.Sequential:
@@ -37,3 +41,8 @@ class Pic2WordNetwork(nn.Module):
         subject = self.fc_out(self.layers(global_feat))
         return PseudoWords(subject, subject.new_zeros(0, subject.shape[1]),
                            torch.zeros(b, dtype=torch.long, device=global_feat.device))
+
+
+METHOD = Method("pic2word", Pic2WordNetwork, single_token(prompts.comma_query_prompt), "a photo of * , {text}",
+                "pic2word", "clip", False, "Pic2Word (Saito et al., CVPR 2023)",
+                Training(pic2word_objective, "pic2word", "images"))

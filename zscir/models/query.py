@@ -1,8 +1,11 @@
 """Query encoders: (reference image features, modification texts) -> normalised query features.
 
 Shared by evaluation and retrieval. Training-free baselines are selected by
-name; trained models by checkpoint path, dispatched on the checkpoint's
-``kind`` through :data:`CHECKPOINT_KINDS` (supervised heads register there).
+name (:data:`BASELINES`); trained models by checkpoint path, dispatched on the
+checkpoint's ``kind`` through :data:`CHECKPOINT_KINDS`. Both registries name
+their entries by import path, so each encoder lives in its own module
+(SEARLE-XL-OTI in :mod:`zscir.models.oti`, supervised heads in
+:mod:`zscir.models.supervised`) and is imported on first use.
 """
 
 from __future__ import annotations
@@ -10,15 +13,18 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from zscir.backbone import Backbone, ImageFeatures, load_backbone
+from zscir.backbone import Backbone, ImageFeatures, load_backbone, make_preprocess
 from zscir.backbone.loading import resolve_portable_path
+from zscir.checkpoint import load_checkpoint
 from zscir.errors import ZscirError
 from zscir.models import prompts
+from zscir.models.factory import load_mapping_checkpoint
+from zscir.models.methods import get_method
+from zscir.models.registry import Entries
 
 
 class QueryEncoder:
@@ -71,50 +77,11 @@ class ImageTextSum(QueryEncoder):
         return F.normalize(ref.pooled, dim=-1) + F.normalize(text, dim=-1)
 
 
-class OTIQuery(QueryEncoder):
-    """SEARLE-XL-OTI (Baldrati et al.): no network; each reference is inverted by OTI at query time
-    (:func:`zscir.models.searle.oti_compose`, the official OTI settings) into "a photo of * that {text}".
-
-    ``--model searle-xl-oti``: the shapes world's words as concepts and phrases;
-    ``--model searle-xl-oti:VOCABULARY.txt,PHRASES.txt``: yours (a word a line; a phrase with one {} slot a line).
-    350 optimisation steps per batch of references: slow, and meant for small query sets.
-    """
-
-    name = "searle-xl-oti"
-    fiq_captions = "searle"
-
-    def __init__(self, backbone: Backbone, phrases, seed: int = 0):
-        from zscir.models.searle import oti_compose, oti_config
-
-        super().__init__(backbone)
-        self.compose = oti_compose(phrases, oti_config(phrases), seed)
-
-    @classmethod
-    def from_spec(cls, backbone: Backbone, options: str):
-        from zscir.models.searle import ConceptPhrases
-
-        if not options:
-            return cls(backbone, ConceptPhrases.world())
-        files = options.split(",")
-        if len(files) != 2:
-            raise ZscirError(f"--model {cls.name}:{options}: expected {cls.name}:VOCABULARY.txt,PHRASES.txt")
-        return cls(backbone, ConceptPhrases.from_files(*files))
-
-    @property
-    def identity(self) -> dict:
-        return {**super().identity, **self.compose.record}
-
-    def _encode(self, ref, texts):
-        return self.compose(self.backbone, None, ref, texts)
-
-
 class PseudoWordQuery(QueryEncoder):
     """A mapping network's pseudo-words in its method's query prompt (:data:`zscir.models.methods.METHODS`):
     FTI4CIR "a photo of * with * ... but {text}", SEARLE / LinCIR "a photo of $ that {text}", ..."""
 
     def __init__(self, backbone: Backbone, network, meta: dict, checkpoint_sha: str | None = None):
-        from zscir.models.methods import get_method
-
         super().__init__(backbone)
         self.network = network.eval().to(backbone.device)
         self.meta, self.checkpoint_sha = meta, checkpoint_sha
@@ -135,8 +102,6 @@ class PseudoWordQuery(QueryEncoder):
 
     @classmethod
     def from_checkpoint(cls, path, backbone: Backbone | None):
-        from zscir.models.factory import load_mapping_checkpoint
-
         network, meta = load_mapping_checkpoint(path)
         backbone = backbone_for(meta, backbone, path)
         license_note = meta.get("source", {}).get("license_note")
@@ -145,10 +110,18 @@ class PseudoWordQuery(QueryEncoder):
         return cls(backbone, network, meta, meta.get("weights_sha256"))
 
 
-# the training-free encoders, by --model NAME[:OPTIONS]
-BASELINES: dict[str, type[QueryEncoder]] = {"image": ImageOnly, "text": TextOnly, "sum": ImageTextSum,
-                                            OTIQuery.name: OTIQuery}
-CHECKPOINT_KINDS: dict[str, Callable] = {"mapping": PseudoWordQuery.from_checkpoint}
+# the training-free encoders, by --model NAME[:OPTIONS]: name -> QueryEncoder class
+BASELINES: Entries = Entries({
+    "image": "zscir.models.query:ImageOnly",
+    "text": "zscir.models.query:TextOnly",
+    "sum": "zscir.models.query:ImageTextSum",
+    "searle-xl-oti": "zscir.models.oti:OTIQuery",
+})
+# a checkpoint's sidecar ``kind`` -> (path, backbone or None) -> its QueryEncoder
+CHECKPOINT_KINDS: Entries = Entries({
+    "mapping": "zscir.models.query:PseudoWordQuery.from_checkpoint",
+    "supervised": "zscir.models.supervised:SupervisedQuery.from_checkpoint",
+})
 
 
 def backbone_for(meta: dict, backbone: Backbone | None, path) -> Backbone:
@@ -170,8 +143,6 @@ def with_preprocess(backbone: Backbone, name: str | None) -> Backbone:
     (same frozen model) so that other models sharing the backbone keep theirs."""
     if not name or backbone.preprocess_name == name:
         return backbone
-    from zscir.backbone import make_preprocess
-
     p = backbone.preprocess
     twin = copy.copy(backbone)
     twin.preprocess = make_preprocess(name, p.size, p.mean, p.std)
@@ -191,15 +162,10 @@ def load_query_encoder(model: str, backbone: Backbone | None = None) -> QueryEnc
         if backbone is None:
             raise ZscirError(f"the {name!r} baseline needs a backbone (--clip NAME --pretrained TAG|FILE)")
         return BASELINES[name].from_spec(backbone, model.partition(":")[2])
-    from zscir.checkpoint import load_checkpoint
-
     if not Path(model).with_suffix(".json").is_file() and not Path(model).is_file():
         raise ZscirError(f"--model {model!r} is neither a baseline ({', '.join(BASELINES)}) nor a checkpoint file")
     _, meta = load_checkpoint(model)  # verifies the sha256 once; the kind loader reuses that
     kind = meta.get("kind")
     if kind not in CHECKPOINT_KINDS:
-        if kind == "supervised":
-            import zscir.models.supervised  # noqa: F401  (registers its kind)
-        if kind not in CHECKPOINT_KINDS:
-            raise ZscirError(f"{model}: unknown checkpoint kind {kind!r}")
+        raise ZscirError(f"{model}: unknown checkpoint kind {kind!r}")
     return CHECKPOINT_KINDS[kind](model, backbone)

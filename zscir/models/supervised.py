@@ -19,7 +19,7 @@ out), so patches, entity phrases and the pooled image feature all live in
 CLIP's joint space, where a phrase and the patches of what it names already
 tend to be close; the attention's own projections are learned on top.
 
-Checkpoints are ``kind: "supervised"`` (:data:`zscir.models.query.CHECKPOINT_KINDS`),
+Checkpoints are ``kind: "supervised"`` (an entry of :data:`zscir.models.query.CHECKPOINT_KINDS`),
 loaded by ``zscir eval --model`` and ``zscir retrieve --model``.
 """
 
@@ -35,7 +35,8 @@ from zscir.backbone import Backbone, ImageFeatures
 from zscir.checkpoint import load_checkpoint, save_checkpoint
 from zscir.errors import ZscirError
 from zscir.models import prompts
-from zscir.models.query import CHECKPOINT_KINDS, QueryEncoder, backbone_for
+from zscir.models.query import QueryEncoder, backbone_for
+from zscir.text import get_parser
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "projection_mult": 4,      # projection width = 4 x embed_dim (CLIP4Cir: 2,560 for RN50x4's 640)
@@ -203,8 +204,6 @@ class SupervisedQuery(QueryEncoder):
 
     def __init__(self, backbone: Backbone, head: Combiner, meta: dict, checkpoint_sha: str | None = None):
         super().__init__(backbone)
-        from zscir.text import get_parser
-
         self.head = head.eval().to(backbone.device)
         self.meta, self.checkpoint_sha = meta, checkpoint_sha
         self.name = meta["method"]
@@ -235,6 +234,3 @@ class SupervisedQuery(QueryEncoder):
         head, meta = load_supervised_checkpoint(path)
         backbone = backbone_for(meta, backbone, path)
         return cls(backbone, head, meta, meta.get("weights_sha256"))
-
-
-CHECKPOINT_KINDS["supervised"] = SupervisedQuery.from_checkpoint

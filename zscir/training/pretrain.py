@@ -1,6 +1,6 @@
 """Pretraining of a mapping network: any trainable method of :data:`zscir.models.methods.METHODS`.
 
-A method's registry entry (:class:`zscir.models.methods.Training`) gives its
+A method's registry entry (:class:`zscir.models.method.Training`) gives its
 objective, its default network config and its data: unlabeled images
 (captions split into subject/attribute, frozen-CLIP features from the cache) or
 captions alone (LinCIR: cached text features). Read top to bottom: resolve the
@@ -22,13 +22,22 @@ from typing import Optional
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from zscir.backbone import load_backbone
 from zscir.errors import ZscirError
+from zscir.index.defaults import default_backbone
 from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
 from zscir.models.methods import METHODS, get_training
 from zscir.models.objective import LossWeights
+from zscir.models.registry import load_entry
+from zscir.training.pretrain_data import build_caption_set, build_pretraining_set
 from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
 from zscir.utils.atomic import atomic_write_json
+from zscir.utils.paths import cache_dir as default_cache_dir
+
+# the images (or captions) of a bare `zscir pretrain`: the default shapes world, a plugin above this layer
+DEFAULT_WORLD = "zscir.world.build:default_world"
 
 
 def default_network_config(method: str | None) -> str | None:
@@ -163,7 +172,7 @@ def make_gather(accelerator):
     """All-gather (image, text) features across processes, keeping the gradient of the local share."""
     if accelerator.num_processes == 1:
         return lambda v, t: (v, t)
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed.nn.functional import all_gather  # deferred (torch): only several processes need it
 
     return lambda v, t: (torch.cat(all_gather(v.contiguous())), torch.cat(all_gather(t.contiguous())))
 
@@ -180,8 +189,7 @@ def batch_loss(network, backbone, data, global_batch, rank, world, objective, we
 
 def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = False, progress_bar: bool = True) -> Path:
     """Run (or resume) pretraining; return the path of the final mapping-network checkpoint."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
+    from accelerate import Accelerator  # deferred (accelerate): heavy, and only a run needs it
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     run_dir = Path(cfg.out)
@@ -284,11 +292,7 @@ def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions:
                     preprocess: str = "targetpad", feature_cache: str = "full", cache_dir: Optional[str] = None,
                     resume: bool = False, splitter: str = "auto") -> dict:
     """The whole ``zscir pretrain`` job: backbone, data with cached features, training. Returns a summary."""
-    from accelerate import Accelerator
-
-    from zscir.backbone import load_backbone
-    from zscir.training.pretrain_data import build_caption_set, build_pretraining_set
-    from zscir.utils.paths import cache_dir as default_cache_dir
+    from accelerate import Accelerator  # deferred (accelerate): heavy, and only a run needs it
 
     training = get_training(cfg.method)
     cfg.check_method_options()
@@ -298,16 +302,12 @@ def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions:
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     device = accelerator.device
     if clip_name is None:
-        from zscir.world.shipped import shapes_backbone
-
-        backbone = shapes_backbone(device=device, preprocess=preprocess)
+        backbone = default_backbone(device, preprocess)
     else:
         backbone = load_backbone(clip_name, pretrained, device=device, preprocess=preprocess)
     world = None  # the shapes world supplies what the user did not: its images, or (captions methods) its captions
     if (captions if training.data == "captions" else images) is None:
-        from zscir.world.build import default_world
-
-        world = default_world()
+        world = load_entry(DEFAULT_WORLD)()
         if training.data == "images":
             images, captioner = str(world / "unlabeled" / "images"), f"shapes-world:{world}"
     cache_root = cache_dir or default_cache_dir() / "features"

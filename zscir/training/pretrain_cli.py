@@ -6,6 +6,7 @@ import json
 import os
 
 import click
+from click.core import ParameterSource
 
 from zscir.utils.options import (DROPOUT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, OUTPUT_DIR, POSITIVE_FLOAT,
                                  POSITIVE_INT)
@@ -76,7 +77,8 @@ def pretrain(ctx, images, captions, captioner, clip_name, pretrained, preprocess
 
     Multi-GPU / multi-node: run the same command under `accelerate launch` or `torchrun`.
     """
-    from zscir.training.pretrain import PretrainConfig, default_network_config, run_pretraining
+    # deferred: the training library imports torch, which `zscir pretrain --help` must not (tests/test_bad_input.py)
+    from zscir.training.pretrain import PretrainConfig, apply_recipe, default_network_config, run_pretraining
     from zscir.training.state import check_run_dir
 
     cfg = PretrainConfig(out=out, method=method, network_config=network_config, dropout=dropout, epochs=epochs,
@@ -94,10 +96,6 @@ def pretrain(ctx, images, captions, captioner, clip_name, pretrained, preprocess
     run = dict(captioner=captioner, clip_name=clip_name, pretrained=pretrained, preprocess=preprocess,
                splitter=splitter)
     if recipe:
-        from click.core import ParameterSource
-
-        from zscir.training.pretrain import apply_recipe
-
         explicit = {p for p in ctx.params if ctx.get_parameter_source(p) is ParameterSource.COMMANDLINE}
         cfg, run, record = apply_recipe(recipe, cfg, run, explicit)
         cfg.recipe = record

@@ -15,6 +15,7 @@ so epochs after the first cost only the mapping network and the text encoder.
 from __future__ import annotations
 
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from zscir.backbone import PLACEHOLDER
+from zscir.data.caption_cache import caption_images
+from zscir.data.captioners import build_captioner, read_caption_file, read_world_captions
+from zscir.data.sources import open_image_source
+from zscir.data.splitter import get_splitter
 from zscir.errors import ZscirError
+from zscir.features import FeatureStore
+from zscir.models.prompts import clean_text, single_training_prompt
+from zscir.utils.atomic import atomic_write_bytes
+from zscir.utils.hashing import sha256_bytes
 
 FEATURE_CACHE_MODES = ("full", "globals", "off")
 
@@ -132,12 +142,6 @@ def build_pretraining_set(images: str, captions: str | None, captioner: str, bac
                           feature_cache: str = "full", need_tokens: bool = True, batch_size: int = 64,
                           log=print, splitter: str = "auto") -> tuple[PretrainingSet, dict]:
     """Images + captions -> a :class:`PretrainingSet` with cached features, and a record of what was used."""
-    from zscir.data.caption_cache import caption_images
-    from zscir.data.captioners import build_captioner
-    from zscir.data.sources import open_image_source
-    from zscir.data.splitter import get_splitter
-    from zscir.features import FeatureStore
-
     source = open_image_source(images)
     captioner_obj = build_captioner("file", path=captions) if captions else build_captioner(captioner)
     texts = caption_images(source, captioner_obj, batch_size=batch_size)
@@ -189,8 +193,6 @@ KEYWORD_TAGS = frozenset({"DET", "ADJ", "NOUN"})
 def lincir_caption(caption: str) -> str:
     """The caption as LinCIR trains on it: lower-cased, ``$`` removed (official ``clean_caption``),
     zscir's placeholder removed (it would claim a pseudo-word)."""
-    from zscir.models.prompts import clean_text
-
     return clean_text(caption.lower().replace("$", " "))
 
 
@@ -200,9 +202,6 @@ def keyword_mask(caption: str, tagger) -> str:
     replaces each keyword string anywhere in the caption. A caption with no keyword becomes
     "a photo of *" (the official's last fallback; its first, one random word, is not used: no randomness
     outside torch's RNG, so a resumed run sees the same)."""
-    from zscir.backbone import PLACEHOLDER
-    from zscir.models.prompts import single_training_prompt
-
     words = caption.split()
     out: list[str] = []
     for word, tag in zip(words, tagger(words)):
@@ -245,8 +244,6 @@ class CaptionSet:
 def read_captions(path: str | None, world: str | None) -> list[str]:
     """Caption texts from ``path`` (.txt: one caption a line; .jsonl/.csv/.tsv/.json as ``--captions``
     elsewhere), or the shapes world's unlabeled captions when no path is given."""
-    from zscir.data.captioners import read_caption_file, read_world_captions
-
     if path is None:
         return [row.caption for row in read_world_captions(world)]
     p = Path(path)
@@ -260,11 +257,6 @@ def read_captions(path: str | None, world: str | None) -> list[str]:
 def text_features_cached(captions: list[str], backbone, cache_root, batch_size: int = 256, log=print) -> np.ndarray:
     """fp16 text features of ``captions`` [N, D], computed once per (backbone, caption list) and kept
     under ``cache_root/text``."""
-    import json
-
-    from zscir.utils.atomic import atomic_write_bytes
-    from zscir.utils.hashing import sha256_bytes
-
     key = sha256_bytes(json.dumps([backbone.identity, captions], sort_keys=True).encode())[:32]
     path = Path(cache_root) / "text" / f"{key}.npy"
     if path.is_file():
@@ -282,9 +274,6 @@ def text_features_cached(captions: list[str], backbone, cache_root, batch_size: 
 def build_caption_set(captions_path: str | None, world: str | None, backbone, cache_root, splitter: str = "auto",
                       log=print) -> tuple[CaptionSet, dict]:
     """A caption file (or the world's captions) -> a :class:`CaptionSet`, and a record of what was used."""
-    from zscir.data.splitter import get_splitter
-    from zscir.models.prompts import single_training_prompt
-
     caption_splitter = get_splitter(splitter)
     tagger = getattr(caption_splitter, "tagger", None)
     if tagger is None:

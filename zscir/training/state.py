@@ -9,6 +9,7 @@ The RNG state of every process is stored (dropout masks differ across ranks).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +17,8 @@ from typing import Any, Callable
 import torch
 
 from zscir.checkpoint import load_checkpoint, save_checkpoint
+from zscir.errors import ZscirError
+from zscir.utils.atomic import atomic_write_text
 
 
 @dataclass
@@ -88,10 +91,6 @@ def check_run_dir(out, resume: bool, overwrite: bool, kind: str, expect: dict[st
     run, or a file, is refused whatever the flags. (On resume the training loop trims
     ``log.jsonl`` to the steps its saved state covers: :func:`trim_log`.)
     """
-    import json
-
-    from zscir.errors import ZscirError
-
     run = Path(out)
     if resume and overwrite:
         raise ZscirError("--resume and --overwrite exclude each other: continue the run or replace it")
@@ -125,10 +124,6 @@ def check_run_dir(out, resume: bool, overwrite: bool, kind: str, expect: dict[st
 
 def trim_log(log: Path, last_step: int) -> None:
     """Keep the log lines of steps <= ``last_step`` (a resumed run redoes and relogs the others)."""
-    import json
-
-    from zscir.utils.atomic import atomic_write_text
-
     if not log.is_file():
         return
     kept = []

@@ -27,9 +27,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from zscir.backbone import load_backbone
+from zscir.benchmarks import get_benchmark, load_splits
 from zscir.errors import ZscirError
-from zscir.models.supervised import (create_head, encode_phrases, entity_phrases, head_config, project_patches,
-                                     save_supervised_checkpoint)
+from zscir.evaluation.features import default_cache_root, image_set_key
+from zscir.evaluation.protocol import Protocol
+from zscir.features import FeatureStore
+from zscir.models import prompts
+from zscir.models.supervised import (HEADS, create_head, encode_phrases, entity_phrases, head_config,
+                                     project_patches, save_supervised_checkpoint)
+from zscir.text import get_parser
 from zscir.training.pretrain import epoch_order
 from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
 from zscir.utils.atomic import atomic_write_json
@@ -107,8 +114,6 @@ class TripletData:
 
 
 def load_train_splits(dataset: str, split: str, root=None):
-    from zscir.benchmarks import get_benchmark, load_splits
-
     benchmark = DATASETS[dataset][0]
     splits = load_splits(benchmark, root, split)
     if not any(s.queries for s in splits):
@@ -121,9 +126,6 @@ def load_train_splits(dataset: str, split: str, root=None):
 
 def _features(backbone, cache_root: Path, label: str, split, ids: list[str], with_tokens: bool, progress: bool):
     """Cached features of ``ids`` (their files in ``split.images``); returns (ok ids, Features, corrupt ids)."""
-    from zscir.evaluation.features import image_set_key
-    from zscir.features import FeatureStore
-
     store = FeatureStore.for_backbone(Path(cache_root) / image_set_key(label, split, ids), backbone)
     report = store.update(backbone, [(i, split.images[i]) for i in ids], with_tokens=with_tokens, progress=progress)
     corrupt = {i for i, _ in report.corrupt}
@@ -134,10 +136,6 @@ def _features(backbone, cache_root: Path, label: str, split, ids: list[str], wit
 def build_triplet_data(splits, backbone, cache_root: Path, with_entities: bool, parser_name: str = "auto",
                        max_entities: int = 6, progress: bool = True, log=print) -> TripletData:
     """Everything the loop needs, from the frozen backbone and the feature cache."""
-    from zscir.evaluation.protocol import Protocol
-    from zscir.models import prompts
-    from zscir.text import get_parser
-
     protocol = Protocol()
     ref_pooled, ref_patches, targets = [], [], []
     ref_row, target_row, variants_text, positives = [], [], [], []
@@ -322,23 +320,19 @@ def run_supervised_training(cfg: SupervisedConfig, root=None, clip_name=None, pr
                             preprocess: str = "targetpad", cache_dir=None, device: str = "cpu", resume: bool = False,
                             progress: bool = True, log=print) -> dict:
     """The whole ``zscir train-supervised`` job: backbone, cached features, training. Returns a summary."""
-    from zscir.backbone import load_backbone
-    from zscir.evaluation.features import default_cache_root
-
     t0 = time.perf_counter()
     split = cfg.split_name()
     if clip_name is None:
-        if cfg.dataset != "shapes":
+        own_backbone = get_benchmark(DATASETS[cfg.dataset][0]).defaults.backbone   # its own (the shapes world's CLIP)
+        if own_backbone is None:
             raise ZscirError(f"--dataset {cfg.dataset} needs a backbone: pass --clip NAME --pretrained TAG|FILE")
-        from zscir.world.shipped import shapes_backbone
-
-        backbone = shapes_backbone(device=device, preprocess=preprocess)
+        backbone = own_backbone(device, preprocess)
     else:
         backbone = load_backbone(clip_name, pretrained, device=device, preprocess=preprocess)
     splits = load_train_splits(cfg.dataset, split, root)
     cache_root = Path(cache_dir) if cache_dir else default_cache_root()
     net_cfg = head_config(cfg.head, cfg.head_options)
-    data = build_triplet_data(splits, backbone, cache_root, with_entities=net_cfg["head"] == "finecir",
+    data = build_triplet_data(splits, backbone, cache_root, with_entities=HEADS[net_cfg["head"]].uses_entities,
                               parser_name=cfg.parser, max_entities=net_cfg["max_entities"], progress=progress, log=log)
     cfg.data = data.record
     t1 = time.perf_counter()

@@ -49,6 +49,7 @@ def train_supervised(dataset, root, texts, head, clip_name, pretrained, preproce
 
     The checkpoint (OUT/model.safetensors) is evaluated with `zscir eval ... --model OUT/model.safetensors`.
     """
+    # deferred: the training library imports torch, which `zscir train-supervised --help` must not (tests/test_bad_input.py)
     from zscir.training.state import check_run_dir
     from zscir.training.supervised import SupervisedConfig, run_supervised_training
 
