@@ -170,7 +170,7 @@ def make_folder(root):
     (root / "nested" / "deeper" / "UPPER.JPEG").write_bytes(files["good.jpg"])
     (root / "nested" / "b.png").write_bytes(files["good.png"])
     (root / "notes.txt").write_text("not listed")
-    (root / "photo.gif").write_bytes(encode(Image.new("RGB", (2, 2)), "GIF"))  # not a listed extension
+    (root / "photo.gif").write_bytes(encode(Image.new("RGB", (2, 2)), "GIF"))  # listed: every --images lists gifs
     return files
 
 
@@ -179,8 +179,8 @@ def test_folder_source_ids_counts_and_skip_report(tmp_path):
     source = open_image_source(str(tmp_path))
     assert source.kind == "folder"
     ids = [item.id for item in source]
-    expected = sorted(files) + ["nested/b.png", "nested/deeper/UPPER.JPEG"]
-    assert ids == expected  # stable: sorted, top level first, relative posix paths
+    expected = sorted([*files, "photo.gif", "nested/b.png", "nested/deeper/UPPER.JPEG"])
+    assert ids == expected  # stable: sorted by id, relative posix paths
     assert source.estimated_len() == len(expected)
     loaded = {item.id: source.load_or_skip(item) for item in source}
     good = {k for k, v in loaded.items() if v is not None}

@@ -23,7 +23,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from zscir.data.sources import open_image_source
 from zscir.errors import ZscirError
+from zscir.features import EncodeOptions, FeatureStore
 
 FEATURE_CACHE_MODES = ("full", "globals", "off")
 
@@ -134,9 +136,7 @@ def build_pretraining_set(images: str, captions: str | None, captioner: str, bac
     """Images + captions -> a :class:`PretrainingSet` with cached features, and a record of what was used."""
     from zscir.data.caption_cache import caption_images
     from zscir.data.captioners import build_captioner
-    from zscir.data.sources import open_image_source
     from zscir.data.splitter import get_splitter
-    from zscir.features import FeatureStore
 
     source = open_image_source(images)
     captioner_obj = build_captioner("file", path=captions) if captions else build_captioner(captioner)
@@ -160,7 +160,7 @@ def build_pretraining_set(images: str, captions: str | None, captioner: str, bac
         log(f"token cache for {len(items)} images: about {_human(token_cache_bytes(len(items), backbone))} "
             f"in {store.root} (use --feature-cache globals to cache only global features)")
     if feature_cache != "off":
-        report = store.update(backbone, items, with_tokens=with_tokens, batch_size=batch_size)
+        report = store.update(backbone, items, EncodeOptions(with_tokens=with_tokens, batch_size=batch_size))
         log(report.summary())
         corrupt = {i for i, _ in report.corrupt}
         items = [i for i in items if i.id not in corrupt]
