@@ -80,12 +80,11 @@ def encode_sources(backbone, sources: Sequence[KeyedImage], options: EncodeOptio
 
 class CoreBalance:
     """On a CPU the decoding workers and the forward's torch threads share the cores, and how to split
-    them depends on the model: with the world CLIP (2 cores, 2 workers) the forward ran 3x slower among
-    the workers with 2 torch threads than alone and ``zscir index`` reached 319-387 img/s, with 1 thread
-    468-480; ViT-B-32 is encoder-bound and needs every thread. So it is measured: after a start-up batch,
-    ``WINDOW`` batches with all threads, then ``WINDOW`` with ``threads - workers`` (at least 1), cut
-    short after one batch that is already 1.5x slower; the faster keeps going. The thread count is
-    restored at the end."""
+    them depends on the model: a small model's forward can run faster with fewer threads among the
+    workers, an encoder-bound one needs every thread (eval/bench_index_encode.py measures both). So it is
+    measured: after a start-up batch, ``WINDOW`` batches with all threads, then ``WINDOW`` with
+    ``threads - workers`` (at least 1), cut short after one batch that is already 1.5x slower; the
+    faster keeps going. The thread count is restored at the end."""
 
     WINDOW = 4
 

@@ -3,7 +3,7 @@
 The precision is part of a feature store's identity (``meta.json``) and of an index's
 ``index.json``: features of two precisions are never mixed in one store. A reduced
 precision is only used where it is fast: on a CPU, bf16 needs AVX512-BF16 or AMX-BF16 and
-fp16 needs AVX512-FP16 (without it fp16 matmuls are emulated, 45-100x slower than fp32);
+fp16 needs AVX512-FP16 (without it fp16 matmuls are emulated, many times slower than fp32);
 the flags are read at run time from ``/proc/cpuinfo``. Anything else is refused with one
 line, never silently run in another precision.
 """
