@@ -345,6 +345,7 @@ def test_caption_survives_file_names_that_are_not_utf8_and_resumes_from_the_cach
     from zscir.data.caption_cache import caption_images
     from zscir.data.captioners import Captioner
     from zscir.data.cli import _write_out
+    from zscir.data.keys import fs_name
     from zscir.data.sources import open_image_source
 
     class Widths(Captioner):
@@ -362,13 +363,15 @@ def test_caption_survives_file_names_that_are_not_utf8_and_resumes_from_the_cach
         Image.new("RGB", (10 + i, 8)).save(os.path.join(os.fsencode(folder), name), "PNG")
     cache = tmp_path / "cache.jsonl"
     first = caption_images(open_image_source(str(folder)), Widths(), cache, batch_size=2, progress=False)
-    assert sorted(os.fsencode(i) for i in first) == sorted(names) and Widths.calls == 3
+    # ids are bytes-safe (\xNN for a byte that is not UTF-8, as zscir index writes them); fs_name maps them back
+    assert sorted(os.fsencode(fs_name(i)) for i in first) == sorted(names) and Widths.calls == 3
     cache.read_bytes().decode("utf-8")  # every line stays UTF-8
     again = caption_images(open_image_source(str(folder)), Widths(), cache, batch_size=2, progress=False)
     assert dict(again) == dict(first) and again.from_cache == 3 and Widths.calls == 3
     _write_out(again, str(tmp_path / "out.jsonl"), "none")
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_bytes().decode("utf-8").splitlines()]
-    assert {os.fsencode(r["id"]): r["caption"] for r in rows} == {os.fsencode(k): v for k, v in first.items()}
+    assert {os.fsencode(fs_name(r["id"])): r["caption"] for r in rows} == \
+        {os.fsencode(fs_name(k)): v for k, v in first.items()}
 
 
 # ------------------------------------------------------------------ Ctrl-C in world generate

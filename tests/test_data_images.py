@@ -170,7 +170,7 @@ def make_folder(root):
     (root / "nested" / "deeper" / "UPPER.JPEG").write_bytes(files["good.jpg"])
     (root / "nested" / "b.png").write_bytes(files["good.png"])
     (root / "notes.txt").write_text("not listed")
-    (root / "photo.gif").write_bytes(encode(Image.new("RGB", (2, 2)), "GIF"))  # not a listed extension
+    (root / "photo.gif").write_bytes(encode(Image.new("RGB", (2, 2)), "GIF"))  # listed: every --images lists gifs
     return files
 
 
@@ -179,8 +179,8 @@ def test_folder_source_ids_counts_and_skip_report(tmp_path):
     source = open_image_source(str(tmp_path))
     assert source.kind == "folder"
     ids = [item.id for item in source]
-    expected = sorted(files) + ["nested/b.png", "nested/deeper/UPPER.JPEG"]
-    assert ids == expected  # stable: sorted, top level first, relative posix paths
+    expected = sorted([*files, "photo.gif", "nested/b.png", "nested/deeper/UPPER.JPEG"])
+    assert ids == expected  # stable: sorted by id, relative posix paths
     assert source.estimated_len() == len(expected)
     loaded = {item.id: source.load_or_skip(item) for item in source}
     good = {k for k, v in loaded.items() if v is not None}
@@ -325,3 +325,66 @@ def test_brace_expansion():
     assert expand_braces("plain.tar") == ["plain.tar"]
     with pytest.raises(ZscirError, match="unbalanced"):
         expand_braces("a{1..2")
+
+
+# --- one rule for every --images ----------------------------------------------------------------
+
+def mixed_folder(root):
+    """.jpg .png .gif .tif (+ .TIFF, nested), a dotfile, a hidden folder and a non-image."""
+    root.mkdir(parents=True)
+    picture = noise(16, 12, seed=3)
+    (root / "a.jpg").write_bytes(encode(picture, "JPEG"))
+    (root / "b.png").write_bytes(encode(picture, "PNG"))
+    (root / "c.gif").write_bytes(encode(picture, "GIF"))
+    (root / "d.tif").write_bytes(encode(picture, "TIFF"))
+    (root / "sub").mkdir()
+    (root / "sub" / "e.TIFF").write_bytes(encode(picture, "TIFF"))
+    (root / ".hidden.jpg").write_bytes(encode(picture, "JPEG"))          # a dotfile (e.g. a macOS ._ fork)
+    (root / ".thumbs").mkdir()
+    (root / ".thumbs" / "f.jpg").write_bytes(encode(picture, "JPEG"))    # in a hidden folder
+    (root / "notes.txt").write_text("not an image")
+    return ["a.jpg", "b.png", "c.gif", "d.tif", "sub/e.TIFF"]
+
+
+def test_index_and_pretrain_list_a_folder_by_one_rule(tmp_path):
+    from zscir.data.items import IMAGE_EXTENSIONS
+    from zscir.data.sources import FolderSource
+
+    expected = mixed_folder(tmp_path / "mixed")
+    source = open_image_source(str(tmp_path / "mixed"))               # pretrain and caption
+    assert source.kind == "folder" and [i.id for i in source] == expected
+    assert [i for i, _ in FolderSource(tmp_path / "mixed").files()] == expected   # zscir index (build_index)
+    images = [source.load_or_skip(i) for i in source]
+    assert all(im is not None and im.mode == "RGB" and im.size == (16, 12) for im in images)
+    assert set(IMAGE_EXTENSIONS) == {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"}
+
+
+def test_index_and_pretrain_commands_take_the_same_images(tmp_path, capsys):
+    from zscir.cli import main
+    from zscir.data.items import IMAGES_RULE
+
+    expected = mixed_folder(tmp_path / "mixed")
+    captions = {i: f"a red car parked near a green fence number {n}" for n, i in enumerate(expected)}
+    captions.update({".hidden.jpg": "a small dog sitting on a wooden bench", "f.jpg": "a small dog on a bench"})
+    (tmp_path / "caps.json").write_text(json.dumps(captions))
+
+    def run(args):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in args])
+        out = capsys.readouterr().out
+        assert e.value.code == 0, out
+        return json.loads(out[out.index("{"):])
+
+    index = run(["index", "--images", tmp_path / "mixed", "--out", tmp_path / "idx", "--json", "--no-progress"])
+    pretrain = run(["pretrain", "--images", tmp_path / "mixed", "--captions", tmp_path / "caps.json",
+                    "--feature-cache", "globals", "--batch-size", 2, "--epochs", 1, "--max-steps", 1,
+                    "--cache-dir", tmp_path / "cache", "--out", tmp_path / "run", "--json"])
+    assert index["count"] == pretrain["data"]["num_images"] == len(expected)
+    from zscir.features import FeatureStore
+
+    assert FeatureStore(tmp_path / "idx" / "features").ids() == expected       # the images each one encoded
+    assert sorted(FeatureStore(pretrain["data"]["feature_store"]).ids()) == expected
+    for command in ("index", "pretrain", "caption"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert IMAGES_RULE in " ".join(capsys.readouterr().out.split()), command

@@ -234,7 +234,7 @@ def test_killed_update_keeps_finished_shards_and_resumes(tmp_path):
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from PIL import Image
         from test_features import ConvBackbone
-        from zscir.features import FeatureStore, ImageSource, file_key
+        from zscir.features import FeatureStore, KeyedImage, file_key
         items = {[(i, str(p)) for i, p in items]!r}
         def loader(n, path):
             def load():
@@ -245,7 +245,7 @@ def test_killed_update_keeps_finished_shards_and_resumes(tmp_path):
                     time.sleep(0.01)
                 return Image.open(path).convert("RGB")
             return load
-        sources = [ImageSource(i, file_key(p), loader(n, p)) for n, (i, p) in enumerate(items)]
+        sources = [KeyedImage(i, file_key(p), loader(n, p)) for n, (i, p) in enumerate(items)]
         FeatureStore({str(store_dir)!r}).update(ConvBackbone(), sources, with_tokens=True, batch_size=2,
                                                  shard_size=2, workers=0, progress=False)
     """)

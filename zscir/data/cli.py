@@ -24,7 +24,9 @@ def _find_world(images: str) -> str | None:
 
 @click.command("caption")
 @click.option("--images", required=True, metavar="PATH",
-              help="A folder of images, a text file listing image paths, or tar shards (e.g. 'cc3m/{00000..00331}.tar').")
+              help="A folder of images, a text file listing image paths, or tar shards (e.g. 'cc3m/{00000..00331}.tar'). "
+                   "Image files: .jpg .jpeg .png .webp .bmp .gif .tif .tiff (any case); dotfiles and hidden folders "
+                   "are skipped.")
 @click.option("--captioner", default="blip", show_default=True, metavar="NAME",
               help="blip, lavis, file, webdataset-txt or shapes-world; 'name:arg' fills the main argument "
                    "(file:caps.jsonl, blip:/path/to/model, shapes-world:/path/to/world).")

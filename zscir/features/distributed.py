@@ -10,7 +10,8 @@ shards into its manifest in rank order (hard links, so the order of rows is the 
 one process would have written), consolidates, and deletes the rank stores; the caller
 (``zscir index``) then builds the search index on the main process alone.
 
-One process and N processes therefore give the same store, row for row.
+One process and N processes therefore give the same store, row for row. The store itself
+knows nothing of processes: :func:`update_store` is where a caller's update goes multi-process.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, Iterable
 
 from zscir.errors import ZscirError
+from zscir.features.options import EncodeOptions
 from zscir.features.sources import _item_id
+from zscir.features.store import FeatureStore, UpdateReport, backbone_fingerprint
 
 RANKS_DIR = "ranks"
 PLAN_TIMEOUT_HOURS = 24
@@ -44,7 +48,7 @@ class Ranks:
         """``obj`` of the main process, on every process."""
         if self.world == 1:
             return obj
-        from accelerate.utils import broadcast_object_list
+        from accelerate.utils import broadcast_object_list  # heavy (torch): only with several processes
 
         box = [obj if self.is_main else None]
         broadcast_object_list(box, from_process=0)
@@ -54,7 +58,7 @@ class Ranks:
         """Every process's ``obj``, in rank order, on every process."""
         if self.world == 1:
             return [obj]
-        from accelerate.utils import gather_object
+        from accelerate.utils import gather_object  # heavy (torch): only with several processes
 
         return gather_object([obj])
 
@@ -82,9 +86,7 @@ def current_ranks(device: str = "cpu") -> Ranks:
     """The job this process belongs to: one process, or the launcher's (gloo on CPUs, nccl on GPUs)."""
     if launched_world() <= 1:
         return Ranks(0, 1)
-    from datetime import timedelta
-
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # heavy (torch): only under a launcher
     from accelerate.utils import InitProcessGroupKwargs
 
     # the others wait while the main process hashes a new gallery (hours at 100M images): no 30-min timeout
@@ -98,9 +100,7 @@ def share(n: int, rank: int, world: int) -> slice:
     return slice(rank * n // world, (rank + 1) * n // world)
 
 
-def rank_store(store, rank: int):
-    from zscir.features.store import FeatureStore
-
+def rank_store(store: FeatureStore, rank: int) -> FeatureStore:
     return FeatureStore(store.root / RANKS_DIR / f"rank-{rank:05d}", repair_hint=store.repair_hint)
 
 
@@ -109,20 +109,23 @@ def fail(ranks: Ranks, message: str) -> None:
     ranks.broadcast({"error": message})
 
 
-def distributed_update(store, backbone, items: Iterable[Any], ranks: Ranks, with_tokens: bool = False,
-                       batch_size: int = 64, shard_size: int = 2048, flush_seconds: float = 120.0,
-                       workers: int | None = None, progress: bool = True, prune: bool = True,
-                       force: bool = False, precision: str = "fp32", draft: bool = False):
+def update_store(store: FeatureStore, backbone, items: Iterable[Any], options: EncodeOptions,
+                 ranks: Ranks | None = None) -> UpdateReport:
+    """``store.update`` in this process, or across ``ranks`` when there are 2+ (every process calls it)."""
+    if ranks is not None and ranks.world > 1:
+        return distributed_update(store, backbone, items, ranks, options)
+    return store.update(backbone, items, options)
+
+
+def distributed_update(store: FeatureStore, backbone, items: Iterable[Any], ranks: Ranks,
+                       options: EncodeOptions) -> UpdateReport:
     """:meth:`FeatureStore.update` across ``ranks``; every process calls it with the same ``items``.
 
     Returns the main process's report (images encoded by all processes) on the main
     process, and the process's own report on the others.
     """
-    from zscir.features.store import UpdateReport, backbone_fingerprint
-
     items = list(items)
-    kwargs = dict(with_tokens=with_tokens, batch_size=batch_size, shard_size=shard_size,
-                  flush_seconds=flush_seconds, workers=workers, precision=precision, draft=draft)
+    precision = options.precision
     if not ranks.is_main:
         plan = ranks.broadcast(None)
         if plan.get("error"):
@@ -133,22 +136,21 @@ def distributed_update(store, backbone, items: Iterable[Any], ranks: Ranks, with
                      "pass a weights file)")
             ranks.gather({"error": error, "encoded": 0, "corrupt": [], "images_per_s": 0.0})
             raise ZscirError(error)
-        mine = _encode_share(store, backbone, items, plan, ranks, progress=False, **kwargs)
+        mine = _encode_share(store, backbone, items, plan, ranks, replace(options, progress=False))
         ranks.gather(mine)
         return UpdateReport(**{k: v for k, v in mine.items() if k in ("encoded", "seconds", "images_per_s")},
                             corrupt=[tuple(c) for c in mine.get("corrupt", [])])
     with contextlib.ExitStack() as stack:
         try:
-            if force:
+            if options.force:
                 shutil.rmtree(store.root / RANKS_DIR, ignore_errors=True)
-            manifest, todo, report = stack.enter_context(
-                store.planned_update(backbone, items, with_tokens, workers, progress, prune, force, precision))
+            manifest, todo, report = stack.enter_context(store.planned_update(backbone, items, options))
         except BaseException as e:
             fail(ranks, str(e).splitlines()[0] if str(e) else type(e).__name__)
             raise
-        plan = ranks.broadcast({"error": None, "todo": [s.id for s in todo], "hashes": store._read_hashes(),
+        plan = ranks.broadcast({"error": None, "todo": [s.id for s in todo], "hashes": store.known_hashes(),
                                 "fingerprint": backbone_fingerprint(backbone, precision)})
-        mine = _encode_share(store, backbone, items, plan, ranks, progress=progress, **kwargs)
+        mine = _encode_share(store, backbone, items, plan, ranks, options)
         results = ranks.gather(mine)  # also the barrier: every process has finished its share
         errors = [f"process {r}: {res['error']}" for r, res in enumerate(results) if res.get("error")]
         if errors:
@@ -162,14 +164,15 @@ def distributed_update(store, backbone, items: Iterable[Any], ranks: Ranks, with
     return report
 
 
-def _encode_share(store, backbone, items, plan, ranks, progress, **kwargs) -> dict[str, Any]:
-    """Encode this process's slice of the plan into its rank store; a summary (or the error) to gather."""
+def _encode_share(store, backbone, items, plan, ranks, options: EncodeOptions) -> dict[str, Any]:
+    """Encode this process's slice of the plan into its rank store; a summary (or the error) to gather.
+    A rank store holds exactly its slice (prune) and is never forced: what it finished is kept."""
     todo = plan["todo"]
     wanted = set(todo[share(len(todo), ranks.rank, ranks.world)])
     mine = [item for item in items if _item_id(item) in wanted]
     try:
-        report = rank_store(store, ranks.rank).update(backbone, mine, progress=progress, prune=True,
-                                                      known_hashes=plan.get("hashes"), consolidate=False, **kwargs)
+        report = rank_store(store, ranks.rank).update(backbone, mine, replace(options, prune=True, force=False),
+                                                      known_hashes=plan.get("hashes"), consolidate=False)
     except ZscirError as e:
         return {"error": str(e), "encoded": 0, "corrupt": [], "images_per_s": 0.0}
     return {"error": None, "encoded": report.encoded, "corrupt": [list(c) for c in report.corrupt],

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 
 from zscir.errors import ZscirError
 from zscir.features.loader import default_decode_workers, prepared_batches, skip_reason  # noqa: F401 (re-export)
+from zscir.features.options import EncodeOptions
 from zscir.features.precision import autocast, check_precision
 from zscir.features.shards import DTYPE
-from zscir.features.sources import ImageSource
+from zscir.features.sources import KeyedImage
 
 
 @dataclass
@@ -31,14 +31,20 @@ class EncodedBatch:
     corrupt: list[tuple[str, str]]  # (id, reason) of images skipped in this batch
 
 
-def encode_sources(backbone, sources: Sequence[ImageSource], batch_size: int = 64, with_tokens: bool = False,
-                   workers: int | None = None, precision: str = "fp32", draft: bool = False,
-                   ) -> Iterator[EncodedBatch]:
+def encode_sources(backbone, sources: Sequence[KeyedImage], options: EncodeOptions | None = None,
+                   **overrides) -> Iterator[EncodedBatch]:
     """Encode ``sources`` with ``backbone`` in batches; yields fp16 numpy features.
 
-    ``workers``: decoding processes (None: one per core; 0: decode in this process,
-    also chosen for a single batch, where starting processes costs more than it saves).
+    Of ``options`` (:class:`EncodeOptions`, its fields also accepted as keywords) this reads
+    ``batch_size``, ``with_tokens``, ``precision``, ``draft`` and ``workers``: decoding processes
+    (None: one per core; 0: decode in this process, also chosen for a single batch, where
+    starting processes costs more than it saves).
     """
+    import torch  # heavy: only when something is encoded
+
+    options = EncodeOptions.of(options, **overrides)
+    batch_size, with_tokens, workers = options.batch_size, options.with_tokens, options.workers
+    precision, draft = options.precision, options.draft
     check_precision(precision, backbone.device)
     workers = default_decode_workers() if workers is None else workers
     if len(sources) <= batch_size:
@@ -84,6 +90,8 @@ class CoreBalance:
     WINDOW = 4
 
     def __init__(self, workers: int):
+        import torch  # heavy: only when something is encoded
+
         self.threads = torch.get_num_threads()
         self.fewer = max(1, self.threads - workers)
         self.active = workers > 0 and self.fewer < self.threads
@@ -104,17 +112,23 @@ class CoreBalance:
         if self.trials and in_window < self.WINDOW and now - self._start > 1.5 * pace:
             # fewer threads are clearly slower (an encoder-bound model): stop the trial after one batch
             self.trials.append((now - self._start) * self.WINDOW / in_window)
-            torch.set_num_threads(self.threads)
+            _set_threads(self.threads)
             return
         if in_window < self.WINDOW:
             return
         self.trials.append(now - self._start)
         self._start = now
         if len(self.trials) == 1:
-            torch.set_num_threads(self.fewer)
+            _set_threads(self.fewer)
         elif self.trials[0] <= self.trials[1]:
-            torch.set_num_threads(self.threads)
+            _set_threads(self.threads)
 
     def restore(self) -> None:
         if self.active:
-            torch.set_num_threads(self.threads)
+            _set_threads(self.threads)
+
+
+def _set_threads(n: int) -> None:
+    import torch  # heavy: only when something is encoded
+
+    torch.set_num_threads(n)

@@ -17,13 +17,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
-
-import torch
-from torch.utils.data import DataLoader, Dataset
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from zscir.data.images import BadImageError
-from zscir.features.sources import ImageSource, load_image
+from zscir.features.sources import KeyedImage, load_image
+
+if TYPE_CHECKING:  # annotations only; torch is imported where batches are made
+    import torch
 
 
 def default_decode_workers() -> int:
@@ -44,7 +44,7 @@ def skip_reason(error: Exception) -> str:
     return f"{type(error).__name__}: {error}".strip()
 
 
-def prepare(source: ImageSource, preprocess, min_size: int | None) -> tuple[torch.Tensor | None, str | None]:
+def prepare(source: KeyedImage, preprocess, min_size: int | None) -> tuple[torch.Tensor | None, str | None]:
     """(tensor, None) for a usable image, (None, reason) otherwise. The tensor: a ``Preprocess``'s uint8
     pixels [3, S, S] (normalised later, a batch at once), or what another callable ``preprocess`` returns."""
     try:
@@ -66,16 +66,19 @@ class PreparedBatch:
         return self
 
 
-class _Batches(Dataset):
-    """Item b = batch b of the sources, decoded and turned into uint8 pixels (in a worker)."""
+class _Batches:
+    """Item b = batch b of the sources, decoded and turned into uint8 pixels (in a worker); a map-style
+    dataset for torch's ``DataLoader``."""
 
-    def __init__(self, sources: Sequence[ImageSource], preprocess, batch_size: int, min_size: int | None):
+    def __init__(self, sources: Sequence[KeyedImage], preprocess, batch_size: int, min_size: int | None):
         self.sources, self.preprocess, self.batch_size, self.min_size = sources, preprocess, batch_size, min_size
 
     def __len__(self) -> int:
         return -(-len(self.sources) // self.batch_size)
 
     def __getitem__(self, b: int) -> PreparedBatch:
+        import torch  # heavy: only when something is encoded
+
         start = b * self.batch_size
         tensors, good, errors = [], [], []
         for j, source in enumerate(self.sources[start:start + self.batch_size]):
@@ -101,7 +104,7 @@ def _quiet_worker(_worker_id: int) -> None:
     os.close(devnull)
 
 
-def prepared_batches(sources: Sequence[ImageSource], preprocess, batch_size: int, workers: int,
+def prepared_batches(sources: Sequence[KeyedImage], preprocess, batch_size: int, workers: int,
                      min_size: int | None = None, pin_memory: bool = False,
                      prefetch: int = 2) -> Iterator[PreparedBatch]:
     """Yield the sources' batches in order, ``prefetch`` per worker decoding ahead; ``workers=0``: in this process."""
@@ -112,6 +115,8 @@ def prepared_batches(sources: Sequence[ImageSource], preprocess, batch_size: int
             batch = dataset[b]
             yield batch.pin_memory() if pin_memory else batch
         return
+    from torch.utils.data import DataLoader  # heavy: only when something is encoded
+
     # fork: the sources (and a caller's own load() closures) need not be picklable; spawn elsewhere
     context = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,

@@ -3,7 +3,7 @@
 The precision is part of a feature store's identity (``meta.json``) and of an index's
 ``index.json``: features of two precisions are never mixed in one store. A reduced
 precision is only used where it is fast: on a CPU, bf16 needs AVX512-BF16 or AMX-BF16 and
-fp16 needs AVX512-FP16 (without it fp16 matmuls are emulated, 45-100x slower than fp32);
+fp16 needs AVX512-FP16 (without it fp16 matmuls are emulated, many times slower than fp32);
 the flags are read at run time from ``/proc/cpuinfo``. Anything else is refused with one
 line, never silently run in another precision.
 """
@@ -11,20 +11,24 @@ line, never silently run in another precision.
 from __future__ import annotations
 
 import contextlib
-
-import torch
+from typing import TYPE_CHECKING
 
 from zscir.errors import ZscirError
 from zscir.utils.cpu import NATIVE_FLAGS, has_native
 
+if TYPE_CHECKING:  # annotations only
+    import torch
+
 PRECISIONS = ("fp32", "bf16", "fp16")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16"}   # torch dtypes of the reduced precisions
 def check_precision(precision: str, device: str | torch.device, flags: frozenset[str] | None = None) -> None:
     """Raise a one-line :class:`ZscirError` unless ``device`` runs ``precision`` natively."""
     if precision not in PRECISIONS:
         raise ZscirError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return
+    import torch  # heavy: only for a reduced precision
+
     device = torch.device(device)
     if device.type == "cpu":
         need = NATIVE_FLAGS[precision]
@@ -47,4 +51,6 @@ def autocast(precision: str, device: str | torch.device):
     """The context an image forward runs in: nothing for fp32, else torch autocast to bf16/fp16."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[precision])
+    import torch  # heavy: only for a reduced precision
+
+    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, DTYPE_NAMES[precision]))

@@ -1,32 +1,27 @@
 """What the feature store accepts as an image: anything with an id, a key and a way to load it.
 
 The store decides whether an image must be (re-)encoded by comparing its *key*
-with the key stored beside its features. The key is the image's content:
-``sha256:<hex>`` of the encoded bytes. So moving a gallery folder, copying it
+with the key stored beside its features: the content key of :mod:`zscir.data.keys`
+(``sha256:<hex>`` of the encoded bytes). So moving a gallery folder, copying it
 elsewhere or ``touch``-ing its files re-encodes nothing; only a changed picture
 is encoded again.
 
 Hashing reads every byte, so the store keeps a hash cache keyed by each file's
-*stat key* (``file:<abs path>:<size>:<mtime_ns>``): a rerun over an unchanged
-123k-image gallery costs 123k stats, and only moved, touched or new files are
-read (in threads). Stores written before content keys hold stat keys; a row
-whose stat key still matches its file is kept as it is.
+*stat key* (:func:`zscir.data.keys.file_key`): a rerun over an unchanged gallery costs
+one stat per image, and only moved, touched or new files are read (in threads). Stores
+written before content keys hold stat keys; a row whose stat key still matches its
+file is kept as it is.
 
 Accepted items: ``(id, path)`` pairs, bare paths (id = the path as given), and
-objects with ``id`` and ``load()`` plus ``path`` or ``content_hash``; an
-optional ``release()`` is called once their bytes are no longer needed.
-Everything is decoded by the project's one decoder, :func:`zscir.data.images.decode_image`.
-
-File names that are not valid UTF-8 (possible on POSIX) get a *bytes-safe id*:
-each undecodable byte is written ``\\xNN`` (:func:`safe_name`), so ids can be
-stored in JSON and printed; :func:`fs_name` turns such an id back into the name
-on disk. Names that are valid UTF-8 are used unchanged.
+objects with ``id`` and ``load()`` plus ``path`` or ``content_hash`` (an
+:class:`zscir.data.items.ImageItem`); an optional ``release()`` is called once their
+bytes are no longer needed. Everything is decoded by the project's one decoder,
+:func:`zscir.data.images.decode_image`. Ids are made bytes-safe (:func:`zscir.data.keys.safe_name`).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,15 +29,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from PIL import Image
+from tqdm.auto import tqdm
 
-from zscir.data.images import BadImageError, decode_image, to_rgb
+from zscir.data.images import DEFAULT_MAX_PIXELS, BadImageError, decode_image, to_rgb
+# fs_name and content_key: also read from here by index/ and serve/ (their home is zscir.data.keys)
+from zscir.data.keys import content_key, file_content_key, file_key, fs_name, safe_name  # noqa: F401
 from zscir.errors import ZscirError
-from zscir.utils.hashing import sha256_bytes, sha256_file
 
 
 @dataclass(frozen=True)
-class ImageSource:
-    """One image as the store sees it.
+class KeyedImage:
+    """One image as the store sees it (made from an ``--images`` item by :func:`as_source`).
 
     ``key`` identifies the content (``sha256:<hex>``, or any string a caller chooses);
     ``stat`` is the file's stat key when the image is a file (None otherwise).
@@ -57,46 +54,6 @@ class ImageSource:
 def default_workers() -> int:
     """Threads for decoding / hashing: I/O and PIL release the GIL, so a few help even on 2 cores."""
     return max(1, min(4, os.cpu_count() or 1))
-
-
-# ---------------------------------------------------------------- bytes-safe names
-_ESCAPED = re.compile(r"\\x([89a-f][0-9a-f])")
-
-
-def safe_name(name: str) -> str:
-    """``name`` with every byte that is not UTF-8 (a surrogateescape'd byte) written as ``\\xNN``."""
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def fs_name(safe: str) -> str:
-    """The inverse of :func:`safe_name`: ``\\xNN`` (NN >= 80) back to the undecodable byte."""
-    if "\\x" not in safe:
-        return safe
-    return _ESCAPED.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), safe)
-
-
-def is_escaped(name: str) -> bool:
-    return safe_name(name) != name
-
-
-# ---------------------------------------------------------------- keys
-def file_key(path: str | os.PathLike) -> str:
-    """The stat identity of a file on disk: absolute path, size and mtime in nanoseconds."""
-    p = Path(path).absolute()
-    st = p.stat()
-    return f"file:{safe_name(str(p))}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def content_key(data: bytes) -> str:
-    return "sha256:" + sha256_bytes(data)
-
-
-def file_content_key(path: str | os.PathLike) -> str:
-    return "sha256:" + sha256_file(path)
 
 
 def read_image_file(path: str | os.PathLike, item_id: str, min_size: int | None = None) -> Image.Image:
@@ -130,7 +87,7 @@ def _file_loader(image_id: str, path: Path) -> Callable[[], Image.Image]:
     return _FileLoader(image_id, path)
 
 
-def load_image(source: "ImageSource", min_size: int | None = None) -> Image.Image:
+def load_image(source: "KeyedImage", min_size: int | None = None) -> Image.Image:
     """Decode ``source``; with ``min_size``, JPEGs are decoded in draft mode where its loader allows it
     (zscir's own loaders do; a caller's ``load`` without arguments is called as it is)."""
     if min_size is not None and getattr(source.load, "accepts_min_size", False):
@@ -148,7 +105,7 @@ def _stat_or_skip(image_id: str, path: Path) -> str:
         raise BadImageError(image_id, "unreadable file", e.strerror or str(e)) from None
 
 
-def _from_path(image_id: str, path: str | os.PathLike, known: dict[str, str] | None = None) -> ImageSource:
+def _from_path(image_id: str, path: str | os.PathLike, known: dict[str, str] | None = None) -> KeyedImage:
     """A file as a source, keyed by its content hash (from ``known`` by stat key when it is there)."""
     path = Path(path)
     image_id = safe_name(str(image_id))
@@ -159,7 +116,7 @@ def _from_path(image_id: str, path: str | os.PathLike, known: dict[str, str] | N
             key = file_content_key(path)
         except OSError as e:
             raise BadImageError(image_id, "unreadable file", e.strerror or str(e)) from None
-    return ImageSource(image_id, key, _file_loader(image_id, path), stat)
+    return KeyedImage(image_id, key, _file_loader(image_id, path), stat)
 
 
 def _object_key(item: Any) -> tuple[str, str | None]:
@@ -193,8 +150,6 @@ class _ObjectLoader:
         item = self.item
         try:
             if min_size is not None and callable(getattr(item, "read_bytes", None)):
-                from zscir.data.images import DEFAULT_MAX_PIXELS
-
                 return decode_image(item.read_bytes(), safe_name(str(item.id)),
                                     getattr(item, "max_pixels", DEFAULT_MAX_PIXELS), min_size=min_size)
             return to_rgb(item.load())  # ImageItem.load() already decodes with decode_image
@@ -206,24 +161,24 @@ def _object_loader(item: Any) -> Callable[[], Image.Image]:
     return _ObjectLoader(item)
 
 
-def _from_object(item: Any) -> ImageSource:
+def _from_object(item: Any) -> KeyedImage:
     key, stat = _object_key(item)
-    return ImageSource(safe_name(str(item.id)), key, _object_loader(item), stat)
+    return KeyedImage(safe_name(str(item.id)), key, _object_loader(item), stat)
 
 
 def _is_object(item: Any) -> bool:
-    return not isinstance(item, (ImageSource, str, os.PathLike, tuple)) and hasattr(item, "id") and hasattr(item, "load")
+    return not isinstance(item, (KeyedImage, str, os.PathLike, tuple)) and hasattr(item, "id") and hasattr(item, "load")
 
 
 def _item_id(item: Any) -> str:
-    if isinstance(item, ImageSource):
+    if isinstance(item, KeyedImage):
         return item.id
     return safe_name(str(item[0]) if isinstance(item, tuple) else str(getattr(item, "id", item)))
 
 
-def as_source(item: Any, known: dict[str, str] | None = None) -> ImageSource:
-    """Adapt one accepted item (see module docstring) to an :class:`ImageSource`."""
-    if isinstance(item, ImageSource):
+def as_source(item: Any, known: dict[str, str] | None = None) -> KeyedImage:
+    """Adapt one accepted item (see module docstring) to an :class:`KeyedImage`."""
+    if isinstance(item, KeyedImage):
         return item
     if isinstance(item, (str, os.PathLike)):
         return _from_path(str(item), item, known)
@@ -240,7 +195,7 @@ HASH_RUN = 32   # items a hashing thread adapts in one go
 
 def as_sources(items: Iterable[Any], workers: int = 4, progress: bool = False,
                known_hashes: dict[str, str] | None = None,
-               ) -> tuple[list[ImageSource], list[tuple[str, str]]]:
+               ) -> tuple[list[KeyedImage], list[tuple[str, str]]]:
     """Adapt all items; return (sources, unusable) where unusable = [(id, reason)].
 
     Content hashes are computed in threads (each reads a whole file), with a progress
@@ -257,7 +212,7 @@ def as_sources(items: Iterable[Any], workers: int = 4, progress: bool = False,
         seen.add(image_id)
     known = known_hashes or {}
 
-    def adapt(item: Any) -> ImageSource | tuple[str, str]:
+    def adapt(item: Any) -> KeyedImage | tuple[str, str]:
         if _is_object(item) and getattr(item, "path", None) is None and not hasattr(type(item), "content_hash") \
                 and not hasattr(item, "content_hash"):
             raise ZscirError(f"image {item.id!r}: item has neither a path nor a content_hash to key its features by")
@@ -273,7 +228,7 @@ def as_sources(items: Iterable[Any], workers: int = 4, progress: bool = False,
     def needs_reading(item: Any) -> bool:
         if _is_object(item):
             return True
-        if isinstance(item, ImageSource):
+        if isinstance(item, KeyedImage):
             return False
         path = item[1] if isinstance(item, tuple) else item
         try:
@@ -283,8 +238,6 @@ def as_sources(items: Iterable[Any], workers: int = 4, progress: bool = False,
 
     slow = sum(map(needs_reading, items))
     if slow > 1:
-        from tqdm.auto import tqdm
-
         # a thread takes a run of HASH_RUN items, not a future an item (a future each costs more than the
         # hash of a small page-cached file); the threads are for cold disks and network storage, where
         # reads wait (eval/bench_index_encode.py; docs/encoding_performance.md)
@@ -303,30 +256,7 @@ def as_sources(items: Iterable[Any], workers: int = 4, progress: bool = False,
         pool.shutdown()
     else:
         adapted = [adapt(i) for i in items]
-    sources = [a for a in adapted if isinstance(a, ImageSource)]
-    unusable = [a for a in adapted if not isinstance(a, ImageSource)]
+    sources = [a for a in adapted if isinstance(a, KeyedImage)]
+    unusable = [a for a in adapted if not isinstance(a, KeyedImage)]
     return sources, unusable
 
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-def images_in_folder(folder: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
-                     ) -> list[tuple[str, Path]]:
-    """(id, path) for every image file under ``folder``, id = path relative to it (POSIX, bytes-safe), sorted.
-
-    Symlinks to files are listed (a dangling one is skipped later, with its reason);
-    symlinked folders are not followed.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise ZscirError(f"image folder {safe_name(str(root))!r} does not exist or is not a directory")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.lower().endswith(extensions) and not name.startswith("."):
-                p = Path(dirpath) / name
-                found.append((safe_name(p.relative_to(root).as_posix()), p))
-    found.sort()
-    return found

@@ -45,7 +45,9 @@ def _print_verify(report, as_json) -> None:
 @click.command("index")
 @click.option("--images", type=click.Path(),
               help="Folder of images (searched recursively), or webdataset tar shards ('shards/{00000..00099}.tar', "
-                   "a folder of .tar files) or a text file listing image paths. Required unless --verify.")
+                   "a folder of .tar files) or a text file listing image paths. Image files: .jpg .jpeg .png .webp "
+                   ".bmp .gif .tif .tiff (any case); dotfiles and hidden folders are skipped. Required unless "
+                   "--verify.")
 @click.option("--out", required=True, type=click.Path(), help="Index directory (created, or updated incrementally).")
 @click.option("--clip", help="open_clip model name of the backbone (default: the shapes world's CLIP).")
 @click.option("--pretrained", help="pretrained tag (e.g. openai) or a local weights file, with --clip; "

@@ -16,7 +16,7 @@ features; a rerun that finds one of them missing or damaged (checksum) rebuilds 
 from the features without re-encoding. ``force=True`` re-encodes everything;
 :func:`verify_index` checks every file against the checksums recorded for it.
 Ids are bytes-safe (file names that are not UTF-8 get ``\\xNN`` escapes, see
-:func:`zscir.features.sources.safe_name`).
+:func:`zscir.data.keys.safe_name`).
 
 Rebuilding is incremental: the store encodes only new or changed images and
 drops deleted ones, then the faiss index is rebuilt from the stored features
@@ -32,18 +32,20 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import faiss
 import numpy as np
 
+from zscir.data.keys import fs_name, safe_name
+from zscir.data.sources import FolderSource
 from zscir.errors import ZscirError
-from zscir.features import FeatureStore, backbone_fingerprint, images_in_folder
-from zscir.features.sources import fs_name, safe_name
+from zscir.features import EncodeOptions, FeatureStore, backbone_fingerprint
+from zscir.features.distributed import fail, update_store
+from zscir.features.interrupt import sigint_deferred
 from zscir.features.shards import save_npy
-from zscir.features.store import sigint_deferred
 from zscir.index import search_index
 from zscir.index.rows import StringColumn
 from zscir.utils.atomic import atomic_path, atomic_write_json
@@ -180,20 +182,21 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
     if (images is None) == (items is None):
         raise ZscirError("give either an image folder (--images) or a list of items to index")
     if images is not None:
-        pairs = images_in_folder(images)
+        pairs = FolderSource(images).files()  # the one --images lister (zscir.data.sources)
         if not pairs:
             raise ZscirError(f"no images (.jpg, .png, .webp, ...) found under {safe_name(str(images))!r} "
                              "(option --images)")
         items = pairs
     items = list(items)
-    encode = dict(batch_size=batch_size, workers=workers, progress=progress, force=force, precision=precision,
-                  draft=draft, shard_size=shard_size, ranks=ranks)
+    encode = EncodeOptions(batch_size=batch_size, workers=workers, progress=progress, force=force,
+                           precision=precision, draft=draft, shard_size=shard_size)
     if ranks is not None and not ranks.is_main:  # a helper process: encode its share, the main one does the rest
         store = FeatureStore(out / "features", repair_hint=repair_hint(out, images))
-        report = store.update(backbone, items, **{**encode, "progress": False})
+        report = update_store(store, backbone, items, replace(encode, progress=False), ranks)
         return {"index": str(out), "rank": ranks.rank, "features": report.to_dict()}
     with _build_lock(out):  # two first-use builds of the same index: one builds, the other then finds it
-        return _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode, max_index_memory)
+        return _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode, ranks,
+                             max_index_memory)
 
 
 @contextlib.contextmanager
@@ -225,22 +228,21 @@ def _check_existing(out, backbone, precision, force, log):
     return existing
 
 
-def _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode, max_index_memory=None):
+def _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode: EncodeOptions, ranks,
+                  max_index_memory=None):
     path_of = {safe_name(str(i[0])): safe_name(str(Path(i[1]).absolute())) for i in items if isinstance(i, tuple)}
     images_root = safe_name(str(Path(images).absolute())) if images is not None else None
-    ranks, force, precision = encode["ranks"], encode["force"], encode["precision"]
+    force, precision = encode.force, encode.precision
     try:
         existing = _check_existing(out, backbone, precision, force, log)
     except BaseException as e:
         if ranks is not None and ranks.world > 1:  # the other processes wait for the plan: tell them
-            from zscir.features.distributed import fail
-
             fail(ranks, str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
 
     t0 = time.perf_counter()
     store = FeatureStore(out / "features", repair_hint=repair_hint(out, images_root))
-    report = store.update(backbone, items, **encode)
+    report = update_store(store, backbone, items, encode, ranks)
     if report.corrupt:
         counts = _count_reasons(report.corrupt)
         _say(log, f"skipped {len(report.corrupt)} image(s) ({', '.join(f'{n} {r}' for r, n in counts.items())}), "

@@ -19,7 +19,8 @@ TRAINABLE_METHODS = ("fti", "single", "searle", "lincir", "pic2word", "scot")
 
 @click.command("pretrain")
 @click.option("--images", default=None, help="Folder, list file, or webdataset shards (cc3m/{00000..00331}.tar). "
-              "Default: the shapes world's unlabeled images.")
+              "Default: the shapes world's unlabeled images. Image files: .jpg .jpeg .png .webp .bmp .gif .tif .tiff "
+              "(any case); dotfiles and hidden folders are skipped.")
 @click.option("--captions", default=None, help="Captions file (JSONL/CSV/JSON id->caption; for lincir also .txt, one a "
               "line). Default: caption with --captioner (cached), or the world's own captions.")
 @click.option("--captioner", default="blip", show_default=True, help="Captioner used when no --captions is given.")

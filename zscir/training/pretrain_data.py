@@ -30,7 +30,7 @@ from zscir.data.captioners import build_captioner, read_caption_file, read_world
 from zscir.data.sources import open_image_source
 from zscir.data.splitter import get_splitter
 from zscir.errors import ZscirError
-from zscir.features import FeatureStore
+from zscir.features import EncodeOptions, FeatureStore
 from zscir.models.prompts import clean_text, single_training_prompt
 from zscir.utils.atomic import atomic_write_bytes
 from zscir.utils.hashing import sha256_bytes
@@ -164,7 +164,7 @@ def build_pretraining_set(images: str, captions: str | None, captioner: str, bac
         log(f"token cache for {len(items)} images: about {_human(token_cache_bytes(len(items), backbone))} "
             f"in {store.root} (use --feature-cache globals to cache only global features)")
     if feature_cache != "off":
-        report = store.update(backbone, items, with_tokens=with_tokens, batch_size=batch_size)
+        report = store.update(backbone, items, EncodeOptions(with_tokens=with_tokens, batch_size=batch_size))
         log(report.summary())
         corrupt = {i for i, _ in report.corrupt}
         items = [i for i in items if i.id not in corrupt]
