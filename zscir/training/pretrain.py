@@ -29,6 +29,7 @@ from zscir.models.methods import METHODS, get_training
 from zscir.models.objective import LossWeights
 from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
 from zscir.utils.atomic import atomic_write_json
+from zscir.utils.testpoint import testpoint
 
 
 def default_network_config(method: str | None) -> str | None:
@@ -261,6 +262,7 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
                 log.flush()
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", sps=f"{entry['samples_per_s']:.0f}")
             bar.update(1)
+            testpoint("pretrain.step")  # tests: a kill after a step, before its save (zscir.utils.testpoint)
             if cfg.save_every_steps and progress.global_step % cfg.save_every_steps == 0:
                 checkpoint()
         if progress.step_in_epoch == steps_per_epoch:

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_write_json, atomic_write_text
 from zscir.utils.hashing import sha256_bytes
+from zscir.utils.testpoint import testpoint
 from zscir.world.captions import random_caption
 from zscir.world.matching import GalleryIndex
 from zscir.world.render import DEFAULT_IMAGE_SIZE, png_bytes, render_image
@@ -248,6 +249,7 @@ def render_all(root: Path, images: list[WorldImage], config: WorldConfig, worker
                                                        initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
             for n in pool.imap_unordered(_render_chunk, chunks):
                 bar.update(n)
+                testpoint("world.render")  # tests: Ctrl-C after the n-th chunk (zscir.utils.testpoint)
     bar.close()
 
 
