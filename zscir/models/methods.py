@@ -118,7 +118,7 @@ for _m in (
                     ("vocabulary", "phrases", "oti_steps", "oti_batch_size", "oti_top_k", "oti_images"))),
     Method("lincir", SingleTokenNetwork, single_token(prompts.that_query_prompt, also_fills="$"),
            "a photo of $ that {text} (every $ filled)",
-           "searle", "clip", False, "LinCIR (Gu et al., CVPR 2024)",
+           "searle", "lincir", False, "LinCIR (Gu et al., CVPR 2024)",
            Training(objective.lincir_objective, "lincir", "captions")),
     Method("pic2word", Pic2WordNetwork, single_token(prompts.comma_query_prompt), "a photo of * , {text}",
            "pic2word", "clip", False, "Pic2Word (Saito et al., CVPR 2023)",
