@@ -9,6 +9,7 @@ import pathlib
 import sys
 import textwrap
 import types
+import warnings
 import zipfile
 
 import numpy as np
@@ -266,6 +267,26 @@ def test_context_i2w_import(tmp_path, tiny_backbone, ref_feats):
         word = context_i2w_ref(sd, context, ref_feats.tokens[i])
         want = encode_reference(bb, prompt, {pos: word})
         torch.testing.assert_close(got[i], F.normalize(want, dim=-1), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["lincir", "context-i2w", "searle"])
+def test_a_long_query_counts_once_as_truncated(tmp_path, tiny_backbone, ref_feats, fmt):
+    """LinCIR and Context-I2W tokenize a query's prompt twice (slot count / context, then the query):
+    one prompt cut at the context length is one truncated prompt, as for SEARLE."""
+    bb = tiny_backbone
+    torch.manual_seed(6)
+    if fmt == "context-i2w":
+        sd = {f"module.{k}": v for k, v in context_state(bb.vision_width, bb.embed_dim, bb.token_dim).items()}
+        torch.save({"state_dict": {}, "state_dict_img2text": sd}, tmp_path / "src.pt")
+    else:
+        torch.save({"Phi": phi_state(bb.embed_dim, 4 * bb.embed_dim, bb.token_dim)}, tmp_path / "src.pt")
+    import_checkpoint(tmp_path / "src.pt", fmt, tmp_path / "ckpt", backbone=bb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        encoder = load_query_encoder(str(tmp_path / "ckpt.safetensors"), backbone=bb)
+        before = encoder.backbone.truncated_prompts
+        encoder.encode_queries(ref_feats, ["is red " * 60, TEXTS[1]])
+    assert encoder.backbone.truncated_prompts - before == 1
 
 
 # ----------------------------------------------------------------- FTI4CIR: a whole pickled module
