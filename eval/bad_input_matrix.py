@@ -45,6 +45,7 @@ class Case:
     check: Optional[Callable[[], str]] = None   # returns "" when the user's files are intact, else what is wrong
     interrupt_after: Optional[Callable[[], bool]] = None  # send Ctrl-C (SIGINT to the group) once this holds
     skip: str = ""
+    checked: str = "every name captioned once, ids kept"  # what an "ok" case's check verified
 
 
 @dataclass
@@ -93,7 +94,7 @@ def run_case(case: Case, cwd: Path) -> Outcome:
         ok = out.code == 130 and not out.traceback and out.error_lines == 1
     else:
         ok = out.code == 0 and not out.traceback
-        out.message = "succeeded" + (" (checked: every name captioned once, ids kept)" if case.check else "")
+        out.message = "succeeded" + (f" (checked: {case.checked})" if case.check else "")
     out.problem = case.check() if case.check else ""
     out.passed = ok and not out.problem
     return out
@@ -127,6 +128,76 @@ def _write_weights_fixtures(d: Path) -> None:
 
     tiny = load_backbone("zscir-tiny-test")  # weights of another architecture than the shapes CLIP
     save_file({k: v.contiguous() for k, v in tiny.model.state_dict().items()}, str(d / "other-arch.safetensors"))
+
+
+def _write_import_fixtures(d: Path) -> None:
+    """Released-checkpoint look-alikes for `import-checkpoint`: crafted tensor records, NaN weights, a zip bomb,
+    an FTI4CIR-style pickled module, and a SEARLE/LinCIR Phi file (one format for both)."""
+    import collections
+    import types
+    import warnings
+    import zipfile
+
+    import torch
+
+    torch.manual_seed(0)
+    e, t = 32, 64  # zscir-tiny-test's widths (embed_dim, token_dim)
+    phi = {"layers.0.weight": torch.randn(4 * e, e), "layers.0.bias": torch.randn(4 * e),
+           "layers.3.weight": torch.randn(4 * e, 4 * e), "layers.3.bias": torch.randn(4 * e),
+           "layers.6.weight": torch.randn(t, 4 * e), "layers.6.bias": torch.randn(t)}
+    torch.save({"Phi": phi}, d / "phi.pt")
+
+    class Odd:  # a tensor record with the given size and stride over a real storage
+        def __init__(self, size, stride):
+            self.size, self.stride = size, stride
+
+        def __reduce__(self):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                storage = phi["layers.0.weight"].storage()
+            return (torch._utils._rebuild_tensor_v2, (storage, 0, self.size, self.stride, False,
+                                                      collections.OrderedDict()))
+
+    torch.save({"Phi": {**phi, "layers.0.weight": Odd((-4 * e, e), (e, 1))}}, d / "neg-size.pt")
+    torch.save({"Phi": {**phi, "layers.0.weight": Odd((4 * e, e), (-e, 1))}}, d / "neg-stride.pt")
+    nan = phi["layers.3.weight"].clone()
+    nan[0, 0] = float("nan")
+    torch.save({"Phi": {**phi, "layers.3.weight": nan}}, d / "nan.pt")
+    with zipfile.ZipFile(d / "phi.pt") as real, zipfile.ZipFile(d / "bomb.pt", "w") as out:
+        for name in real.namelist():  # every storage member: 256 MiB of zeros deflated to ~250 KiB
+            info = zipfile.ZipInfo(name, (2024, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED if "/data/" in name else zipfile.ZIP_STORED
+            with out.open(info, "w", force_zip64=True) as f:
+                if "/data/" in name:
+                    for _ in range(256):
+                        f.write(bytes(1 << 20))
+                else:
+                    f.write(real.read(name))
+            if "/data/" in name:
+                break
+    module = types.ModuleType("i2t_model")
+
+    class IMG2TEXT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.local_atte_fc = torch.nn.Linear(4, 4)
+
+    IMG2TEXT.__module__, IMG2TEXT.__qualname__ = "i2t_model", "IMG2TEXT"
+    module.IMG2TEXT = IMG2TEXT
+    sys.modules["i2t_model"] = module
+    try:
+        torch.save(IMG2TEXT(), d / "fti4cir-like.pt")
+    finally:
+        del sys.modules["i2t_model"]
+
+
+def _format_choice_recorded(sidecar: Path, fmt: str) -> Callable[[], str]:
+    def check() -> str:
+        if not sidecar.is_file():
+            return "no sidecar written"
+        choice = json.loads(sidecar.read_text())["source"].get("format_choice") or {}
+        return "" if choice.get("from") == fmt else "the sidecar does not record the --from choice"
+    return check
 
 
 def _write_model_fixtures(d: Path) -> None:
@@ -378,6 +449,28 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
                           ["caption", "--images", str(d / "imgs-bytes"), "--model", str(blip), "--cache",
                            str(d / "blip-cache.jsonl"), "--device", "cpu", "--quiet"], expect="ok",
                           check=lambda: _captioned_all(d, 3)))
+    # --- released checkpoints given to import-checkpoint
+    imp = ["import-checkpoint", "--clip", "zscir-tiny-test", "--pretrained", "none", "--from"]
+    for name, file, fmt in (("a tensor with negative size", "neg-size.pt", "searle"),
+                            ("a tensor with negative stride", "neg-stride.pt", "searle"),
+                            ("NaN weights", "nan.pt", "lincir"),
+                            ("a 256 MiB zip bomb", "bomb.pt", "searle"),
+                            ("an FTI4CIR file as --from searle", "fti4cir-like.pt", "searle")):
+        out = d / "imported" / file.replace(".pt", "")
+        cases.append(Case(f"import-checkpoint: {name}", imp + [fmt, str(d / file), "--out", str(out)],
+                          check=absent(out.with_suffix(".safetensors"))))
+    for name, pretrained in (("missing", d / "missing.safetensors"), ("planted pickle", d / "planted.pt")):
+        out = d / "imported" / f"pretrained-{name.replace(' ', '-')}"
+        cases.append(Case(f"import-checkpoint --pretrained {name} file",
+                          ["import-checkpoint", str(d / "phi.pt"), "--from", "searle", "--clip", "zscir-tiny-test",
+                           "--pretrained", str(pretrained), "--out", str(out)],
+                          check=absent(out.with_suffix(".safetensors"))))
+    for fmt in ("searle", "lincir"):
+        out = d / "imported" / f"phi-as-{fmt}"
+        cases.append(Case(f"import-checkpoint: a Phi file as --from {fmt} (shared format, stated)",
+                          imp + [fmt, str(d / "phi.pt"), "--out", str(out)], expect="ok",
+                          check=_format_choice_recorded(out.with_suffix(".json"), fmt),
+                          checked="the sidecar records the --from choice"))
     world = d / "interrupted-world"
     cases.append(Case("Ctrl-C in world generate (while rendering)",
                       ["world", "generate", "--out", str(world), "--num-unlabeled", "4000", "--num-val", "20",
@@ -389,6 +482,7 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
 
 def prepare(d: Path) -> Optional[Path]:
     _write_weights_fixtures(d)
+    _write_import_fixtures(d)
     _write_model_fixtures(d)
     _images(d / "imgs", [b"a0.png", b"a1.png", b"a2.png"])
     _images(d / "imgs-bytes", [b"plain.png", b"caf\xe9-latin1.png", b"bad\xff\xfe.png"])

@@ -11,10 +11,10 @@ import hashlib
 import json
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from zscir.cli import main
 from zscir.errors import ZscirError
 from zscir.utils.paths import repo_checkpoints_dir
+from zscir.utils.testpoint import pause_env, wait_paused
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -387,12 +388,11 @@ def test_ctrl_c_in_world_generate_exits_130_without_traceback_and_the_rerun_comp
     cmd = [sys.executable, "-m", "zscir.cli", "world", "generate"]
     out = tmp_path / "w"
     partial = tmp_path / "w.partial"
-    proc = subprocess.Popen(cmd + ["--out", str(out)] + args, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 60
-    while proc.poll() is None and time.time() < deadline and len(list(partial.rglob("*.png"))) < 100:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the world was built before it could be interrupted"
+    # the main process pauses after its n-th rendered chunk (256 images; the world has 5) until the signal
+    marker, chunks = tmp_path / "paused", random.Random(7).randint(1, 3)
+    proc = subprocess.Popen(cmd + ["--out", str(out)] + args, env={**ENV, **pause_env(marker, {"world.render": chunks})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    wait_paused(proc, marker)
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
     stderr = proc.communicate(timeout=60)[1].decode()
     assert proc.returncode == 130

@@ -16,10 +16,12 @@ from zscir.data.caption_cache import CaptionCache, caption_images
 from zscir.data.captioners import Captioner, build_captioner
 from zscir.data.sources import open_image_source
 from zscir.errors import ZscirError
+from zscir.utils.testpoint import pause_env, wait_paused
 
 FAKE_CAPTIONER = '''
 import time
 from zscir.data.captioners import Captioner
+from zscir.utils.testpoint import testpoint
 
 
 class SlowFakeCaptioner(Captioner):
@@ -36,6 +38,7 @@ class SlowFakeCaptioner(Captioner):
             open(self.marker, "w").close()
             time.sleep(600)  # killed here, in the middle of a batch
         time.sleep(self.delay)
+        testpoint("fake.caption")  # a test may pause (and kill) it here, inside a batch
         captions = [f"a picture {it.id} of width {im.size[0]}" for it, im in zip(items, images)]
         with open(self.log, "a") as f:
             f.write("".join(it.id + "\\n" for it in items))
@@ -135,19 +138,18 @@ def test_sigint_and_sigkill_at_random_points_lose_nothing_and_redo_nothing_finis
 
     log, cache = tmp_path / "calls.log", tmp_path / "cache.jsonl"
     script = RUN_SCRIPT.format(tmp=str(tmp_path), log=str(log), hang=None, marker="", images=str(images),
-                               cache=str(cache), delay=0.06)
+                               cache=str(cache), delay=0)
     rng = random.Random(3)
-    for sig in (signal.SIGKILL, signal.SIGINT, signal.SIGKILL, signal.SIGINT):
+    for round_, sig in enumerate((signal.SIGKILL, signal.SIGINT, signal.SIGKILL, signal.SIGINT)):
         done_before = _cached_ids(cache)
         calls_before = len(log.read_text().split()) if log.exists() else 0
-        target = calls_before + 4 * rng.randint(1, 2)
-        proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while proc.poll() is None and time.time() < deadline and (
-                not log.exists() or len(log.read_text().split()) < target):
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.06))  # inside the next batch, or while its lines are written
-        assert proc.poll() is None, "the run finished before it could be interrupted"
+        # after 1 or 2 batches of this run: inside the next batch, or while the batch's lines are written
+        batches = rng.randint(1, 2)
+        point = rng.choice([("fake.caption", batches + 1), ("caption_cache.write", batches)])
+        marker = tmp_path / f"paused{round_}"
+        proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL,
+                                env={**os.environ, **pause_env(marker, dict([point]))})
+        wait_paused(proc, marker)  # the child waits there until the signal, however busy the machine
         proc.send_signal(sig)
         proc.wait()
         redone = set(log.read_text().split()[calls_before:]) & done_before

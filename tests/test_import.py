@@ -9,11 +9,14 @@ import pathlib
 import sys
 import textwrap
 import types
+import warnings
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import save_file
 
 from zscir.backbone import ImageFeatures
@@ -111,7 +114,7 @@ def test_searle_and_lincir_import(tmp_path, tiny_backbone, ref_feats, fmt):
         torch.save({"Phi": sd}, src)
     meta = import_checkpoint(src, fmt, tmp_path / "ckpt", backbone=bb)
     check_weights(tmp_path / "ckpt", {f"phi.{k}": v for k, v in sd.items()})
-    assert meta["query"]["prompt"].startswith("a photo of $ that {text}") and meta["preprocess"] == ("targetpad-1.25" if fmt == "searle" else "clip")
+    assert meta["query"]["prompt"].startswith("a photo of $ that {text}") and meta["preprocess"] == ("targetpad-1.25" if fmt == "searle" else "lincir")
     assert meta["source"]["license"] == "CC BY-NC 4.0" and "non-commercial" in meta["source"]["license_note"]
     with pytest.warns(UserWarning, match="CC BY-NC 4.0"):
         encoder = load_query_encoder(str(tmp_path / "ckpt.safetensors"), backbone=bb)
@@ -123,6 +126,61 @@ def test_searle_and_lincir_import(tmp_path, tiny_backbone, ref_feats, fmt):
         # SEARLE fills the first "$" (a caption's own stays the "$" token); LinCIR fills every "$"
         want = encode_reference(bb, prompt, {p: word for p in (pos[:1] if fmt == "searle" else pos)})
         torch.testing.assert_close(got[i], F.normalize(want, dim=-1), atol=2e-5, rtol=0)
+
+
+def lincir_pixels_reference(image: Image.Image, size: int, mean, std) -> torch.Tensor:
+    """LinCIR's official preprocessing, written from its description: transformers' CLIPImageProcessor
+    (RGB, short side to ``size`` with PIL bicubic, center crop with the offset floored, x * (1/255) in
+    float64, normalised in float32) and the fp16 model's pixels (rounded to fp16)."""
+    w, h = image.size
+    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    a = np.asarray(image.convert("RGB").resize(new, Image.BICUBIC))
+    top, left = (a.shape[0] - size) // 2, (a.shape[1] - size) // 2
+    a = (a[top:top + size, left:left + size].astype(np.float64) * (1 / 255)).astype(np.float32)
+    a = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(a.astype(np.float16).astype(np.float32).transpose(2, 0, 1).copy())
+
+
+def odd_margin_image(size: int, seed: int) -> Image.Image:
+    """A 2:1-ish photo whose resized long side minus ``size`` is 2k+1 with k odd: floor gives k, torchvision's
+    round (half to even) k+1, so the two crops differ by one pixel."""
+    long_side = size + 2 * 3 + 1 if size < 100 else size + 2 * 17 + 1
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (2 * size, 2 * long_side, 3), dtype=np.uint8))
+
+
+def test_lincir_preprocessing_is_its_official_evaluation_crop_floor_and_fp16_pixels():
+    from zscir.backbone import make_preprocess
+    from zscir.backbone.preprocess import OPENAI_MEAN, OPENAI_STD
+
+    image = odd_margin_image(224, 0)               # resized to 259 x 224: offset 17 (floor), 18 (round)
+    want = lincir_pixels_reference(image, 224, OPENAI_MEAN, OPENAI_STD)
+    got = make_preprocess("lincir", 224)(image)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert torch.equal(got, got.half().float())     # every pixel is an fp16 value
+    clip = make_preprocess("clip", 224)(image)      # torchvision's crop: one pixel to the right
+    assert not torch.equal(clip.half().float(), want)
+    assert (clip - want).abs().max() > 0.1
+
+
+def test_lincir_query_uses_its_preprocessing_entry(tmp_path, tiny_backbone):
+    bb = tiny_backbone
+    torch.manual_seed(6)
+    sd = phi_state(bb.embed_dim, 4 * bb.embed_dim, bb.token_dim)
+    torch.save({"Phi": sd}, tmp_path / "lincir.pt")
+    import_checkpoint(tmp_path / "lincir.pt", "lincir", tmp_path / "ckpt", backbone=bb)
+    with pytest.warns(UserWarning, match="CC BY-NC 4.0"):
+        encoder = load_query_encoder(str(tmp_path / "ckpt.safetensors"), backbone=bb)
+    size, prep = encoder.backbone.preprocess.size, encoder.backbone.preprocess
+    assert encoder.backbone.preprocess_name == "lincir"
+    image = odd_margin_image(size, 1)
+    pixels = lincir_pixels_reference(image, size, prep.mean, prep.std)
+    assert torch.equal(prep(image), pixels)
+    got = encoder.encode_queries(encoder.backbone.encode_image(prep(image)[None]), TEXTS[:1])
+    prompt = f"a photo of $ that {TEXTS[0]}"
+    word = phi_ref(sd, bb.encode_image(pixels[None]).pooled[0])
+    want = encode_reference(bb, prompt, {p: word for p in token_positions(bb, prompt, "$")})
+    torch.testing.assert_close(got[0], F.normalize(want, dim=-1), atol=2e-5, rtol=0)
 
 
 # ----------------------------------------------------------------- Pic2Word
@@ -209,6 +267,26 @@ def test_context_i2w_import(tmp_path, tiny_backbone, ref_feats):
         word = context_i2w_ref(sd, context, ref_feats.tokens[i])
         want = encode_reference(bb, prompt, {pos: word})
         torch.testing.assert_close(got[i], F.normalize(want, dim=-1), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["lincir", "context-i2w", "searle"])
+def test_a_long_query_counts_once_as_truncated(tmp_path, tiny_backbone, ref_feats, fmt):
+    """LinCIR and Context-I2W tokenize a query's prompt twice (slot count / context, then the query):
+    one prompt cut at the context length is one truncated prompt, as for SEARLE."""
+    bb = tiny_backbone
+    torch.manual_seed(6)
+    if fmt == "context-i2w":
+        sd = {f"module.{k}": v for k, v in context_state(bb.vision_width, bb.embed_dim, bb.token_dim).items()}
+        torch.save({"state_dict": {}, "state_dict_img2text": sd}, tmp_path / "src.pt")
+    else:
+        torch.save({"Phi": phi_state(bb.embed_dim, 4 * bb.embed_dim, bb.token_dim)}, tmp_path / "src.pt")
+    import_checkpoint(tmp_path / "src.pt", fmt, tmp_path / "ckpt", backbone=bb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        encoder = load_query_encoder(str(tmp_path / "ckpt.safetensors"), backbone=bb)
+        before = encoder.backbone.truncated_prompts
+        encoder.encode_queries(ref_feats, ["is red " * 60, TEXTS[1]])
+    assert encoder.backbone.truncated_prompts - before == 1
 
 
 # ----------------------------------------------------------------- FTI4CIR: a whole pickled module

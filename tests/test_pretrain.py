@@ -6,13 +6,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from zscir.utils.testpoint import pause_env, wait_paused
 
 DRIVER = str(Path(__file__).parent / "drivers" / "pretrain_driver.py")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -39,13 +40,13 @@ def test_sigint_and_sigkill_at_random_points_then_resume_gives_the_uninterrupted
     killed = tmp_path / "killed"
     rng = np.random.default_rng(13)
     for n, sig in enumerate([signal.SIGKILL, signal.SIGINT, signal.SIGKILL]):
-        target = min(_steps_logged(killed) + int(rng.integers(1, 3)), 8)
-        cmd = [sys.executable, DRIVER, "train", features, str(killed), "--slow", "0.3"] + (["--resume"] if n else [])
-        proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while _steps_logged(killed) < target and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        time.sleep(float(rng.uniform(0, 0.3)))  # anywhere in the next step, or in the middle of a save
+        # after 1 or 2 steps of this run: before its save, inside the next step, or inside this run's first save
+        steps = int(rng.integers(1, 3))
+        point = [("pretrain.step", steps), ("driver.forward", steps + 1), ("driver.save", 1)][int(rng.integers(0, 3))]
+        marker = tmp_path / f"paused{n}"
+        cmd = [sys.executable, DRIVER, "train", features, str(killed), "--pause-points"] + (["--resume"] if n else [])
+        proc = subprocess.Popen(cmd, env={**ENV, **pause_env(marker, dict([point]))}, stderr=subprocess.DEVNULL)
+        wait_paused(proc, marker)  # the child waits there until the signal, however busy the machine
         proc.send_signal(sig)
         proc.wait()
         assert proc.returncode != 0 and not (killed / "model.safetensors").exists(), "the run finished first"

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_path, atomic_write_json
+from zscir.utils.finite import require_finite
 from zscir.utils.hashing import sha256_file
 
 FORMAT_VERSION = 1
@@ -71,7 +72,7 @@ def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> tuple[dict[
         raise ZscirError(f"{sidecar} is not a zscir checkpoint sidecar (field 'format' should be 'zscir-checkpoint')")
     if verify and meta.get("weights_sha256"):
         meta = _verify(weights, sidecar, meta)
-    return read_safetensors(weights), meta
+    return require_finite(read_safetensors(weights), weights), meta
 
 
 _verified: set[tuple[str, int, int, str]] = set()

@@ -1,14 +1,13 @@
 """Subprocess driver for the pretraining tests: resume after SIGKILL, and 2-process equivalence.
 
 Usage:
-  python pretrain_driver.py train FEATURES.npz RUN_DIR [--slow SECONDS] [--resume]
+  python pretrain_driver.py train FEATURES.npz RUN_DIR [--pause-points] [--resume]
       [--method fti|pic2word|lincir|searle|scot]
   torchrun --nproc_per_node N pretrain_driver.py grads FEATURES.npz OUT.safetensors
 """
 
 import json
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +19,7 @@ from zscir.data.splitter import rule_tags
 from zscir.models import objective as objective_module
 from zscir.training.pretrain import PretrainConfig, batch_loss, epoch_order, make_gather, train
 from zscir.training.pretrain_data import CaptionSet, PretrainingSet, keyword_mask
+from zscir.utils.testpoint import testpoint
 
 SUBJECTS = ["a dog", "a red car", "a small cat", "a tall tree"]
 ATTRIBUTES = ["on the grass", "parked near a fence", "sleeping on a sofa", "in a snowy field"]
@@ -85,16 +85,20 @@ def main():
     method = sys.argv[sys.argv.index("--method") + 1] if "--method" in sys.argv else "fti"
     bb, data = load(features, method)
     if mode == "train":
-        if "--slow" in sys.argv:
-            delay = float(sys.argv[sys.argv.index("--slow") + 1])
+        if "--pause-points" in sys.argv:  # two more test points: inside a step, and inside a save
+            import zscir.checkpoint as checkpoint_module
             import zscir.training.pretrain as pretrain_module
-            fast = pretrain_module.batch_loss
+            forward, sidecar = pretrain_module.batch_loss, checkpoint_module.atomic_write_json
 
-            def slow(*args, **kw):
-                time.sleep(delay)
-                return fast(*args, **kw)
+            def paused_forward(*args, **kw):
+                testpoint("driver.forward")
+                return forward(*args, **kw)
 
-            pretrain_module.batch_loss = slow
+            def paused_sidecar(*args, **kw):  # the weights are renamed into place, the sidecar not yet
+                testpoint("driver.save")
+                return sidecar(*args, **kw)
+
+            pretrain_module.batch_loss, checkpoint_module.atomic_write_json = paused_forward, paused_sidecar
         train(config(out, method), bb, data, resume="--resume" in sys.argv, progress_bar=False)
     elif mode == "grads":
         from accelerate import Accelerator

@@ -105,7 +105,9 @@ class Backbone:
         tokens = tokenizer(texts, context_length=self.context_length)
         full = (tokens[:, -1] != 0).nonzero().flatten().tolist()
         truncated = [i for i in full if len(tokenizer.encode(texts[i])) + 2 > self.context_length]
-        if truncated:
+        # a query composed in two passes over the same prompts (LinCIR, Context-I2W) is one prompt: count once
+        repeated, self._last_tokenized = texts == getattr(self, "_last_tokenized", None), list(texts)
+        if truncated and not repeated:
             self.truncated_prompts += len(truncated)
             # a constant message: Python shows it once per call site instead of once per batch
             warnings.warn(f"prompts longer than the context length {self.context_length} are truncated "

@@ -6,6 +6,12 @@ Two choices, recorded by name in caches and results:
   resize the short side and center-crop. Elongated product photos keep their
   ends instead of losing them to the crop.
 - ``"clip"``: CLIP's own resize + center-crop.
+- ``"lincir"``: LinCIR's official evaluation, which preprocesses with transformers'
+  ``CLIPImageProcessor`` and runs CLIP in fp16: convert to RGB, resize the short
+  side (bicubic), center-crop with the offset FLOORED (torchvision rounds half to
+  even: a one-pixel shift when the resized long side minus the crop size is odd and
+  half of it rounds up), rescale by 1/255 in float64, normalise in float32, then round
+  the pixels to fp16.
 
 Both convert to RGB after the crop, as the official pipelines do (SEARLE's and
 FTI4CIR's ``targetpad_transform``, CLIP's ``_transform``): an image handed over
@@ -79,12 +85,34 @@ class Preprocess:
         return f"Preprocess({self.name!r}, size={self.size})"
 
 
-PREPROCESS_NAMES = {"targetpad": "targetpad-1.25", "targetpad-1.25": "targetpad-1.25", "clip": "clip"}
+class HFCLIPPreprocess(Preprocess):
+    """transformers' ``CLIPImageProcessor`` as LinCIR's official evaluation uses it, pixels rounded to fp16."""
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        image = image.convert("RGB")  # the processor converts first (do_convert_rgb)
+        image = TF.resize(image, self.size, interpolation=TF.InterpolationMode.BICUBIC)
+        w, h = image.size
+        top, left = (h - self.size) // 2, (w - self.size) // 2  # floored, where torchvision rounds
+        return TF.pil_to_tensor(image.crop((left, top, left + self.size, top + self.size)))
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        scaled = pixels.to(torch.float64).mul(1 / 255).to(torch.float32)  # rescale in float64, cast, as it does
+        return scaled.sub_(mean).div_(std).to(torch.float16).to(torch.float32)
+
+
+# the registry: recorded name -> class; PREPROCESS_NAMES maps every accepted name to its recorded name
+PREPROCESSINGS: dict[str, type[Preprocess]] = {"targetpad-1.25": Preprocess, "clip": Preprocess,
+                                               "lincir": HFCLIPPreprocess}
+PREPROCESS_NAMES = {"targetpad": "targetpad-1.25", "targetpad-1.25": "targetpad-1.25", "clip": "clip",
+                    "lincir": "lincir"}
 
 
 def make_preprocess(name: str, image_size: int, mean: Sequence[float] = OPENAI_MEAN,
                     std: Sequence[float] = OPENAI_STD) -> Preprocess:
-    """Build the named preprocessing (``targetpad`` / ``targetpad-1.25`` or ``clip``)."""
+    """Build the named preprocessing (``targetpad`` / ``targetpad-1.25``, ``clip`` or ``lincir``)."""
     if name not in PREPROCESS_NAMES:
-        raise ZscirError(f"unknown preprocessing {name!r}: expected one of 'targetpad' or 'clip'")
-    return Preprocess(PREPROCESS_NAMES[name], image_size, mean, std)
+        raise ZscirError(f"unknown preprocessing {name!r}: expected one of {', '.join(map(repr, PREPROCESS_NAMES))}")
+    recorded = PREPROCESS_NAMES[name]
+    return PREPROCESSINGS[recorded](recorded, image_size, mean, std)

@@ -42,6 +42,7 @@ from zscir.utils.atomic import _umask
 from zscir.utils.hashing import sha256_bytes
 from zscir.utils.locks import file_lock
 from zscir.utils.paths import cache_dir
+from zscir.utils.testpoint import testpoint
 
 
 def captioner_key(identity: str) -> str:
@@ -172,6 +173,7 @@ class CaptionCache:
         data = b"".join(json_line(r) for r in records)
         self._file.seek(0, os.SEEK_END)
         self._file.write(data)  # one write per batch: a kill leaves whole lines plus at most one partial
+        testpoint("caption_cache.write")  # tests: a kill while a batch is written (zscir.utils.testpoint)
         self._file.flush()
         os.fsync(self._file.fileno())
 

@@ -13,6 +13,7 @@ URL and license.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,8 +21,11 @@ from typing import Any, Mapping
 import torch
 
 from zscir import __version__
+from zscir.checkpoint import check_weights_file
 from zscir.errors import ZscirError
+from zscir.utils.finite import require_finite
 from zscir.utils.hashing import sha256_file
+from zscir.utils.safe_pickle import UnsafePickleError, check_zip_bounds
 
 
 @dataclass
@@ -46,6 +50,8 @@ class Importer:
     stand_ins: tuple[str, ...] = ()  # class names the file may pickle (become inert stand-ins)
     # (embed_dim, token_dim) -> (open_clip name, pretrained tag) of the backbone the weights were trained on
     backbones: dict[tuple[int, int], tuple[str, str]] = {}
+    # other --from values whose release files have this exact format (the file cannot tell them apart)
+    same_format_as: tuple[str, ...] = ()
 
     def convert(self, obj: Any, path: Path) -> Imported:
         raise NotImplementedError
@@ -112,6 +118,41 @@ def exact_ratio(num: int, den: int, what: str, path: Path) -> int:
     return num // den
 
 
+# ------------------------------------------------------------------ what the file cannot say
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_pretrained_file(pretrained: str) -> None:
+    """``--pretrained`` names a tag or a weights file: a path that is not a file, or a file that is not
+    plain weights (a pickle needing other objects, a zip bomb), is refused before it is recorded."""
+    if not os.path.isfile(pretrained):
+        if os.sep in pretrained or pretrained.endswith(WEIGHT_SUFFIXES):
+            raise ZscirError(f"--pretrained {pretrained}: weights file not found (a tag, or a local weights file)")
+        return
+    if zipfile.is_zipfile(pretrained):
+        check_zip_bounds(pretrained, "--pretrained")
+    check_weights_file(pretrained, "--pretrained")
+
+
+def format_choice(importer: Importer) -> dict[str, Any]:
+    """The sidecar's record of the user's --from choice when another method's files look the same."""
+    if not importer.same_format_as:
+        return {}
+    return {"format_choice": {"from": importer.name, "same_file_format": list(importer.same_format_as),
+                              "note": f"the file cannot tell these methods apart: imported as {importer.title} "
+                                      f"because --from {importer.name} was given"}}
+
+
+def other_format_error(error: UnsafePickleError, src: Path, importer: Importer, importers) -> ZscirError | None:
+    """A refused class that another release format pickles: say what the file looks like and which --from."""
+    owner = next((imp for imp in importers if error.global_name in imp.stand_ins
+                  and not error.global_name.startswith("torch.") and imp is not importer), None)
+    if owner is None:
+        return None
+    return ZscirError(f"{src}: this file pickles a {error.global_name} object, as {owner.title} releases do (a whole "
+                      f"pickled module), not a {importer.title} checkpoint: pass --from {owner.name}")
+
+
 # ------------------------------------------------------------------ the shared conversion
 def model_config_dims(name: str) -> dict[str, int] | None:
     """embed_dim / token_dim / vision_width of an open_clip model config, without building it."""
@@ -145,14 +186,17 @@ def import_checkpoint(src: str | os.PathLike, fmt: str, out: str | os.PathLike, 
     from zscir.backbone.loading import portable_path, resolve_identity
     from zscir.backbone.preprocess import PREPROCESS_NAMES
     from zscir.checkpoint import _paths, save_checkpoint
-    from zscir.importers import get_importer
+    from zscir.importers import IMPORTERS, get_importer
     from zscir.models.factory import backbone_dims, create_mapping_network
     from zscir.models.methods import get_method
     from zscir.utils.safe_pickle import load_torch_file
 
     importer = get_importer(fmt)
     src = Path(src)
-    obj = load_torch_file(src, importer.stand_ins)
+    try:
+        obj = load_torch_file(src, importer.stand_ins)
+    except UnsafePickleError as e:
+        raise other_format_error(e, src, importer, IMPORTERS.values()) or e from None
     try:
         imported = importer.convert(obj, src)
     except ZscirError:
@@ -160,6 +204,7 @@ def import_checkpoint(src: str | os.PathLike, fmt: str, out: str | os.PathLike, 
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as e:  # an unexpected structure
         raise ZscirError(f"{src}: not a {importer.title} checkpoint in the released format "
                          f"({type(e).__name__}: {str(e)[:120]})") from None
+    require_finite(imported.state, src)
     method = get_method(importer.method)
 
     if backbone is not None:
@@ -176,6 +221,7 @@ def import_checkpoint(src: str | os.PathLike, fmt: str, out: str | os.PathLike, 
         if pretrained is None:
             raise ZscirError(f"--clip {clip} needs --pretrained TAG|FILE: an imported checkpoint needs the "
                              f"backbone weights it was trained with")
+        check_pretrained_file(pretrained)
         dims = model_config_dims(clip) if not clip.startswith("hf-hub:") else None
         if dims is None and not clip.startswith("hf-hub:"):
             raise ZscirError(f"unknown CLIP model {clip!r} (option --clip): expected an open_clip model name")
@@ -212,7 +258,7 @@ def import_checkpoint(src: str | os.PathLike, fmt: str, out: str | os.PathLike, 
         "backbone": identity, "backbone_source": source,
         "preprocess": PREPROCESS_NAMES[method.preprocess],
         "query": {"prompt": method.query_prompt, "fiq_captions": method.fiq_captions},
-        "source": {"format": importer.name, "title": importer.title, "file": src.name,
+        "source": {"format": importer.name, "title": importer.title, "file": src.name, **format_choice(importer),
                    "sha256": sha256_file(src), "bytes": src.stat().st_size, "url": importer.url,
                    "license": importer.license, "license_note": importer.license_note, "paper": importer.paper,
                    "notes": imported.notes},

@@ -37,3 +37,9 @@ def import_checkpoint_command(src, fmt, out, clip, pretrained, overwrite, as_jso
                f"{meta['query']['fiq_captions']!r}, preprocess {meta['preprocess']}")
     click.echo(f"  backbone {b['model']} / {b['pretrained']}" + (f" ({b['activation']})" if "activation" in b else ""))
     click.echo(f"  license: {meta['source']['license']}")
+    choice = meta["source"].get("format_choice")
+    if choice:
+        others = ", ".join(f"--from {name}" for name in choice["same_file_format"])
+        click.echo(f"  note: {meta['source']['title']} and {others} files share one format, which the file cannot "
+                   f"tell apart: imported with {meta['source']['title']}'s prompt and preprocessing {meta['preprocess']} "
+                   f"as --from {choice['from']} asked (recorded in the sidecar)")

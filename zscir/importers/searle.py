@@ -48,6 +48,7 @@ class SEARLEImporter(PhiImporter):
     license_note = "SEARLE weights are licensed CC BY-NC 4.0: non-commercial use only"
     paper = "Baldrati et al., Zero-Shot Composed Image Retrieval with Textual Inversion, ICCV 2023"
     backbones = {(512, 512): ("ViT-B-32", "openai"), (768, 768): ("ViT-L-14", "openai")}
+    same_format_as = ("lincir",)
 
 
 class LinCIRImporter(PhiImporter):
@@ -61,3 +62,4 @@ class LinCIRImporter(PhiImporter):
     # large: openai/clip-vit-large-patch14; huge: laion/CLIP-ViT-H-14-laion2B-s32B-b79K; giga: CLIP ViT-bigG-14 LAION-2B
     backbones = {(768, 768): ("ViT-L-14", "openai"), (1024, 1024): ("ViT-H-14", "laion2b_s32b_b79k"),
                  (1280, 1280): ("ViT-bigG-14", "laion2b_s39b_b160k")}
+    same_format_as = ("searle",)

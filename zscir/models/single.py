@@ -39,5 +39,5 @@ SINGLE = Method("single", SingleTokenNetwork, single_token(prompts.single_query_
 
 LINCIR = Method("lincir", SingleTokenNetwork, single_token(prompts.that_query_prompt, also_fills="$"),
                 "a photo of $ that {text} (every $ filled)",
-                "searle", "clip", False, "LinCIR (Gu et al., CVPR 2024)",
+                "searle", "lincir", False, "LinCIR (Gu et al., CVPR 2024)",
                 Training(lincir_objective, "lincir", "captions"))

@@ -35,6 +35,7 @@ from zscir.training.pretrain_data import build_caption_set, build_pretraining_se
 from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
 from zscir.utils.atomic import atomic_write_json
 from zscir.utils.paths import cache_dir as default_cache_dir
+from zscir.utils.testpoint import testpoint
 
 # the images (or captions) of a bare `zscir pretrain`: the default shapes world, a plugin above this layer
 DEFAULT_WORLD = "zscir.world.build:default_world"
@@ -269,6 +270,7 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
                 log.flush()
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", sps=f"{entry['samples_per_s']:.0f}")
             bar.update(1)
+            testpoint("pretrain.step")  # tests: a kill after a step, before its save (zscir.utils.testpoint)
             if cfg.save_every_steps and progress.global_step % cfg.save_every_steps == 0:
                 checkpoint()
         if progress.step_in_epoch == steps_per_epoch:

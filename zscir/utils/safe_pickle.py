@@ -49,7 +49,17 @@ COMMON_STAND_INS = ("pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePos
 
 
 class UnsafePickleError(ZscirError):
-    """A pickle names a global outside the allow-list."""
+    """A pickle names a global outside the allow-list (``global_name``), or a record zscir does not accept."""
+
+    def __init__(self, message: str, global_name: str | None = None):
+        super().__init__(message)
+        self.global_name = global_name
+
+
+# zip members: torch.save stores them uncompressed; a member may expand at most MAX_ZIP_RATIO times its
+# compressed bytes (beyond ZIP_RATIO_FLOOR bytes), so an archive expands to at most ~MAX_ZIP_RATIO x its size
+MAX_ZIP_RATIO = 20
+ZIP_RATIO_FLOOR = 1 << 20
 
 
 class StandIn:
@@ -83,6 +93,11 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     if not isinstance(storage, torch.Tensor):
         raise UnsafePickleError("a tensor in this file is not backed by a storage record")
     size, stride = tuple(size), tuple(stride)
+    if (len(size) != len(stride) or not all(isinstance(x, int) and x >= 0 for x in (*size, *stride))
+            or not isinstance(storage_offset, int) or storage_offset < 0):
+        raise UnsafePickleError(f"a tensor record has an invalid shape {list(size)}, stride {list(stride)} or offset "
+                                f"{storage_offset!r} (sizes, strides and offsets are whole numbers >= 0): the file is "
+                                f"corrupt or crafted")
     if not size:
         return storage[storage_offset].clone() if storage.numel() else storage.new_empty(())
     needed = storage_offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1 if all(size) else 0
@@ -143,7 +158,8 @@ class SafeUnpickler(pickle.Unpickler):
                 self._classes[qualname] = _stand_in_class(qualname)
             return self._classes[qualname]
         raise UnsafePickleError(f"{self.source}: refused to load: the pickle names the global {qualname!r}, "
-                                f"which is not on zscir's allow-list (tensors, containers and known class names only)")
+                                f"which is not on zscir's allow-list (tensors, containers and known class names only)",
+                                qualname)
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage" or len(pid) < 5:
@@ -188,6 +204,7 @@ def load_torch_file(path: str | os.PathLike, stand_ins: Iterable[str] = ()) -> A
     path = Path(path)
     check_source_file(path)
     if zipfile.is_zipfile(path):
+        check_zip_bounds(path)  # before any member is read: a zip bomb is refused from its directory
         try:  # tensors and containers only: torch's own restricted reader takes it
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # other globals (a pickled module, a path), or damage: read it ourselves
@@ -222,6 +239,30 @@ def check_source_file(path: Path) -> None:
         raise ZscirError(f"{path} is empty (0 bytes): the download did not complete")
 
 
+def check_zip_bounds(path: str | os.PathLike, option: str = "") -> None:
+    """Refuse a zip archive whose members would expand beyond their bound, reading only its directory.
+
+    Each member's declared size must fit in the archive (compressed) and expand at most
+    :data:`MAX_ZIP_RATIO` times (members under :data:`ZIP_RATIO_FLOOR` bytes are free); readers
+    (zipfile, torch) never produce more than the declared size.
+    """
+    where = f"{option} {path}" if option else str(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ZscirError(f"{where}: corrupt zip archive ({e}): the file is truncated or damaged") from None
+    total = os.path.getsize(path)
+    for m in members:
+        if m.compress_size > total:
+            raise ZscirError(f"{where}: zip member {m.filename!r} declares {m.compress_size} compressed bytes in a "
+                             f"{total}-byte file: the file is truncated or corrupt")
+        if m.file_size > max(MAX_ZIP_RATIO * m.compress_size, ZIP_RATIO_FLOOR):
+            raise ZscirError(f"{where}: zip member {m.filename!r} would expand from {m.compress_size} to "
+                             f"{m.file_size} bytes (over {MAX_ZIP_RATIO}x; torch.save stores members uncompressed): "
+                             f"refused as a zip bomb")
+
+
 def _load_zip(path: Path, stand_ins: Iterable[str]) -> Any:
     try:
         archive = zipfile.ZipFile(path)
@@ -241,8 +282,10 @@ def _load_zip(path: Path, stand_ins: Iterable[str]) -> Any:
         raise ZscirError(f"{path}: cannot read {pkl[0]} ({e}): the file is truncated or corrupt") from None
     try:
         return SafeUnpickler(io.BytesIO(data), archive, prefix, stand_ins, str(path)).load()
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as e:
+        if str(path) in str(e):
+            raise
+        raise UnsafePickleError(f"{path}: {e}", e.global_name) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             zipfile.BadZipFile) as e:
         raise ZscirError(f"{path}: corrupt pickle in {pkl[0]} ({type(e).__name__}: {str(e)[:120]})") from None

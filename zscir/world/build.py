@@ -40,6 +40,7 @@ from zscir.utils.hashing import sha256_bytes
 from zscir.utils.jsonl import read_jsonl
 from zscir.utils.locks import file_lock
 from zscir.utils.paths import cache_dir
+from zscir.utils.testpoint import testpoint
 from zscir.world.captions import random_caption
 from zscir.world.matching import GalleryIndex
 from zscir.world.multiturn import sample_sequence
@@ -249,6 +250,7 @@ def render_all(root: Path, images: list[WorldImage], config: WorldConfig, worker
                                                        initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
             for n in pool.imap_unordered(_render_chunk, chunks):
                 bar.update(n)
+                testpoint("world.render")  # tests: Ctrl-C after the n-th chunk (zscir.utils.testpoint)
     bar.close()
 
 
