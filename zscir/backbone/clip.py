@@ -100,14 +100,14 @@ class Backbone:
         return ImageFeatures(pooled.float(), x.float())
 
     # text -----------------------------------------------------------------
-    def tokenize(self, texts: list[str]) -> torch.Tensor:
+    def tokenize(self, texts: list[str], count: bool = True) -> torch.Tensor:
+        """Token ids [N, context_length]. ``count``: add prompts cut at the context length to
+        ``truncated_prompts`` (False for a method's first pass over prompts it encodes again)."""
         tokenizer = self._fast_tokenizer or self.tokenizer
         tokens = tokenizer(texts, context_length=self.context_length)
         full = (tokens[:, -1] != 0).nonzero().flatten().tolist()
         truncated = [i for i in full if len(tokenizer.encode(texts[i])) + 2 > self.context_length]
-        # a query composed in two passes over the same prompts (LinCIR, Context-I2W) is one prompt: count once
-        repeated, self._last_tokenized = texts == getattr(self, "_last_tokenized", None), list(texts)
-        if truncated and not repeated:
+        if truncated and count:
             self.truncated_prompts += len(truncated)
             # a constant message: Python shows it once per call site instead of once per batch
             warnings.warn(f"prompts longer than the context length {self.context_length} are truncated "
@@ -151,14 +151,14 @@ class Backbone:
             return self.model.encode_text(tokens).float()
         return self._encode_token_embeddings(tokens, self.model.token_embedding(tokens))
 
-    def encode_prompts(self, prompts: list[str], pseudo_words: torch.Tensor) -> torch.Tensor:
+    def encode_prompts(self, prompts: list[str], pseudo_words: torch.Tensor, count: bool = True) -> torch.Tensor:
         """Encode prompts whose placeholders are filled, in row-major order, by ``pseudo_words`` [N, token_dim].
 
         Runs with whatever grad mode the caller has: gradients reach ``pseudo_words``
-        through the frozen text tower.
+        through the frozen text tower. ``count``: as :meth:`tokenize`.
         """
         self._require_clip_text()
-        tokens = self.tokenize(list(prompts))
+        tokens = self.tokenize(list(prompts), count)
         slots = tokens == self.placeholder_token_id
         if int(slots.sum()) != pseudo_words.shape[0]:
             raise ZscirError(f"prompts hold {int(slots.sum())} placeholders {PLACEHOLDER!r} "

@@ -119,7 +119,7 @@ def compose_context_i2w(backbone, network, ref, texts) -> torch.Tensor:
     texts_ = [prompts.comma_query_prompt(t) for t in texts]
     emb = backbone.model.token_embedding.weight
     replace = emb[emb.shape[0] - 3].unsqueeze(0).expand(len(texts_), -1)
-    context = backbone.encode_prompts(texts_, replace)
+    context = backbone.encode_prompts(texts_, replace, count=False)  # encoded again below: count once
     return backbone.encode_prompts(texts_, network(context, ref.tokens).subject)
 
 

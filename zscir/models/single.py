@@ -28,7 +28,7 @@ def single_token(prompt: Callable[[str], str], also_fills: str | None = None) ->
         if also_fills is None:
             return backbone.encode_prompts([prompt(t) for t in texts], subject)
         texts_ = [prompt(t).replace(also_fills, prompts.PLACEHOLDER) for t in texts]
-        slots = (backbone.tokenize(texts_) == backbone.placeholder_token_id).sum(dim=1)
+        slots = (backbone.tokenize(texts_, count=False) == backbone.placeholder_token_id).sum(dim=1)
         return backbone.encode_prompts(texts_, subject.repeat_interleave(slots.to(subject.device), dim=0))
     return compose
 
