@@ -21,11 +21,16 @@ from typing import Any, Mapping
 import torch
 
 from zscir import __version__
-from zscir.checkpoint import check_weights_file
+from zscir.backbone.loading import portable_path, register_model_configs, resolve_identity
+from zscir.backbone.preprocess import PREPROCESS_NAMES
+from zscir.checkpoint import _paths, check_weights_file, save_checkpoint
 from zscir.errors import ZscirError
+from zscir.importers.registry import IMPORTERS, get_importer
+from zscir.models.factory import backbone_dims, create_mapping_network
+from zscir.models.methods import get_method
 from zscir.utils.finite import require_finite
 from zscir.utils.hashing import sha256_file
-from zscir.utils.safe_pickle import UnsafePickleError, check_zip_bounds
+from zscir.utils.safe_pickle import UnsafePickleError, check_zip_bounds, load_torch_file
 
 
 @dataclass
@@ -156,9 +161,7 @@ def other_format_error(error: UnsafePickleError, src: Path, importer: Importer, 
 # ------------------------------------------------------------------ the shared conversion
 def model_config_dims(name: str) -> dict[str, int] | None:
     """embed_dim / token_dim / vision_width of an open_clip model config, without building it."""
-    import open_clip
-
-    from zscir.backbone.loading import register_model_configs
+    import open_clip  # heavy: only to read a model config
 
     register_model_configs()
     cfg = open_clip.get_model_config(name)
@@ -183,14 +186,6 @@ def import_checkpoint(src: str | os.PathLike, fmt: str, out: str | os.PathLike, 
     ``clip`` + ``pretrained`` (recorded without loading the weights), or the one the
     release was trained on (chosen from the weights' widths).
     """
-    from zscir.backbone.loading import portable_path, resolve_identity
-    from zscir.backbone.preprocess import PREPROCESS_NAMES
-    from zscir.checkpoint import _paths, save_checkpoint
-    from zscir.importers import IMPORTERS, get_importer
-    from zscir.models.factory import backbone_dims, create_mapping_network
-    from zscir.models.methods import get_method
-    from zscir.utils.safe_pickle import load_torch_file
-
     importer = get_importer(fmt)
     src = Path(src)
     try:

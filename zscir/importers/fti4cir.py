@@ -127,3 +127,6 @@ class FTI4CIRImporter(Importer):
             raise ZscirError(f"{path}: width {width} is not divisible by num_heads {config['heads']}")
         dims = {"embed_dim": embed, "token_dim": token, "vision_width": width}
         return Imported(config, zstate, dims, source_keys, notes)
+
+
+IMPORTER = FTI4CIRImporter()

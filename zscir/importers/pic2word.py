@@ -101,3 +101,7 @@ class ContextI2WImporter(Img2TextImporter):
         dims = {"embed_dim": text, "token_dim": int(state["fc_out.weight"].shape[0]), "vision_width": vision}
         notes = {**self.ignored(obj), "heads": f"{config['heads']} x {DIM_HEAD} (official default head width)"}
         return Imported(config, {k: state[k] for k in keys}, dims, {k: k for k in keys}, notes)
+
+
+PIC2WORD = Pic2WordImporter()
+CONTEXT_I2W = ContextI2WImporter()

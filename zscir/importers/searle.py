@@ -63,3 +63,7 @@ class LinCIRImporter(PhiImporter):
     backbones = {(768, 768): ("ViT-L-14", "openai"), (1024, 1024): ("ViT-H-14", "laion2b_s32b_b79k"),
                  (1280, 1280): ("ViT-bigG-14", "laion2b_s39b_b160k")}
     same_format_as = ("searle",)
+
+
+SEARLE = SEARLEImporter()
+LINCIR = LinCIRImporter()

@@ -32,7 +32,7 @@ from zscir.errors import ZscirError
 from zscir.models import prompts
 from zscir.models.method import Method, Training
 from zscir.models.objective import LossWeights
-from zscir.models.registry import Entries
+from zscir.utils.registry import Entries
 from zscir.models.supervised import Combiner
 from zscir.utils.hashing import sha256_file
 from zscir.utils.jsonl import read_jsonl

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from zscir.backbone import PLACEHOLDER
 from zscir.errors import ZscirError
 from zscir.models.losses import cosine_pull
-from zscir.models.registry import Entries
+from zscir.utils.registry import Entries
 from zscir.utils.hashing import sha256_bytes
 
 # name -> () -> ConceptPhrases, by import path (a domain's own words: concepts and phrases)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from zscir.errors import ZscirError
 from zscir.models.query import PseudoWordQuery
-from zscir.models.registry import Entries
+from zscir.utils.registry import Entries
 
 
 def _word(tokenizer, token_id: int) -> str:

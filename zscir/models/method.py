@@ -13,7 +13,7 @@ from typing import Callable
 from torch import nn
 
 from zscir.models.objective import LossWeights
-from zscir.models.registry import load_entry
+from zscir.utils.registry import load_entry
 
 DATA_KINDS = ("images", "captions")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from zscir.errors import ZscirError
 from zscir.models.method import Method, Training
-from zscir.models.registry import Entries
+from zscir.utils.registry import Entries
 
 # method name -> its record, in the order commands list them
 METHODS: Entries = Entries({

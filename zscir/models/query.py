@@ -24,7 +24,7 @@ from zscir.errors import ZscirError
 from zscir.models import prompts
 from zscir.models.factory import load_mapping_checkpoint
 from zscir.models.methods import get_method
-from zscir.models.registry import Entries
+from zscir.utils.registry import Entries
 
 
 class QueryEncoder:

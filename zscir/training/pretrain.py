@@ -30,7 +30,7 @@ from zscir.index.defaults import default_backbone
 from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
 from zscir.models.methods import METHODS, get_training
 from zscir.models.objective import LossWeights
-from zscir.models.registry import load_entry
+from zscir.utils.registry import load_entry
 from zscir.training.pretrain_data import build_caption_set, build_pretraining_set
 from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
 from zscir.utils.atomic import atomic_write_json
