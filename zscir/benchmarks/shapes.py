@@ -78,6 +78,12 @@ def _query_model(backbone_identity: dict) -> str | None:
     return str(ckpt) if ckpt else None
 
 
+def _gallery(backbone, progress: bool = True, log=None) -> Path:
+    from zscir.world.gallery_index import world_gallery_index
+
+    return world_gallery_index(backbone, progress=progress, log=log)
+
+
 def _oracles(root: Path, split: EvalSplit) -> dict[str, list[str]]:
     from zscir.world.oracles import oracle_texts
 
@@ -91,5 +97,5 @@ ORACLE_NOTES = {
     "inversion": "'a photo of {reference caption} but {text}': the true caption in place of the pseudo-words",
     "reference": "the reference's canonical caption alone (a floor, not a ceiling)",
 }
-DEFAULTS = BenchmarkDefaults(backbone=_backbone, models=_models, query_model=_query_model, oracles=_oracles,
-                             oracle_notes=ORACLE_NOTES)
+DEFAULTS = BenchmarkDefaults(backbone=_backbone, models=_models, query_model=_query_model, gallery=_gallery,
+                             oracles=_oracles, oracle_notes=ORACLE_NOTES)

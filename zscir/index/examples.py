@@ -73,19 +73,19 @@ def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(prog="python -m zscir.index.examples", description=(
         f"Select the shapes world's example queries with the shipped FTI model and write {EXAMPLES_FILE.name}."
     )).parse_args(argv)
-    from zscir.index import defaults
     from zscir.index.gallery import GalleryIndex
     from zscir.index.retriever import Retriever
     from zscir.models.query import load_query_encoder
     from zscir.world import shipped
     from zscir.world.build import default_world
+    from zscir.world.gallery_index import world_gallery_index
 
     backbone = shipped.shapes_backbone()
     ckpt = shipped.shipped_fti_checkpoint(backbone.identity)
     if ckpt is None:
         sys.exit("no shipped FTI checkpoint for the shapes world's backbone in checkpoints/")
     encoder = load_query_encoder(str(ckpt), backbone)
-    retriever = Retriever(GalleryIndex.open(defaults.world_gallery_index(backbone)), encoder)
+    retriever = Retriever(GalleryIndex.open(world_gallery_index(backbone)), encoder)
     record = select_examples(retriever, default_world())
     atomic_write_json(EXAMPLES_FILE, record)
     print(f"{len(record['examples'])} examples from {record['val_queries_scanned']} val queries scanned "

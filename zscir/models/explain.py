@@ -88,7 +88,7 @@ def world_caption(image_path: str | os.PathLike) -> dict | None:
 
 def explain(ref: str, model: str | None = None, k: int = 5, device: str = "cpu", vocabulary: str = "all") -> dict:
     """The report: the model, its query prompt, each pseudo-word's nearest words, the true caption if known."""
-    from zscir.index.defaults import default_backbone, default_model_for
+    from zscir.resolve import default_backbone, default_model_for
     from zscir.index.queries import read_reference
     from zscir.models.query import PseudoWordQuery, load_query_encoder, training_free
 
