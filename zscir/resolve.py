@@ -71,7 +71,7 @@ def default_gallery(backbone: Backbone, progress: bool = True, log: Log | None =
 
 
 # ---------------------------------------------------------------- models
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Model:
     """A ``--model`` as given, with its checkpoint's (state, meta) read once (None for a training-free name)."""
 
