@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
     import httpx
     import torch
 
-    from zscir.index.retriever import Retriever
+    from zscir.resolve import load_retriever
     from zscir.world.build import GALLERY_DIR, default_world
     from zscir.world.shipped import shapes_backbone, shipped_fti_checkpoint
 
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
         assert url.startswith("http://127.0.0.1:"), url
 
         seq = [queries[i % len(queries)] for i in range(args.sequential)]
-        retriever = Retriever.load(index, model, backbone=backbone)
+        retriever = load_retriever(index, model, backbone=backbone)
         for ref, text in seq[:5]:  # warm-up
             retriever.search(images / ref, text, k=args.k)
         uploads = {ref: base64.b64encode((images / ref).read_bytes()).decode() for ref, _ in queries}
@@ -237,7 +237,7 @@ def main(argv=None) -> dict:
         added = {p.name for p in extra}
         gens = sorted({a[0] for a in answers})
         stale_mixed = sum(1 for g, _, _, _, ids in answers if g == gen0 and set(ids) & added)
-        by_gen = {gen0: retriever, gen0 + 1: Retriever.load(index, model, backbone=backbone)}
+        by_gen = {gen0: retriever, gen0 + 1: load_retriever(index, model, backbone=backbone)}
         expected: dict[tuple, list[str]] = {}
         mismatched = 0
         for g, kind, ref, text, ids in answers:

@@ -89,7 +89,7 @@ def test_eval_reports_oracle_rows_apart_from_models(tmp_path, world):
 
 def test_benchmark_spec_carries_its_defaults():
     from zscir.evaluation.run import BASELINES, default_models
-    from zscir.index.defaults import default_model_for
+    from zscir.resolve import default_model_for
     from zscir.world.shipped import shapes_backbone
 
     shapes, circo = get_benchmark("shapes"), get_benchmark("circo")

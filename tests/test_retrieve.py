@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import io
 import json
 import os
@@ -82,10 +83,10 @@ def assert_same_ranking(hits, expected, tol=3e-3):
 
 @pytest.mark.parametrize("model", ["fti_A", "sum", "text"])
 def test_search_matches_brute_force(env, model):
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
 
     spec = env[model] if model.startswith("fti") else model
-    r = Retriever.load(env["index"], spec, backbone=None if model.startswith("fti") else env["bb_A"])
+    r = load_retriever(env["index"], spec, backbone=None if model.startswith("fti") else env["bb_A"])
     assert r.encoder.needs_tokens == model.startswith("fti")
     for ref in (env["paths"][4], env["outside_ref"]):
         hits = r.search(ref, "make the square blue", k=6)
@@ -94,9 +95,9 @@ def test_search_matches_brute_force(env, model):
 
 
 def test_reference_excluded_unless_kept_and_baseline_uses_index_backbone(env):
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
 
-    r = Retriever.load(env["index"], "image")  # no backbone given: the one recorded in the index (file A)
+    r = load_retriever(env["index"], "image")  # no backbone given: the one recorded in the index (file A)
     assert r.backbone.identity == env["bb_A"].identity
     ref = env["paths"][7]
     kept = r.search(ref, "anything", k=3, exclude_reference=False)
@@ -203,10 +204,51 @@ def test_bad_input_through_the_installed_command(env, tmp_path):
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
 
 
+def count_checkpoint_reads(monkeypatch, checkpoint) -> collections.Counter:
+    """Reads of ``checkpoint``'s sidecar (any read of the .json file) and loads of its weights, counted from now on."""
+    import zscir.checkpoint
+
+    weights = Path(checkpoint).with_suffix(".safetensors").resolve()
+    sidecar = weights.with_suffix(".json")
+    reads = collections.Counter()
+    real = {"read_bytes": Path.read_bytes, "read_text": Path.read_text}
+    for name, fn in real.items():
+        def counted(self, *a, _fn=fn, **kw):
+            if Path(self).resolve() == sidecar:
+                reads["sidecar"] += 1
+            return _fn(self, *a, **kw)
+
+        monkeypatch.setattr(Path, name, counted)
+    real_weights = zscir.checkpoint.read_safetensors
+
+    def read_weights(path, *a, **kw):
+        if Path(path).resolve() == weights:
+            reads["weights"] += 1
+        return real_weights(path, *a, **kw)
+
+    monkeypatch.setattr(zscir.checkpoint, "read_safetensors", read_weights)
+    return reads
+
+
+def test_a_checkpoint_is_read_once_per_command(env, tmp_path, monkeypatch):
+    """`zscir retrieve --index I --model CKPT` and `zscir index --model CKPT`: one read of the sidecar, one of the weights."""
+    runner = CliRunner()
+    reads = count_checkpoint_reads(monkeypatch, env["fti_A"])
+    res = runner.invoke(cli, ["retrieve", "--index", str(env["index"]), "--model", env["fti_A"],
+                              "--ref", str(env["paths"][2]), "--text", "add a yellow circle", "-k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    assert reads == {"sidecar": 1, "weights": 1}
+    reads.clear()
+    res = runner.invoke(cli, ["index", "--images", str(env["paths"][0].parent), "--out", str(tmp_path / "idx"),
+                              "--model", env["fti_A"], "--json", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert reads == {"sidecar": 1, "weights": 1}
+
+
 def test_default_gallery_is_the_world_indexed_on_first_use(env, tmp_path, monkeypatch):
     """No --index: the (default) world's gallery is indexed into the cache dir on first use, then reused."""
     import zscir.world.build as world_build
-    from zscir.index.cli import open_retriever
+    from zscir.resolve import open_retriever
     from zscir.world.build import GALLERY_DIR, WorldConfig, generate_world
 
     world = generate_world(tmp_path / "world", WorldConfig.tiny(), workers=1, progress=False, log=lambda m: None)
@@ -225,6 +267,13 @@ def test_default_gallery_is_the_world_indexed_on_first_use(env, tmp_path, monkey
     assert_same_ranking(hits, expected)
     again = open_retriever(None, env["fti_A"], None, None, None, "cpu", progress=False)
     assert again.index.meta["generation"] == r.index.meta["generation"]  # reused, not rebuilt
+    # `zscir retrieve --model CKPT` without --index: the same answer, the checkpoint read once
+    reads = count_checkpoint_reads(monkeypatch, env["fti_A"])
+    res = CliRunner().invoke(cli, ["retrieve", "--model", env["fti_A"], "--ref", str(ref), "--text",
+                                   record["relative_caption"], "-k", "5", "--json", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert reads == {"sidecar": 1, "weights": 1}
+    assert [h["id"] for h in json.loads(res.stdout)["queries"][0]["results"]] == [h.id for h in hits]
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -265,11 +314,12 @@ def test_html_page_renders_in_headless_chromium(tmp_path):
 
 
 def test_index_remembers_the_model_it_was_built_for(env, tmp_path):
-    from zscir.index import Retriever, build_index
+    from zscir.index import build_index
+    from zscir.resolve import load_retriever
 
     out = tmp_path / "idx"
     build_index(out, env["bb_A"], images=env["paths"][0].parent, progress=False, model=env["fti_A"])
-    r = Retriever.load(out)
+    r = load_retriever(out)
     assert r.encoder.name == "fti" and r.encoder.identity["checkpoint_sha256"] == \
         json.loads(Path(env["fti_A"]).with_suffix(".json").read_text())["weights_sha256"]
     res = CliRunner().invoke(cli, ["index", "--images", str(tmp_path), "--out", str(out), "--model", "sum"])

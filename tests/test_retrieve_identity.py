@@ -67,9 +67,9 @@ def index(env):
 
 def test_reference_excluded_by_content_identity(env, index):
     """Why: "The reference comes back as a result when the gallery holds a symlink to it" (or a copy)."""
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
 
-    r = Retriever.load(index, "image", backbone=env["bb"])
+    r = load_retriever(index, "image", backbone=env["bb"])
     kept = r.search(env["ref"], "anything", k=4, exclude_reference=False)
     assert {kept[0].id, kept[1].id} == {"copy_of_reference.png", "link_to_reference.png"}
     assert kept[0].score > 0.999 and kept[1].score > 0.999
@@ -85,9 +85,9 @@ def test_reference_excluded_by_content_identity(env, index):
 
 def test_exclude_ids_through_the_api(env, index):
     """Deliver 5: the reference (or anything else) excluded by an explicit id, e.g. for an in-memory image."""
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
 
-    r = Retriever.load(index, "image", backbone=env["bb"])
+    r = load_retriever(index, "image", backbone=env["bb"])
     image = Image.open(env["paths"][5]).convert("RGB")  # in memory: no file, no content hash
     plain = r.search(image, "anything", k=3)
     assert plain[0].id == "g05.png"  # an in-memory image is not recognised by itself ...
@@ -103,7 +103,7 @@ def test_exclude_ids_through_the_api(env, index):
 
 def test_moved_recorded_model_is_an_error(env, tmp_path, capsys):
     """Why: "An index whose recorded `--model` has moved silently uses the shipped FTI checkpoint"."""
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
     from zscir.index.gallery import build_index
 
     fti = Path(env["fti"])
@@ -112,10 +112,10 @@ def test_moved_recorded_model_is_an_error(env, tmp_path, capsys):
     model = moved_dir / fti.name
     out = tmp_path / "idx"
     build_index(out, env["bb"], images=env["images"], progress=False, model=str(model))
-    assert Retriever.load(out).encoder.name == "fti"
+    assert load_retriever(out).encoder.name == "fti"
     shutil.rmtree(moved_dir)
     with pytest.raises(ZscirError, match=r"built for the query model .* which no longer exists: pass --model"):
-        Retriever.load(out)
+        load_retriever(out)
     code, _, err = run(["retrieve", "--index", str(out), "--ref", str(env["paths"][0]), "--text", "red"], capsys)
     one_line_error(code, err, r"no longer exists")
 

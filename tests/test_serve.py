@@ -87,11 +87,11 @@ def assert_same(answer: dict, hits, tol=1e-4):
 
 
 def test_search_by_upload_id_and_base64_equals_retriever(world, server):
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
 
     c = server["client"]
     assert server["url"].startswith("http://127.0.0.1:")
-    r = Retriever.load(world["index"], world["fti"])
+    r = load_retriever(world["index"], world["fti"])
     text = "make the square blue"
 
     # by gallery id: the reference itself is left out, as Retriever.search(path) does
@@ -121,7 +121,7 @@ def test_search_by_upload_id_and_base64_equals_retriever(world, server):
     assert "g04.png" not in [x["id"] for x in copy["results"]]
 
     # a second model by name: the sum baseline over the same backbone and index
-    r_sum = Retriever.load(world["index"], "sum", backbone=r.backbone)
+    r_sum = load_retriever(world["index"], "sum", backbone=r.backbone)
     by_sum = c.post("/search", json={"image_id": "g04.png", "text": text, "k": 6, "model": "sum"}).json()
     assert by_sum["model"] == "sum" and by_sum["timings_ms"]["mapping_network"] is None
     assert_same(by_sum, r_sum.search(ref, text, k=6))
@@ -133,10 +133,10 @@ def test_search_by_upload_id_and_base64_equals_retriever(world, server):
 
 
 def test_refine_continues_the_session(world, server):
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
 
     c = server["client"]
-    r = Retriever.load(world["index"], world["fti"])
+    r = load_retriever(world["index"], world["fti"])
     first = c.post("/search", files={"image": ("o.png", world["outside"].read_bytes(), "image/png")},
                    data={"text": "make it red", "k": "5"}).json()
     assert first["turn"] == 1 and len(first["turns"]) == 1
@@ -279,11 +279,11 @@ def test_images_healthz_metrics_openapi_and_page(world, server):
 
 
 def test_api_key_is_required_on_every_request(world):
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
     from zscir.serve import create_app
     from zscir.serve.runner import serve_in_thread
 
-    r = Retriever.load(world["index"], world["fti"])
+    r = load_retriever(world["index"], world["fti"])
     app = create_app(retrievers={"fti": r}, api_key="s3cret-key", reload_interval=0)
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         for path in ("/healthz", "/", "/metrics", "/images/g01.png"):
@@ -323,7 +323,7 @@ def test_index_update_is_swapped_in_whole_while_serving(world, tmp_path):
     from zscir.index.gallery import build_index
 
     # serve a copy, so the other tests' index stays as it was
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
     from zscir.serve import create_app
     from zscir.serve.runner import serve_in_thread
 
@@ -331,7 +331,7 @@ def test_index_update_is_swapped_in_whole_while_serving(world, tmp_path):
     shutil.copytree(world["index"], index)
     images = tmp_path / "images"
     shutil.copytree(world["images"], images)
-    app = create_app(retrievers={"fti": Retriever.load(index, world["fti"])}, reload_interval=0.05)
+    app = create_app(retrievers={"fti": load_retriever(index, world["fti"])}, reload_interval=0.05)
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
         svc = app.state.service
         gen0 = svc.state.generation
@@ -339,7 +339,7 @@ def test_index_update_is_swapped_in_whole_while_serving(world, tmp_path):
         for i in range(18, 24):
             draw_image(images / f"g{i:02d}.png", i)
         # (the copied index still names the original files; the rebuilt one names the copies)
-        old_answer = [h.id for h in Retriever.load(index, world["fti"]).search(world["images"] / "g01.png",
+        old_answer = [h.id for h in load_retriever(index, world["fti"]).search(world["images"] / "g01.png",
                                                                                 "make it red", k=17)]
         statuses, answers, stop = [], [], threading.Event()
 
@@ -361,7 +361,7 @@ def test_index_update_is_swapped_in_whole_while_serving(world, tmp_path):
         t.join()
         assert statuses and set(statuses) == {200}, statuses
         assert svc.state.generation == gen0 + 1 and {g for g, _ in answers} == {gen0, gen0 + 1}
-        new_answer = [h.id for h in Retriever.load(index, world["fti"]).search(images / "g01.png", "make it red", k=17)]
+        new_answer = [h.id for h in load_retriever(index, world["fti"]).search(images / "g01.png", "make it red", k=17)]
         assert new_answer != old_answer  # the six new images take places in the top 17
         # each answer is the whole old index's or the whole new one's, never a mix
         bad = [(g, ids) for g, ids in answers if ids != (old_answer if g == gen0 else new_answer)]
@@ -369,7 +369,7 @@ def test_index_update_is_swapped_in_whole_while_serving(world, tmp_path):
         assert c.get("/healthz").json()["index"]["images"] == 24
         res = c.post("/search", json={"image_id": "g20.png", "text": "make it red", "k": 23}).json()
         assert len(res["results"]) == 23 and res["index_generation"] == gen0 + 1
-        assert_same(res, Retriever.load(index, world["fti"]).search(images / "g20.png", "make it red", k=23))
+        assert_same(res, load_retriever(index, world["fti"]).search(images / "g20.png", "make it red", k=23))
         assert svc.metrics.value("zscir_index_reloads_total") >= 1
 
 
@@ -456,7 +456,7 @@ def test_page_in_headless_chromium_searches_and_refines(world, server, tmp_path)
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -465,7 +465,7 @@ def test_page_in_headless_chromium_searches_and_refines(world, server, tmp_path)
                  f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,1000", "--hide-scrollbars"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    r = Retriever.load(world["index"], world["fti"])
+    r = load_retriever(world["index"], world["fti"])
     try:
         class wait:  # WebDriverWait, saying what the page showed when it times out
             @staticmethod
@@ -578,7 +578,7 @@ def test_page_in_headless_chromium_searches_and_refines(world, server, tmp_path)
 
 def test_several_checkpoints_of_one_method_are_named_by_file(world, tmp_path):
     from zscir.errors import ZscirError
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
     from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
     from zscir.serve import load_retrievers
 
@@ -590,7 +590,7 @@ def test_several_checkpoints_of_one_method_are_named_by_file(world, tmp_path):
     assert list(loaded) == ["fti", "fti_other", "image"]
     assert len({id(r.backbone) for r in loaded.values()}) == 1  # one backbone load shared by the models
     hits = loaded["fti_other"].search(world["paths"][2], "make it red", k=5)
-    assert [h.id for h in hits] == [h.id for h in Retriever.load(world["index"], other).search(
+    assert [h.id for h in hits] == [h.id for h in load_retriever(world["index"], other).search(
         world["paths"][2], "make it red", k=5)]
     with pytest.raises(ZscirError, match="given twice"):
         load_retrievers(world["index"], ["image", "image"])
@@ -600,7 +600,7 @@ def test_app_mounts_in_another_service(world):
     """create_app() mounted under a prefix of the user's own FastAPI app: API, thumbnails, page, metrics labels."""
     from fastapi import FastAPI
 
-    from zscir.index import Retriever
+    from zscir.resolve import load_retriever
     from zscir.serve import create_app
     from zscir.serve.runner import serve_in_thread
 
@@ -610,7 +610,7 @@ def test_app_mounts_in_another_service(world):
     def own():
         return {"mine": True}
 
-    app = create_app(retrievers={"fti": Retriever.load(world["index"], world["fti"])}, reload_interval=0.1)
+    app = create_app(retrievers={"fti": load_retriever(world["index"], world["fti"])}, reload_interval=0.1)
     parent.mount("/cir", app)
     with serve_in_thread(parent) as url, httpx.Client(base_url=url, timeout=30, follow_redirects=True) as c:
         assert c.get("/own").json() == {"mine": True}

@@ -239,13 +239,13 @@ def test_cli_and_eval_end_to_end(world, tmp_path, monkeypatch, capsys):
 def test_retrieve_with_a_supervised_checkpoint(world, backbone, data, tmp_path):
     """`zscir retrieve --model` path: the retriever encodes reference tokens for the FineCIR-style head."""
     from zscir.index.gallery import build_index
-    from zscir.index.retriever import Retriever
+    from zscir.resolve import load_retriever
 
     path = train(SupervisedConfig(out=str(tmp_path / "run"), head="finecir", epochs=1, batch_size=8), backbone, data,
                  progress_bar=False)
     gallery = world / "train_gallery" / "images"
     build_index(tmp_path / "index", backbone, images=gallery, progress=False, log=lambda m: None)
-    r = Retriever.load(tmp_path / "index", str(path), backbone=backbone)
+    r = load_retriever(tmp_path / "index", str(path), backbone=backbone)
     assert r.encoder.needs_tokens
     ref = sorted(gallery.iterdir())[0]
     hits = r.search(str(ref), "make the red circle blue", k=5)

@@ -143,12 +143,12 @@ def test_closed_loop_eval_matches_a_brute_force_loop(tmp_path, world):
 
 def test_retriever_refine_searches_from_each_top_hit(tmp_path, world):
     from zscir.index.gallery import build_index
-    from zscir.index.retriever import Retriever
+    from zscir.resolve import load_retriever
     from zscir.world.build import MULTITURN_DIR
     from zscir.world.shipped import shapes_backbone
 
     build_index(tmp_path / "idx", shapes_backbone(), images=world / MULTITURN_DIR, progress=False)
-    r = Retriever.load(tmp_path / "idx", "sum")
+    r = load_retriever(tmp_path / "idx", "sum")
     rec = [x for x in _records(world, "multiturn") if x["sequence"] == 0]
     start = world / MULTITURN_DIR / f"{rec[0]['reference_img_id']:012d}.png"
     texts = [x["relative_caption"] for x in rec]

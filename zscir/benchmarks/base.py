@@ -29,6 +29,8 @@ class BenchmarkDefaults:
     backbone:    (device, preprocess) -> the benchmark's own backbone, used when no --clip is given
     models:      backbone -> the query-model checkpoints shipped for it (evaluated besides the baselines)
     query_model: backbone identity -> the one model `zscir retrieve` uses by default (None: none shipped)
+    gallery:     (backbone, progress, log) -> the index of the benchmark's own gallery for that backbone
+                 (built on first use), which `zscir retrieve` / `zscir serve` search without --index
     oracles:     (root, split) -> {oracle name: one query text per query}: ceilings, reported beside models
     oracle_notes: oracle name -> what its text is
     """
@@ -36,6 +38,7 @@ class BenchmarkDefaults:
     backbone: Callable[[str, str], Any] | None = None
     models: Callable[[Any], list[str]] | None = None
     query_model: Callable[[dict], str | None] | None = None
+    gallery: Callable[..., Path] | None = None
     oracles: Callable[[Path, "EvalSplit"], dict[str, list[str]]] | None = None
     oracle_notes: dict[str, str] = field(default_factory=dict)
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from zscir import __version__
+from zscir import __version__, resolve
 from zscir.benchmarks import BenchmarkSpec, get_benchmark, load_splits, resolve_root
 from zscir.benchmarks.base import EvalSplit
 from zscir.errors import ZscirError
@@ -37,7 +37,8 @@ from zscir.evaluation.scoring import score_split
 from zscir.evaluation.submission import check_payloads, ranking_payloads, write_rankings
 from zscir.utils.atomic import atomic_write_json, atomic_write_text
 
-BASELINES = ("image", "text", "sum")
+BASELINES = resolve.EVAL_BASELINES
+RANK_CHUNK = 256   # queries scored at once: 256 x 123k fp32 scores = 126 MB
 
 
 @dataclass
@@ -76,54 +77,17 @@ def _say(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
-# ---------------------------------------------------------------- models and backbones
+# ---------------------------------------------------------------- models and backbones (decided by zscir.resolve)
 def load_backbone_for(req: EvalRequest, spec: BenchmarkSpec):
     """The backbone given by --clip/--pretrained, else the benchmark's own (the shapes world's CLIP), else None."""
-    from zscir.backbone import load_backbone
-    from zscir.backbone.options import check_device
-
-    check_device(req.device)  # "cuda" without one, or "banana": one line, before any work
-    preprocess = req.protocol.preprocess or "targetpad"
-    if req.clip:
-        return load_backbone(req.clip, req.pretrained, device=req.device, preprocess=preprocess)
-    if req.pretrained:
-        raise ZscirError("--pretrained needs --clip (the open_clip model name the weights belong to)")
-    if spec.defaults.backbone is not None:
-        return spec.defaults.backbone(req.device, preprocess)
-    return None
-
-
-def default_models(spec: BenchmarkSpec, backbone) -> list[str]:
-    if spec.defaults.models is not None and backbone is not None:
-        return list(BASELINES) + list(spec.defaults.models(backbone))
-    if backbone is None:
-        raise ZscirError(f"nothing to evaluate: pass --model (a checkpoint, or {', '.join(BASELINES)} "
-                         "with --clip/--pretrained)")
-    return list(BASELINES)
-
-
-def model_slug(model: str, taken: set[str]) -> str:
-    from zscir.models.query import training_free
-
-    base = training_free(model) or Path(model).name.removesuffix(".safetensors").removesuffix(".json")
-    slug, n = base, 2
-    while slug in taken:
-        slug, n = f"{base}-{n}", n + 1
-    taken.add(slug)
-    return slug
+    return resolve.eval_backbone(spec, req.clip, req.pretrained, req.protocol.preprocess, req.device)
 
 
 def load_query_encoder_for(model: str, backbone, protocol: Protocol):
-    from zscir.models.query import load_query_encoder
+    return resolve.eval_query_encoder(model, backbone, protocol.preprocess)
 
-    qe = load_query_encoder(model, backbone=backbone)
-    if protocol.preprocess and not qe.backbone.preprocess_name.startswith(protocol.preprocess):
-        # a checkpoint loads its backbone with its own preprocessing; the protocol option overrides it
-        from zscir.backbone import make_preprocess
 
-        p = qe.backbone.preprocess
-        qe.backbone.preprocess = make_preprocess(protocol.preprocess, p.size, p.mean, p.std)
-    return qe
+default_models, model_slug = resolve.default_models, resolve.model_slug
 
 
 # ---------------------------------------------------------------- one split

@@ -1,8 +1,9 @@
 """Search your own images with composed queries: a faiss index over cached features, a retriever, an HTML report.
 
-    from zscir.index import build_index, Retriever
+    from zscir.index import build_index
+    from zscir.resolve import load_retriever   # picks the model and backbone for an index (zscir.resolve)
     build_index("my_index", backbone, images="photos/")
-    hits = Retriever.load("my_index", "checkpoints/shapes_fti.safetensors").search("ref.jpg", "in red", k=10)
+    hits = load_retriever("my_index", "checkpoints/shapes_fti.safetensors").search("ref.jpg", "in red", k=10)
 
 Names are imported on first use so that `zscir retrieve --help` and input errors stay fast.
 """

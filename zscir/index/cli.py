@@ -7,19 +7,22 @@ from pathlib import Path
 
 import click
 
+from zscir import resolve
+from zscir.backbone.options import check_device
+from zscir.data.sources import _is_shard_folder, open_image_source
 from zscir.errors import ZscirError
+from zscir.features.distributed import current_ranks, process_device
+from zscir.features.precision import check_precision
+from zscir.features.sources import safe_name
+from zscir.index.autotune import parse_size
+from zscir.index.gallery import build_index, verify_index
+from zscir.index.html import write_html
+from zscir.index.queries import check_text, load_reference, read_queries
 from zscir.index.search_index import EXACT_MAX, KINDS
 
 
 def _echo_err(msg: str) -> None:
     click.echo(msg, err=True)
-
-
-def load_cli_backbone(clip, pretrained, preprocess, device):
-    """--clip/--pretrained/--device -> a backbone, or None when no --clip was given (see zscir.backbone.options)."""
-    from zscir.backbone.options import backbone_from_options
-
-    return backbone_from_options(clip, pretrained, preprocess, device)
 
 
 def world_model_notice(backbone) -> str:
@@ -99,8 +102,6 @@ def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memo
     if verify:
         if force or images is not None:
             raise ZscirError("--verify only checks an index: give it with --out alone (no --images, no --force)")
-        from zscir.index.gallery import verify_index
-
         _print_verify(verify_index(out), as_json)
         return
     if images is None:
@@ -109,34 +110,14 @@ def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memo
         raise ZscirError(f"--batch-size must be at least 1, got {batch_size}")
     if workers is not None and workers < 0:
         raise ZscirError(f"--workers must be at least 0, got {workers}")
-    from zscir.data.sources import _is_shard_folder, open_image_source
-    from zscir.features.distributed import current_ranks, process_device
-    from zscir.features.precision import check_precision
-    from zscir.index.autotune import parse_size
-    from zscir.index.gallery import build_index
-
-    from zscir.backbone.options import check_device
-
     max_index_memory = parse_size(max_index_memory)
     device = process_device(check_device(device))
     check_precision(precision, device)  # before any weights are loaded
-    backbone = load_cli_backbone(clip, pretrained, preprocess, device)
-    if model is not None:
-        from zscir.models.query import load_query_encoder, training_free
-
-        if training_free(model):
-            raise ZscirError(f"--model {model!r} is a baseline, which has no backbone of its own: "
-                             "use --clip NAME --pretrained TAG|FILE to choose the backbone")
-        if backbone is None and device != "cpu":
-            backbone = _checkpoint_backbone(model, device)
-        backbone = load_query_encoder(model, backbone).backbone
-        model = str(Path(model).absolute())
+    chosen = resolve.indexing_backbone(clip, pretrained, preprocess, device, model)
+    backbone, model = chosen.backbone, chosen.model
     ranks = current_ranks(device)
     notice = None
-    if backbone is None:
-        from zscir.index.defaults import default_backbone
-
-        backbone = default_backbone(device)
+    if chosen.benchmark_default:
         notice = world_model_notice(backbone)
         if ranks.is_main:
             _echo_err(f"note: {notice}")
@@ -169,52 +150,7 @@ def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memo
                f"in {summary['seconds']:.1f} s{rate}")
 
 
-def _checkpoint_backbone(model, device):
-    """The backbone a checkpoint records, loaded on ``device`` (None when its sidecar does not say)."""
-    from zscir.backbone import load_backbone
-    from zscir.backbone.loading import resolve_portable_path
-
-    try:
-        meta = json.loads(Path(model).with_suffix(".json").read_text())
-        source = meta["backbone_source"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return load_backbone(source["name"], resolve_portable_path(source["pretrained"]), device=device,
-                         preprocess=meta.get("preprocess", "targetpad"))
-
-
-def open_retriever(index_dir, model, clip, pretrained, preprocess, device, progress=True):
-    """The retriever for the given options, with the shapes-world defaults for what is missing."""
-    from zscir.index.gallery import GalleryIndex
-    from zscir.index.queries import checkpoint_fingerprint
-
-    backbone = load_cli_backbone(clip, pretrained, preprocess, device)  # validates --device first
-    if index_dir is not None:
-        index = GalleryIndex.open(index_dir)
-        early = checkpoint_fingerprint(model) if model is not None else None
-        if early is not None:  # a mismatch is reported before any weights are loaded
-            index.check_fingerprint(early[0], what=f"the query model ({early[1]})")
-        from zscir.index.retriever import Retriever
-
-        return Retriever.load(index, model, backbone, device=device)
-
-    from zscir.index import defaults
-    from zscir.index.retriever import Retriever
-    from zscir.models.query import load_query_encoder, training_free
-
-    if model is None or training_free(model):
-        backbone = backbone or defaults.default_backbone(device)
-        model = model or defaults.default_model_for(backbone.identity)
-    elif backbone is None and device != "cpu":
-        backbone = _checkpoint_backbone(model, device)
-    encoder = load_query_encoder(model, backbone)
-    index_path = defaults.world_gallery_index(encoder.backbone, progress=progress, log=_echo_err)
-    return Retriever(GalleryIndex.open(index_path), encoder)
-
-
 def _table(results) -> str:
-    from zscir.features.sources import safe_name
-
     lines = []
     for n, res in enumerate(results, 1):
         lines.append(f"query {n}: {safe_name(res.ref)}  +  \"{safe_name(res.text)}\"")
@@ -252,23 +188,18 @@ def retrieve(ref, text, queries, index_dir, model, clip, pretrained, preprocess,
         raise ZscirError(f"option -k must be at least 1, got {k}")
     skipped = []
     if queries is not None:
-        from zscir.index.queries import read_queries
-
         query_list, skipped = read_queries(queries)
         for s in skipped:
             _echo_err(f"skipped {queries}:{s['line']}: {s['error']}")
     else:
-        from zscir.index.queries import check_text, load_reference
-
         load_reference(ref, "reference image (option --ref)")
         check_text(text, "modification text (option --text)")
         query_list = [(ref, text)]
 
-    retriever = open_retriever(index_dir, model, clip, pretrained, preprocess, device, progress=not no_progress)
+    retriever = resolve.open_retriever(index_dir, model, clip, pretrained, preprocess, device,
+                                       progress=not no_progress, log=_echo_err)
     results = retriever.search_many(query_list, k, exclude_reference=not keep_reference)
     if html_path:
-        from zscir.index.html import write_html
-
         write_html(html_path, results, subtitle=f"model {retriever.encoder.name}, index {retriever.index.root}")
         _echo_err(f"wrote {html_path}")
     if as_json:

@@ -13,7 +13,6 @@ import json
 import sys
 from pathlib import Path
 
-from zscir.index import defaults
 from zscir.index.examples import COUNT, EXAMPLES_FILE, TOP_K
 from zscir.index.gallery import GalleryIndex
 from zscir.index.retriever import Retriever
@@ -21,6 +20,7 @@ from zscir.models.query import load_query_encoder
 from zscir.utils.atomic import atomic_write_json
 from zscir.world import shipped
 from zscir.world.build import GALLERY_DIR, default_world, file_name
+from zscir.world.gallery_index import world_gallery_index
 
 
 def select_examples(retriever, world: Path, count: int = COUNT, k: int = TOP_K) -> dict:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     if ckpt is None:
         sys.exit("no shipped FTI checkpoint for the shapes world's backbone in checkpoints/")
     encoder = load_query_encoder(str(ckpt), backbone)
-    retriever = Retriever(GalleryIndex.open(defaults.world_gallery_index(backbone)), encoder)
+    retriever = Retriever(GalleryIndex.open(world_gallery_index(backbone)), encoder)
     record = select_examples(retriever, default_world())
     atomic_write_json(EXAMPLES_FILE, record)
     print(f"{len(record['examples'])} examples from {record['val_queries_scanned']} val queries scanned "

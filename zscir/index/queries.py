@@ -1,7 +1,4 @@
-"""Query input: reference images and modification texts, checked before any model is loaded.
-
-Kept free of torch and faiss so that a bad path or an empty text is reported at once.
-"""
+"""Query input: reference images and modification texts, checked before any model is loaded."""
 
 from __future__ import annotations
 
@@ -11,7 +8,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from zscir.data.images import BadImageError, decode_image, to_rgb
 from zscir.errors import ZscirError
+from zscir.data.keys import content_key, safe_name
 from zscir.utils.jsonl import read_jsonl
 
 ImageInput = str | os.PathLike | Image.Image
@@ -23,9 +22,6 @@ def read_reference(image: ImageInput, what: str = "reference image") -> tuple[Im
     Decoded by the project's one decoder (EXIF rotation, 16-bit, palette, alpha on
     white, pixel limit), so a query sees the same pixels its gallery copy was indexed with.
     """
-    from zscir.data.images import BadImageError, decode_image, to_rgb
-    from zscir.features.sources import content_key, safe_name
-
     if isinstance(image, Image.Image):
         return to_rgb(image), None
     path = Path(image)
@@ -83,19 +79,3 @@ def read_queries(path: str | os.PathLike) -> tuple[list[tuple[str, str]], list[d
         detail = f": {skipped[0]['error']} (line {skipped[0]['line']})" if skipped else ""
         raise ZscirError(f"no usable query in {path}{detail}")
     return queries, skipped
-
-
-def checkpoint_fingerprint(model: str) -> tuple[dict, str] | None:
-    """(backbone identity + preprocessing, method) from a checkpoint's JSON sidecar, without loading it.
-
-    Lets a mismatch between an index and a model be reported before any weights are read.
-    None for a baseline name or a file without a readable sidecar (the full load reports those).
-    """
-    sidecar = Path(model).with_suffix(".json")
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or "backbone" not in meta or "preprocess" not in meta:
-        return None
-    return {"backbone": meta["backbone"], "preprocess": meta["preprocess"]}, str(meta.get("method", meta.get("kind")))

@@ -1,6 +1,6 @@
 """Multi-turn composed retrieval: each turn's top answer is the next turn's reference (closed loop).
 
-One loop, two back ends: :meth:`Retriever.refine` runs it over a gallery index
+One loop, two back ends: :meth:`zscir.index.retriever.Retriever.refine` runs it over a gallery index
 (what a search server calls for a dialog), `zscir eval --split multiturn` over
 cached evaluation features, many sessions at once.
 
@@ -41,24 +41,3 @@ def refine_turns(search: Callable[[list, list], list[list[Item]]], references: S
                 out[s].append(list(ranking))
                 current[s] = as_reference(ranking[0])
     return out
-
-
-def refine(retriever, image, texts: Sequence[str], k: int = 10, exclude_reference: bool = True):
-    """One dialog over ``retriever``'s index: a :class:`~zscir.index.retriever.QueryResult` per turn.
-
-    Turn 1 searches with ``image``; every later turn with the previous turn's top hit (its gallery file).
-    """
-    def search(refs, turn_texts):
-        return [r.hits for r in retriever.search_many(list(zip(refs, turn_texts)), k, exclude_reference)]
-
-    def as_reference(hit):
-        if not hit.path:
-            raise ZscirError(f"index {str(retriever.index.root)!r} holds no file for image {hit.id!r}: "
-                             "a multi-turn refinement needs each answer's image")
-        return hit.path
-
-    from zscir.index.retriever import QueryResult, _label
-
-    (rankings,) = refine_turns(search, [image], [list(texts)], as_reference)
-    refs = [_label(image)] + [hits[0].path for hits in rankings[:-1]]
-    return [QueryResult(ref, text, hits) for ref, text, hits in zip(refs, texts, rankings)]

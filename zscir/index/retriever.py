@@ -1,7 +1,9 @@
 """Composed retrieval over a gallery index: (reference image, modification text) -> ranked images.
 
-    r = Retriever.load("my_index", "checkpoints/shapes_fti.safetensors")
+    r = Retriever(GalleryIndex.open("my_index"), load_query_encoder("checkpoints/shapes_fti.safetensors"))
     hits = r.search("ref.png", "in red with long sleeves", k=10)   # [Hit(rank, score, id, path)]
+
+(:func:`zscir.resolve.load_retriever` picks the model and backbone an index was built for.)
 
 The query encoder (zscir.models.query) turns the reference's features and the
 text into one normalised vector; the index ranks the gallery by cosine
@@ -27,6 +29,7 @@ from zscir.errors import ZscirError
 from zscir.index.gallery import GalleryIndex
 from zscir.features.sources import safe_name
 from zscir.index.queries import ImageInput, check_text, read_reference
+from zscir.index.refine import refine_turns
 from zscir.index.rows import Lookup
 
 
@@ -60,32 +63,6 @@ class Retriever:
         self._rows_of_path = Lookup(*([index.realpaths] if index.realpaths is not None else []), index.paths)
         self._rows_of_key = Lookup(index.keys if index.keys is not None else [None] * len(index))
         self._rows_of_id = Lookup(index.ids)
-
-    @classmethod
-    def load(cls, index_dir: str | os.PathLike | GalleryIndex, model: str | None = None, backbone=None,
-             device: str = "cpu") -> "Retriever":
-        """Open ``index_dir`` (or use an opened index) and the query ``model`` (a checkpoint path or a baseline name).
-
-        Without ``model``: the model the index was built for (``zscir index --model``; an error
-        if that file has gone), else the shipped FTI checkpoint trained on the index's backbone,
-        else the image+text sum baseline. Without ``backbone``, the one recorded in the index
-        (on ``device``) for a baseline or a non-CPU device, else the checkpoint's.
-        """
-        from zscir.index.defaults import default_model_for, load_index_backbone
-        from zscir.models.query import BASELINES, load_query_encoder
-
-        index = index_dir if isinstance(index_dir, GalleryIndex) else GalleryIndex.open(index_dir)
-        if model is None:
-            recorded = index.meta.get("model")
-            if recorded and not os.path.exists(recorded):
-                raise ZscirError(f"index {str(index.root)!r} was built for the query model {recorded!r} "
-                                 "(zscir index --model), which no longer exists: pass --model FILE (or a baseline: "
-                                 f"{', '.join(BASELINES)}), or record the new place with "
-                                 f"`zscir index --images DIR --out {index.root} --model NEW`")
-            model = recorded or default_model_for(index.fingerprint["backbone"])
-        if backbone is None and (model in BASELINES or str(device) != "cpu"):
-            backbone = load_index_backbone(index, device)
-        return cls(index, load_query_encoder(str(model), backbone))
 
     @property
     def identity(self) -> dict:
@@ -146,10 +123,22 @@ class Retriever:
 
     def refine(self, image: ImageInput, texts: Sequence[str], k: int = 10,
                exclude_reference: bool = True) -> list[QueryResult]:
-        """A multi-turn dialog: one result per text, each turn's top hit the next turn's reference."""
-        from zscir.index.refine import refine
+        """A multi-turn dialog: one result per text, each turn's top hit the next turn's reference.
 
-        return refine(self, image, texts, k, exclude_reference)
+        Turn 1 searches with ``image``; every later turn with the previous turn's top hit (its gallery file).
+        """
+        def search(refs, turn_texts):
+            return [r.hits for r in self.search_many(list(zip(refs, turn_texts)), k, exclude_reference)]
+
+        def as_reference(hit):
+            if not hit.path:
+                raise ZscirError(f"index {str(self.index.root)!r} holds no file for image {hit.id!r}: "
+                                 "a multi-turn refinement needs each answer's image")
+            return hit.path
+
+        (rankings,) = refine_turns(search, [image], [list(texts)], as_reference)
+        refs = [_label(image)] + [hits[0].path for hits in rankings[:-1]]
+        return [QueryResult(ref, text, hits) for ref, text, hits in zip(refs, texts, rankings)]
 
     def _excluded_rows_by_id(self, exclude_ids, n_queries: int) -> list[set[int]]:
         if exclude_ids is None:

@@ -11,7 +11,7 @@ import json
 import click
 
 from zscir.backbone.options import check_device
-from zscir.index.defaults import default_backbone, default_model_for
+from zscir.resolve import default_backbone, default_model_for
 from zscir.index.queries import read_reference
 from zscir.models.explain import (VOCABULARY_CHOICES, check_options, pseudo_word_report, require_pseudo_words,
                                   text_report)

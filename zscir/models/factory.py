@@ -67,8 +67,9 @@ def save_mapping_checkpoint(path, network: nn.Module, config: dict[str, Any], ba
     return save_checkpoint(path, network.state_dict(), meta)
 
 
-def load_mapping_checkpoint(path) -> tuple[nn.Module, dict[str, Any]]:
-    state, meta = load_checkpoint(path)
+def load_mapping_checkpoint(path, checkpoint: tuple[dict, dict] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The mapping network of checkpoint ``path`` (its ``checkpoint`` (state, meta) when already read), and its meta."""
+    state, meta = checkpoint or load_checkpoint(path)
     if meta.get("kind") != "mapping":
         raise ZscirError(f"{path} is a {meta.get('kind')!r} checkpoint, not a mapping network")
     network = create_mapping_network(meta["config"], meta["dims"])

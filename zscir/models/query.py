@@ -101,8 +101,8 @@ class PseudoWordQuery(QueryEncoder):
         return self.method.compose(self.backbone, self.network, ref, texts)
 
     @classmethod
-    def from_checkpoint(cls, path, backbone: Backbone | None):
-        network, meta = load_mapping_checkpoint(path)
+    def from_checkpoint(cls, path, backbone: Backbone | None, checkpoint: tuple[dict, dict] | None = None):
+        network, meta = load_mapping_checkpoint(path, checkpoint)
         backbone = backbone_for(meta, backbone, path)
         license_note = meta.get("source", {}).get("license_note")
         if license_note:
@@ -155,17 +155,26 @@ def training_free(model: str) -> str | None:
     return name if name in BASELINES else None
 
 
-def load_query_encoder(model: str, backbone: Backbone | None = None) -> QueryEncoder:
-    """``model``: a training-free encoder (image, text, sum, searle-xl-oti[:OPTIONS]) or a zscir checkpoint path."""
+def read_query_checkpoint(model: str) -> tuple[dict, dict]:
+    """A checkpoint's (state, meta), read once (weights checked against the sidecar), for :func:`load_query_encoder`."""
+    if not Path(model).with_suffix(".json").is_file() and not Path(model).is_file():
+        raise ZscirError(f"--model {model!r} is neither a baseline ({', '.join(BASELINES)}) nor a checkpoint file")
+    return load_checkpoint(model)
+
+
+def load_query_encoder(model: str, backbone: Backbone | None = None,
+                       checkpoint: tuple[dict, dict] | None = None) -> QueryEncoder:
+    """``model``: a training-free encoder (image, text, sum, searle-xl-oti[:OPTIONS]) or a zscir checkpoint path.
+
+    ``checkpoint``: the checkpoint's (state, meta) when already read (:func:`read_query_checkpoint`); else read here.
+    """
     name = training_free(model)
     if name is not None:
         if backbone is None:
             raise ZscirError(f"the {name!r} baseline needs a backbone (--clip NAME --pretrained TAG|FILE)")
         return BASELINES[name].from_spec(backbone, model.partition(":")[2])
-    if not Path(model).with_suffix(".json").is_file() and not Path(model).is_file():
-        raise ZscirError(f"--model {model!r} is neither a baseline ({', '.join(BASELINES)}) nor a checkpoint file")
-    _, meta = load_checkpoint(model)  # verifies the sha256 once; the kind loader reuses that
-    kind = meta.get("kind")
+    checkpoint = checkpoint or read_query_checkpoint(model)
+    kind = checkpoint[1].get("kind")
     if kind not in CHECKPOINT_KINDS:
         raise ZscirError(f"{model}: unknown checkpoint kind {kind!r}")
-    return CHECKPOINT_KINDS[kind](model, backbone)
+    return CHECKPOINT_KINDS[kind](model, backbone, checkpoint)

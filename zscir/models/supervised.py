@@ -184,8 +184,8 @@ def save_supervised_checkpoint(path, head: Combiner, config: dict[str, Any], bac
     return save_checkpoint(path, head.state_dict(), meta)
 
 
-def load_supervised_checkpoint(path) -> tuple[Combiner, dict[str, Any]]:
-    state, meta = load_checkpoint(path)
+def load_supervised_checkpoint(path, checkpoint: tuple[dict, dict] | None = None) -> tuple[Combiner, dict[str, Any]]:
+    state, meta = checkpoint or load_checkpoint(path)  # ``checkpoint``: its (state, meta) when already read
     if meta.get("kind") != "supervised":
         raise ZscirError(f"{path} is a {meta.get('kind')!r} checkpoint, not a supervised head")
     for key in ("config", "embed_dim", "parser", "backbone"):
@@ -230,7 +230,8 @@ class SupervisedQuery(QueryEncoder):
         return self.head(ref.pooled, text, entities.to(bb.device), mask.to(bb.device), patches)
 
     @classmethod
-    def from_checkpoint(cls, path, backbone: Backbone | None) -> "SupervisedQuery":
-        head, meta = load_supervised_checkpoint(path)
+    def from_checkpoint(cls, path, backbone: Backbone | None,
+                        checkpoint: tuple[dict, dict] | None = None) -> "SupervisedQuery":
+        head, meta = load_supervised_checkpoint(path, checkpoint)
         backbone = backbone_for(meta, backbone, path)
         return cls(backbone, head, meta, meta.get("weights_sha256"))

@@ -15,8 +15,10 @@ import concurrent.futures
 import contextlib
 import functools
 import json
+import sys
 import time
 from importlib import resources
+from pathlib import Path
 from typing import Any, Sequence
 
 from fastapi import FastAPI, Query, Request
@@ -27,9 +29,11 @@ from starlette.responses import HTMLResponse, Response
 
 from zscir import __version__
 from zscir.errors import ZscirError
+from zscir.resolve import open_retrievers
 from zscir.serve import schema
 from zscir.serve.auth import key_matches, presented_key
 from zscir.serve.body import Body, decode_base64, parse_body, read_body
+from zscir.serve.metrics import CONTENT_TYPE
 from zscir.serve.service import Reference, RequestError, SearchService, ServeConfig
 
 SEARCH_FIELDS = ("image", "image_base64", "image_id", "text", "k", "model")
@@ -41,33 +45,27 @@ ROUTES = ("/", "/search", "/refine", "/healthz", "/metrics", "/gallery", "/opena
 
 def load_retrievers(index_dir=None, models: Sequence[str] = (), clip=None, pretrained=None, preprocess=None,
                     device: str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """name -> Retriever, all over one opened index and one backbone (each model loaded once).
+    """name -> Retriever, all over one opened index and one backbone (each model loaded once, by zscir.resolve).
 
     No ``index_dir``: the shapes world's gallery; no ``models``: the index's default model
     (the shipped FTI checkpoint), as `zscir retrieve` does. Names are the methods (fti, sum,
     ...), or the checkpoint files' names when two models share a method.
     """
-    from zscir.index.cli import open_retriever
-    from zscir.index.retriever import Retriever
-    from zscir.models.query import load_query_encoder
-
-    models = list(models)
-    first = open_retriever(index_dir, models[0] if models else None, clip, pretrained, preprocess, device, progress)
-    retrievers = [(models[0] if models else None, first)]
-    for spec in models[1:]:
-        retrievers.append((spec, Retriever(first.index, load_query_encoder(spec, first.backbone))))
+    retrievers = open_retrievers(index_dir, models, clip, pretrained, preprocess, device, progress, log=_stderr)
     methods = [r.encoder.name for _, r in retrievers]
     out: dict[str, Any] = {}
     for spec, r in retrievers:
         name = r.encoder.name
         if methods.count(name) > 1:
-            from pathlib import Path
-
             name = Path(spec).stem if spec else name
         if name in out:
             raise ZscirError(f"--model {spec!r} is given twice (as {name!r})")
         out[name] = r
     return out
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _route_label(path: str) -> str:
@@ -258,8 +256,6 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
     @app.get("/metrics", summary="Prometheus metrics: requests, errors, latency histograms per route and stage",
              responses={200: {"content": {"text/plain": {}}}})
     async def metrics():
-        from zscir.serve.metrics import CONTENT_TYPE
-
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     page = resources.files("zscir.serve").joinpath("static/index.html").read_text(encoding="utf-8")

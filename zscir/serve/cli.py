@@ -6,7 +6,12 @@ import json
 
 import click
 
+from zscir.data.images import DEFAULT_MAX_PIXELS
 from zscir.errors import ZscirError
+from zscir.serve.app import create_app, load_retrievers
+from zscir.serve.auth import check_bind
+from zscir.serve.runner import bind, serve as run
+from zscir.serve.service import ServeConfig
 
 
 @click.command("serve")
@@ -46,8 +51,6 @@ def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, a
           threads, max_upload_mb, max_pixels, max_k, max_sessions, reload_interval, graceful_timeout, log_level,
           access_log, as_json, no_progress):
     """Serve composed search over HTTP: a JSON API (schema at /openapi.json) and a web page at /."""
-    from zscir.serve.auth import check_bind
-
     check_bind(host, api_key, insecure_no_auth)
     for name, value, low in (("--workers", workers, 1), ("--max-k", max_k, 1), ("--port", port, 0),
                              ("--max-sessions", max_sessions, 1)):
@@ -60,14 +63,9 @@ def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, a
     if max_pixels is not None and max_pixels < 1:
         raise ZscirError(f"option --max-pixels must be at least 1, got {max_pixels}")
     if threads is not None:
-        import torch
+        import torch  # deferred: heavy
 
         torch.set_num_threads(threads)
-
-    from zscir.data.images import DEFAULT_MAX_PIXELS
-    from zscir.serve.app import create_app, load_retrievers
-    from zscir.serve.runner import bind, serve as run
-    from zscir.serve.service import ServeConfig
 
     bind(host, port).close()  # a taken port is reported before the models load
     retrievers = load_retrievers(index_dir, models, clip, pretrained, preprocess, device, progress=not no_progress)

@@ -17,6 +17,8 @@ import threading
 import time
 from typing import Callable, Iterator
 
+from zscir.errors import ZscirError
+
 
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -28,8 +30,6 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as e:
         sock.close()
-        from zscir.errors import ZscirError
-
         raise ZscirError(f"cannot listen on {host}:{port} (option --host/--port): {e.strerror or e}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
@@ -43,7 +43,7 @@ def url_of(sock: socket.socket) -> str:
 
 def make_server(app, sock: socket.socket, log_level: str = "warning", graceful_timeout: float = 10.0,
                 on_ready: Callable[[], None] | None = None, access_log: bool = False):
-    import uvicorn
+    import uvicorn  # deferred: heavy, and only needed once a server runs
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):

@@ -32,6 +32,10 @@ from PIL import Image
 
 from zscir.data.images import DEFAULT_MAX_PIXELS, BadImageError, decode_image
 from zscir.errors import ZscirError
+from zscir.features.sources import content_key
+from zscir.index.gallery import GalleryIndex
+from zscir.index.retriever import Retriever
+from zscir.serve.metrics import Metrics
 
 log = logging.getLogger("zscir.serve")
 
@@ -84,8 +88,6 @@ class Reference:
             status = 413 if e.reason.startswith("too large") else 422
             raise RequestError(status, field_name, f"field {field_name!r}: {e.reason}"
                                                    + (f" ({e.detail[:160]})" if e.detail else "")) from None
-        from zscir.features.sources import content_key
-
         return cls(kind, image=image, decode_seconds=time.perf_counter() - t0, key=content_key(data))
 
     @classmethod
@@ -184,8 +186,6 @@ class _ThumbnailCache:
 
 class SearchService:
     def __init__(self, retrievers: dict[str, Any], config: ServeConfig | None = None, metrics=None):
-        from zscir.serve.metrics import Metrics
-
         if not retrievers:
             raise ZscirError("serve needs at least one model (option --model)")
         self.config = config or ServeConfig()
@@ -230,9 +230,6 @@ class SearchService:
             return new.generation != old.generation
 
     def _open_state(self, sig: tuple) -> IndexState | None:
-        from zscir.index.gallery import GalleryIndex
-        from zscir.index.retriever import Retriever
-
         if sig == self._failed_signature:
             return None
         problem: object = "index.json kept changing while it was read"

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from zscir.backbone import load_backbone
 from zscir.errors import ZscirError
-from zscir.index.defaults import default_backbone
+from zscir.resolve import default_backbone
 from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
 from zscir.models.methods import METHODS, get_training
 from zscir.models.objective import LossWeights

@@ -21,6 +21,7 @@ from pathlib import Path
 from zscir.benchmarks import circo
 from zscir.benchmarks.base import BenchmarkDefaults, BenchmarkSpec, EvalSplit, field_of, read_json
 from zscir.world.build import default_world
+from zscir.world.gallery_index import world_gallery_index
 from zscir.world.oracles import ORACLE_NOTES, oracle_texts
 from zscir.world.shipped import shapes_backbone, shipped_checkpoints, shipped_fti_checkpoint
 
@@ -70,7 +71,8 @@ def _query_model(backbone_identity: dict) -> str | None:
     return str(ckpt) if ckpt else None
 
 
-DEFAULTS = BenchmarkDefaults(backbone=shapes_backbone, models=_models, query_model=_query_model, oracles=oracle_texts,
+DEFAULTS = BenchmarkDefaults(backbone=shapes_backbone, models=_models, query_model=_query_model,
+                             gallery=world_gallery_index, oracles=oracle_texts,
                              oracle_notes=ORACLE_NOTES)
 SPEC = BenchmarkSpec("shapes", "shapes world", "circo", load, FINE_SPLITS + COARSE_SPLITS + MULTITURN_SPLITS,
                      ("val", "val_coarse"), remove_reference=False, default_root=default_root, defaults=DEFAULTS,
