@@ -27,8 +27,10 @@ import torch
 
 from zscir.backbone.clip import Backbone
 from zscir.backbone.preprocess import make_preprocess
+from zscir.checkpoint import check_weights_file
 from zscir.errors import MissingWeightsError, ZscirError
 from zscir.utils.hashing import sha256_file
+from zscir.utils.paths import repo_checkpoints_dir
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -106,8 +108,6 @@ def _create_model(name: str, pretrained: Optional[str], device, precision: str, 
             raise ZscirError(f"unknown pretrained tag {pretrained!r} for {name} (option --pretrained): "
                              f"expected one of {', '.join(tags) or '(none)'} or a local weights file")
     if pretrained is not None and os.path.isfile(pretrained):
-        from zscir.checkpoint import check_weights_file
-
         check_weights_file(pretrained, "--pretrained")  # damaged, empty, pickle-in-safetensors: one line, before open_clip
     try:
         with _quiet_open_clip():
@@ -165,8 +165,6 @@ def portable_path(pretrained: Optional[str]) -> Optional[str]:
     """Record files shipped in the repository's checkpoints/ relative to the repository, others as given."""
     if pretrained is None or not os.path.isfile(pretrained):
         return pretrained
-    from zscir.utils.paths import repo_checkpoints_dir
-
     path = Path(pretrained).resolve()
     root = repo_checkpoints_dir().parent
     return str(path.relative_to(root)) if path.is_relative_to(repo_checkpoints_dir()) else str(path)
@@ -176,7 +174,5 @@ def resolve_portable_path(pretrained: Optional[str]) -> Optional[str]:
     """Inverse of :func:`portable_path`: a repository-relative path is resolved against the repository."""
     if pretrained is None or os.path.isfile(pretrained):
         return pretrained
-    from zscir.utils.paths import repo_checkpoints_dir
-
     candidate = repo_checkpoints_dir().parent / pretrained
     return str(candidate) if candidate.is_file() else pretrained

@@ -7,15 +7,68 @@
   from them can never be queried meaningfully).
 - ``--pretrained`` without ``--clip`` is an error (the weights need their model).
 
-Kept free of torch at import time: ``torch`` is imported only to check a device.
+:func:`backbone_options` declares these options (and ``--preprocess``) on a command, with one
+help text each; a command adds only the sentence that is its own (its default, when it applies).
+
+Kept free of torch at import time: ``torch`` is imported only to check a device, and the
+backbone is loaded through the package's lazy names.
 """
 
 from __future__ import annotations
 
+import click
+
+from zscir import backbone as backbone_package
 from zscir.errors import ZscirError
 
 RANDOM_WEIGHTS = "none"   # --pretrained none: an explicit request for random weights
 DEVICE_KINDS = ("cpu", "cuda", "mps")
+PREPROCESS_CHOICES = ("targetpad", "clip")
+
+CLIP_HELP = "open_clip model name of the backbone (ViT-B-32, ViT-L-14, ...) or hf-hub:ORG/REPO."
+PRETRAINED_HELP = "Its weights: an open_clip pretrained tag (openai, laion2b_s34b_b79k, ...) or a local weights file."
+RANDOM_WEIGHTS_HELP = f"'{RANDOM_WEIGHTS}': random weights (tests only)."
+PREPROCESS_HELP = "Image preprocessing: targetpad (the padding of SEARLE and FTI4CIR) or clip (CLIP's own)."
+DEVICE_HELP = "cpu, cuda, cuda:N or mps."
+
+
+def _help(*sentences: str | None) -> str:
+    return " ".join(s for s in sentences if s)
+
+
+def device_option(default: str | None = "cpu", note: str | None = None):
+    """``--device DEVICE`` (parameter ``device``), with ``note`` after the common help text."""
+    return click.option("--device", default=default, show_default=default is not None, metavar="DEVICE",
+                        help=_help(DEVICE_HELP, note))
+
+
+def backbone_options(clip_note: str | None = None, *, required: bool = False, pretrained_note: str | None = None,
+                     random_weights: bool = False, preprocess: str | None | bool = False,
+                     preprocess_note: str | None = None, device: str | None | bool = "cpu",
+                     device_note: str | None = None):
+    """Declare ``--clip NAME``, ``--pretrained TAG|FILE``, ``--preprocess`` and ``--device DEVICE``, in that order.
+
+    The parameters are ``clip``, ``pretrained``, ``preprocess`` and ``device``. Each option has one help
+    text in every command; a ``*_note`` adds the command's own sentence (what it does without the
+    option). ``random_weights``: the command takes ``--pretrained none`` (it goes through
+    :func:`resolve_pretrained`). ``preprocess``/``device``: the option's default, or False for no option.
+    """
+    options = [click.option("--clip", required=required, metavar="NAME", help=_help(CLIP_HELP, clip_note)),
+               click.option("--pretrained", metavar="TAG|FILE",
+                            help=_help(PRETRAINED_HELP, RANDOM_WEIGHTS_HELP if random_weights else None,
+                                       pretrained_note))]
+    if preprocess is not False:
+        options.append(click.option("--preprocess", type=click.Choice(PREPROCESS_CHOICES), default=preprocess,
+                                    show_default=preprocess is not None, help=_help(PREPROCESS_HELP, preprocess_note)))
+    if device is not False:
+        options.append(device_option(device, device_note))
+
+    def decorate(command):
+        for option in reversed(options):  # click lists options in the order their decorators are written
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def check_device(device: str | None, option: str = "--device") -> str:
@@ -64,6 +117,4 @@ def backbone_from_options(clip: str | None, pretrained: str | None, preprocess: 
     device = check_device(device)
     if clip is None:
         return None
-    from zscir.backbone import load_backbone
-
-    return load_backbone(clip, weights, device=device, preprocess=preprocess or "targetpad")
+    return backbone_package.load_backbone(clip, weights, device=device, preprocess=preprocess or "targetpad")

@@ -7,11 +7,11 @@ import sys
 
 import click
 
-from zscir.backbone.options import check_device, resolve_pretrained
+from zscir.backbone.options import backbone_options, check_device, resolve_pretrained
 from zscir.benchmarks import BENCHMARKS
 from zscir.benchmarks.fine import FINE_GALLERIES
 from zscir.evaluation import report
-from zscir.evaluation.protocol import FIQ_CAPTION_MODES, PREPROCESS_CHOICES, Protocol
+from zscir.evaluation.protocol import FIQ_CAPTION_MODES, Protocol
 from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 
 
@@ -22,8 +22,8 @@ from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
               help="image | text | sum | searle-xl-oti[:VOCAB.txt,PHRASES.txt] (training-free, need --clip; "
                    "searle-xl-oti inverts each reference by OTI: slow) or a checkpoint path; repeatable. "
                    "Default: the baselines (shapes: plus the shipped checkpoints).")
-@click.option("--clip", help="open_clip model name of the backbone (e.g. ViT-L-14).")
-@click.option("--pretrained", help="pretrained tag (e.g. openai) or a local weights file.")
+@backbone_options("Default: the benchmark's own (shapes: the world's CLIP), else each checkpoint's.",
+                  random_weights=True, preprocess=None, preprocess_note="Default: targetpad, or the checkpoint's.")
 @click.option("--split", "splits", multiple=True, help="Split(s) to run, repeatable (default: val; shapes: val and val_coarse).")
 @click.option("--category", "categories", multiple=True, type=click.Choice(["dress", "shirt", "toptee"]),
               help="FashionIQ categories (default: all three).")
@@ -36,16 +36,13 @@ from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
               help="Drop the reference from its ranking (default: the benchmark's official choice).")
 @click.option("--fine-gallery", type=click.Choice(FINE_GALLERIES), default="fine", show_default=True,
               help="Fine-FashionIQ gallery: FineCIR's smaller one or the full split.")
-@click.option("--preprocess", type=click.Choice(PREPROCESS_CHOICES), default=None,
-              help="Image preprocessing (default: targetpad, or the checkpoint's).")
 @click.option("--cache-dir", type=OUTPUT_DIR, help="Feature cache (default: ZSCIR_CACHE/features/eval).")
-@click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--no-oracles", is_flag=True, help="Leave out the benchmark's oracle rows (shapes: caption, edit, "
                                                   "inversion and reference-caption ceilings).")
-def eval_command(benchmark, root, models, clip, pretrained, splits, categories, out_dir, as_json, fiq_captions,
-                 remove_reference, fine_gallery, preprocess, cache_dir, device, batch_size, no_progress, no_oracles):
+def eval_command(benchmark, root, models, clip, pretrained, preprocess, device, splits, categories, out_dir, as_json,
+                 fiq_captions, remove_reference, fine_gallery, cache_dir, batch_size, no_progress, no_oracles):
     """Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir."""
     # deferred: the runner loads torch (through the models it evaluates); `zscir eval --help` must not
     from zscir.evaluation.run import EvalRequest, evaluate

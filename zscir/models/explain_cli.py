@@ -10,7 +10,7 @@ import json
 
 import click
 
-from zscir.backbone.options import check_device
+from zscir.backbone.options import check_device, device_option
 from zscir.resolve import default_backbone, default_model_for
 from zscir.index.queries import read_reference
 from zscir.models.explain import (VOCABULARY_CHOICES, check_options, pseudo_word_report, require_pseudo_words,
@@ -34,7 +34,7 @@ def explain(ref: str, model: str | None = None, k: int = 5, device: str = "cpu",
 @click.option("-k", "k", type=int, default=5, show_default=True, help="Nearest words per pseudo-word.")
 @click.option("--vocab", "vocabulary", type=click.Choice(VOCABULARY_CHOICES), default="all", show_default=True,
               help="Tokens searched: the whole token-embedding table, or only the shapes world's words.")
-@click.option("--device", default="cpu", show_default=True)
+@device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def explain_command(ref, model, k, vocabulary, device, as_json):
     """Nearest vocabulary words of each pseudo-word of REF (FTI4CIR's pseudo-to-real analysis), with the

@@ -8,6 +8,7 @@ import os
 import click
 from click.core import ParameterSource
 
+from zscir.backbone.options import backbone_options
 from zscir.utils.options import (DROPOUT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, OUTPUT_DIR, POSITIVE_FLOAT,
                                  POSITIVE_INT)
 
@@ -15,6 +16,8 @@ from zscir.utils.options import (DROPOUT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, 
 FEATURE_CACHE_MODES = ("full", "globals", "off")
 # zscir.models.methods.trainable_methods(), spelled out for the same reason (tested equal to the registry)
 TRAINABLE_METHODS = ("fti", "single", "searle", "lincir", "pic2word", "scot")
+# a recipe names the backbone option by its run_pretraining argument
+RUN_KEYS = {"clip": "clip_name"}
 
 
 @click.command("pretrain")
@@ -24,9 +27,7 @@ TRAINABLE_METHODS = ("fti", "single", "searle", "lincir", "pic2word", "scot")
 @click.option("--captions", default=None, help="Captions file (JSONL/CSV/JSON id->caption; for lincir also .txt, one a "
               "line). Default: caption with --captioner (cached), or the world's own captions.")
 @click.option("--captioner", default="blip", show_default=True, help="Captioner used when no --captions is given.")
-@click.option("--clip", "clip_name", default=None, help="open_clip model name. Default: the shapes world's CLIP.")
-@click.option("--pretrained", default=None, help="open_clip pretrained tag or local weights file.")
-@click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default="targetpad", show_default=True)
+@backbone_options("Default: the shapes world's CLIP.", preprocess="targetpad", device=False)
 @click.option("--method", type=click.Choice(TRAINABLE_METHODS), default="fti", show_default=True,
               help="A trainable registered method. lincir trains on --captions alone (no images); searle inverts "
               "every image by OTI first (cached), then distils phi; scot trains a Combiner on caption edits.")
@@ -70,7 +71,7 @@ TRAINABLE_METHODS = ("fti", "single", "searle", "lincir", "pic2word", "scot")
               help="scot: caption edits, JSONL {image, caption, modification, edited_caption}. "
               "Default on the shapes world: edits drawn by its generator.")
 @click.pass_context
-def pretrain(ctx, images, captions, captioner, clip_name, pretrained, preprocess, method, network_config, out, epochs,
+def pretrain(ctx, images, captions, captioner, clip, pretrained, preprocess, method, network_config, out, epochs,
              batch_size, lr, weight_decay, lr_decay_epoch, dropout, seed, save_every_steps, max_steps,
              mixed_precision, feature_cache, cache_dir, resume, overwrite, as_json, recipe, splitter, vocabulary,
              phrases, oti_steps, oti_batch_size, oti_top_k, oti_images, edits):
@@ -94,10 +95,10 @@ def pretrain(ctx, images, captions, captioner, clip_name, pretrained, preprocess
                       view=lambda rec: {"method": rec.get("method"), "network_config":
                                         rec.get("network_config") or default_network_config(rec.get("method"))})
 
-    run = dict(captioner=captioner, clip_name=clip_name, pretrained=pretrained, preprocess=preprocess,
+    run = dict(captioner=captioner, clip_name=clip, pretrained=pretrained, preprocess=preprocess,
                splitter=splitter)
     if recipe:
-        explicit = {p for p in ctx.params if ctx.get_parameter_source(p) is ParameterSource.COMMANDLINE}
+        explicit = {RUN_KEYS.get(p, p) for p in ctx.params if ctx.get_parameter_source(p) is ParameterSource.COMMANDLINE}
         cfg, run, record = apply_recipe(recipe, cfg, run, explicit)
         cfg.recipe = record
         for note in cfg.recipe["notes"]:

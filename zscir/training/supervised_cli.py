@@ -6,6 +6,7 @@ import json
 
 import click
 
+from zscir.backbone.options import backbone_options
 from zscir.utils.options import DROPOUT, NON_NEGATIVE_FLOAT, OUTPUT_DIR, POSITIVE_FLOAT, POSITIVE_INT
 
 # the keys of zscir.training.supervised.DATASETS, spelled out so that `--help` does not import torch (tested)
@@ -19,9 +20,7 @@ DATASETS = ("fashioniq", "cirr", "fine-fashioniq", "fine-cirr", "shapes")
 @click.option("--texts", type=click.Choice(["fine", "coarse"]), default="fine", show_default=True,
               help="shapes only: train on the fine or the coarse modification texts.")
 @click.option("--head", type=click.Choice(["combiner", "finecir"]), default="finecir", show_default=True)
-@click.option("--clip", "clip_name", default=None, help="open_clip model name. Default for shapes: the world's CLIP.")
-@click.option("--pretrained", default=None, help="open_clip pretrained tag or local weights file.")
-@click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default="targetpad", show_default=True)
+@backbone_options("Default for shapes: the world's CLIP.", preprocess="targetpad")
 @click.option("--out", type=OUTPUT_DIR, default=None, help="Run directory (config, log, train state, model.safetensors). "
               "Default: runs/supervised-<dataset>-<texts>-<head>.")
 @click.option("--epochs", type=POSITIVE_INT, default=60, show_default=True)
@@ -35,16 +34,15 @@ DATASETS = ("fashioniq", "cirr", "fine-fashioniq", "fine-cirr", "shapes")
 @click.option("--parser", default="auto", show_default=True, help="Text parser: auto (SceneGraphParser if installed, else rules), rules, sng.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-steps", type=POSITIVE_INT, default=None, help="Stop after N steps in total.")
-@click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=POSITIVE_INT, default=None, help="CPU threads for the training loop (default: torch's). "
               "The heads are small: on a busy 2-core machine --threads 1 trained 3x faster than 2.")
 @click.option("--cache-dir", type=OUTPUT_DIR, default=None, help="Feature cache root. Default: the evaluation cache (<zscir cache>/features/eval).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out (its config, log and checkpoints).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final record as JSON.")
-def train_supervised(dataset, root, texts, head, clip_name, pretrained, preprocess, out, epochs, batch_size, lr,
+def train_supervised(dataset, root, texts, head, clip, pretrained, preprocess, device, out, epochs, batch_size, lr,
                      weight_decay, temperature, learn_temperature, dropout, max_entities, parser, seed, max_steps,
-                     device, threads, cache_dir, resume, overwrite, as_json):
+                     threads, cache_dir, resume, overwrite, as_json):
     """Train a supervised composition head on frozen CLIP features (cached), for comparison with zero-shot models.
 
     The checkpoint (OUT/model.safetensors) is evaluated with `zscir eval ... --model OUT/model.safetensors`.
@@ -61,7 +59,7 @@ def train_supervised(dataset, root, texts, head, clip_name, pretrained, preproce
                            head_options={"dropout": dropout, "max_entities": max_entities}, seed=seed,
                            max_steps=max_steps, threads=threads)
     log = (lambda m: click.echo(m, err=True))
-    result = run_supervised_training(cfg, root=root, clip_name=clip_name, pretrained=pretrained,
+    result = run_supervised_training(cfg, root=root, clip_name=clip, pretrained=pretrained,
                                      preprocess=preprocess, cache_dir=cache_dir, device=device, resume=resume,
                                      progress=not as_json, log=log)
     if as_json:

@@ -8,6 +8,7 @@ click's usage error (exit 2), one line naming the option and the expected range.
 from __future__ import annotations
 
 import math
+import os
 
 import click
 
@@ -71,8 +72,6 @@ class OutputPath(click.Path):
         self.kind = kind
 
     def convert(self, value, param, ctx):
-        import os
-
         value = super().convert(value, param, ctx)
         path = os.path.abspath(os.fspath(value))
         parent = path if self.kind == "dir" else os.path.dirname(path)

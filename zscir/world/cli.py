@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from zscir.backbone.options import backbone_options
 from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_write_json
 from zscir.utils.hashing import sha256_file
@@ -108,12 +109,12 @@ def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_s
 
 
 @world.command("eval-backbone")
-@click.option("--clip", "model", default=None, help="open_clip model name [the registered zscir-shapes-* config].")
-@click.option("--pretrained", default=None, help="Weights file or tag [the shipped checkpoints/shapes_clip.safetensors].")
+@backbone_options("Default: the shapes world's CLIP (the registered zscir-shapes-* config).",
+                  pretrained_note="Default: the shipped checkpoints/shapes_clip.safetensors.", device=False)
 @click.option("--scenes", "num_scenes", type=POSITIVE_INT, default=1000, show_default=True, help="Held-out scenes.")
 @click.option("--seed", type=int, default=None, help="Seed of the held-out scenes [1234].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
-def eval_backbone_command(model, pretrained, num_scenes, seed, as_json):
+def eval_backbone_command(clip, pretrained, num_scenes, seed, as_json):
     """Held-out text->image recall and attribute sensitivity of a CLIP on the shapes world."""
     import torch
 
@@ -124,7 +125,7 @@ def eval_backbone_command(model, pretrained, num_scenes, seed, as_json):
     from zscir.world.shipped import shapes_clip_name, shapes_clip_weights
 
     pretrained = pretrained or str(shapes_clip_weights())
-    model = model or shapes_clip_name()
+    model = clip or shapes_clip_name()
     result = evaluate_backbone(load_backbone(model, pretrained), num_scenes, HELDOUT_SEED if seed is None else seed)
     if as_json:
         click.echo(json.dumps(result, indent=2))
