@@ -6,6 +6,7 @@ import json
 
 import click
 
+from zscir.backbone.options import backbone_options
 from zscir.importers import IMPORTERS
 
 
@@ -15,8 +16,8 @@ from zscir.importers import IMPORTERS
               help="The release format (the method whose official code saved SRC).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Output checkpoint: OUT.safetensors + OUT.json.")
-@click.option("--clip", help="open_clip model name of the backbone (default: the one the release was trained on).")
-@click.option("--pretrained", help="Pretrained tag or local weights file of the backbone (default: the release's).")
+@backbone_options("Default: the one the release was trained on.", pretrained_note="Default: the release's.",
+                  device=False)
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the sidecar as JSON.")
 def import_checkpoint_command(src, fmt, out, clip, pretrained, overwrite, as_json):

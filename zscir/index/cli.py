@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from zscir import resolve
-from zscir.backbone.options import check_device
-from zscir.data.sources import _is_shard_folder, open_image_source
+from zscir.backbone.options import backbone_options, check_device
+from zscir.data.keys import safe_name
+from zscir.data.sources import is_shard_folder, open_image_source
 from zscir.errors import ZscirError
 from zscir.features.distributed import current_ranks, process_device
 from zscir.features.precision import check_precision
-from zscir.features.sources import safe_name
 from zscir.index.autotune import parse_size
 from zscir.index.gallery import build_index, verify_index
 from zscir.index.html import write_html
@@ -52,12 +52,10 @@ def _print_verify(report, as_json) -> None:
                    ".bmp .gif .tif .tiff (any case); dotfiles and hidden folders are skipped. Required unless "
                    "--verify.")
 @click.option("--out", required=True, type=click.Path(), help="Index directory (created, or updated incrementally).")
-@click.option("--clip", help="open_clip model name of the backbone (default: the shapes world's CLIP).")
-@click.option("--pretrained", help="pretrained tag (e.g. openai) or a local weights file, with --clip; "
-                                   "'none' for random weights (tests only).")
+@backbone_options("Default: the shapes world's CLIP.", random_weights=True, preprocess=None,
+                  preprocess_note="With --clip; default: targetpad.",
+                  device_note="Under torchrun / accelerate launch, cuda = each process's own GPU.")
 @click.option("--model", help="A zscir checkpoint: index with the backbone it was trained on.")
-@click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default=None,
-              help="Image preprocessing with --clip (default: targetpad).")
 @click.option("--kind", type=click.Choice(["auto", *KINDS]), default="auto", show_default=True,
               help="exact (flat, fp16) search, or approximate: ivf-pqfs / ivf-sq8 / ivf-pq (compressed codes, "
                    "re-ranked exactly), ivf (fp32 lists), hnsw; auto: exact up to --exact-max, else ivf-pqfs "
@@ -82,8 +80,6 @@ def _print_verify(report, as_json) -> None:
                    "input (2-4x faster); full: always decode every pixel.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Images per feature shard: a killed run keeps every finished shard.")
-@click.option("--device", default="cpu", show_default=True,
-              help="cpu, cuda, cuda:N or mps. Under torchrun / accelerate launch, cuda = each process's own GPU.")
 @click.option("--force", is_flag=True, help="Re-encode every image and rebuild every file (repairs a damaged index).")
 @click.option("--verify", is_flag=True, help="Check every file of --out against its recorded checksum; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -122,7 +118,7 @@ def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memo
         if ranks.is_main:
             _echo_err(f"note: {notice}")
     items = None
-    if not Path(images).is_dir() or _is_shard_folder(images):  # webdataset shards or a list file
+    if not Path(images).is_dir() or is_shard_folder(images):  # webdataset shards or a list file
         source = open_image_source(images)
         items = list(source)
         if source.skipped and ranks.is_main:
@@ -168,14 +164,12 @@ def _table(results) -> str:
 @click.option("--index", "index_dir", type=click.Path(), help="Index directory (default: the shapes world's gallery).")
 @click.option("--model", help="A zscir checkpoint, or a training-free encoder: image | text | sum | searle-xl-oti "
                               "(default: the shipped FTI checkpoint for the index's backbone, else sum).")
-@click.option("--clip", help="open_clip model name, for a baseline --model without --index.")
-@click.option("--pretrained", help="pretrained tag or local weights file, with --clip ('none': random weights).")
-@click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default=None)
+@backbone_options("For a baseline --model without --index.", random_weights=True, preprocess=None,
+                  preprocess_note="With --clip; default: targetpad.")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Number of results per query.")
 @click.option("--keep-reference", is_flag=True, help="Allow the reference image itself among the results.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML page here.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when an index is built on first use).")
 def retrieve(ref, text, queries, index_dir, model, clip, pretrained, preprocess, k, keep_reference, as_json,
              html_path, device, no_progress):

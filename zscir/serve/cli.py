@@ -6,6 +6,7 @@ import json
 
 import click
 
+from zscir.backbone.options import backbone_options
 from zscir.data.images import DEFAULT_MAX_PIXELS
 from zscir.errors import ZscirError
 from zscir.serve.app import create_app, load_retrievers
@@ -19,10 +20,8 @@ from zscir.serve.service import ServeConfig
 @click.option("--model", "models", multiple=True,
               help="A zscir checkpoint or a baseline (image | text | sum); repeat to load several "
                    "(a request picks one by name). Default: the index's model, else the shipped FTI checkpoint.")
-@click.option("--clip", help="open_clip model name, for a baseline --model without --index.")
-@click.option("--pretrained", help="pretrained tag or local weights file, with --clip.")
-@click.option("--preprocess", type=click.Choice(["targetpad", "clip"]), default=None)
-@click.option("--device", default="cpu", show_default=True)
+@backbone_options("For a baseline --model without --index.", random_weights=True, preprocess=None,
+                  preprocess_note="With --clip; default: targetpad.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; any but loopback needs --api-key or --insecure-no-auth.")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port (0: a free one).")
