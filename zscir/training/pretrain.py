@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from zscir.backbone import load_backbone
+from zscir.backbone.options import resolve_pretrained
 from zscir.errors import ZscirError
 from zscir.resolve import default_backbone
 from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
@@ -306,7 +307,8 @@ def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions:
     if clip_name is None:
         backbone = default_backbone(device, preprocess)
     else:
-        backbone = load_backbone(clip_name, pretrained, device=device, preprocess=preprocess)
+        backbone = load_backbone(clip_name, resolve_pretrained(clip_name, pretrained), device=device,
+                                 preprocess=preprocess)
     world = None  # the shapes world supplies what the user did not: its images, or (captions methods) its captions
     if (captions if training.data == "captions" else images) is None:
         world = load_entry(DEFAULT_WORLD)()

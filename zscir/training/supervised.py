@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from zscir.backbone import load_backbone
+from zscir.backbone.options import resolve_pretrained
 from zscir.benchmarks import get_benchmark, load_splits
 from zscir.errors import ZscirError
 from zscir.evaluation.features import default_cache_root, image_set_key
@@ -328,7 +329,8 @@ def run_supervised_training(cfg: SupervisedConfig, root=None, clip_name=None, pr
             raise ZscirError(f"--dataset {cfg.dataset} needs a backbone: pass --clip NAME --pretrained TAG|FILE")
         backbone = own_backbone(device, preprocess)
     else:
-        backbone = load_backbone(clip_name, pretrained, device=device, preprocess=preprocess)
+        backbone = load_backbone(clip_name, resolve_pretrained(clip_name, pretrained), device=device,
+                                 preprocess=preprocess)
     splits = load_train_splits(cfg.dataset, split, root)
     cache_root = Path(cache_dir) if cache_dir else default_cache_root()
     net_cfg = head_config(cfg.head, cfg.head_options)

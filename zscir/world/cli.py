@@ -119,12 +119,14 @@ def eval_backbone_command(clip, pretrained, num_scenes, seed, as_json):
     import torch
 
     from zscir.backbone import load_backbone
+    from zscir.backbone.options import resolve_pretrained
     from zscir.world.eval_backbone import HELDOUT_SEED, TARGET_KINDS, evaluate_backbone
 
     torch.set_num_threads(2)
     from zscir.world.shipped import shapes_clip_name, shapes_clip_weights
 
-    pretrained = pretrained or str(shapes_clip_weights())
+    # the world's own CLIP unless --clip names another (whose weights --pretrained must then name)
+    pretrained = resolve_pretrained(clip, pretrained) if clip else str(shapes_clip_weights())
     model = clip or shapes_clip_name()
     result = evaluate_backbone(load_backbone(model, pretrained), num_scenes, HELDOUT_SEED if seed is None else seed)
     if as_json:
