@@ -262,6 +262,63 @@ def _images(folder: Path, names: list[bytes]) -> None:
         Image.new("RGB", (24 + i, 20), (40 * i % 256, 90, 160)).save(os.path.join(os.fsencode(folder), name), "PNG")
 
 
+def _write_index_fixtures(d: Path) -> None:
+    """An index of d/imgs (the shapes world's CLIP), copied and damaged in each way issue 27 found."""
+    from zscir.features import FeatureStore
+    from zscir.index.defaults import default_backbone
+    from zscir.index.gallery import build_index
+
+    bb = default_backbone("cpu")
+    base = d / "indexes" / "base"
+    build_index(base, bb, images=d / "imgs", progress=False)
+    meta = json.loads((base / "index.json").read_text())
+    manifest = json.loads((base / "features" / "manifest.json").read_text())
+
+    def copy(name: str) -> Path:
+        shutil.copytree(base, d / "indexes" / name)
+        return d / "indexes" / name
+
+    def edit(path: Path, data: bytes) -> None:  # as an editor does: new bytes, a later mtime
+        st = path.stat()
+        path.write_bytes(data)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+
+    vectors = copy("flipped") / meta["files"]["vectors"]
+    data = bytearray(vectors.read_bytes())
+    data[-1] ^= 0x40  # the high byte of the last fp16 value: a score in the thousands
+    edit(vectors, bytes(data))
+    ids = copy("swapped") / meta["files"]["ids"]
+    raw = ids.read_bytes()
+    rows = json.loads(raw)
+    for column in ("ids", "paths"):
+        rows[column][0], rows[column][1] = rows[column][1], rows[column][0]
+    edit(ids, json.dumps(rows).encode()[:len(raw)].ljust(len(raw), b" "))  # same size
+    shard = copy("shard") / "features" / "shards" / f"{manifest['shards'][0]['name']}.pooled.npy"
+    data = bytearray(shard.read_bytes())
+    data[-2] ^= 0x01
+    edit(shard, bytes(data))
+    for name in ("meta-verify", "meta-force"):
+        path = copy(name) / "features" / "meta.json"
+        fmeta = json.loads(path.read_text())
+        fmeta["backbone"] = {**fmeta["backbone"], "model": "ViT-B-32"}
+        path.write_text(json.dumps(fmeta))
+    more = d / "imgs-more"
+    shutil.copytree(d / "imgs", more)
+    _images(more, [b"b0.png", b"b1.png", b"b2.png", b"b3.png"])
+    interrupted = copy("interrupted")  # what a killed update leaves: new shards, index.json of before
+    FeatureStore(interrupted / "features").update(bb, [(p.name, p) for p in sorted(more.iterdir())],
+                                                  progress=False, consolidate=False)
+
+
+def index_verifies(root: Path) -> Callable[[], str]:
+    def check() -> str:
+        from zscir.index.gallery import verify_index
+
+        report = verify_index(root)
+        return "" if report["ok"] else f"--verify then finds {report['problems'][0][:120]}"
+    return check
+
+
 def _fake_run(folder: Path, kind: str, section: dict) -> None:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({kind: section}))
@@ -343,6 +400,7 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
     no_full = "" if mounts.full_kind else "no full disk can be simulated here (needs root and tmpfs)"
     bb = ["backbone", "--clip", "zscir-shapes-vit", "--pretrained"]
     ev = ["eval", "shapes", "--split", "val", "--no-progress", "--out", str(d / "evals" / "x"), "--model"]
+    unchanged_photo = unchanged(d / "photo.jpg")
     cases = [
         # --- weights given as --pretrained
         Case("--pretrained corrupt .safetensors", bb + [str(d / "corrupt.safetensors")]),
@@ -439,6 +497,27 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
         # --- query files
         Case("retrieve --queries a binary file", ["retrieve", "--queries", str(d / "photo.jpg")]),
         Case("retrieve --queries a JSONL with a bad line", ["retrieve", "--queries", str(d / "notes.txt")]),
+        # --- index files (issue 27)
+        Case("retrieve on an index with a flipped byte in its vectors", ["retrieve", "--index",
+             str(d / "indexes" / "flipped"), "--model", "image", "--ref", str(d / "imgs" / "a0.png"), "--text",
+             "make it red"]),
+        Case("retrieve on an index with two names swapped in its ids file", ["retrieve", "--index",
+             str(d / "indexes" / "swapped"), "--model", "image", "--ref", str(d / "imgs" / "a0.png"), "--text",
+             "make it red"]),
+        Case("index rerun over a changed feature shard (re-encoded)", ["index", "--images", str(d / "imgs"),
+             "--out", str(d / "indexes" / "shard"), "--no-progress"], expect="ok",
+             check=index_verifies(d / "indexes" / "shard")),
+        Case("index --verify on an edited features/meta.json", ["index", "--verify", "--out",
+             str(d / "indexes" / "meta-verify")]),
+        Case("index --force over an edited features/meta.json (repaired)", ["index", "--images", str(d / "imgs"),
+             "--out", str(d / "indexes" / "meta-force"), "--force", "--no-progress"], expect="ok",
+             check=index_verifies(d / "indexes" / "meta-force")),
+        Case("index --verify after an interrupted update (consistent)", ["index", "--verify", "--out",
+             str(d / "indexes" / "interrupted")], expect="ok"),
+        Case("index --out an image file", ["index", "--images", str(d / "imgs"), "--out", str(d / "photo.jpg"),
+             "--no-progress"], check=lambda: unchanged_photo() or absent(d / ".photo.jpg.lock")()),
+        Case("index --exact-max -1", ["index", "--images", str(d / "imgs"), "--out", str(d / "indexes" / "new"),
+             "--exact-max", "-1"], check=absent(d / "indexes" / "new")),
     ]
     if blip is not None:
         cases.append(Case("caption: a file name that is not UTF-8 (tiny BLIP, cached)",
@@ -492,6 +571,7 @@ def prepare(d: Path) -> Optional[Path]:
     from PIL import Image
 
     Image.new("RGB", (32, 32), (200, 30, 30)).save(d / "photo.jpg", "JPEG")
+    _write_index_fixtures(d)
     _fake_run(d / "runs" / "fti", "pretrain", {"method": "fti", "network_config": None})
     _fake_run(d / "runs" / "sup", "supervised", {"head": "finecir", "dataset": "shapes", "texts": "fine"})
     return _write_tiny_blip(d)

@@ -1,8 +1,10 @@
 """Keeping a feature store whole: checking it, dropping damaged shards, compacting deleted rows,
 consolidating the pooled rows into one file and removing what nothing refers to.
 
-A damaged shard costs time, never a wrong feature: an update drops it (:func:`drop_damaged`,
-sizes only, a stat per file) and encodes its images again; :func:`verify` compares full checksums.
+A damaged shard costs time, never a wrong feature: an update drops it and encodes its images
+again (:func:`drop_damaged`: a stat per file; a file whose size, mtime or ctime moved on since the
+manifest recorded it is hashed, and kept when its sha256 still matches). A damaged consolidated
+file is rebuilt from the shards. :func:`verify` compares full checksums of every file.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from zscir.errors import ZscirError
-from zscir.features.manifest import StoreDamaged, StoreFiles, stderr
+from zscir.features.interrupt import sigint_deferred
+from zscir.features.manifest import StoreDamaged, StoreFiles, stat_record, stderr
 from zscir.features.reading import gather_pooled
 from zscir.features.shards import save_npy, shard_files, write_shard
 from zscir.utils.atomic import atomic_write_json
@@ -82,21 +85,34 @@ def verify(files: StoreFiles) -> tuple[int, list[str]]:
 
 
 def drop_damaged(files: StoreFiles, manifest: dict[str, Any]) -> int:
-    """Drop shards whose files are missing, of the wrong size or unreadable; return the rows dropped.
+    """Drop shards whose files are missing, of the wrong size, changed since written or unreadable;
+    return the rows dropped. Their images are simply encoded again by this update."""
+    stats = manifest.setdefault("stat", {})
+    refreshed = False
 
-    Their images are simply encoded again by this update. Sizes are a stat per file.
-    """
+    def problem_of(rel: str, sha: str | None, size: int | None) -> str | None:
+        nonlocal refreshed
+        path = files.root / rel
+        if not path.is_file():
+            return f"{path.name} is missing"
+        now = stat_record(path)
+        if size is not None and now[0] != size:
+            return f"{path.name} has {now[0]} bytes, not {size}"
+        if stats.get(rel) == now:
+            return None
+        if sha is not None and sha256_file(path) != sha:  # written since it was recorded: is it still the same?
+            return f"{path.name} was changed after it was written (its sha256 differs from the manifest's)"
+        stats[rel], refreshed = now, True  # the same bytes (copied, touched): remember the new stat
+        return None
+
     kept, dropped = [], 0
     for shard in manifest["shards"]:
         paths = shard_files(files.shard_dir, shard["name"])
         parts = ["rows", "pooled"] + (["tokens"] if shard["tokens"] else [])
-        sizes = shard.get("bytes") or {}
+        sizes, digests = shard.get("bytes") or {}, shard.get("sha256") or {}
         problem = None
         for part in parts:
-            if not paths[part].is_file():
-                problem = f"{paths[part].name} is missing"
-            elif part in sizes and paths[part].stat().st_size != sizes[part]:
-                problem = f"{paths[part].name} has {paths[part].stat().st_size} bytes, not {sizes[part]}"
+            problem = problem_of(f"shards/{paths[part].name}", digests.get(part), sizes.get(part))
             if problem:
                 break
         if problem is None:
@@ -116,15 +132,15 @@ def drop_damaged(files: StoreFiles, manifest: dict[str, Any]) -> int:
             kept.append(shard)
     cons = manifest.get("consolidated")
     if cons is not None:
-        sizes = cons.get("bytes") or {}
-        for part in ("ids", "pooled"):
-            path = files.root / cons[part]
-            if not path.is_file() or (part in sizes and path.stat().st_size != sizes[part]):
-                manifest["consolidated"] = None  # derived: rebuilt from the shards below
-                break
+        sizes, digests = cons.get("bytes") or {}, cons.get("sha256") or {}
+        if any(problem_of(cons[part], digests.get(part), sizes.get(part)) for part in ("ids", "pooled")):
+            manifest["consolidated"] = None  # derived: rebuilt from the shards
     if dropped or len(kept) != len(manifest["shards"]):
         manifest["shards"] = kept
         manifest["consolidated"] = None
+    elif refreshed and manifest.get("consolidated") is not None:
+        with sigint_deferred():
+            files.write_manifest(manifest)  # the new stats, so that the next update does not hash again
     return dropped
 
 

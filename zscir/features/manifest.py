@@ -12,7 +12,11 @@ Layout of a store directory::
     pooled.g<gen>.npy, ids.g<gen>.json   all live pooled rows in one file, for one memmap
     hashes.json             a cache: file stat key -> content key (:mod:`zscir.features.hash_cache`)
 
-The manifest records the sha256 of every shard and consolidated file. A damaged file
+The manifest records the sha256 of every shard and consolidated file and of ``meta.json``
+(``meta_sha256``: an edited description is damage, which ``--force`` repairs), and the stat
+(size, mtime, ctime) each file had when it was recorded (``stat``): an update re-hashes only
+files whose stat moved on (:func:`zscir.features.maintenance.drop_damaged`). Stores written
+before a record existed are trusted as found when the manifest is next written. A damaged file
 (truncated, unparsable) is reported on one line with what fixes it (``repair_hint``),
 never a traceback. Every file is written to a temporary name and renamed.
 :class:`StoreFiles` reads and writes these files; reading the features, updating them and
@@ -23,7 +27,9 @@ maintenance are built on it (:mod:`~zscir.features.reading`, :mod:`~zscir.featur
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +68,26 @@ def stderr(msg: str) -> None:
 
 def empty_manifest() -> dict[str, Any]:
     return {"generation": 0, "next_shard": 0, "shards": [], "consolidated": None}
+
+
+def stat_record(path: Path) -> list[int]:
+    """What changes when a file is written, replaced or touched: [size, mtime_ns, ctime_ns]."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def named_files(manifest: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+    """Every file the manifest names: path relative to the store -> (part, recorded sha256 or None)."""
+    named = {}
+    for shard in manifest["shards"]:
+        digests = shard.get("sha256") or {}
+        for part in ("rows", "pooled") + (("tokens",) if shard["tokens"] else ()):
+            named[f"shards/{shard_files(Path(), shard['name'])[part].name}"] = (part, digests.get(part))
+    cons = manifest.get("consolidated")
+    if cons is not None:
+        for part in ("ids", "pooled"):
+            named[cons[part]] = (part, (cons.get("sha256") or {}).get(part))
+    return named
 
 
 class StoreFiles:
@@ -108,12 +134,25 @@ class StoreFiles:
             raise ZscirError(f"no feature store at {str(self.root)!r} (expected {self.meta_path.name}); "
                              "build it first")
         meta = self.read_json(self.meta_path)
+        recorded = self._recorded_meta_sha256()
+        if recorded is not None and hashlib.sha256(self.meta_path.read_bytes()).hexdigest() != recorded:
+            raise self.damaged(self.meta_path, "content differs from the manifest's meta_sha256: it was edited")
         if not isinstance(meta, dict) or not {"backbone", "preprocess", "embed_dim"} <= set(meta):
             raise self.damaged(self.meta_path, "not a zscir feature store description")
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise ZscirError(f"feature store {str(self.root)!r} has format {meta.get('format')!r} version "
                              f"{meta.get('format_version')!r}; this zscir reads {FORMAT!r} version {FORMAT_VERSION}")
         return meta
+
+    def _recorded_meta_sha256(self) -> str | None:
+        """meta.json's sha256 as the manifest records it (None: no manifest yet, or an older one; a
+        damaged manifest is reported by whoever reads it)."""
+        try:
+            with open(self.manifest_path, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return manifest.get("meta_sha256") if isinstance(manifest, dict) else None
 
     def check_backbone(self, backbone, precision: str = "fp32") -> None:
         """Raise if this store's features came from another backbone, preprocessing or precision."""
@@ -155,7 +194,19 @@ class StoreFiles:
         return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write ``manifest`` (generation + 1), recording meta.json's sha256 and the stat of each named file
+        that has no record yet (files this update wrote; those of older stores as found)."""
         manifest["generation"] += 1
+        if "meta_sha256" not in manifest and self.meta_path.is_file():
+            manifest["meta_sha256"] = hashlib.sha256(self.meta_path.read_bytes()).hexdigest()
+        old = manifest.get("stat") or {}
+        stats = {}
+        for rel in named_files(manifest):
+            if rel in old:
+                stats[rel] = old[rel]
+            elif (self.root / rel).is_file():
+                stats[rel] = stat_record(self.root / rel)
+        manifest["stat"] = stats
         atomic_write_json(self.manifest_path, manifest, indent=1)
 
     def commit(self, manifest: dict[str, Any], consolidated: bool) -> None:

@@ -65,7 +65,7 @@ def _print_verify(report, as_json) -> None:
               help="Memory an approximate index may take when fully paged in (codes + centroids), e.g. 16GB; "
                    "decides the code size with --kind auto. The fp16 vectors used for re-ranking stay "
                    "memory-mapped.")
-@click.option("--exact-max", type=int, default=EXACT_MAX, show_default=True,
+@click.option("--exact-max", type=click.IntRange(min=0), default=EXACT_MAX, show_default=True,
               help="With --kind auto: largest gallery searched exactly.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=None,

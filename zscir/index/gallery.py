@@ -3,7 +3,8 @@
     INDEX/
       index.json            format version, backbone identity + source, preprocessing, count,
                             index kind and parameters, recall@k against exact search,
-                            the current generation's file names and their sha256 (written last)
+                            the current generation's file names, their sha256, sizes and
+                            per-block crc32 (written last)
       faiss.g<gen>.index    the faiss index of an approximate kind; row i is ids[i] (memory-mapped at load)
       vectors.g<gen>.npy    the normalised fp16 vectors in row order: exact search and re-ranking read them
                             (memory-mapped at load)
@@ -11,70 +12,38 @@
                             (keys: each image's content hash, to recognise a query's own image)
       features/             the shared feature store (zscir.features): fp16 shards + ids + metadata
 
-Maintenance: the faiss index, the ids file and index.json are *derived* from the
-features; a rerun that finds one of them missing or damaged (checksum) rebuilds it
-from the features without re-encoding. ``force=True`` re-encodes everything;
-:func:`verify_index` checks every file against the checksums recorded for it.
+Opening checks every file against index.json's records before anything is read from it:
+sizes, the ids file's sha256 and the large files' per-block crc32 (the rule and its cost:
+:mod:`zscir.index.index_files`); a damaged index is one line naming the file.
+:func:`verify_index` checks every file, the feature store's included, by full sha256.
+Building and rerunning: :mod:`zscir.index.building` (``build_index``, re-exported here).
 Ids are bytes-safe (file names that are not UTF-8 get ``\\xNN`` escapes, see
 :func:`zscir.data.keys.safe_name`).
-
-Rebuilding is incremental: the store encodes only new or changed images and
-drops deleted ones, then the faiss index is rebuilt from the stored features
-(for exact search, a copy; for IVF, the trained centroids are kept while the
-gallery size stays in the same range). New files get a new generation name and
-``index.json`` is replaced last, so a reader or a killed build never sees a mix.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import re
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import faiss
 import numpy as np
 
-from zscir.data.keys import fs_name, safe_name
-from zscir.data.sources import FolderSource
 from zscir.errors import ZscirError
-from zscir.features import EncodeOptions, FeatureStore, backbone_fingerprint
-from zscir.features.distributed import fail, update_store
-from zscir.features.interrupt import sigint_deferred
-from zscir.features.shards import save_npy
+from zscir.features import FeatureStore, backbone_fingerprint
 from zscir.index import search_index
+from zscir.index.building import build_index  # noqa: F401 (re-exported: the one public entry point)
+from zscir.index.index_files import (FORMAT, FORMAT_VERSION, check_on_open, describe, read_json_file,
+                                     repair_hint)
 from zscir.index.rows import StringColumn
-from zscir.utils.atomic import atomic_path, atomic_write_json
 from zscir.utils.hashing import sha256_file
-from zscir.utils.locks import file_lock
-
-FORMAT = "zscir-index"
-FORMAT_VERSION = 1
 
 
 def normalized(pooled: np.ndarray) -> np.ndarray:
     x = np.asarray(pooled, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def repair_hint(root: str | os.PathLike, images: str | None = None) -> str:
-    """What fixes a damaged index: deleting it, or rebuilding it in place."""
-    where = f" --images {images}" if images else " --images DIR"
-    return f"delete {str(root)!r} or run `zscir index --force{where} --out {root}`"
-
-
-def _read_json_file(path: Path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _describe(meta: dict) -> str:
-    bb = meta["backbone"]
-    return f"{bb.get('model')}@{bb.get('pretrained')} (preprocess {meta['preprocess']})"
 
 
 @dataclass
@@ -98,7 +67,7 @@ class GalleryIndex:
             raise ZscirError(f"no zscir index at {str(root)!r} (expected {meta_path}); "
                              "build one with `zscir index --images DIR --out INDEX`")
         try:
-            meta = _read_json_file(meta_path)
+            meta = read_json_file(meta_path)
             if not isinstance(meta, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
@@ -111,6 +80,11 @@ class GalleryIndex:
         hint = repair_hint(root, meta.get("images_root"))
         try:
             files = meta["files"]
+            damage = check_on_open(root, meta)
+            if damage is not None:
+                raise ZscirError(f"index file {str(root / damage[0])!r} is damaged ({damage[1]}): run "
+                                 f"`zscir index --verify --out {root}` to list every damaged file; a rerun of "
+                                 f"`zscir index` on it rebuilds its derived files from the features, or {hint}")
             vectors = np.load(root / files["vectors"], mmap_mode="r") if "vectors" in files else None
             if "faiss" in files:  # inverted lists memory-mapped: only the lists a query visits are read
                 index = faiss.read_index(str(root / files["faiss"]),
@@ -118,7 +92,7 @@ class GalleryIndex:
                 search_index.apply_params(index, meta["kind"], meta["params"])
             else:
                 index = search_index.ExactIndex(vectors)
-            rows = _read_json_file(root / files["ids"])
+            rows = read_json_file(root / files["ids"])
             n = len(rows["ids"])
             ids, paths = StringColumn(rows.pop("ids")), StringColumn(rows.pop("paths"))
             keys = StringColumn(rows.pop("keys", None) or [None] * n)
@@ -147,8 +121,8 @@ class GalleryIndex:
     def check_fingerprint(self, want: dict[str, Any], what: str = "the model") -> None:
         """Raise unless features from ``want`` (backbone identity + preprocessing) are comparable with ours."""
         if want != self.fingerprint:
-            raise ZscirError(f"index {str(self.root)!r} was built with {_describe(self.meta)} but {what} uses "
-                             f"{_describe(want)}: rebuild it with `zscir index --out {self.root} ...` "
+            raise ZscirError(f"index {str(self.root)!r} was built with {describe(self.meta)} but {what} uses "
+                             f"{describe(want)}: rebuild it with `zscir index --out {self.root} ...` "
                              "and the same --model/--clip")
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,261 +131,23 @@ class GalleryIndex:
         return (self.searcher or self.index).search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
-def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | None = None,
-                items: Iterable[Any] | None = None, kind: str = "auto", batch_size: int = 64,
-                workers: int | None = None, progress: bool = True, exact_max: int = search_index.EXACT_MAX,
-                log: Callable[[str], None] | None = None, model: str | None = None,
-                force: bool = False, precision: str = "fp32", draft: bool = True, shard_size: int = 2048,
-                ranks=None, max_index_memory: int | None = None) -> dict[str, Any]:
-    """Index a folder of ``images`` (ids = paths relative to it) or explicit ``items``; return a summary.
-
-    ``items`` are what the feature store accepts: (id, path) pairs, paths, or ImageItems.
-    ``model``, when given, is recorded as the index's default query model (a checkpoint path).
-    ``force`` re-encodes every image and rebuilds every file (also of a damaged index).
-    ``max_index_memory`` (bytes): what an approximate index may take in memory (zscir.index.autotune).
-    Images that cannot be used (dangling symlinks, unreadable or undecodable files) are
-    skipped and counted in ``summary["skipped"]``.
-    ``workers``: decoding processes; ``precision``: fp32 or bf16/fp16 autocast (an index holds
-    one precision); ``draft``: decode JPEGs at the smallest DCT scale covering the model input;
-    ``shard_size``: images per feature shard (what a killed run keeps).
-    ``ranks`` (:func:`zscir.features.distributed.current_ranks`, 2+ processes): every process
-    calls this; each encodes a share of the images, the main process merges the features and
-    builds the index (the others return ``{"rank", "features"}`` once their share is merged).
-    """
-    out = Path(out)
-    if (images is None) == (items is None):
-        raise ZscirError("give either an image folder (--images) or a list of items to index")
-    if images is not None:
-        pairs = FolderSource(images).files()  # the one --images lister (zscir.data.sources)
-        if not pairs:
-            raise ZscirError(f"no images (.jpg, .png, .webp, ...) found under {safe_name(str(images))!r} "
-                             "(option --images)")
-        items = pairs
-    items = list(items)
-    encode = EncodeOptions(batch_size=batch_size, workers=workers, progress=progress, force=force,
-                           precision=precision, draft=draft, shard_size=shard_size)
-    if ranks is not None and not ranks.is_main:  # a helper process: encode its share, the main one does the rest
-        store = FeatureStore(out / "features", repair_hint=repair_hint(out, images))
-        report = update_store(store, backbone, items, replace(encode, progress=False), ranks)
-        return {"index": str(out), "rank": ranks.rank, "features": report.to_dict()}
-    with _build_lock(out):  # two first-use builds of the same index: one builds, the other then finds it
-        return _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode, ranks,
-                             max_index_memory)
-
-
-@contextlib.contextmanager
-def _build_lock(out: Path):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(out.parent / f".{out.name}.lock"):
-        yield
-
-
-def _say(log, msg: str) -> None:
-    if log:
-        log(msg)
-
-
-def _check_existing(out, backbone, precision, force, log):
-    """index.json of ``out`` (None for a new or damaged one); refuses another backbone or precision."""
-    existing, damage = _read_meta(out)
-    if damage:
-        _say(log, f"{out / 'index.json'} is damaged ({damage}); rebuilding it from the features")
-    if existing is not None and {"backbone": existing["backbone"], "preprocess": existing["preprocess"]} \
-            != backbone_fingerprint(backbone):
-        raise ZscirError(f"index {str(out)!r} was built with {_describe(existing)}, not "
-                         f"{_describe(backbone_fingerprint(backbone))}: use another --out")
-    have = (existing or {}).get("precision", "fp32")
-    if existing is not None and have != precision and not force:
-        raise ZscirError(f"index {str(out)!r} holds {have} features, not {precision} (--precision): features "
-                         f"of two precisions are never mixed; use --precision {have}, another --out, or --force "
-                         f"to re-encode every image in {precision}")
-    return existing
-
-
-def _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode: EncodeOptions, ranks,
-                  max_index_memory=None):
-    path_of = {safe_name(str(i[0])): safe_name(str(Path(i[1]).absolute())) for i in items if isinstance(i, tuple)}
-    images_root = safe_name(str(Path(images).absolute())) if images is not None else None
-    force, precision = encode.force, encode.precision
-    try:
-        existing = _check_existing(out, backbone, precision, force, log)
-    except BaseException as e:
-        if ranks is not None and ranks.world > 1:  # the other processes wait for the plan: tell them
-            fail(ranks, str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise
-
-    t0 = time.perf_counter()
-    store = FeatureStore(out / "features", repair_hint=repair_hint(out, images_root))
-    report = update_store(store, backbone, items, encode, ranks)
-    if report.corrupt:
-        counts = _count_reasons(report.corrupt)
-        _say(log, f"skipped {len(report.corrupt)} image(s) ({', '.join(f'{n} {r}' for r, n in counts.items())}), "
-                  f"e.g. {report.corrupt[0][0]}: {report.corrupt[0][1]}")
-    ids, pooled, _ = store.load(tokens=False)
-    keys = store.keys(ids)
-    paths = [path_of.get(i) for i in ids]
-    escaped = sum(1 for i in ids if fs_name(i) != i)
-    if escaped:
-        _say(log, f"{escaped} file name(s) are not valid UTF-8: their ids write each such byte as \\xNN")
-
-    wanted_kind = (search_index.choose_kind(len(ids), exact_max, pooled.shape[1], max_index_memory)
-                   if kind == "auto" else kind)
-    stale = _stale_derived_files(out, existing, ids, paths) if existing is not None else "no index.json"
-    if stale and existing is not None:
-        _say(log, f"rebuilding the search index of {out}: {stale}")
-    unchanged = (not force and not stale and not report.encoded and not report.deleted
-                 and existing.get("precision", "fp32") == precision
-                 and existing.get("requested_kind") == kind and existing.get("count") == len(ids)
-                 and existing.get("exact_max") == exact_max
-                 and existing.get("max_index_memory") == max_index_memory)
-    if unchanged:
-        meta = existing
-        if model is not None and meta.get("model") != model:
-            meta["model"] = model
-            atomic_write_json(out / "index.json", meta)
-    else:
-        previous = None if force else _previous_index(out, existing, wanted_kind)
-        t_index = time.perf_counter()
-        built, recall = search_index.build(pooled, kind, previous, exact_max, max_memory=max_index_memory)
-        if "fallback_reason" in built.params:
-            _say(log, f"--kind {kind}: {built.params['fallback_reason']}")
-        with sigint_deferred():
-            meta = _write_generation(out, existing, backbone, built, recall, ids, paths, keys, images_root, kind,
-                                     exact_max, precision, index_seconds=time.perf_counter() - t_index,
-                                     max_index_memory=max_index_memory,
-                                     model=model if model is not None else (existing or {}).get("model"))
-    return {"index": str(out), "count": meta["count"], "kind": meta["kind"], "params": meta["params"],
-            "recall": meta["recall"], "rebuilt": not unchanged, "features": report.to_dict(),
-            "skipped": {"count": len(report.corrupt), "by_reason": _count_reasons(report.corrupt)},
-            "escaped_ids": escaped, "precision": precision,
-            "processes": ranks.world if ranks is not None else 1, "seconds": time.perf_counter() - t0}
-
-
-def _count_reasons(corrupt: list[tuple[str, str]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for _, reason in corrupt:
-        label = reason.split(" (")[0]
-        counts[label] = counts.get(label, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-def _read_meta(out: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(index.json, None), or (None, why it is damaged), or (None, None) for a new index."""
-    path = out / "index.json"
-    if not path.is_file():
-        if out.exists() and not out.is_dir():
-            raise ZscirError(f"--out {str(out)!r} is a file, not an index directory")
-        if out.exists() and any(out.iterdir()) and not (out / "features").is_dir():
-            raise ZscirError(f"--out {str(out)!r} exists and is not a zscir index; choose an empty or new directory")
-        return None, None
-    try:
-        meta = _read_json_file(path)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or not {"backbone", "preprocess",
-                                                                            "files"} <= set(meta):
-            raise ValueError("not a zscir index description")
-    except (OSError, ValueError) as e:
-        if not (out / "features").is_dir():
-            raise ZscirError(f"{path} is damaged ({str(e).splitlines()[0][:120]}) and there are no features "
-                             f"to rebuild it from: {repair_hint(out)}") from None
-        return None, str(e).splitlines()[0][:120] or type(e).__name__
-    return meta, None
-
-
-def _stale_derived_files(out: Path, meta: dict[str, Any], ids: list[str], paths: list) -> str | None:
-    """Why the faiss index or the ids file must be rebuilt (missing, damaged, other images), else None."""
-    digests = meta.get("sha256") or {}
-    for part in meta["files"]:
-        path = out / meta["files"][part]
-        if not path.is_file():
-            return f"{path.name} is missing"
-        if part in digests and sha256_file(path) != digests[part]:
-            return f"{path.name} is damaged (its sha256 differs from index.json's)"
-    try:
-        rows = _read_json_file(out / meta["files"]["ids"])
-    except (OSError, ValueError) as e:
-        return f"{meta['files']['ids']} is unreadable ({e})"
-    if rows.get("ids") != ids or rows.get("paths") != paths or "keys" not in rows:
-        return "the images or their paths changed"
-    return None
-
-
-def _previous_index(out: Path, existing: dict | None, kind: str) -> faiss.Index | None:
-    if existing is None or existing.get("kind") != kind or kind not in search_index.IVF_KINDS:
-        return None
-    try:
-        return faiss.read_index(str(out / existing["files"]["faiss"]))
-    except RuntimeError:
-        return None
-
-
-def _next_generation(out: Path, existing: dict | None) -> int:
-    on_disk = [int(m.group(2)) for p in out.iterdir()
-               if (m := re.fullmatch(r"(faiss|ids|vectors)\.g(\d+)\.(index|json|npy)", p.name))]
-    return max([(existing or {}).get("generation", 0), *on_disk]) + 1
-
-
-def _write_generation(out: Path, existing, backbone, built, recall, ids, paths, keys, images_root, kind, exact_max,
-                      precision: str, index_seconds: float, model: str | None,
-                      max_index_memory: int | None = None) -> dict[str, Any]:
-    gen = _next_generation(out, existing)
-    files = {"ids": f"ids.g{gen:06d}.json", "vectors": f"vectors.g{gen:06d}.npy"}
-    if isinstance(built.index, faiss.Index):
-        files["faiss"] = f"faiss.g{gen:06d}.index"
-        with atomic_path(out / files["faiss"]) as tmp:
-            faiss.write_index(built.index, str(tmp))
-    save_npy(out / files["vectors"], built.vectors)
-    # resolved once here, so that opening the index needs no realpath per image (recognising a query's own file)
-    realpaths = [_resolved(p) for p in paths]
-    atomic_write_json(out / files["ids"], {"ids": list(ids), "paths": list(paths), "keys": list(keys),
-                                           "realpaths": realpaths}, indent=None)
-    k = min(search_index.RECALL_K, len(ids))
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "generation": gen, "files": files,
-            "sha256": {part: sha256_file(out / name) for part, name in files.items()},
-            **backbone_fingerprint(backbone), "precision": precision,
-            "backbone_source": getattr(backbone, "source", None),
-            "images_root": images_root,
-            "count": len(ids), "requested_kind": kind, "exact_max": exact_max, "max_index_memory": max_index_memory,
-            "kind": built.kind,
-            "params": built.params,
-            "recall": {"k": k, "value": recall,
-                       "against": "exact inner-product search" if built.kind in search_index.APPROXIMATE
-                       else "exact (this index is exact)",
-                       "queries": search_index.RECALL_QUERIES if built.kind in search_index.APPROXIMATE else 0,
-                       "queries_are": "composed (sum of two gallery vectors), held out from the index's training "
-                       "sample where the gallery is larger than the sample"
-                       if built.kind in search_index.APPROXIMATE else None},
-            "model": model, "index_seconds": round(index_seconds, 3),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_json(out / "index.json", meta)
-    for p in out.iterdir():  # older generations: no reader opens them any more once index.json moved on
-        m = re.fullmatch(r"(faiss|ids|vectors)\.g(\d+)\.(index|json|npy)", p.name)
-        if m and p.name not in files.values():
-            p.unlink(missing_ok=True)
-    return meta
-
-
-def _resolved(path: str | None) -> str | None:
-    """The real path of ``path``, or None when it is the same (most files) or there is none."""
-    if not path:
-        return None
-    real = safe_name(os.path.realpath(fs_name(path)))
-    return None if real == path else real
-
-
 def verify_index(root: str | os.PathLike) -> dict[str, Any]:
     """Check every file of an index against what index.json and the feature manifest record.
 
-    Returns {"index", "files_checked", "problems": [one line each], "ok", "hint"}; never raises
+    Returns {"index", "files_checked", "problems": [one line each], "ok", "hint", "notes"}; an index
+    whose feature store holds an unfinished update is whole (the index is an earlier generation, the
+    store's new shards are whole too): a note says so, not a problem. Never raises
     for damage (only when ``root`` is not an index at all).
     """
     root = Path(root)
     if not (root / "index.json").exists() and not (root / "features").is_dir():
         raise ZscirError(f"no zscir index at {str(root)!r} (option --out): nothing to verify")
     problems: list[str] = []
+    notes: list[str] = []   # not damage: what a rerun would change
     checked = 1
     meta = None
     try:
-        meta = _read_json_file(root / "index.json")
+        meta = read_json_file(root / "index.json")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or "files" not in meta:
             raise ValueError("not a zscir index description")
     except (OSError, ValueError) as e:
@@ -433,8 +169,11 @@ def verify_index(root: str | os.PathLike) -> dict[str, Any]:
         if not problems:
             try:
                 GalleryIndex.open(root)
-                if not store_problems and _read_json_file(root / meta["files"]["ids"])["ids"] != store.ids():
-                    problems.append(f"{root / meta['files']['ids']}: ids differ from the feature store's")
+                if read_json_file(root / meta["files"]["ids"])["ids"] != store.ids():
+                    # the index is a whole earlier generation; the store moved on (an interrupted update)
+                    notes.append(f"{root / 'features'} holds images the index does not list yet (an update "
+                                 f"was interrupted): rerun `zscir index --images "
+                                 f"{meta.get('images_root') or 'DIR'} --out {root}` to finish it")
             except ZscirError as e:
                 problems.append(str(e))
     images = (meta or {}).get("images_root")
@@ -443,4 +182,5 @@ def verify_index(root: str | os.PathLike) -> dict[str, Any]:
         hint = (repair_hint(root, images) if store_problems else
                 f"rerun `zscir index --images {images or 'DIR'} --out {root}` to rebuild the derived files "
                 "from the features (nothing is re-encoded)")
-    return {"index": str(root), "files_checked": checked, "problems": problems, "ok": not problems, "hint": hint}
+    return {"index": str(root), "files_checked": checked, "problems": problems, "ok": not problems, "hint": hint,
+            "notes": notes}
