@@ -20,13 +20,24 @@ from zscir.evaluation.families import get_family
 from zscir.evaluation.features import GalleryFeatures, ReferenceFeatures
 from zscir.evaluation.metrics import stable_topk, subset_ranking
 from zscir.evaluation.protocol import Protocol
-from zscir.models.composed import COSINE, ImageRef, QueryItem, Rule
+from zscir.models.composed import COSINE, ImageRef, QueryItem, Rule, one_vector
 
 RANK_CHUNK = 256   # queries scored at once: 256 x 123k fp32 scores = 126 MB
 
 
 def encode_queries(qe, split: EvalSplit, refs: ReferenceFeatures, protocol: Protocol, batch_size: int,
                    progress: bool):
+    """[Q, D] normalised query features (a torch tensor) of a one-vector encoder and the mask of the queries that
+    have them (see :func:`query_vectors` for every encoder)."""
+    vectors, valid = query_vectors(qe, split, refs, protocol, batch_size, progress)
+    if set(vectors) != {"query"}:
+        raise ZscirError(f"{split.name}: the {getattr(qe, 'name', '?')} query encoder gives several query vectors "
+                         f"({', '.join(vectors)}); this step takes one")
+    return vectors["query"], valid
+
+
+def query_vectors(qe, split: EvalSplit, refs: ReferenceFeatures, protocol: Protocol, batch_size: int,
+                  progress: bool):
     """The encoder's named query vectors (``{"query": [Q, D]}`` in the one-vector case; torch tensors, one row per
     query, zero rows for queries without a reference feature) and the mask of the queries that have them."""
     import torch  # deferred: heavy, and `zscir eval --help` needs none of it
@@ -34,13 +45,15 @@ def encode_queries(qe, split: EvalSplit, refs: ReferenceFeatures, protocol: Prot
     valid = np.array([q.reference in refs.row_of for q in split.queries], dtype=bool)
     todo = [q for q, ok in zip(split.queries, valid) if ok]
     chunks: dict[str, list] = {}
+    # an encoder with only encode_queries(ref, texts) is the one-vector case
+    encode = getattr(qe, "encode_items", None) or (lambda ref, items: one_vector(qe, ref, items))
     bar = tqdm(total=len(todo), unit="query", desc=f"queries {split.name}", disable=not progress,
                dynamic_ncols=True, file=sys.stderr)
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         items = [QueryItem(protocol.query_texts(split, q, getattr(qe, "fiq_captions", None)), q.captions,
                            ImageRef(q.reference, split.images.get(q.reference))) for q in batch]
-        for name, value in qe.encode_items(refs.get([q.reference for q in batch]), items).items():
+        for name, value in encode(refs.get([q.reference for q in batch]), items).items():
             chunks.setdefault(name, []).append(value.float().cpu())
         bar.update(len(batch))
     bar.close()

@@ -32,7 +32,7 @@ from zscir.evaluation.features import CacheReport, default_cache_root, gallery_f
 from zscir.evaluation.multiturn import evaluate_multiturn
 from zscir.evaluation.oracles import evaluate_oracles
 from zscir.evaluation.protocol import Protocol
-from zscir.evaluation.ranking import RANK_CHUNK, encode_queries, fitted_rule, gallery_columns, rank_split
+from zscir.evaluation.ranking import RANK_CHUNK, encode_queries, fitted_rule, gallery_columns, query_vectors, rank_split
 from zscir.evaluation.scoring import score_split
 from zscir.evaluation.submission import check_payloads, ranking_payloads, write_rankings
 from zscir.importers.released_generations import load_generations
@@ -143,7 +143,7 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
                                   req.progress)
     truncated_before = bb.truncated_prompts
     with timer("queries"):
-        queries, valid = encode_queries(qe, split, refs, protocol, req.batch_size, req.progress)
+        queries, valid = query_vectors(qe, split, refs, protocol, req.batch_size, req.progress)
     truncated = bb.truncated_prompts - truncated_before
     with timer("ranking"):
         columns = gallery_columns(split, gallery, qe.rule, qe.gallery_column)

@@ -93,3 +93,13 @@ class Linear(Rule):
 
 # the one-vector case: the query feature against the gallery's image features (cosine, both normalised)
 COSINE = Linear((("query", "image", 1.0),))
+
+
+def one_vector(encoder, ref, items: list[QueryItem]) -> Vectors:
+    """``{"query": [B, D]}``: per item, the normalised mean of its texts' normalised features
+    (``encoder.encode_queries(ref_rows, texts)``; FashionIQ's two caption orders give two texts); ``ref`` holds
+    one row per item."""
+    owner = torch.tensor([n for n, item in enumerate(items) for _ in item.texts])
+    feats = encoder.encode_queries(ref[owner], [t for item in items for t in item.texts]).float().cpu()
+    summed = torch.zeros(len(items), feats.shape[1]).index_add_(0, owner, feats)
+    return {"query": torch.nn.functional.normalize(summed, dim=-1)}

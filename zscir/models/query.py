@@ -22,7 +22,7 @@ from zscir.backbone.loading import resolve_portable_path
 from zscir.checkpoint import load_checkpoint
 from zscir.errors import ZscirError
 from zscir.models import prompts
-from zscir.models.composed import COSINE, QueryItem, Rule, SplitContext, Vectors
+from zscir.models.composed import COSINE, QueryItem, Rule, SplitContext, Vectors, one_vector
 from zscir.models.factory import load_mapping_checkpoint
 from zscir.models.methods import get_method
 from zscir.models.registry import Entries
@@ -72,12 +72,8 @@ class QueryEncoder:
         raise ZscirError(f"the {self.name} query encoder has no gallery column {name!r}")
 
     def encode_items(self, ref: ImageFeatures, items: list[QueryItem]) -> Vectors:
-        """``{"query": [B, D]}``: per item, the normalised mean of its texts' normalised features (FashionIQ's
-        two caption orders give two texts); ``ref`` holds one row per item."""
-        owner = torch.tensor([n for n, item in enumerate(items) for _ in item.texts])
-        feats = self.encode_queries(ref[owner], [t for item in items for t in item.texts]).float().cpu()
-        summed = torch.zeros(len(items), feats.shape[1]).index_add_(0, owner, feats)
-        return {"query": F.normalize(summed, dim=-1)}
+        """The one-vector case (:func:`~zscir.models.composed.one_vector`)."""
+        return one_vector(self, ref, items)
 
 
 class ImageOnly(QueryEncoder):
