@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 
 from zscir.backbone import Backbone, load_backbone, make_preprocess
 from zscir.backbone.loading import resolve_portable_path
-from zscir.backbone.options import backbone_from_options, check_device, resolve_pretrained
+from zscir.backbone.options import backbone_from_options, check_device
 from zscir.benchmarks import BenchmarkSpec, get_benchmark
 from zscir.errors import ZscirError
 from zscir.index.gallery import GalleryIndex
@@ -218,7 +218,7 @@ def eval_backbone(spec: BenchmarkSpec, clip: str | None, pretrained: str | None,
     check_device(device)  # "cuda" without one, or "banana": one line, before any work
     preprocess = preprocess or "targetpad"
     if clip:
-        return load_backbone(clip, resolve_pretrained(clip, pretrained), device=device, preprocess=preprocess)
+        return load_backbone(clip, pretrained, device=device, preprocess=preprocess)  # the CLI resolved --pretrained
     if pretrained:
         raise ZscirError("--pretrained needs --clip (the open_clip model name the weights belong to)")
     if spec.defaults.backbone is not None:

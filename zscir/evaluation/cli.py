@@ -20,8 +20,12 @@ from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 @click.option("--root", type=click.Path(file_okay=False), help="Benchmark folder (default for shapes: the built-in world).")
 @click.option("--model", "models", multiple=True,
               help="image | text | sum | searle-xl-oti[:VOCAB.txt,PHRASES.txt] (training-free, need --clip; "
-                   "searle-xl-oti inverts each reference by OTI: slow) or a checkpoint path; repeatable. "
+                   "searle-xl-oti inverts each reference by OTI: slow), cirevl | ldre | seize | cvsi:MAPPING.safetensors "
+                   "(language-model methods, read --generations) or a checkpoint path; repeatable. "
                    "Default: the baselines (shapes: plus the shipped checkpoints).")
+@click.option("--generations", "generations", multiple=True,
+              help="Captions and language-model edits for cirevl/ldre/seize/cvsi: a released LDRE/SEIZE annotation "
+                   "JSON (PATH or PATH#captions=KEY,edits=KEY); repeatable, asked in order.")
 @backbone_options("Default: the benchmark's own (shapes: the world's CLIP), else each checkpoint's.",
                   random_weights=True, preprocess=None, preprocess_note="Default: targetpad, or the checkpoint's.")
 @click.option("--split", "splits", multiple=True, help="Split(s) to run, repeatable (default: val; shapes: val and val_coarse).")
@@ -41,8 +45,9 @@ from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--no-oracles", is_flag=True, help="Leave out the benchmark's oracle rows (shapes: caption, edit, "
                                                   "inversion and reference-caption ceilings).")
-def eval_command(benchmark, root, models, clip, pretrained, preprocess, device, splits, categories, out_dir, as_json,
-                 fiq_captions, remove_reference, fine_gallery, cache_dir, batch_size, no_progress, no_oracles):
+def eval_command(benchmark, root, models, generations, clip, pretrained, preprocess, device, splits, categories,
+                 out_dir, as_json, fiq_captions, remove_reference, fine_gallery, cache_dir, batch_size, no_progress,
+                 no_oracles):
     """Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir."""
     # deferred: the runner loads torch (through the models it evaluates); `zscir eval --help` must not
     from zscir.evaluation.run import EvalRequest, evaluate
@@ -54,5 +59,6 @@ def eval_command(benchmark, root, models, clip, pretrained, preprocess, device, 
         benchmark=benchmark, root=root, splits=splits or None, models=models or None, clip=clip,
         pretrained=pretrained, protocol=protocol, categories=categories or None, out_dir=out_dir,
         cache_root=cache_dir, device=device, batch_size=batch_size, progress=not no_progress,
-        command=" ".join(["zscir"] + sys.argv[1:]), oracles=not no_oracles))
+        command=" ".join(["zscir"] + sys.argv[1:]), oracles=not no_oracles,
+        generations=generations or None))
     click.echo(json.dumps(results, indent=2) if as_json else report.text(results))

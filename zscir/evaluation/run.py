@@ -32,9 +32,11 @@ from zscir.evaluation.features import CacheReport, default_cache_root, gallery_f
 from zscir.evaluation.multiturn import evaluate_multiturn
 from zscir.evaluation.oracles import evaluate_oracles
 from zscir.evaluation.protocol import Protocol
-from zscir.evaluation.ranking import RANK_CHUNK, encode_queries, rank_split
+from zscir.evaluation.ranking import RANK_CHUNK, encode_queries, fitted_rule, gallery_columns, query_vectors, rank_split
 from zscir.evaluation.scoring import score_split
 from zscir.evaluation.submission import check_payloads, ranking_payloads, write_rankings
+from zscir.importers.released_generations import load_generations
+from zscir.models.composed import COSINE, SplitContext
 from zscir.utils.atomic import atomic_write_json, atomic_write_text
 
 BASELINES = resolve.EVAL_BASELINES
@@ -58,6 +60,7 @@ class EvalRequest:
     progress: bool = True
     command: str | None = None                   # the command line, recorded in the results
     oracles: bool = True                         # the benchmark's oracle rows (ceilings), when it has any
+    generations: Sequence[str] | None = None     # released generation files (LDRE/SEIZE JSON) for LLM methods
 
 
 class Timer:
@@ -92,9 +95,10 @@ default_models, model_slug = resolve.default_models, resolve.model_slug
 
 # ---------------------------------------------------------------- one split
 def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, cache_root: Path,
-                   out_dir: Path, rankings_dir: Path) -> dict:
+                   out_dir: Path, rankings_dir: Path, generations=None) -> dict:
     bb = qe.backbone
     timer = Timer()
+    qe.prepare(SplitContext(style=get_family(split.kind).generation_style, generations=generations))
     cache = CacheReport()
     with timer("gallery"):
         gallery = gallery_features(bb, split, cache_root, cache, req.batch_size, req.progress)
@@ -103,10 +107,12 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
                                   req.progress)
     truncated_before = bb.truncated_prompts
     with timer("queries"):
-        queries, valid = encode_queries(qe, split, refs, protocol, req.batch_size, req.progress)
+        queries, valid = query_vectors(qe, split, refs, protocol, req.batch_size, req.progress)
     truncated = bb.truncated_prompts - truncated_before
     with timer("ranking"):
-        ranked, subset = rank_split(split, queries, valid, gallery, protocol, protocol.top_k)
+        columns = gallery_columns(split, gallery, qe.rule, qe.gallery_column)
+        rule = fitted_rule(qe.rule, queries, valid, columns)
+        ranked, subset = rank_split(split, queries, valid, gallery, protocol, protocol.top_k, rule, columns)
         metrics = score_split(split, ranked, subset)
     turns = None
     if "multiturn" in split.notes and metrics is not None:
@@ -128,6 +134,7 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
         "feature_cache": {"encoded": cache.encoded, "reused": cache.reused,
                           "images_per_s": round(cache.images_per_s, 1)},
         "timings_s": {k: round(v, 3) for k, v in timer.seconds.items()},
+        **({"scoring": rule.describe()} if rule is not COSINE else {}),
         "loader_notes": {k: v for k, v in split.notes.items() if k != "multiturn"}, "sources": split.sources,
         **({"multiturn": turns} if turns is not None else {}),
     }
@@ -164,6 +171,7 @@ def evaluate(req: EvalRequest) -> dict:
     backbone = load_backbone_for(req, spec)
     models = list(req.models or default_models(spec, backbone))
     encoders = [load_query_encoder_for(model, backbone, protocol) for model in models]
+    generations = load_generations(req.generations) if req.generations else None
     if builds_root:
         root, splits = load_benchmark()
     out_dir = Path(req.out_dir) if req.out_dir else Path("runs") / f"eval-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -180,8 +188,8 @@ def evaluate(req: EvalRequest) -> dict:
         slug = model_slug(model, taken)
         _say(f"evaluating {slug} ({qe.backbone.identity_str}, {qe.backbone.preprocess_name}) on "
              f"{', '.join(s.name for s in splits)}")
-        split_results = [evaluate_split(qe, s, protocol, req, cache_root, out_dir, out_dir / "rankings" / slug)
-                         for s in splits]
+        split_results = [evaluate_split(qe, s, protocol, req, cache_root, out_dir, out_dir / "rankings" / slug,
+                                        generations) for s in splits]
         results["models"].append({
             "model": model, "name": slug, "identity": qe.identity,
             "backbone": qe.backbone.identity_str, "preprocess": qe.backbone.preprocess_name,
@@ -190,6 +198,7 @@ def evaluate(req: EvalRequest) -> dict:
             "fiq_captions": protocol.fiq_rule(getattr(qe, "fiq_captions", None)),
             "truncated_prompts": sum(r["truncated_prompts"] for r in split_results),
             "seconds": round(time.perf_counter() - t_model, 3),
+            **({"method_card": qe.protocol()} if qe.protocol() else {}),
         })
     if req.oracles and spec.defaults.oracles is not None:
         _say(f"oracle rows ({', '.join(spec.defaults.oracle_notes) or 'ceilings'}) on {', '.join(s.name for s in splits)}")
@@ -201,6 +210,9 @@ def evaluate(req: EvalRequest) -> dict:
         spec.name, sorted({m["preprocess"] for m in results["models"]}),
         fiq_rules={m["name"]: m["fiq_captions"] for m in results["models"]},
         truncated_prompts={m["name"]: m["truncated_prompts"] for m in results["models"]}, galleries=galleries)
+    cards = {m["name"]: m["method_card"] for m in results["models"] if "method_card" in m}
+    if cards:
+        results["protocol"]["methods"] = cards
     results["seconds"] = round(time.perf_counter() - t_start, 3)
     write_results(out_dir, results)
     return results

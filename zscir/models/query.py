@@ -22,14 +22,20 @@ from zscir.backbone.loading import resolve_portable_path
 from zscir.checkpoint import load_checkpoint
 from zscir.errors import ZscirError
 from zscir.models import prompts
+from zscir.models.composed import COSINE, QueryItem, Rule, SplitContext, Vectors, one_vector
 from zscir.models.factory import load_mapping_checkpoint
 from zscir.models.methods import get_method
 from zscir.utils.registry import Entries
 
 
 class QueryEncoder:
+    """The one query interface (:mod:`zscir.models.composed`): :meth:`encode_items` gives named query vectors,
+    :attr:`rule` scores them against gallery columns. This class is its one-vector case (``{"query": q}``,
+    :data:`~zscir.models.composed.COSINE`): the normalised mean of the query texts' features."""
+
     needs_tokens = False
     fiq_captions = "both-orders"   # FashionIQ caption rule (zscir.evaluation.protocol.FIQ_RULES)
+    rule: Rule = COSINE
 
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
@@ -53,6 +59,21 @@ class QueryEncoder:
 
     def _encode(self, ref: ImageFeatures, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
+
+    def prepare(self, context: SplitContext) -> None:
+        """Read what the split brings (generation style, generations); the one-vector encoders need nothing."""
+
+    def protocol(self) -> dict:
+        """What the protocol card records of this encoder beyond its identity (generations, prompts): none here."""
+        return {}
+
+    def gallery_column(self, name: str, images) -> torch.Tensor:
+        """[G, D] normalised features of a gallery column other than the image features (none here)."""
+        raise ZscirError(f"the {self.name} query encoder has no gallery column {name!r}")
+
+    def encode_items(self, ref: ImageFeatures, items: list[QueryItem]) -> Vectors:
+        """The one-vector case (:func:`~zscir.models.composed.one_vector`)."""
+        return one_vector(self, ref, items)
 
 
 class ImageOnly(QueryEncoder):
@@ -116,6 +137,10 @@ BASELINES: Entries = Entries({
     "text": "zscir.models.query:TextOnly",
     "sum": "zscir.models.query:ImageTextSum",
     "searle-xl-oti": "zscir.models.oti:OTIQuery",
+    "cirevl": "zscir.models.training_free.methods:CIReVLQuery",
+    "ldre": "zscir.models.training_free.methods:LDREQuery",
+    "seize": "zscir.models.training_free.methods:SEIZEQuery",
+    "cvsi": "zscir.models.training_free.cvsi:CVSIQuery",
 })
 # a checkpoint's sidecar ``kind`` -> (path, backbone or None) -> its QueryEncoder
 CHECKPOINT_KINDS: Entries = Entries({

@@ -42,6 +42,9 @@ class Family:
     query_texts:   (query, caption rule) -> the text(s) whose normalised mean is the query feature
     protocol_notes: facts recorded in the protocol block of every result of this family
     category_mean: per-category metrics -> their mean, for families that split by category (None: no mean)
+    generation_style: the key language-model methods look their per-benchmark choices up by (CIReVL's
+                   instruction template, CVSI's fusion weights): "structural" (CIRCO-like scenes), "contextual"
+                   (CIRR's real-life pairs), "fashion" (FashionIQ)
     """
 
     kind: str
@@ -54,6 +57,7 @@ class Family:
     query_texts: Callable[[Query, str], list[str]] = joined_captions
     protocol_notes: dict[str, str] = field(default_factory=dict)
     category_mean: Callable[[dict[str, dict[str, float]]], dict[str, float]] | None = None
+    generation_style: str = "structural"
 
 
 # ---------------------------------------------------------------- submission files, shared by the families

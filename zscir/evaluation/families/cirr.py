@@ -60,7 +60,7 @@ def check(split: EvalSplit, payloads: dict[str, dict]) -> list[str]:
 
 
 FAMILY = Family("cirr", score=score, cutoffs=cutoffs, payloads=payloads, read=read, check=check,
-                subset_k=SUBSET_K,
+                subset_k=SUBSET_K, generation_style="contextual",
                 protocol_notes={"cirr_subset": "Recall_subset@k ranks the query's img_set members other than the "
                                                "reference (the reference is always excluded, whatever "
                                                "remove_reference says)"})

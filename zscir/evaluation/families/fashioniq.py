@@ -83,4 +83,5 @@ def query_texts(query: Query, rule: str) -> list[str]:
 
 
 FAMILY = Family("fashioniq", score=score, cutoffs=cutoffs, payloads=one_file_payloads, read=read_one_file,
-                check=check_one_file, query_texts=query_texts, category_mean=metrics.fashioniq_average)
+                check=check_one_file, query_texts=query_texts, category_mean=metrics.fashioniq_average,
+                generation_style="fashion")

@@ -1,0 +1,87 @@
+"""CVSI (Ye et al., 2026, "complementary visual-semantic integration") as a query encoder of the one interface.
+
+As CVSI's official code (``core/retrieval_engine.py``, ``compute_results.py``) computes it, per query:
+  ``edited``    the normalised text feature of the language model's edit of the reference's N captions joined
+                by ", " (one edit, the family's template)
+  ``pseudo``    the normalised feature of "a photo of * that {instruction}. And the photo should have {added}."
+                with ``*`` the mapping network's pseudo-word of the reference (LinCIR's network in CVSI; any zscir
+                mapping checkpoint here) and ``{added}`` the language model's "objects most likely added" answer
+  ``reference`` the normalised image feature of the reference
+scored against the gallery's image features and its caption features (column ``caption``: the normalised mean
+of the normalised text features of each gallery image's captions) by
+  ``(a_e * edited + a_p * pseudo + a_r * reference) @ (b_i * image + b_c * caption).T``.
+Weights (config; defaults per generation style as CVSI's code): CIRR and CIRCO a = (0.6, 0.4, 0), b = (0.8,
+0.2); FashionIQ a = (0.2, 0.6, 0.2), b = (0.9, 0.1). ``--model cvsi:MAPPING[,ae=…,ap=…,ar=…,bi=…,bc=…]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from zscir.errors import ZscirError
+from zscir.models import prompts
+from zscir.models.composed import Linear, QueryItem, Vectors
+from zscir.models.query import PseudoWordQuery
+from zscir.models.training_free.generations import need_captions, need_edit, require_generations
+from zscir.models.training_free.methods import LanguageModelQuery, parse_options
+from zscir.models.training_free.templates import ADDED_OBJECTS, edit_template, instruction_of
+
+# generation style -> ((a_edited, a_pseudo, a_reference), (b_image, b_caption))
+WEIGHTS = {"structural": ((0.6, 0.4, 0.0), (0.8, 0.2)), "contextual": ((0.6, 0.4, 0.0), (0.8, 0.2)),
+           "fashion": ((0.2, 0.6, 0.2), (0.9, 0.1))}
+WEIGHT_KEYS = ("ae", "ap", "ar", "bi", "bc")
+
+
+class CVSIQuery(LanguageModelQuery):
+    name = "cvsi"
+    n = None   # every caption the generations hold for the reference
+
+    def __init__(self, backbone, mapping: PseudoWordQuery, checkpoint: str, weights: dict[str, float]):
+        super().__init__(mapping.backbone, checkpoint=checkpoint, **weights)
+        self.mapping, self.overrides = mapping, weights
+        self.needs_tokens = mapping.needs_tokens
+
+    @classmethod
+    def from_spec(cls, backbone, options: str):
+        path, _, rest = options.partition(",")
+        if not path:
+            raise ZscirError("--model cvsi: needs a mapping network: --model cvsi:CHECKPOINT (LinCIR's imported "
+                             "with `zscir import --from lincir`, or any zscir mapping checkpoint)")
+        weights = parse_options(cls.name, rest, {k: float for k in WEIGHT_KEYS})
+        return cls(backbone, PseudoWordQuery.from_checkpoint(path, backbone), path, weights)
+
+    @property
+    def rule(self) -> Linear:
+        (ae, ap, ar), (bi, bc) = WEIGHTS.get(self.style, WEIGHTS["structural"])
+        w = {"ae": ae, "ap": ap, "ar": ar, "bi": bi, "bc": bc, **self.overrides}
+        return Linear(tuple((v, c, w[a] * w[b]) for v, a in (("edited", "ae"), ("pseudo", "ap"), ("reference", "ar"))
+                            for c, b in (("image", "bi"), ("caption", "bc")) if w[a] * w[b] != 0.0))
+
+    def encode_items(self, ref, items: list[QueryItem]) -> Vectors:
+        gen = require_generations(self.generations, self.name)
+        template = edit_template(self.style)
+        edited, pseudo_prompts = [], []
+        for item in items:
+            caption = ", ".join(need_captions(gen, item.reference, None, self.name))
+            instruction = instruction_of(item.captions)
+            edited.append(template.parse(need_edit(gen, caption, instruction, self.name), instruction))
+            added = ADDED_OBJECTS.parse(need_edit(gen, caption, instruction, self.name, task="added"), "")
+            pseudo_prompts.append(f"a photo of {prompts.PLACEHOLDER} that {prompts.clean_text(instruction)}. "
+                                  f"And the photo should have {prompts.clean_text(added)}.")
+        with torch.no_grad():
+            feats = ref.to(self.backbone.device, torch.float32)
+            subject = self.mapping.network(feats.pooled, feats.tokens).subject
+            pseudo = self.backbone.encode_prompts(pseudo_prompts, subject).float().cpu()
+        return {"edited": F.normalize(self.text_features(edited), dim=-1), "pseudo": F.normalize(pseudo, dim=-1),
+                "reference": F.normalize(ref.pooled.float(), dim=-1)}
+
+    def gallery_column(self, name: str, images) -> torch.Tensor:
+        if name != "caption":
+            return super().gallery_column(name, images)
+        gen = require_generations(self.generations, self.name)
+        rows = []
+        for image in images:
+            caps = need_captions(gen, image, None, self.name)
+            rows.append(F.normalize(F.normalize(self.text_features(caps), dim=-1).mean(dim=0), dim=-1))
+        return torch.stack(rows)
