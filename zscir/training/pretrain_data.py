@@ -133,7 +133,7 @@ def build_pretraining_set(images: str, captions: str | None, captioner: str, bac
                           log=print, splitter: str = "auto") -> tuple[PretrainingSet, dict]:
     """Images + captions -> a :class:`PretrainingSet` with cached features, and a record of what was used."""
     from zscir.data.caption_cache import caption_images
-    from zscir.data.captioners import build_captioner
+    from zscir.generation.registry import build_captioner
     from zscir.data.sources import open_image_source
     from zscir.data.splitter import get_splitter
     from zscir.features import FeatureStore
@@ -245,7 +245,7 @@ class CaptionSet:
 def read_captions(path: str | None, world: str | None) -> list[str]:
     """Caption texts from ``path`` (.txt: one caption a line; .jsonl/.csv/.tsv/.json as ``--captions``
     elsewhere), or the shapes world's unlabeled captions when no path is given."""
-    from zscir.data.captioners import read_caption_file, read_world_captions
+    from zscir.generation.lookup import read_caption_file, read_world_captions
 
     if path is None:
         return [row.caption for row in read_world_captions(world)]
