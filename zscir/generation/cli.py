@@ -25,8 +25,9 @@ from zscir.utils.options import OUTPUT_FILE
 def decoding_options(f):
     """--n, --decoding, --num-beams, --top-p, --temperature, --seed, --max-new-tokens, endpoint options."""
     options = [
-        click.option("--n", "n", default=None, type=click.IntRange(min=1), metavar="N",
-                     help="Outputs per input (needs --decoding beam or sample). Default 1."),
+        click.option("--n", "--num-outputs", "n", default=None, type=click.IntRange(min=1), metavar="N",
+                     help="Outputs per input (needs --decoding beam or sample; default 1). Under torchrun spell it "
+                          "--num-outputs (torchrun reads --n as its own option)."),
         click.option("--decoding", default=None, type=click.Choice(["greedy", "beam", "sample"]),
                      help="Decoding: greedy (default), beam search, or nucleus sampling with --seed."),
         click.option("--num-beams", default=None, type=click.IntRange(min=1), metavar="K", help="Beam width (beam)."),
