@@ -29,16 +29,30 @@ VLM_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {% for c in m['con
                      "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
 
 
-def bpe_tokenizer(chat_template: str | None = None, vocab_size: int = 400):
-    """A byte-level BPE (GPT-2 style) trained on CORPUS, wrapped as a transformers fast tokenizer."""
+def byte_symbols() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the others for chr(256 + k)."""
+    kept = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{b: chr(b) for b in kept}, **{b: chr(256 + k) for k, b in enumerate(moved)}}
+
+
+def bpe_tokenizer(chat_template: str | None = None, vocab_size: int = 400, ascii_only: bool = False):
+    """A byte-level BPE (GPT-2 style) trained on CORPUS, wrapped as a transformers fast tokenizer.
+
+    ``ascii_only``: the alphabet holds only printable ASCII and newline, so that every token
+    sequence decodes to valid text (two runtimes then compare as strings, with no invalid UTF-8).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(models.BPE(unk_token="<unk>" if ascii_only else None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    symbols = byte_symbols()
+    alphabet = ([symbols[b] for b in (10, *range(32, 127))] if ascii_only
+                else pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=alphabet,
+                                  show_progress=False, limit_alphabet=len(alphabet))
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>")
@@ -51,11 +65,12 @@ def _ids(tok) -> dict:
     return dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
 
 
-def save_causal_lm(folder: Path, chat: bool = True, seed: int = 0) -> Path:
+def save_causal_lm(folder: Path, chat: bool = True, seed: int = 0, ascii_only: bool = False, hidden: int = 32,
+                   layers: int = 2) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = bpe_tokenizer(CHAT_TEMPLATE if chat else None)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    tok = bpe_tokenizer(CHAT_TEMPLATE if chat else None, ascii_only=ascii_only)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          initializer_range=0.3, tie_word_embeddings=False, **_ids(tok))
     torch.manual_seed(seed)
@@ -128,3 +143,41 @@ def save_vlm(folder: Path, seed: int = 0) -> Path:
 def noise_images(n: int, seed: int = 0, size=(40, 30)) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_llama_server(gguf_path: Path, log_path: Path, threads: int = 1, deadline_s: float = 180.0):
+    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 for ``gguf_path``; (process, base URL).
+
+    Waits (bounded) until /v1/models answers; the caller terminates the process.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "512", "--n_threads", str(threads),
+                             "--n_threads_batch", str(threads)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    end = time.time() + deadline_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama.cpp server exited ({proc.returncode}): see {log_path}")
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=2):
+                return proc, url
+        except OSError:
+            if time.time() > end:
+                proc.kill()
+                raise RuntimeError(f"llama.cpp server did not answer within {deadline_s:g} s: see {log_path}")
+            time.sleep(0.2)
