@@ -139,3 +139,35 @@ def test_edit_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
             main(args)
         err = capsys.readouterr().err
         assert e.value.code == 1 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_edit_cli_on_a_benchmark_split_edits_every_caption_of_each_reference(tmp_path, monkeypatch, capsys):
+    from zscir.benchmarks import load_splits
+    from zscir.cli import main
+    from zscir.utils.hashing import sha256_file
+
+    (split,) = load_splits("shapes", None, "val")
+    queries = split.queries[:5]
+    monkeypatch.setattr(split, "queries", queries)
+    monkeypatch.setattr("zscir.generation.cli.load_splits", lambda *a, **k: [split])
+    captions = tmp_path / "captions.jsonl"
+    with GenerationCache(captions, "fake-captioner|n=2") as cache:  # two captions per reference but the last
+        rows = [(sha256_file(split.images[q.reference]), q.reference, [f"ref {q.reference}", f"alt {q.reference}"])
+                for q in queries[:-1]]
+        cache.add_many(rows)
+    monkeypatch.setattr("zscir.generation.cli.build_editor", lambda spec, **kw: Upper())
+    Upper.calls = 0
+    with pytest.raises(SystemExit) as e:
+        main(["edit", "--editor", "hf-lm:unused", "--benchmark", "shapes", "--captions", str(captions),
+              "--cache", str(tmp_path / "edits.jsonl"), "--out", str(tmp_path / "out.jsonl"), "--json", "--quiet"])
+    assert e.value.code == 0
+    summary = json.loads(capsys.readouterr().out)
+    distinct = {(c, " and ".join(q.captions)) for q in queries[:-1] for c in (f"ref {q.reference}", f"alt {q.reference}")}
+    assert summary["captioner"] == "fake-captioner|n=2" and summary["references_without_caption"] == 1
+    assert summary["edited_now"] == Upper.calls == len(distinct)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["qid"] for r in rows] == [q.qid for q in queries[:-1]]
+    first = rows[0]
+    assert first["captions"] == [f"ref {queries[0].reference}", f"alt {queries[0].reference}"]
+    assert first["edits"] == [[c.upper()] for c in first["captions"]]
+    assert first["instruction"] == " and ".join(queries[0].captions)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from huggingface_hub import constants as hub
+
 from zscir.errors import MissingWeightsError, ZscirError
 from zscir.generation.base import input_seed
 from zscir.utils.hashing import sha256_file
@@ -44,8 +46,6 @@ def first_line(error: BaseException) -> str:
 def load_pretrained(label: str, model: str, load: Callable[..., tuple], cache_dir: str | None = None,
                     revision: str | None = None, expected: str = "a model and its processor") -> tuple[tuple, str]:
     """``load(source, **from_pretrained_kwargs) -> objects`` from a folder or the hub cache; (objects, model_ref)."""
-    from huggingface_hub import constants as hub
-
     local = Path(model).expanduser()
     if local.exists():
         try:
@@ -60,14 +60,13 @@ def load_pretrained(label: str, model: str, load: Callable[..., tuple], cache_di
 
     try:
         objects = from_hub(local_only=True)
-    except Exception as cached_error:  # not in the cache (OSError) or a broken cache entry
+    except Exception:  # not in the cache (OSError) or a broken cache entry
         if hub.is_offline_mode():
             raise MissingWeightsError(missing_message(label, model, cache_dir or hub.HF_HUB_CACHE, "offline mode")) from None
         try:
             objects = from_hub(local_only=False)
         except Exception as e:  # no network, unknown repo, interrupted download
             raise MissingWeightsError(missing_message(label, model, cache_dir or hub.HF_HUB_CACHE, first_line(e))) from None
-        del cached_error
     config = getattr(objects[0], "config", None)
     commit = getattr(config, "_commit_hash", None) or revision or "unknown-revision"
     return objects, f"{model}@{commit}"
