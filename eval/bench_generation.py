@@ -102,8 +102,9 @@ def endpoint_part(folder, tmp, pairs, decoding, concurrency, repeats, threads, r
                              tmp / "model.gguf")
     proc, url = start_llama_server(path, tmp / "server.log", threads=threads)
     try:
-        serial = build_editor(f"openai:bench@{url}", decoding=decoding, concurrency=1)
-        parallel = build_editor(f"openai:bench@{url}", decoding=decoding, concurrency=concurrency)
+        same = {"repeat_penalty": 1.0}  # llama-cpp-python's server default is 1.1; transformers applies none
+        serial = build_editor(f"openai:bench@{url}", decoding=decoding, concurrency=1, params=same)
+        parallel = build_editor(f"openai:bench@{url}", decoding=decoding, concurrency=concurrency, params=same)
         (t_serial, t_parallel), (out_serial, out_parallel) = best_of(
             repeats, lambda: serial.edit(pairs), lambda: parallel.edit(pairs))
     finally:

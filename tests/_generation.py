@@ -167,7 +167,10 @@ def start_llama_server(gguf_path: Path, log_path: Path, threads: int = 1, deadli
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path), "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "512", "--n_threads", str(threads),
-                             "--n_threads_batch", str(threads)], stdout=log, stderr=subprocess.STDOUT)
+                             "--n_threads_batch", str(threads),
+                             # an f32 KV cache (GGML type 0): llama.cpp's default f16 cache moves the logits of
+                             # this model by ~4e-2 (f32: ~5e-5), enough to flip near-tied greedy choices
+                             "--type_k", "0", "--type_v", "0"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     end = time.time() + deadline_s
     while True:

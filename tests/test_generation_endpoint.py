@@ -178,6 +178,9 @@ def test_editor_over_the_endpoint_greedy_sampled_and_cached(server, tmp_path):
     seeds = [r["seed"] for r in script.requests[2:]]
     assert len(seeds) == 6 and len(set(seeds)) == 6 and all(len(o) == 3 for o in outputs)
     assert sampled.edit([p for _, p in pairs]) == outputs  # the same seeds again: reproducible
+    with_params = build_editor(f"openai:tiny@{url}", params={"repeat_penalty": 1.0})
+    with_params.edit([pairs[0][1]])
+    assert script.requests[-1]["repeat_penalty"] == 1.0 and with_params.identity.endswith('|params={"repeat_penalty":1.0}')
     with pytest.raises(ZscirError, match="beam search is not available"):
         build_editor(f"openai:tiny@{url}", decoding=Decoding("beam", n=2))
     with pytest.raises(ZscirError, match="expected openai:MODEL@BASE_URL"):

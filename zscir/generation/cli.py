@@ -42,6 +42,9 @@ def decoding_options(f):
                      help="openai: seconds per request (default 60)."),
         click.option("--endpoint-retries", default=None, type=click.IntRange(min=0), metavar="N",
                      help="openai: retries on 429/5xx/timeouts/malformed answers, with exponential backoff (default 4)."),
+        click.option("--endpoint-param", "endpoint_params", multiple=True, metavar="KEY=JSON",
+                     help="openai: an extra request field for the server's own options, recorded in the identity "
+                          "(repeatable), e.g. repeat_penalty=1.0 for llama-cpp-python's server (its default is 1.1)."),
         click.option("--key-env", default=None, metavar="VAR",
                      help="openai: the environment variable holding the API key (default OPENAI_API_KEY; none sent when unset)."),
     ]
@@ -63,11 +66,24 @@ def generator_kwargs(options: dict) -> dict:
         options.pop(k, None)
     # endpoint options go only to the backends that take them: given to another, they are refused by name
     kw = {ENDPOINT_FIELDS[k]: v for k in list(ENDPOINT_FIELDS) if (v := options.pop(k, None)) is not None}
+    params = options.pop("endpoint_params", ())
+    if params:
+        kw["params"] = dict(_param(p) for p in params)
     if given:
         if "n" in given and "strategy" not in given:
             raise ZscirError(f"--n {given['n']}: say how to get N outputs: --decoding beam or --decoding sample")
         kw["decoding"] = Decoding(**given)
     return kw
+
+
+def _param(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ZscirError(f"--endpoint-param {text}: expected KEY=VALUE (VALUE as JSON, e.g. repeat_penalty=1.0)")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value  # a plain string
 
 
 def read_pairs_file(path: str) -> list[tuple[str, EditInput]]:

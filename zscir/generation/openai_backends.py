@@ -6,12 +6,18 @@ is ``temperature 0``; sampling sends ``temperature``, ``top_p`` and a ``seed`` p
 (:func:`input_seed` of the recorded seed and the input's content, plus the output's number),
 and N outputs are N requests. Beam search is not part of the chat API and is refused. All
 requests of a batch run ``concurrency`` at a time (see :mod:`zscir.generation.openai_client`).
+
+``params`` are extra request fields for a server's own sampling options, sent with every request
+and named in the identity: llama-cpp-python's server, for one, applies ``repeat_penalty`` 1.1
+unless a request says otherwise, so greedy decoding there equals transformers' only with
+``params={"repeat_penalty": 1.0}``.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 from dataclasses import replace
 
 from zscir.errors import ZscirError
@@ -34,7 +40,7 @@ class _EndpointGenerator:
     """What the endpoint captioner and editor share: the client, the decoding, the request parameters."""
 
     def _setup(self, target: str, decoding: Decoding | None, prompt_tag: str, key_env: str, timeout: float,
-               retries: int, concurrency: int, backoff: float):
+               retries: int, concurrency: int, backoff: float, params: dict | None):
         model, url = parse_target(target)
         decoding = decoding or Decoding()
         if decoding.strategy == "beam":
@@ -45,14 +51,17 @@ class _EndpointGenerator:
         self.decoding = decoding
         self.client = ChatEndpoint(url, model, key_env=key_env, timeout=timeout, retries=retries,
                                    concurrency=concurrency, backoff=backoff)
+        self.params = dict(params or {})
         self.identity = f"openai:{model}@{self.client.base_url}|{decoding.tag()}|{prompt_tag}"
+        if self.params:
+            self.identity += "|params=" + json.dumps(self.params, sort_keys=True, separators=(",", ":"))
 
     def _params(self, content: bytes) -> list[dict]:
         d = self.decoding
         if d.strategy == "greedy":
-            return [{"temperature": 0, "max_tokens": d.max_new_tokens}]
+            return [{**self.params, "temperature": 0, "max_tokens": d.max_new_tokens}]
         base = input_seed(d.seed, content) % (2 ** 31)
-        return [{"temperature": d.temperature, "top_p": d.top_p, "seed": (base + i) % (2 ** 31),
+        return [{**self.params, "temperature": d.temperature, "top_p": d.top_p, "seed": (base + i) % (2 ** 31),
                  "max_tokens": d.max_new_tokens} for i in range(d.n)]
 
     def _run(self, per_input: list[tuple[list[dict], list[dict]]]) -> list:
@@ -63,7 +72,7 @@ class _EndpointGenerator:
 
     def _describe_client(self) -> dict:
         return {"model": self.client.model, "base_url": self.client.base_url, "key_env": self.client.key_env,
-                "served_models": sorted(self.client.served_models)}
+                "params": self.params, "served_models": sorted(self.client.served_models)}
 
 
 class OpenAICaptioner(_EndpointGenerator, Captioner):
@@ -71,9 +80,9 @@ class OpenAICaptioner(_EndpointGenerator, Captioner):
 
     def __init__(self, target: str, prompt: str | None = None, decoding: Decoding | None = None,
                  key_env: str = DEFAULT_KEY_ENV, timeout: float = 60.0, retries: int = 4, concurrency: int = 4,
-                 backoff: float = 1.0):
+                 backoff: float = 1.0, params: dict | None = None):
         self.prompt = PromptTemplate(prompt if prompt is not None else DEFAULT_CAPTION_PROMPT, name="caption-prompt")
-        self._setup(target, decoding, self.prompt.tag(), key_env, timeout, retries, concurrency, backoff)
+        self._setup(target, decoding, self.prompt.tag(), key_env, timeout, retries, concurrency, backoff, params)
 
     def describe(self) -> dict:
         return {**super().describe(), **self._describe_client(), "prompt": self.prompt.describe()}
@@ -96,9 +105,9 @@ class OpenAIEditor(_EndpointGenerator, Editor):
 
     def __init__(self, target: str, template: PromptTemplate = DEFAULT_EDIT_PROMPT, decoding: Decoding | None = None,
                  key_env: str = DEFAULT_KEY_ENV, timeout: float = 60.0, retries: int = 4, concurrency: int = 4,
-                 backoff: float = 1.0):
+                 backoff: float = 1.0, params: dict | None = None):
         self.template = template
-        self._setup(target, decoding, template.tag(), key_env, timeout, retries, concurrency, backoff)
+        self._setup(target, decoding, template.tag(), key_env, timeout, retries, concurrency, backoff, params)
 
     def describe(self) -> dict:
         return {**super().describe(), **self._describe_client(), "prompt": self.template.describe()}
