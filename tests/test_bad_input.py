@@ -344,7 +344,7 @@ def test_a_binary_queries_file_is_one_line(files, capsys):
 
 def test_caption_survives_file_names_that_are_not_utf8_and_resumes_from_the_cache(tmp_path):
     from zscir.data.caption_cache import caption_images
-    from zscir.data.captioners import Captioner
+    from zscir.generation.base import Captioner
     from zscir.data.cli import _write_out
     from zscir.data.keys import fs_name
     from zscir.data.sources import open_image_source

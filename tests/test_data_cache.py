@@ -13,14 +13,15 @@ from PIL import Image
 
 from zscir.data import caption_cache
 from zscir.data.caption_cache import CaptionCache, caption_images
-from zscir.data.captioners import Captioner, build_captioner
+from zscir.generation.base import Captioner
+from zscir.generation.registry import build_captioner
 from zscir.data.sources import open_image_source
 from zscir.errors import ZscirError
 from zscir.utils.testpoint import pause_env, wait_paused
 
 FAKE_CAPTIONER = '''
 import time
-from zscir.data.captioners import Captioner
+from zscir.generation.base import Captioner
 from zscir.utils.testpoint import testpoint
 
 

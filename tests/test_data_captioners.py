@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from zscir.data.caption_cache import caption_images
-from zscir.data.captioners import CaptionTable, build_captioner, read_world_captions
+from zscir.generation.lookup import CaptionTable, read_world_captions
+from zscir.generation.registry import build_captioner
 from zscir.data.sources import open_image_source
 from zscir.errors import MissingWeightsError, ZscirError
 

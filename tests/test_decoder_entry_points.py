@@ -178,7 +178,7 @@ def test_pretraining_data_sees_the_decoders_pixels(setup):
 
 def test_caption_sees_the_decoders_pixels(setup, tiny_backbone):
     from zscir.data.caption_cache import caption_images
-    from zscir.data.captioners import Captioner
+    from zscir.generation.base import Captioner
     from zscir.data.sources import open_image_source
 
     class RecordingCaptioner(Captioner):

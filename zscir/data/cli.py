@@ -7,14 +7,22 @@ from pathlib import Path
 
 import click
 
+from zscir.data.caption_cache import caption_images, check_cache_file
+from zscir.data.images import DEFAULT_MAX_PIXELS
+from zscir.data.sources import open_image_source
+from zscir.data.splitter import get_splitter
 from zscir.errors import ZscirError
+from zscir.features.distributed import current_ranks, process_device
+from zscir.generation.cache import json_line
+from zscir.generation.cli import decoding_options, generator_kwargs
+from zscir.generation.lookup import WORLD_CAPTIONS
+from zscir.generation.registry import build_captioner
+from zscir.utils.atomic import atomic_path
 from zscir.utils.options import OUTPUT_FILE
 
 
 def _find_world(images: str) -> str | None:
     """The shapes world an image path lives in: the nearest parent holding unlabeled/captions.jsonl."""
-    from zscir.data.captioners import WORLD_CAPTIONS
-
     path = Path(images.split("{")[0]).resolve()
     for parent in (path, *path.parents):
         if (parent / WORLD_CAPTIONS).is_file():
@@ -28,11 +36,15 @@ def _find_world(images: str) -> str | None:
                    "Image files: .jpg .jpeg .png .webp .bmp .gif .tif .tiff (any case); dotfiles and hidden folders "
                    "are skipped.")
 @click.option("--captioner", default="blip", show_default=True, metavar="NAME",
-              help="blip, lavis, file, webdataset-txt or shapes-world; 'name:arg' fills the main argument "
-                   "(file:caps.jsonl, blip:/path/to/model, shapes-world:/path/to/world).")
+              help="blip, blip2, hf-vlm, openai, lavis, file, webdataset-txt or shapes-world; 'name:arg' fills the "
+                   "main argument (file:caps.jsonl, blip:/path/to/model, blip2:Salesforce/blip2-opt-2.7b, "
+                   "hf-vlm:DIR, openai:MODEL@http://host/v1, shapes-world:/path/to/world).")
 @click.option("--model", default=None, metavar="NAME|DIR",
-              help="blip: a Hugging Face id or a local save_pretrained() folder "
-                   "(default Salesforce/blip-image-captioning-base); lavis: the model type (default base_coco).")
+              help="blip, blip2, hf-vlm: a Hugging Face id or a local save_pretrained() folder "
+                   "(blip default Salesforce/blip-image-captioning-base); lavis: the model type (default base_coco).")
+@click.option("--preset", default=None, metavar="NAME",
+              help="blip2: a method's settings (cirevl, ldre, ldre-opt, ldre-t5); other options override them.")
+@click.option("--prompt", default=None, metavar="TEXT", help="blip2, hf-vlm, openai: the captioning prompt.")
 @click.option("--captions", "captions_file", default=None, type=click.Path(dir_okay=False), metavar="FILE",
               help="Captions file (JSONL, CSV/TSV or JSON id -> caption); implies --captioner file.")
 @click.option("--world", default=None, type=click.Path(file_okay=False), metavar="DIR",
@@ -47,28 +59,30 @@ def _find_world(images: str) -> str | None:
 @click.option("--device", default=None, metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 @click.option("--max-pixels", default=None, type=click.IntRange(min=1), metavar="N",
               help="Refuse images with more pixels than this (decompression bombs); default ~89.5M.")
+@decoding_options
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def caption(images, captioner, model, captions_file, world, cache_path, out_path, splitter, batch_size, device,
-            max_pixels, as_json, quiet):
+def caption(images, captioner, model, preset, prompt, captions_file, world, cache_path, out_path, splitter, batch_size,
+            device, max_pixels, as_json, quiet, **options):
     """Caption every image of --images once; rerun to resume after a kill or to add new images.
 
     Bad images (corrupt, truncated, empty, too large) are skipped, counted and listed at the end.
+    Under `torchrun --nproc_per_node N -m zscir.cli caption ...` or `accelerate launch`, each process
+    captions every N-th image into the one cache and the main process reports (and writes --out).
     """
-    from zscir.data.caption_cache import caption_images, check_cache_file
-    from zscir.data.captioners import build_captioner
-    from zscir.data.images import DEFAULT_MAX_PIXELS
-    from zscir.data.sources import open_image_source
-
     if cache_path:
         check_cache_file(cache_path)  # before any work: never append to a file zscir did not create
     source = open_image_source(images, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
     if captions_file:
         captioner = "file"
-    kw = {}
+    kw = generator_kwargs(options)
     base = captioner.partition(":")[0]
     if model is not None:
         kw["model"] = model
+    if preset is not None:
+        kw["preset"] = preset
+    if prompt is not None:
+        kw["prompt"] = prompt
     if captions_file:
         kw["path"] = captions_file
     if device is not None:
@@ -80,12 +94,25 @@ def caption(images, captioner, model, captions_file, world, cache_path, out_path
                              f"(with unlabeled/captions.jsonl) above --images {images}")
     elif world is not None:
         raise ZscirError("--world is only used with --captioner shapes-world")
+    ranks = current_ranks(device or "cpu")
+    if ranks.world > 1 and device is not None:
+        kw["device"] = process_device(device)
     captioner_obj = build_captioner(captioner, **kw)
 
-    result = caption_images(source, captioner_obj, cache_path, batch_size=batch_size, progress=not quiet)
+    result = caption_images(source, captioner_obj, cache_path, batch_size=batch_size, progress=not quiet and ranks.is_main,
+                            share=(ranks.rank, ranks.world) if ranks.world > 1 else None)
+    if ranks.world > 1:  # every process appended its share to the one cache: the main process reads it all back
+        counts = ranks.gather(result.captioned)
+        ranks.barrier()
+        if not ranks.is_main:
+            return
+        source = open_image_source(images, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+        result = caption_images(source, captioner_obj, result.cache_path, batch_size=batch_size, progress=False)
+        result.captioned, result.from_cache = sum(counts), result.from_cache - sum(counts)
     if out_path:
         _write_out(result, out_path, splitter)
-    summary = {**result.summary(), "source": source.spec, "source_kind": source.kind, "out": out_path}
+    summary = {**result.summary(), "source": source.spec, "source_kind": source.kind, "out": out_path,
+               **({"processes": ranks.world} if ranks.world > 1 else {})}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -99,9 +126,6 @@ def caption(images, captioner, model, captions_file, world, cache_path, out_path
 
 
 def _write_out(result, out_path: str, splitter: str) -> None:
-    from zscir.data.caption_cache import json_line
-    from zscir.data.splitter import get_splitter
-    from zscir.utils.atomic import atomic_path
 
     split = None if splitter == "none" else get_splitter(splitter).split
     with atomic_path(out_path) as tmp, open(tmp, "wb") as f:

@@ -26,7 +26,8 @@ import torch
 
 from zscir.backbone import PLACEHOLDER
 from zscir.data.caption_cache import caption_images
-from zscir.data.captioners import build_captioner, read_caption_file, read_world_captions
+from zscir.generation.lookup import read_caption_file, read_world_captions
+from zscir.generation.registry import build_captioner
 from zscir.data.sources import open_image_source
 from zscir.data.splitter import get_splitter
 from zscir.errors import ZscirError
