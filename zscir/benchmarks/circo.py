@@ -19,7 +19,7 @@ from pathlib import Path
 
 from zscir.benchmarks.base import EvalSplit, Query, read_json
 from zscir.benchmarks.schema import (At, id_field, id_list_field, list_field, record_at, str_field,
-                                    targets_all_or_none, unique_ids)
+                                    targets_all_or_none, unique_ids, wrong)
 from zscir.errors import ZscirError
 
 GALLERY_LIST = Path("COCO2017_unlabeled/annotations/image_info_unlabeled2017.json")
@@ -43,12 +43,12 @@ def read_gallery(root: Path, gallery_list: Path = GALLERY_LIST,
     info = read_json(list_path, "CIRCO gallery list (COCO 2017 unlabeled image info)")
     if not isinstance(info, dict):
         raise ZscirError(f"{list_path}: expected a JSON object with an 'images' list, got a JSON {type(info).__name__}")
-    entries = list_field(info, "images", At(list_path, "the top-level object"))
+    top = At(list_path, "the top-level object")
     ids, files = [], {}
-    for i in range(len(entries)):
-        entry, _ = record_at(entries, i, list_path)
-        at = At(list_path, f"images[{i}]")
-        image_id = id_field(entry, "id", at)
+    for i, entry in enumerate(list_field(info, "images", top)):
+        if not isinstance(entry, dict):
+            wrong(top, f"images[{i}]", "an object with 'id' and 'file_name'", entry)
+        image_id = id_field(entry, "id", At(list_path, f"images[{i}]"))
         if entry.get("file_name") is None and image_id.isdigit():
             name = f"{int(image_id):012d}.jpg"   # COCO's own naming, for lists that leave file_name out
         else:
