@@ -253,14 +253,15 @@ def test_unreadable_gallery_image_refused_unless_allowed(tmp_path, tiny_weights,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         code, _, err = run(eval_args(root, tmp_path / "r", tiny_weights, tmp_path / "cache"), capsys)
-        one_line_error(code, err, r"circo/val: 1 image could not be read and is left out \(first: .*000000000005\.png"
-                                  r".*--allow-missing-images")
+        one_line_error(code, err, r"circo/val: 1 image could not be read \(first: .*000000000005\.png: .*\): leaving them "
+                                  r"out would change the metrics; .*--allow-missing-images")
         assert not (tmp_path / "r" / "results.json").exists()
         code, _, err = run(eval_args(root, tmp_path / "r", tiny_weights, tmp_path / "cache",
                                      "--allow-missing-images"), capsys)
     assert code == 0, err
     warned = [line for line in err.splitlines() if "could not be read" in line]
-    assert len(warned) == 1 and warned[0].startswith("warning: circo/val: 1 image") and "000000000005.png" in warned[0]
+    assert len(warned) == 1 and warned[0].startswith("warning: circo/val: 1 image could not be read (first: ")
+    assert "000000000005.png" in warned[0] and warned[0].endswith("left out (--allow-missing-images)")
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["allow_missing_images"] is True
     split = results["models"][0]["splits"]["circo/val"]

@@ -138,5 +138,5 @@ def unreadable_images(split: EvalSplit, report: CacheReport) -> str | None:
     count = len({c["id"] for c in report.corrupt})
     first = report.corrupt[0]
     reason = " ".join(str(first["reason"]).split())
-    return (f"{split.name}: {count} image{'s' if count > 1 else ''} could not be read and "
-            f"{'are' if count > 1 else 'is'} left out (first: {split.images.get(first['id'], first['id'])}: {reason})")
+    return (f"{split.name}: {count} image{'s' if count > 1 else ''} could not be read "
+            f"(first: {split.images.get(first['id'], first['id'])}: {reason})")

@@ -106,7 +106,7 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
                                   req.progress)
     unreadable = unreadable_images(split, cache)
     if unreadable and not req.allow_missing_images:
-        raise ZscirError(f"{unreadable}: the metrics would change; fix or remove the file, or pass "
+        raise ZscirError(f"{unreadable}: leaving them out would change the metrics; replace the files, or pass "
                          "--allow-missing-images to evaluate without them")
     truncated_before = bb.truncated_prompts
     with timer("queries"):
@@ -196,7 +196,7 @@ def evaluate(req: EvalRequest) -> dict:
         for r in split_results:
             if r["unreadable"] and r["split"] not in warned:   # accepted (--allow-missing-images): said once a split
                 warned.add(r["split"])
-                _say(f"warning: {r['unreadable']}")
+                _say(f"warning: {r['unreadable']}: left out (--allow-missing-images)")
         results["models"].append({
             "model": model, "name": slug, "identity": qe.identity,
             "backbone": qe.backbone.identity_str, "preprocess": qe.backbone.preprocess_name,
