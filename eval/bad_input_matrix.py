@@ -265,7 +265,7 @@ def _images(folder: Path, names: list[bytes]) -> None:
 def _write_index_fixtures(d: Path) -> None:
     """An index of d/imgs (the shapes world's CLIP), copied and damaged in each way issue 27 found."""
     from zscir.features import FeatureStore
-    from zscir.index.defaults import default_backbone
+    from zscir.resolve import default_backbone
     from zscir.index.gallery import build_index
 
     bb = default_backbone("cpu")
