@@ -265,7 +265,7 @@ def _images(folder: Path, names: list[bytes]) -> None:
 def _write_index_fixtures(d: Path) -> None:
     """An index of d/imgs (the shapes world's CLIP), copied and damaged in each way issue 27 found."""
     from zscir.features import FeatureStore
-    from zscir.index.defaults import default_backbone
+    from zscir.resolve import default_backbone
     from zscir.index.gallery import build_index
 
     bb = default_backbone("cpu")
@@ -317,6 +317,62 @@ def index_verifies(root: Path) -> Callable[[], str]:
         report = verify_index(root)
         return "" if report["ok"] else f"--verify then finds {report['problems'][0][:120]}"
     return check
+
+
+def _write_benchmark_fixtures(b: Path) -> None:
+    """Small CIRCO / CIRR / FashionIQ folders, each with one fault in its annotation files (no images needed:
+    the loaders refuse before reading any), and one whole CIRCO folder with an unreadable gallery image."""
+    def circo(name, change=None, images=None):
+        records = [{"id": q, "reference_img_id": q + 1, "relative_caption": "make it red", "shared_concept": "a",
+                    "target_img_id": q + 2, "gt_img_ids": [q + 2, q + 3]} for q in range(3)]
+        if change:
+            change(records)
+        root = b / f"circo-{name}"
+        (root / "annotations").mkdir(parents=True)
+        (root / "annotations" / "val.json").write_text(json.dumps(records))
+        lst = root / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json"
+        lst.parent.mkdir(parents=True)
+        lst.write_text(json.dumps(images or {"images": [{"id": i, "file_name": f"{i:012d}.png"} for i in range(1, 7)]}))
+        return root
+
+    circo("caption-null", lambda r: r[1].update(relative_caption=None))
+    circo("caption-42", lambda r: r[1].update(relative_caption=42))
+    circo("gt-5", lambda r: r[1].update(gt_img_ids=5))
+    circo("gt-string", lambda r: r[1].update(gt_img_ids="123"))
+    circo("duplicate-id", lambda r: r[1].update(id=0))
+    circo("one-without-target", lambda r: [r[2].pop("target_img_id"), r[2].pop("gt_img_ids")])
+    circo("images-5", images={"images": 5})
+    circo("no-file-name", images={"images": [{"id": "photo-a"}]})
+    whole = circo("unreadable")
+    _images(whole / "COCO2017_unlabeled" / "unlabeled2017", [f"{i:012d}.png".encode() for i in range(1, 7)])
+    (whole / "COCO2017_unlabeled" / "unlabeled2017" / "000000000005.png").write_bytes(b"not an image")
+
+    names = [f"dev-{i}-0-img0" for i in range(6)]
+    for name, change, null_path in (("members-5", lambda r: r[0]["img_set"].update(members=5), False),
+                                    ("null-caption", lambda r: r[2].update(caption=None), False),
+                                    ("null-path", None, True)):
+        records = [{"pairid": 100 + q, "reference": names[q], "target_hard": names[q + 1], "caption": "add a dog",
+                    "target_soft": {names[q + 1]: 1.0}, "img_set": {"id": q, "members": names}} for q in range(3)]
+        if change:
+            change(records)
+        mapping = {n: f"./dev/{n}.png" for n in names} | ({names[4]: None} if null_path else {})
+        for folder, file, data in (("captions", "cap.rc2.val.json", records),
+                                   ("image_splits", "split.rc2.val.json", mapping)):
+            (b / f"cirr-{name}" / "cirr" / folder).mkdir(parents=True)
+            (b / f"cirr-{name}" / "cirr" / folder / file).write_text(json.dumps(data))
+
+    for name, captions in (("one-caption", ["is red"]), ("three-captions", ["is red", "is long", "has a belt"])):
+        root = b / f"fashioniq-{name}"
+        (root / "captions").mkdir(parents=True)
+        (root / "image_splits").mkdir(parents=True)
+        records = [{"candidate": "B000", "target": "B001", "captions": ["is red", "has sleeves"]},
+                   {"candidate": "B001", "target": "B002", "captions": captions}]
+        (root / "captions" / "cap.dress.val.json").write_text(json.dumps(records))
+        (root / "image_splits" / "split.dress.val.json").write_text(json.dumps(["B000", "B001", "B002"]))
+
+    done = b.parent / "evals" / "done"   # an existing evaluation run
+    done.mkdir(parents=True)
+    (done / "results.json").write_text(json.dumps({"benchmark": "shapes", "models": []}))
 
 
 def _fake_run(folder: Path, kind: str, section: dict) -> None:
@@ -494,6 +550,31 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
              check=unchanged(d / "photo.jpg")),
         Case("caption --cache a JSONL of other rows", ["caption", "--images", str(d / "imgs"), "--cache",
                                                        str(d / "caps.jsonl")], check=unchanged(d / "caps.jsonl")),
+        # --- benchmark annotation files (issue 27): one line naming the file, the record and the field
+        *[Case(f"eval {what}", ["eval", root.split("-")[0], "--root", str(d / "bench" / root), "--model", "sum",
+                                "--no-progress", "--out", str(d / "evals" / root)] + extra)
+          for what, root, extra in [
+              ("circo: relative_caption null", "circo-caption-null", []),
+              ("circo: relative_caption 42", "circo-caption-42", []),
+              ("circo: gt_img_ids 5", "circo-gt-5", []),
+              ("circo: gt_img_ids \"123\" (a string)", "circo-gt-string", []),
+              ("circo: duplicate query ids", "circo-duplicate-id", []),
+              ("circo: one record without a target", "circo-one-without-target", []),
+              ("circo: gallery {\"images\": 5}", "circo-images-5", []),
+              ("circo: gallery entry without file_name", "circo-no-file-name", []),
+              ("cirr: img_set.members 5", "cirr-members-5", []),
+              ("cirr: caption null", "cirr-null-caption", []),
+              ("cirr: null path in the image split", "cirr-null-path", []),
+              ("fashioniq: a record with 1 caption", "fashioniq-one-caption", ["--category", "dress"]),
+              ("fashioniq: a record with 3 captions", "fashioniq-three-captions", ["--category", "dress"])]],
+        Case("eval circo: an unreadable gallery image (no --allow-missing-images)",
+             ["eval", "circo", "--root", str(d / "bench" / "circo-unreadable"), "--model", "image", "--clip",
+              "zscir-shapes-vit", "--pretrained", str(CHECKPOINTS / "shapes_clip.safetensors"), "--cache-dir",
+              str(d / "eval-cache"), "--no-progress", "--out", str(d / "evals" / "unreadable")],
+             check=absent(d / "evals" / "unreadable" / "results.json")),
+        Case("eval --out an existing run (no --overwrite)", ["eval", "shapes", "--model", "image", "--split", "val",
+             "--no-progress", "--out", str(d / "evals" / "done")], check=unchanged(d / "evals" / "done" / "results.json")),
+        Case("eval shapes --category dress (no categories)", ["eval", "shapes", "--category", "dress"]),
         # --- query files
         Case("retrieve --queries a binary file", ["retrieve", "--queries", str(d / "photo.jpg")]),
         Case("retrieve --queries a JSONL with a bad line", ["retrieve", "--queries", str(d / "notes.txt")]),
@@ -574,6 +655,7 @@ def prepare(d: Path) -> Optional[Path]:
     _write_index_fixtures(d)
     _fake_run(d / "runs" / "fti", "pretrain", {"method": "fti", "network_config": None})
     _fake_run(d / "runs" / "sup", "supervised", {"head": "finecir", "dataset": "shapes", "texts": "fine"})
+    _write_benchmark_fixtures(d / "bench")
     return _write_tiny_blip(d)
 
 

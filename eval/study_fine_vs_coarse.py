@@ -134,7 +134,7 @@ def main(world, clip, pretrained, fti, single, epochs, batch_size, threads, out,
     models += [heads[(style, head)]["checkpoint"] for style in STYLES for head in ("combiner", "finecir")]
     results = evaluate(EvalRequest("shapes", root=world, splits=list(STYLES.values()), models=models, clip=clip,
                                    pretrained=pretrained, out_dir=out / "eval", cache_root=cache_dir,
-                                   command=" ".join(sys.argv)))
+                                   command=" ".join(sys.argv), overwrite=True))   # the study's own: a rerun replaces it
     from zscir.benchmarks import load_splits
 
     splits = {style: load_splits("shapes", world, split)[0] for style, split in STYLES.items()}

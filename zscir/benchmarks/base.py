@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from zscir.errors import ZscirError
-from zscir.utils.jsonl import read_jsonl
+from zscir.utils.jsonl import read_jsonl as jsonl_rows
 
 # metric families: how a split is scored and how its rankings are written
 KINDS = ("circo", "cirr", "fashioniq")
@@ -159,7 +159,7 @@ def read_json(path: Path, what: str) -> Any:
 def read_jsonl(path: Path, what: str) -> list[dict]:
     if not path.is_file():
         raise ZscirError(f"{what} not found: expected {path}")
-    return [row for _, row in read_jsonl(path, lambda n: f"{what} {path}, line {n}", "not valid JSON: {error}")]
+    return [row for _, row in jsonl_rows(path, lambda n: f"{what} {path}, line {n}", "not valid JSON: {error}")]
 
 
 def field_of(record: dict, name: str, path: Path, where: str) -> Any:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zscir.benchmarks.base import EvalSplit, Query, field_of, read_json
+from zscir.benchmarks.base import EvalSplit, Query, read_json
+from zscir.benchmarks.schema import (At, id_field, id_list_field, list_field, record_at, str_field,
+                                    targets_all_or_none, unique_ids, wrong)
 from zscir.errors import ZscirError
 
 GALLERY_LIST = Path("COCO2017_unlabeled/annotations/image_info_unlabeled2017.json")
@@ -39,27 +41,35 @@ def read_gallery(root: Path, gallery_list: Path = GALLERY_LIST,
     """Image ids in list order and their files (``file_name`` when given, else ``{id:012d}.jpg``)."""
     list_path = root / gallery_list
     info = read_json(list_path, "CIRCO gallery list (COCO 2017 unlabeled image info)")
-    entries = field_of(info, "images", list_path, "the top-level object")
+    if not isinstance(info, dict):
+        raise ZscirError(f"{list_path}: expected a JSON object with an 'images' list, got a JSON {type(info).__name__}")
+    top = At(list_path, "the top-level object")
     ids, files = [], {}
-    for i, entry in enumerate(entries):
-        image_id = field_of(entry, "id", list_path, f"images[{i}]")
-        name = entry.get("file_name") or f"{int(image_id):012d}.jpg"
-        ids.append(str(image_id))
-        files[str(image_id)] = root / image_dir / name
+    for i, entry in enumerate(list_field(info, "images", top)):
+        if not isinstance(entry, dict):
+            wrong(top, f"images[{i}]", "an object with 'id' and 'file_name'", entry)
+        image_id = id_field(entry, "id", At(list_path, f"images[{i}]"))
+        if entry.get("file_name") is None and image_id.isdigit():
+            name = f"{int(image_id):012d}.jpg"   # COCO's own naming, for lists that leave file_name out
+        else:
+            name = str_field(entry, "file_name", At(list_path, f"images[{i}]", image_id))
+        ids.append(image_id)
+        files[image_id] = root / image_dir / name
     return ids, files
 
 
-def parse_query(record: dict, path: Path, position: int) -> Query:
-    where = f"record {position}"
-    qid = field_of(record, "id", path, where)
-    reference = field_of(record, "reference_img_id", path, where)
-    caption = field_of(record, "relative_caption", path, where)
-    gts = [str(g) for g in record.get("gt_img_ids") or [] if g not in ("", None)]
-    target = record.get("target_img_id")
+def parse_query(records: list, path: Path, position: int) -> Query:
+    record, at = record_at(records, position, path, id_name="id")
+    qid = id_field(record, "id", at)
+    reference = id_field(record, "reference_img_id", at)
+    caption = str_field(record, "relative_caption", at)
+    # "" and null entries are padding (SEARLE's loader pads the lists to 50 that way)
+    gts = list(id_list_field(record, "gt_img_ids", at, optional=True, padding=("", None)))
+    target = id_field(record, "target_img_id", at, optional=True)
     if target is not None:
         # the annotated target comes first (recall@k is measured on it, mAP on all ground truths)
-        gts = [str(target)] + [g for g in gts if g != str(target)]
-    return Query(qid=str(qid), reference=str(reference), captions=(caption,), targets=tuple(gts))
+        gts = [target] + [g for g in gts if g != target]
+    return Query(qid=qid, reference=reference, captions=(caption,), targets=tuple(gts))
 
 
 def load(root: str | Path, split: str = "val", benchmark: str = "circo", gallery_list: Path = GALLERY_LIST,
@@ -70,7 +80,9 @@ def load(root: str | Path, split: str = "val", benchmark: str = "circo", gallery
     records = read_json(ann_path, f"CIRCO {split} annotations")
     if not isinstance(records, list):
         raise ZscirError(f"{ann_path}: expected a JSON list of queries, got {type(records).__name__}")
-    queries = [parse_query(r, ann_path, i) for i, r in enumerate(records)]
+    queries = [parse_query(records, ann_path, i) for i in range(len(records))]
+    unique_ids(queries, ann_path, "id")
+    targets_all_or_none(queries, ann_path, "target_img_id")
     gallery, images = read_gallery(root, gallery_list, image_dir)
     split_obj = EvalSplit(benchmark=benchmark, split=split, kind="circo", gallery=gallery, images=images,
                           queries=queries, id_type=_id_type(gallery),

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zscir.benchmarks.base import EvalSplit, Query, field_of, read_json
+from zscir.benchmarks.base import EvalSplit, Query, read_json
+from zscir.benchmarks.schema import (At, id_field, id_list_field, record_at, str_field, targets_all_or_none,
+                                    unique_ids, wrong)
 from zscir.errors import ZscirError
 
 SPLIT_ALIASES = {"test": "test1", "dev": "val"}
@@ -46,18 +48,19 @@ def read_gallery(root: Path, path: Path) -> tuple[list[str], dict[str, Path]]:
     mapping = read_json(path, "CIRR image split")
     if not isinstance(mapping, dict):
         raise ZscirError(f"{path}: expected a JSON object mapping image name -> relative path")
+    for name, rel in mapping.items():
+        if not isinstance(rel, str):
+            wrong(At(path, "the image split"), name, "a path relative to the root (a string)", rel)
     return list(mapping), {name: root / rel for name, rel in mapping.items()}
 
 
-def parse_record(record: dict, path: Path, position: int, text_field: str) -> Query:
-    where = f"record {position}"
-    pairid = field_of(record, "pairid", path, where)
-    img_set = field_of(record, "img_set", path, where)
-    members = field_of(img_set, "members", path, f"{where}.img_set")
-    target = record.get("target_hard")
-    return Query(qid=str(pairid), reference=str(field_of(record, "reference", path, where)),
-                 captions=(str(field_of(record, text_field, path, where)),),
-                 targets=(str(target),) if target is not None else (), subset=tuple(map(str, members)))
+def parse_record(records: list, path: Path, position: int, text_field: str) -> Query:
+    record, at = record_at(records, position, path, id_name="pairid")
+    pairid = id_field(record, "pairid", at)
+    members = id_list_field(record, "img_set.members", at)
+    target = id_field(record, "target_hard", at, optional=True)
+    return Query(qid=pairid, reference=id_field(record, "reference", at), captions=(str_field(record, text_field, at),),
+                 targets=(target,) if target is not None else (), subset=members)
 
 
 def build_split(benchmark: str, split: str, root: Path, records: list, captions_path: Path,
@@ -66,7 +69,9 @@ def build_split(benchmark: str, split: str, root: Path, records: list, captions_
         raise ZscirError(f"{captions_path}: expected a list of CIRR records, got {type(records).__name__}")
     gallery_path = split_file(root, split)
     gallery, images = read_gallery(root, gallery_path)
-    queries = [parse_record(r, captions_path, i, text_field) for i, r in enumerate(records)]
+    queries = [parse_record(records, captions_path, i, text_field) for i in range(len(records))]
+    unique_ids(queries, captions_path, "pairid")
+    targets_all_or_none(queries, captions_path, "target_hard")
     notes = {}
     if records and "target_soft" in records[0]:
         notes["target_hard_not_in_target_soft"] = sum(

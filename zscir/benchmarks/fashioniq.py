@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from zscir.benchmarks.base import EvalSplit, Query, field_of, read_json
+from zscir.benchmarks.base import EvalSplit, Query, read_json
+from zscir.benchmarks.schema import id_field, record_at, str_list_field, targets_all_or_none
 from zscir.errors import ZscirError
 
 CATEGORIES = ("dress", "shirt", "toptee")
@@ -91,14 +92,12 @@ def read_gallery(root: Path, category: str, split: str) -> tuple[list[str], Path
     return asins, path
 
 
-def parse_record(record: dict, path: Path, position: int) -> Query:
-    where = f"record {position}"
-    captions = field_of(record, "captions", path, where)
-    if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
-        raise ZscirError(f"{path}: {where}: field 'captions' should be a list of strings, got {captions!r}")
-    target = record.get("target")
-    return Query(qid=str(position), reference=str(field_of(record, "candidate", path, where)),
-                 captions=tuple(captions), targets=(str(target),) if target is not None else ())
+def parse_record(records: list, path: Path, position: int) -> Query:
+    record, at = record_at(records, position, path)
+    captions = str_list_field(record, "captions", at, length=2)   # FashionIQ annotates two per pair
+    target = id_field(record, "target", at, optional=True)
+    return Query(qid=str(position), reference=id_field(record, "candidate", at), captions=captions,
+                 targets=(target,) if target is not None else ())
 
 
 def make_split(benchmark: str, root: Path, category: str, split: str, queries: list[Query], gallery: list[str],
@@ -120,7 +119,8 @@ def load(root: str | Path, split: str = "val", categories=CATEGORIES, benchmark:
         records = read_json(cap_path, f"FashionIQ {category} {split} captions")
         if not isinstance(records, list):
             raise ZscirError(f"{cap_path}: expected a JSON list of records")
-        queries = [parse_record(r, cap_path, i) for i, r in enumerate(records)]
+        queries = [parse_record(records, cap_path, i) for i in range(len(records))]
+        targets_all_or_none(queries, cap_path, "target")
         gallery, g_path = read_gallery(root, category, split)
         notes = {"empty_captions": sum(1 for q in queries for c in q.captions if not c.strip())}
         out.append(make_split(benchmark, root, category, split, queries, gallery, [str(cap_path), str(g_path)],

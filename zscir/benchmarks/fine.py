@@ -25,7 +25,8 @@ from pathlib import Path
 
 import zscir.benchmarks.cirr as cirr
 import zscir.benchmarks.fashioniq as fashioniq
-from zscir.benchmarks.base import EvalSplit, Query, field_of, read_jsonl
+from zscir.benchmarks.base import EvalSplit, Query, read_jsonl
+from zscir.benchmarks.schema import id_field, record_at, str_field, targets_all_or_none
 from zscir.errors import ZscirError
 
 FINE_GALLERIES = ("fine", "split")
@@ -74,12 +75,12 @@ def load_fashioniq(root: str | Path, split: str = "val", categories=fashioniq.CA
         path = find_jsonl(root, FIQ_DIRS, f"fiq.fine.{category}.{split}", f"Fine-FashionIQ {category} {split} texts")
         records = read_records(path, "Fine-FashionIQ texts")
         queries = []
-        for i, r in enumerate(records):
-            where = f"record {i}"
-            target = r.get("target")
-            queries.append(Query(qid=str(i), reference=str(field_of(r, "candidate", path, where)),
-                                 captions=(str(field_of(r, "finemt", path, where)),),
-                                 targets=(str(target),) if target is not None else ()))
+        for i in range(len(records)):
+            r, at = record_at(records, i, path)
+            target = id_field(r, "target", at, optional=True)
+            queries.append(Query(qid=str(i), reference=id_field(r, "candidate", at),
+                                 captions=(str_field(r, "finemt", at),), targets=(target,) if target is not None else ()))
+        targets_all_or_none(queries, path, "target")
         sources = [str(path)]
         if gallery == "fine":
             ids = fine_gallery(queries)

@@ -8,7 +8,7 @@ import sys
 import click
 
 from zscir.backbone.options import backbone_options, check_device, resolve_pretrained
-from zscir.benchmarks import BENCHMARKS
+from zscir.benchmarks import BENCHMARKS, get_benchmark
 from zscir.benchmarks.fine import FINE_GALLERIES
 from zscir.evaluation import report
 from zscir.evaluation.protocol import FIQ_CAPTION_MODES, Protocol
@@ -43,15 +43,23 @@ from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 @click.option("--cache-dir", type=OUTPUT_DIR, help="Feature cache (default: ZSCIR_CACHE/features/eval).")
 @click.option("--batch-size", type=POSITIVE_INT, default=64, show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--allow-missing-images", is_flag=True,
+              help="Evaluate even when some images cannot be read (they are left out, which changes the metrics; "
+                   "recorded in results.json). Default: refuse.")
+@click.option("--overwrite", is_flag=True, help="Replace the results of an existing run in --out.")
 @click.option("--no-oracles", is_flag=True, help="Leave out the benchmark's oracle rows (shapes: caption, edit, "
                                                   "inversion and reference-caption ceilings).")
 def eval_command(benchmark, root, models, generations, clip, pretrained, preprocess, device, splits, categories,
                  out_dir, as_json, fiq_captions, remove_reference, fine_gallery, cache_dir, batch_size, no_progress,
-                 no_oracles):
+                 allow_missing_images, overwrite, no_oracles):
     """Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir."""
     # deferred: the runner loads torch (through the models it evaluates); `zscir eval --help` must not
     from zscir.evaluation.run import EvalRequest, evaluate
 
+    if categories and "categories" not in get_benchmark(benchmark).options:
+        takes = [name for name in BENCHMARKS if "categories" in get_benchmark(name).options]
+        raise click.BadOptionUsage("categories", f"--category: {benchmark} has no categories (only "
+                                   f"{', '.join(takes)} take --category)")
     pretrained, device = resolve_pretrained(clip, pretrained), check_device(device)  # --pretrained none: random
     protocol = Protocol(fiq_captions=fiq_captions, remove_reference=remove_reference, fine_gallery=fine_gallery,
                         preprocess=preprocess)
@@ -60,5 +68,5 @@ def eval_command(benchmark, root, models, generations, clip, pretrained, preproc
         pretrained=pretrained, protocol=protocol, categories=categories or None, out_dir=out_dir,
         cache_root=cache_dir, device=device, batch_size=batch_size, progress=not no_progress,
         command=" ".join(["zscir"] + sys.argv[1:]), oracles=not no_oracles,
-        generations=generations or None))
+        generations=generations or None, allow_missing_images=allow_missing_images, overwrite=overwrite))
     click.echo(json.dumps(results, indent=2) if as_json else report.text(results))

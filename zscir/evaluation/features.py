@@ -9,8 +9,10 @@ images are reused by file identity, reference images likewise.
 Reference features come from the gallery's pooled features when the query
 encoder needs no tokens and every reference is in the gallery (the usual case);
 otherwise from a store of the references, with tokens when needed.
-Corrupt images are skipped and counted, never fatal: a corrupt gallery image
-is left out of the ranking, a query with a corrupt reference gets an empty one.
+Corrupt images are skipped and counted: a corrupt gallery image is left out of
+the ranking, a query with a corrupt reference gets an empty one. Both change the
+metrics, so the runner refuses such a split unless the user accepts it
+(:func:`unreadable_images`; ``zscir eval --allow-missing-images``).
 """
 
 from __future__ import annotations
@@ -127,3 +129,14 @@ def reference_features(backbone, split: EvalSplit, gallery: GalleryFeatures, wit
     ok = [r for r in refs if r not in corrupt]
     feats = store.load(ids=ok, tokens=with_tokens)
     return ReferenceFeatures({r: i for i, r in enumerate(ok)}, feats.pooled, feats.tokens)
+
+
+def unreadable_images(split: EvalSplit, report: CacheReport) -> str | None:
+    """One line on ``split``'s unreadable images (count and first file), or None when every image was read."""
+    if not report.corrupt:
+        return None
+    count = len({c["id"] for c in report.corrupt})
+    first = report.corrupt[0]
+    reason = " ".join(str(first["reason"]).split())
+    return (f"{split.name}: {count} image{'s' if count > 1 else ''} could not be read "
+            f"(first: {split.images.get(first['id'], first['id'])}: {reason})")

@@ -28,7 +28,8 @@ from zscir.benchmarks.base import EvalSplit
 from zscir.errors import ZscirError
 from zscir.evaluation import report
 from zscir.evaluation.families import get_family
-from zscir.evaluation.features import CacheReport, default_cache_root, gallery_features, reference_features
+from zscir.evaluation.features import (CacheReport, default_cache_root, gallery_features, reference_features,
+                                       unreadable_images)
 from zscir.evaluation.multiturn import evaluate_multiturn
 from zscir.evaluation.oracles import evaluate_oracles
 from zscir.evaluation.protocol import Protocol
@@ -61,6 +62,8 @@ class EvalRequest:
     command: str | None = None                   # the command line, recorded in the results
     oracles: bool = True                         # the benchmark's oracle rows (ceilings), when it has any
     generations: Sequence[str] | None = None     # released generation files (LDRE/SEIZE JSON) for LLM methods
+    allow_missing_images: bool = False           # evaluate a split with unreadable images (left out) or refuse
+    overwrite: bool = False                      # replace the results of an existing run in out_dir
 
 
 class Timer:
@@ -105,6 +108,10 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
     with timer("references"):
         refs = reference_features(bb, split, gallery, qe.needs_tokens, cache_root, cache, req.batch_size,
                                   req.progress)
+    unreadable = unreadable_images(split, cache)
+    if unreadable and not req.allow_missing_images:
+        raise ZscirError(f"{unreadable}: leaving them out would change the metrics; replace the files, or pass "
+                         "--allow-missing-images to evaluate without them")
     truncated_before = bb.truncated_prompts
     with timer("queries"):
         queries, valid = query_vectors(qe, split, refs, protocol, req.batch_size, req.progress)
@@ -129,6 +136,7 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
         "skipped_queries": int((~valid).sum()),
         "truncated_prompts": truncated,
         "corrupt_images": [{"id": i, "reason": r} for i, r in corrupt.items()],
+        "unreadable": unreadable,
         "rankings": [str(p.relative_to(out_dir)) for p in paths],
         "submission_problems": problems[:20], "num_submission_problems": len(problems),
         "feature_cache": {"encoded": cache.encoded, "reused": cache.reused,
@@ -158,6 +166,8 @@ def evaluate(req: EvalRequest) -> dict:
     t_start = time.perf_counter()
     spec = get_benchmark(req.benchmark)
     protocol = req.protocol.resolved(spec)
+    out_dir = Path(req.out_dir) if req.out_dir else Path("runs") / f"eval-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out_dir(out_dir, req.overwrite)
     def load_benchmark():
         root = resolve_root(spec, req.root)
         return root, [s for name in list(req.splits or spec.default_splits)
@@ -174,15 +184,16 @@ def evaluate(req: EvalRequest) -> dict:
     generations = load_generations(req.generations) if req.generations else None
     if builds_root:
         root, splits = load_benchmark()
-    out_dir = Path(req.out_dir) if req.out_dir else Path("runs") / f"eval-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     cache_root = Path(req.cache_root) if req.cache_root else default_cache_root()
 
     results = {
         "zscir_version": __version__, "benchmark": spec.name, "title": spec.title, "root": str(root),
         "splits": [s.name for s in splits], "protocol": None, "models": [], "out_dir": str(out_dir),
         "feature_cache": str(cache_root), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": req.command,
+        "allow_missing_images": req.allow_missing_images,
     }
     taken: set[str] = set()
+    warned: set[str] = set()
     for model, qe in zip(models, encoders):
         t_model = time.perf_counter()
         slug = model_slug(model, taken)
@@ -190,6 +201,10 @@ def evaluate(req: EvalRequest) -> dict:
              f"{', '.join(s.name for s in splits)}")
         split_results = [evaluate_split(qe, s, protocol, req, cache_root, out_dir, out_dir / "rankings" / slug,
                                         generations) for s in splits]
+        for r in split_results:
+            if r["unreadable"] and r["split"] not in warned:   # accepted (--allow-missing-images): said once a split
+                warned.add(r["split"])
+                _say(f"warning: {r['unreadable']}: left out (--allow-missing-images)")
         results["models"].append({
             "model": model, "name": slug, "identity": qe.identity,
             "backbone": qe.backbone.identity_str, "preprocess": qe.backbone.preprocess_name,
@@ -216,6 +231,13 @@ def evaluate(req: EvalRequest) -> dict:
     results["seconds"] = round(time.perf_counter() - t_start, 3)
     write_results(out_dir, results)
     return results
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Before any work: an existing run's results are replaced only when asked (as pretrain's --overwrite)."""
+    if (out_dir / "results.json").exists() and not overwrite:
+        raise ZscirError(f"--out {out_dir} already holds evaluation results (results.json): pass --overwrite to "
+                         "replace them, or choose another --out")
 
 
 def write_results(out_dir: Path, results: dict) -> None:
