@@ -13,10 +13,26 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from test_serve import CHROMEDRIVER, CHROMIUM, UPLOAD_CAP, _browser_missing, world  # noqa: F401 (fixture)
+from test_serve import UPLOAD_CAP, world  # noqa: F401 (world: the fixture of an indexed gallery)
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or \
+    "/usr/bin/chromedriver"
+
+
+def _browser_missing() -> str | None:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium not installed (pip install -e '.[test]')"
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.path.exists(path):
+            return f"{path} not installed (apt-get install chromium chromium-driver)"
+    return None
+
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
               pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))]
@@ -48,33 +64,43 @@ def served(world, warning: str | None = None):
 
 
 @pytest.fixture(scope="module")
+def server(world):
+    with served(world) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield {"url": url, "client": client}
+
+
+@pytest.fixture(scope="module")
 def retriever(world):
     from zscir.resolve import load_retriever
 
     return load_retriever(world["index"], world["fti"])
 
 
-@pytest.fixture(params=list(WIDTHS))
-def page(request, tmp_path):
-    """A headless Chromium at one width; at "phone", Chrome's mobile emulation (390 px wide, touch)."""
+def chromium(profile: Path, width: int, phone: bool):
+    """A headless Chromium ``width`` px wide; ``phone``: Chrome's mobile emulation (touch, a phone's agent)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    width = WIDTHS[request.param]
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars"):
+                 f"--user-data-dir={profile}", "--hide-scrollbars"):
         options.add_argument(flag)
-    if request.param == "phone":
+    if phone:
         options.add_experimental_option("mobileEmulation", {
             "deviceMetrics": {"width": width, "height": 844, "pixelRatio": 2.0, "touch": True},
             "userAgent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
                          "Chrome/120.0 Mobile Safari/537.36"})
     else:
         options.add_argument(f"--window-size={width},1000")
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(params=list(WIDTHS))
+def page(request, tmp_path):
+    """The page's browser at one of WIDTHS; "phone" taps with a finger."""
+    driver = chromium(tmp_path / "profile", WIDTHS[request.param], phone=request.param == "phone")
     try:
         yield Page(driver, request.param, tmp_path)
     finally:
@@ -151,6 +177,19 @@ class Page:
         """Wait until every image in view has loaded (lazy ones below the fold are not awaited)."""
         self.until(lambda p: p.driver.execute_script(IMAGES_IN_VIEW_LOADED), "every image in view loaded")
 
+    def assert_fits_at(self, width: int) -> None:
+        """assert_fits with the phone's screen set to ``width`` px for a moment (Chrome's device metrics)."""
+        def metrics(w):
+            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                        {"width": w, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+            self.until(lambda p: p.driver.execute_script("return innerWidth") == w, f"the page at {w} px")
+
+        metrics(width)
+        try:
+            self.assert_fits()
+        finally:
+            metrics(WIDTHS[self.name])
+
     def screenshot(self, what: str, settle: bool = True) -> Path:
         if settle:
             self.settle()
@@ -191,6 +230,8 @@ def test_page_searches_refines_shows_turns_and_starts_over(world, retriever, pag
         assert page.grid_ids() == second
         assert [t.get_attribute("data-turn") for t in page.all("#turns li.turn")] == ["1", "2"]
         page.assert_fits()
+        if page.touch:  # and on the narrowest phone the page is made for
+            page.assert_fits_at(360)
         page.screenshot("turn2")
 
         # the strip: turn 1 shows turn 1's grid, reference (the upload) and text; then turn 2 its own again
@@ -281,3 +322,124 @@ def test_page_checks_files_and_shows_readable_errors(world, retriever, page, tmp
     assert "Failed to fetch" not in page.text("#status")
     page.assert_fits()
     page.screenshot("server_gone", settle=False)
+
+
+def test_page_drop_picker_and_api_key(world, server, tmp_path):
+    """Upload, search, refine, an API error, the gallery picker, a dropped file, and the page behind an API key;
+    the screenshot shows the drawn thumbnails in the grid. (Moved from test_serve.py.)"""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from zscir.resolve import load_retriever
+
+    driver = chromium(tmp_path / "profile", 1100, phone=False)
+    r = load_retriever(world["index"], world["fti"])
+    try:
+        class wait:  # WebDriverWait, saying what the page showed when it times out
+            @staticmethod
+            def until(condition):
+                try:
+                    return WebDriverWait(driver, 30).until(condition)
+                except Exception as e:
+                    status = driver.find_element(By.ID, "status").text
+                    raise AssertionError(f"page status: {status!r}; logs: {driver.get_log('browser')}") from e
+
+        driver.get(server["url"] + "/")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#picker img")) == 18)
+        assert "18 images" in driver.find_element(By.ID, "info").text
+
+        # turn 1: upload a reference (the file picker), type the change, search
+        driver.find_element(By.ID, "file").send_keys(str(world["outside"]))
+        wait.until(lambda d: d.find_element(By.ID, "ref-preview").get_attribute("naturalWidth") not in (None, "0"))
+        driver.find_element(By.ID, "text").send_keys("make the square blue")
+        Select(driver.find_element(By.ID, "k")).select_by_visible_text("5")
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: d.find_element(By.ID, "grid-title").text == "Results of turn 1")
+        cells = driver.find_elements(By.CSS_SELECTOR, "#grid figure.result")
+        expected = r.search(world["outside"], "make the square blue", k=5)
+        assert [c.get_attribute("data-id") for c in cells] == [h.id for h in expected]
+        assert cells[0].find_element(By.CLASS_NAME, "score").text == f"{expected[0].score:.3f}"
+
+        # turn 2: click the second result, type the next change, press Enter
+        choice = cells[1].get_attribute("data-id")
+        cells[1].click()
+        assert "Refining from " + choice in driver.find_element(By.ID, "ref-label").text
+        assert "chosen" in cells[1].get_attribute("class")
+        driver.find_element(By.ID, "text").send_keys("add a yellow circle" + Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "grid-title").text == "Results of turn 2")
+        cells = driver.find_elements(By.CSS_SELECTOR, "#grid figure.result")
+        expected = r.search(world["images"] / choice, "add a yellow circle", k=5)
+        assert [c.get_attribute("data-id") for c in cells] == [h.id for h in expected]
+        turns = driver.find_elements(By.CSS_SELECTOR, "#turns li.turn")
+        assert [t.get_attribute("data-turn") for t in turns] == ["1", "2"]
+        assert "add a yellow circle" in turns[1].text and "make the square blue" in turns[0].text
+        assert "total" in driver.find_element(By.ID, "timings").text
+
+        # an error from the API is shown on the page, naming the field
+        driver.find_element(By.CSS_SELECTOR, "#grid figure.result").click()
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "'text' is empty" in d.find_element(By.ID, "status").text)
+        assert "error" in driver.find_element(By.ID, "status").get_attribute("class")
+        driver.find_element(By.ID, "text").send_keys("make it red" + Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "grid-title").text == "Results of turn 3")
+
+        wait.until(lambda d: d.execute_script(
+            "return [...document.images].filter(i => i.offsetParent).every(i => i.complete && i.naturalWidth > 0)"))
+        shot = tmp_path / "serve_page.png"
+        driver.save_screenshot(str(shot))
+        grid = driver.find_element(By.ID, "grid").rect
+
+        # picking a gallery image starts a new search from it (left out of its own results)
+        driver.find_element(By.CSS_SELECTOR, '#picker img[data-id="g09.png"]').click()
+        assert not driver.find_elements(By.CSS_SELECTOR, "#turns li.turn")
+        driver.find_element(By.ID, "text").clear()
+        driver.find_element(By.ID, "text").send_keys("make it green" + Keys.ENTER)
+        wait.until(lambda d: "\u201cmake it green\u201d" in d.find_element(By.ID, "status").text)
+        assert driver.find_element(By.ID, "grid-title").text == "Results of turn 1"
+        ids = [c.get_attribute("data-id") for c in driver.find_elements(By.CSS_SELECTOR, "#grid figure.result")]
+        assert ids == [h.id for h in r.search(world["images"] / "g09.png", "make it green", k=5)]
+
+        # dropping a file on the drop zone (a JPEG thumbnail the page fetched) searches from that file
+        driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            fetch("images/g12.png?size=512").then((r) => r.blob()).then((blob) => {
+              const dt = new DataTransfer();
+              dt.items.add(new File([blob], "dropped.jpg", {type: "image/jpeg"}));
+              document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+              done();
+            });""")
+        wait.until(lambda d: "dropped.jpg" in d.find_element(By.ID, "ref-label").text)  # once it decoded
+        assert driver.find_element(By.ID, "text").get_attribute("value") == "make it green"  # the text is kept
+        driver.find_element(By.ID, "text").clear()
+        driver.find_element(By.ID, "text").send_keys("make it yellow" + Keys.ENTER)
+        wait.until(lambda d: "\u201cmake it yellow\u201d" in d.find_element(By.ID, "status").text)
+        ids = [c.get_attribute("data-id") for c in driver.find_elements(By.CSS_SELECTOR, "#grid figure.result")]
+        from zscir.data.images import decode_image
+
+        dropped = decode_image(server["client"].get("/images/g12.png", params={"size": 512}).content)
+        assert ids == [h.id for h in r.search(dropped, "make it yellow", k=5)]
+        if os.environ.get("ZSCIR_SCREENSHOT_DIR"):  # to look at it
+            shutil.copy(shot, Path(os.environ["ZSCIR_SCREENSHOT_DIR"]) / shot.name)
+
+        # behind an API key: the browser sends the key it was given (here in the URL) with every request
+        from zscir.serve import create_app
+        from zscir.serve.runner import serve_in_thread
+
+        with serve_in_thread(create_app(retrievers={"fti": r}, api_key="k3y", reload_interval=0)) as locked:
+            driver.get(locked.replace("http://", "http://me:k3y@") + "/")
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#picker img")) == 18)
+            driver.find_element(By.CSS_SELECTOR, '#picker img[data-id="g03.png"]').click()
+            driver.find_element(By.ID, "text").send_keys("make it green" + Keys.ENTER)
+            wait.until(lambda d: "\u201cmake it green\u201d" in d.find_element(By.ID, "status").text)
+            ids = [c.get_attribute("data-id") for c in driver.find_elements(By.CSS_SELECTOR, "#grid figure.result")]
+            assert ids == [h.id for h in r.search(world["images"] / "g03.png", "make it green", k=10)]
+            assert httpx.get(locked + "/healthz").status_code == 401
+    finally:
+        driver.quit()
+    px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    scale = px.shape[1] / 1100
+    box = px[int(grid["y"] * scale):int((grid["y"] + grid["height"]) * scale),
+             int(grid["x"] * scale):int((grid["x"] + grid["width"]) * scale)]
+    saturated = (box.max(axis=-1) - box.min(axis=-1)) > 120  # the drawn shapes' colours, not the grey page
+    assert saturated.sum() > 5 * 140 * 140 * 0.3, saturated.sum()  # five thumbnails drawn in the grid
