@@ -157,6 +157,11 @@ class Page:
         box.clear()
         box.send_keys(text)
 
+    def select_k(self, k: str) -> None:
+        from selenium.webdriver.support.ui import Select
+
+        Select(self.find("#k")).select_by_visible_text(k)
+
     def choose_file(self, path: Path) -> None:
         self.find("#file").send_keys(str(path))
 
@@ -224,9 +229,10 @@ def test_page_searches_refines_shows_turns_and_starts_over(world, retriever, pag
         page.press(f'#grid figure.result[data-id="{choice}"]')
         assert "Refining from " + choice in page.text("#ref-label")
         page.type("add a yellow circle")
+        page.select_k("5")
         page.press("#go")
         page.until(lambda p: p.text("#grid-title") == "Results of turn 2", "turn 2's results")
-        second = [h.id for h in retriever.search(world["images"] / choice, "add a yellow circle", k=10)]
+        second = [h.id for h in retriever.search(world["images"] / choice, "add a yellow circle", k=5)]
         assert page.grid_ids() == second
         assert [t.get_attribute("data-turn") for t in page.all("#turns li.turn")] == ["1", "2"]
         page.assert_fits()
@@ -241,6 +247,7 @@ def test_page_searches_refines_shows_turns_and_starts_over(world, retriever, pag
         assert "your upload" in page.text("#ref-label") and "make the square blue" in page.text("#ref-label")
         assert page.find("#ref-preview").get_attribute("src").startswith("blob:")
         assert page.find("#text").get_attribute("value") == "make the square blue"
+        assert page.find("#k").get_attribute("value") == "10"
         assert "current" in page.find('#turns li.turn[data-turn="1"]').get_attribute("class")
         page.press('#turns li.turn[data-turn="2"]')
         page.until(lambda p: p.text("#grid-title") == "Results of turn 2", "turn 2 from the strip")
@@ -248,6 +255,7 @@ def test_page_searches_refines_shows_turns_and_starts_over(world, retriever, pag
         assert "gallery image " + choice in page.text("#ref-label") and "add a yellow circle" in page.text("#ref-label")
         assert f"images/{choice}" in page.find("#ref-preview").get_attribute("src")
         assert page.find("#text").get_attribute("value") == "add a yellow circle"
+        assert page.find("#k").get_attribute("value") == "5"
 
         # refining from a result of an earlier turn, shown from the strip: a third turn from that result
         page.press('#turns li.turn[data-turn="1"]')

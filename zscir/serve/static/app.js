@@ -14,6 +14,7 @@ const state = {
   timings: {},        // turn number -> timings_ms of the answer that made it
   shown: null,        // the turn number whose grid is shown
   limits: {},         // /healthz's limits (max_k, max_upload_bytes, ...), where it gives them
+  fileCount: 0,       // files chosen so far: a file checked after a later one was chosen is dropped
   pickerOffset: 0,
 };
 
@@ -109,8 +110,13 @@ async function fileProblem(file, url) {
 
 async function useFile(file) {
   if (!file) return;
+  const count = ++state.fileCount;
   const url = URL.createObjectURL(file);
   const problem = await fileProblem(file, url);
+  if (count !== state.fileCount) {  // another file was chosen while this one was checked
+    URL.revokeObjectURL(url);
+    return;
+  }
   if (problem) {  // refused at once, before any upload; the reference in place (if any) stays
     URL.revokeObjectURL(url);
     $("file").value = "";
@@ -206,9 +212,17 @@ function showTurn(number, results) {
     "Turn " + number + " searched from " + from + " for \u201c" + t.text + "\u201d. Click a result to refine " +
     "from it, or drop / pick another reference to start over.");
   $("text").value = t.text;
+  selectValue($("k"), String(t.k));
+  selectValue($("model"), t.model);
   setStatus("turn " + number + ": " + rows.length + " results for \u201c" + t.text + "\u201d");
   showTimings(state.timings[number]);
   renderTurns();
+}
+
+// Select the option of this value, where the list has one.
+function selectValue(select, value) {
+  const option = [...select.options].find((o) => (o.value || o.textContent) === value);
+  if (option) option.selected = true;
 }
 
 function showTimings(t) {
@@ -343,9 +357,10 @@ async function loadInfo() {
     $("info").textContent = h.index.images + " images \u00b7 model " + h.default_model + " \u00b7 index generation " +
       h.index.generation;
   }
+  const warnings = [].concat(h.warning || []).filter((w) => typeof w === "string" && w);
   const notice = $("notice");  // e.g. photos served with the shapes world's CLIP
-  notice.textContent = typeof h.warning === "string" ? "Warning: " + h.warning : "";
-  notice.hidden = !notice.textContent;
+  notice.textContent = warnings.map((w) => "Warning: " + w).join("\n");
+  notice.hidden = warnings.length === 0;
 }
 
 function setup() {
