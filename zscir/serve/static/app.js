@@ -1,17 +1,27 @@
 // zscir's search page: plain JavaScript, no build step, nothing loaded from elsewhere.
-// A search sends the reference (a dropped file or a gallery id) and the text to POST /search;
+// A search sends the reference (a chosen file or a gallery id) and the text to POST /search;
 // clicking a result makes it the next reference, and the next text goes to POST /refine.
+// What the page shows always belongs to one turn (state.shown): its grid, its reference and its text.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  ref: null,          // {kind: "upload", file, url} | {kind: "id", id}
+  ref: null,          // {kind: "upload", file} | {kind: "id", id}: what the next search starts from
   session: null,      // the session id the last search answered
   choice: null,       // a result chosen as the next reference (an id), while a session runs
   uploadUrl: null,    // object URL of the session's uploaded reference, for the turn strip
-  turns: [],
+  turns: [],          // the session's turns, as the last answer listed them
+  timings: {},        // turn number -> timings_ms of the answer that made it
+  shown: null,        // the turn number whose grid is shown
+  limits: {},         // /healthz's limits (max_k, max_upload_bytes, ...), where it gives them
+  fileCount: 0,       // files chosen so far: a file checked after a later one was chosen is dropped
   pickerOffset: 0,
 };
+
+// Types a browser shows: a file of one of these that does not decode is broken. Other image types
+// (TIFF, HEIC, ...) may have no preview here and are left for the server to decode.
+const SHOWN_TYPES = ["image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/avif"];
+const NO_REFERENCE = "No reference yet: drop one, or pick one from the gallery below.";
 
 // API URLs relative to this page, without the user:key@ a browser may have in its address bar
 // (fetch refuses URLs with credentials; the browser still sends the key it was given, for the same origin)
@@ -33,37 +43,120 @@ function showReference(src, label) {
   $("ref-label").textContent = label;
 }
 
-function newSearch() {
+function clearReference() {
+  const img = $("ref-preview");
+  img.removeAttribute("src");
+  img.hidden = true;
+  $("drop-hint").hidden = false;
+  $("ref-label").textContent = NO_REFERENCE;
+}
+
+// --- sessions -------------------------------------------------------------------------------------------
+
+// A new reference starts a new session: nothing of the old one stays on the page.
+function resetSession() {
   state.session = null;
   state.choice = null;
   state.turns = [];
+  state.timings = {};
+  state.shown = null;
+  $("grid").replaceChildren();
+  $("grid-title").textContent = "Results";
+  $("grid-hint").hidden = true;
+  $("timings").textContent = "";
+  setStatus("");
   renderTurns();
 }
 
-function useFile(file) {
-  if (!file) return;
+// "New search": the session, the reference and the text all go.
+function startOver() {
+  resetSession();
+  state.ref = null;
   if (state.uploadUrl) URL.revokeObjectURL(state.uploadUrl);
-  state.uploadUrl = URL.createObjectURL(file);
+  state.uploadUrl = null;
+  $("file").value = "";
+  $("text").value = "";
+  clearReference();
+}
+
+// --- choosing a reference -----------------------------------------------------------------------------
+
+function formatBytes(n) {
+  return n >= 2 ** 20 ? (n / 2 ** 20).toFixed(1).replace(/\.0$/, "") + " MB" : Math.round(n / 1024) + " KB";
+}
+
+// Why this file cannot be a reference (a sentence), or null when it can; decodes it to tell a broken image.
+async function fileProblem(file, url) {
+  const name = file.name || "the file";
+  if (file.type && !file.type.startsWith("image/")) {
+    return name + " is not an image (" + file.type + "): choose a PNG, JPEG, WebP or GIF file";
+  }
+  const cap = state.limits.max_upload_bytes;
+  if (typeof cap === "number" && file.size > cap) {
+    return name + " is " + formatBytes(file.size) + ", over the server's limit of " + formatBytes(cap) +
+      ": choose a smaller image";
+  }
+  if (file.type === "" || SHOWN_TYPES.includes(file.type)) {
+    try {
+      const probe = new Image();
+      probe.src = url;
+      await probe.decode();
+    } catch (e) {
+      return name + " is not a readable image: choose a PNG, JPEG, WebP or GIF file";
+    }
+  }
+  return null;
+}
+
+async function useFile(file) {
+  if (!file) return;
+  const count = ++state.fileCount;
+  const url = URL.createObjectURL(file);
+  const problem = await fileProblem(file, url);
+  if (count !== state.fileCount) {  // another file was chosen while this one was checked
+    URL.revokeObjectURL(url);
+    return;
+  }
+  if (problem) {  // refused at once, before any upload; the reference in place (if any) stays
+    URL.revokeObjectURL(url);
+    $("file").value = "";
+    setStatus(problem, true);
+    return;
+  }
+  resetSession();
+  if (state.uploadUrl) URL.revokeObjectURL(state.uploadUrl);
+  state.uploadUrl = url;
   state.ref = {kind: "upload", file: file};
-  newSearch();
-  showReference(state.uploadUrl, "Reference: " + file.name + " (uploaded; not stored on the server)");
+  showReference(url, "Reference: " + file.name + " (uploaded; not stored on the server)");
   $("text").focus();
 }
 
 function useGalleryImage(id) {
+  resetSession();
   state.ref = {kind: "id", id: id};
-  newSearch();
   showReference(thumb(id, 256), "Reference: gallery image " + id);
   $("text").focus();
 }
 
+// --- talking to the API --------------------------------------------------------------------------------
+
+// The answer's JSON; otherwise an Error whose message a person can read: the API's one line for a 4xx,
+// and words instead of the browser's "Failed to fetch" when the server cannot be reached.
 async function callApi(path, options) {
-  const response = await fetch(api(path), options);
+  let response;
+  try {
+    response = await fetch(api(path), options);
+  } catch (e) {
+    throw new Error("the server is not reachable (" + BASE.host + "): is zscir serve running? Try again later");
+  }
   let body = null;
   try { body = await response.json(); } catch (e) { /* not JSON */ }
   if (!response.ok) {
-    const err = body && body.error ? body.error : {field: "?", message: response.status + " " + response.statusText};
-    throw new Error(err.message);
+    const said = body && body.error && (body.error.message || body.error);
+    if (typeof said === "string" && response.status < 500) throw new Error(said);
+    const what = response.status + " " + response.statusText;
+    throw new Error(response.status >= 500 ? "the server failed (" + what + "): try again, or tell its operator"
+                                           : "the server refused the request (" + what + ")");
   }
   return body;
 }
@@ -97,21 +190,45 @@ async function submit(event) {
     $("go").disabled = false;
   }
   state.session = answer.session;
-  state.choice = null;
   state.turns = answer.turns;
-  setStatus("turn " + answer.turn + ": " + answer.results.length + " results for \u201c" + answer.text + "\u201d");
-  const from = answer.reference.kind === "id" ? "gallery image " + answer.reference.id : "your upload";
-  $("ref-label").textContent = "Turn " + answer.turn + " searched from " + from +
-    ". Click a result to refine from it, or drop / pick another reference to start over.";
-  showTimings(answer.timings_ms);
-  renderGrid(answer.results, answer.turn);
-  renderTurns(answer.turn);
+  state.timings[answer.turn] = answer.timings_ms;
+  showTurn(answer.turn, answer.results);
+}
+
+// --- showing a turn -------------------------------------------------------------------------------------
+
+// Show one turn of the session: its grid, reference, text, status and timings, and mark it in the strip.
+function showTurn(number, results) {
+  const t = state.turns.find((x) => x.turn === number);
+  if (!t) return;
+  state.shown = number;
+  state.choice = null;
+  const rows = results || t.results;
+  renderGrid(rows, number);
+  const ref = t.reference;
+  const fromUpload = ref.kind !== "id";
+  const from = fromUpload ? "your upload" : "gallery image " + ref.id;
+  showReference(fromUpload ? state.uploadUrl || "" : thumb(ref.id, 256),
+    "Turn " + number + " searched from " + from + " for \u201c" + t.text + "\u201d. Click a result to refine " +
+    "from it, or drop / pick another reference to start over.");
+  $("text").value = t.text;
+  selectValue($("k"), String(t.k));
+  selectValue($("model"), t.model);
+  setStatus("turn " + number + ": " + rows.length + " results for \u201c" + t.text + "\u201d");
+  showTimings(state.timings[number]);
+  renderTurns();
+}
+
+// Select the option of this value, where the list has one.
+function selectValue(select, value) {
+  const option = [...select.options].find((o) => (o.value || o.textContent) === value);
+  if (option) option.selected = true;
 }
 
 function showTimings(t) {
   const names = [["decode", "decode"], ["image_encoder", "image encoder"], ["mapping_network", "mapping network"],
                  ["text_encoder", "text encoder"], ["search", "search"], ["total", "total"]];
-  $("timings").textContent = names.filter(([key]) => t[key] !== null && t[key] !== undefined)
+  $("timings").textContent = !t ? "" : names.filter(([key]) => t[key] !== null && t[key] !== undefined)
     .map(([key, label]) => label + " " + t[key].toFixed(1) + " ms").join(" \u00b7 ");
 }
 
@@ -129,7 +246,6 @@ function renderGrid(results, turn) {
     img.alt = r.id;
     img.loading = "lazy";
     const cap = document.createElement("figcaption");
-    cap.innerHTML = "";
     const rank = document.createElement("b");
     rank.textContent = "#" + (r.rank || n + 1) + " ";
     const score = document.createElement("span");
@@ -155,13 +271,13 @@ function chooseResult(id, fig) {
   text.focus();
 }
 
-function renderTurns(current) {
+function renderTurns() {
   const box = $("turns-box"), list = $("turns");
   list.replaceChildren();
   box.hidden = state.turns.length === 0;
   state.turns.forEach((t) => {
     const li = document.createElement("li");
-    li.className = "turn" + (t.turn === current ? " current" : "");
+    li.className = "turn" + (t.turn === state.shown ? " current" : "");
     li.dataset.turn = t.turn;
     const pair = document.createElement("div");
     pair.className = "pair";
@@ -179,13 +295,12 @@ function renderTurns(current) {
     label.className = "t";
     label.textContent = t.turn + ". " + t.text;
     li.append(pair, label);
-    li.addEventListener("click", () => {
-      renderGrid(t.results.map((r, n) => ({rank: n + 1, score: r.score, id: r.id})), t.turn);
-      renderTurns(t.turn);
-    });
+    li.addEventListener("click", () => showTurn(t.turn));
     list.append(li);
   });
 }
+
+// --- what the server says about itself ---------------------------------------------------------------
 
 async function loadPicker() {
   try {
@@ -206,32 +321,46 @@ async function loadPicker() {
   }
 }
 
+// Offer only the k values this server accepts, and its largest.
+function limitK(maxK) {
+  const k = $("k");
+  [...k.options].forEach((o) => { if (parseInt(o.value, 10) > maxK) o.remove(); });
+  if (![...k.options].some((o) => parseInt(o.value, 10) === maxK)) {
+    const o = document.createElement("option");
+    o.textContent = String(maxK);
+    k.append(o);
+  }
+  if (![...k.options].some((o) => o.selected)) k.options[k.options.length - 1].selected = true;
+}
+
 async function loadInfo() {
+  let h;
   try {
-    const h = await callApi("healthz");
-    const names = Object.keys(h.models);
-    const select = $("model");
-    names.forEach((name) => {
-      const o = document.createElement("option");
-      o.value = name;
-      o.textContent = name;
-      o.selected = name === h.default_model;
-      select.append(o);
-    });
-    $("model-label").hidden = names.length < 2;
-    const k = $("k");  // only the k values this server accepts, and its largest
-    [...k.options].forEach((o) => { if (parseInt(o.value, 10) > h.limits.max_k) o.remove(); });
-    if (![...k.options].some((o) => parseInt(o.value, 10) === h.limits.max_k)) {
-      const o = document.createElement("option");
-      o.textContent = String(h.limits.max_k);
-      k.append(o);
-    }
-    if (![...k.options].some((o) => o.selected)) k.options[k.options.length - 1].selected = true;
-    $("info").textContent = h.index.images + " images \u00b7 model " + h.default_model + " \u00b7 index generation " +
-      h.index.generation;
+    h = await callApi("healthz");
   } catch (e) {
     setStatus(e.message, true);
+    return;
   }
+  const names = Object.keys(h.models || {});
+  const select = $("model");
+  names.forEach((name) => {
+    const o = document.createElement("option");
+    o.value = name;
+    o.textContent = name;
+    o.selected = name === h.default_model;
+    select.append(o);
+  });
+  $("model-label").hidden = names.length < 2;
+  state.limits = h.limits || {};
+  if (typeof state.limits.max_k === "number" && state.limits.max_k > 0) limitK(state.limits.max_k);
+  if (h.index) {
+    $("info").textContent = h.index.images + " images \u00b7 model " + h.default_model + " \u00b7 index generation " +
+      h.index.generation;
+  }
+  const warnings = [].concat(h.warning || []).filter((w) => typeof w === "string" && w);
+  const notice = $("notice");  // e.g. photos served with the shapes world's CLIP
+  notice.textContent = warnings.map((w) => "Warning: " + w).join("\n");
+  notice.hidden = warnings.length === 0;
 }
 
 function setup() {
@@ -247,7 +376,7 @@ function setup() {
     if (e.dataTransfer.files.length) useFile(e.dataTransfer.files[0]);
   });
   $("form").addEventListener("submit", submit);
-  $("reset").addEventListener("click", () => { newSearch(); $("grid").replaceChildren(); setStatus(""); });
+  $("reset").addEventListener("click", startOver);
   $("more").addEventListener("click", loadPicker);
   loadInfo();
   loadPicker();
