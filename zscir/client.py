@@ -29,11 +29,13 @@ class ClientError(ZscirError):
 
 
 class Client:
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0, headers: dict | None = None):
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 30.0, headers: dict | None = None,
+                 transport=None):
         import httpx  # deferred: only clients need it
 
         auth = {"X-API-Key": api_key} if api_key else {}
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers={**auth, **(headers or {})})
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers={**auth, **(headers or {})},
+                                 transport=transport)
 
     def __enter__(self) -> "Client":
         return self
