@@ -26,7 +26,7 @@ LAYERS = [
     ("L7", ["zscir.index"]),
     ("L8", ["zscir.resolve"]),  # the one resolver: --clip/--pretrained/--model/--index -> backbone, model, gallery
     ("L9", ["zscir.evaluation", "zscir.training", "zscir.importers"]),
-    ("L10", ["zscir.serve"]),
+    ("L10", ["zscir.serve", "zscir.client"]),  # client: the Python client of `zscir serve`
     ("L11", ["zscir.world"]),  # the shapes world: a plugin on top, reached from below only through registries
     ("L12", ["zscir.cli"]),  # command modules; also every module named `cli` or ending in `_cli`
 ]

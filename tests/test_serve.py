@@ -70,7 +70,7 @@ def server(world):
     from zscir.serve.runner import serve_in_thread
 
     app = create_app(world["index"], [world["fti"], "sum"], max_upload_bytes=UPLOAD_CAP, max_k=12,
-                     reload_interval=0.2)
+                     reload_interval=0.2, show_paths=True)
     with serve_in_thread(app) as url:
         with httpx.Client(base_url=url, timeout=30) as client:
             yield {"url": url, "client": client, "app": app, "service": app.state.service}
@@ -180,7 +180,7 @@ def test_bad_input_gets_a_4xx_naming_the_field(world, server, tmp_path):
     over = buf.getvalue()  # read, then refused for the part's size
     assert UPLOAD_CAP < len(over) < UPLOAD_CAP + 64 * 1024 and len(over) * 4 // 3 < UPLOAD_CAP * 4 // 3 + 64 * 1024
     cases = [
-        ("missing text", dict(json={"image_id": "g01.png"}), 422, "text", r"'text' is missing"),
+        ("text not a string", dict(json={"image_id": "g01.png", "text": 5}), 422, "text", r"'text'"),
         ("empty text", dict(json={"image_id": "g01.png", "text": "   "}), 422, "text", r"'text' is empty"),
         ("non-image upload", dict(files={"image": ("a.png", b"hello, not an image", "image/png")},
                                   data={"text": "x"}), 422, "image", r"not an image"),
@@ -201,7 +201,7 @@ def test_bad_input_gets_a_4xx_naming_the_field(world, server, tmp_path):
         ("k too large", dict(json={"image_id": "g01.png", "text": "x", "k": 13}), 422, "k", r"from 1 to 12"),
         ("k zero", dict(json={"image_id": "g01.png", "text": "x", "k": 0}), 422, "k", r"from 1 to 12"),
         ("k not a number", dict(data={"image_id": "g01.png", "text": "x", "k": "ten"}), 422, "k", r"integer"),
-        ("no reference", dict(json={"text": "x"}), 422, "image", r"no reference image"),
+        ("no reference, no text", dict(json={"k": 3}), 422, "image", r"no query"),
         ("two references", dict(json={"image_id": "g01.png", "image_base64": "AAAA", "text": "x"}), 422,
          "image_id", r"one reference image, not image_base64 and image_id"),
         ("unknown model", dict(json={"image_id": "g01.png", "text": "x", "model": "gpt"}), 422, "model", r"loaded"),
@@ -267,7 +267,7 @@ def test_images_healthz_metrics_openapi_and_page(world, server):
                                         ("GET", "/static/evil.js", 404, "name")):
         res = c.request(method, path)
         assert res.status_code == status and res.json()["error"]["field"] == field, (path, res.text)
-    assert c.get("/docs").status_code == 404  # FastAPI's docs page would load scripts from a CDN
+    assert not re.search(r"(src|href)=\"https?://", c.get("/docs").text)  # served here, not from a CDN
 
     page = c.get("/")
     assert page.status_code == 200 and "static/app.js" in page.text

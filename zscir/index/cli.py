@@ -15,7 +15,8 @@ from zscir.errors import ZscirError
 from zscir.features.distributed import current_ranks, process_device
 from zscir.features.precision import check_precision
 from zscir.index.autotune import parse_size
-from zscir.index.gallery import build_index, verify_index
+from zscir.index.gallery import GalleryIndex, build_index, verify_index
+from zscir.index.metadata import import_metadata
 from zscir.index.html import write_html
 from zscir.index.queries import check_text, load_reference, read_queries
 from zscir.index.search_index import EXACT_MAX, KINDS
@@ -43,6 +44,20 @@ def _print_verify(report, as_json) -> None:
     if not report["ok"]:
         raise ZscirError(f"index {report['index']!r}: {len(report['problems'])} damaged or missing file(s) "
                          f"of {report['files_checked']} checked: {report['hint']}")
+
+
+def _import_metadata(out, metadata_file) -> dict:
+    index = GalleryIndex.open(out)
+    return import_metadata(out, metadata_file, index.ids, index.paths, index.meta.get("images_root"))
+
+
+def _print_metadata(report: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    more = f" (e.g. {', '.join(map(repr, report['unmatched_examples']))})" if report["unmatched"] else ""
+    _echo_err(f"metadata {report['file']}: {report['matched']} of {report['rows']} rows matched an image, "
+              f"fields {', '.join(report['fields']) or '(none)'}; {report['unmatched']} matched none{more}")
 
 
 @click.command("index")
@@ -81,11 +96,15 @@ def _print_verify(report, as_json) -> None:
 @click.option("--shard-size", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Images per feature shard: a killed run keeps every finished shard.")
 @click.option("--force", is_flag=True, help="Re-encode every image and rebuild every file (repairs a damaged index).")
+@click.option("--metadata", "metadata_file", type=click.Path(dir_okay=False),
+              help="A CSV (header row) or JSONL file of fields per image, keyed by column 'id' (image id) or 'path' "
+                   "(absolute, or relative to --images): stored in the index (metadata.json), returned with "
+                   "`zscir serve` hits and filterable there. Without --images: import it into the index --out.")
 @click.option("--verify", is_flag=True, help="Check every file of --out against its recorded checksum; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memory, exact_max, batch_size, workers,
-          precision, decode, shard_size, device, force, verify, as_json, no_progress):
+          precision, decode, shard_size, device, force, metadata_file, verify, as_json, no_progress):
     """Encode a folder of images (only new or changed ones on a rerun) and build a searchable index.
 
     Rerunning on an index rebuilds a missing or damaged faiss index or index.json from the
@@ -99,6 +118,9 @@ def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memo
         if force or images is not None:
             raise ZscirError("--verify only checks an index: give it with --out alone (no --images, no --force)")
         _print_verify(verify_index(out), as_json)
+        return
+    if images is None and metadata_file is not None:
+        _print_metadata(_import_metadata(out, metadata_file), as_json)
         return
     if images is None:
         raise ZscirError("missing option --images DIR: the folder of images to index (or --verify to check --out)")
@@ -132,12 +154,16 @@ def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memo
                           ranks=ranks if ranks.world > 1 else None, max_index_memory=max_index_memory)
     if not ranks.is_main:  # a helper process: the main process reports for all of them
         return
+    if metadata_file is not None:
+        summary["metadata"] = _import_metadata(out, metadata_file)
     summary["backbone"] = {"identity": backbone.identity, "preprocess": backbone.preprocess_name,
                            "device": str(backbone.device), "shapes_world_model": notice is not None,
                            "notice": notice}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
+    if metadata_file is not None:
+        _print_metadata(summary["metadata"], False)
     f = summary["features"]
     rate = f" ({f['images_per_s']:.1f} images/s)" if f["encoded"] else ""
     click.echo(f"{summary['index']}: {summary['count']} images, {summary['kind']} index "

@@ -5,7 +5,8 @@
     # uvicorn.run(app), or mount it in your own FastAPI/Starlette service: parent.mount("/cir", app)
 
 Routes: POST /search, POST /refine, GET /sessions/{id}, GET /images/{id}, GET /gallery,
-GET /healthz, GET /metrics, GET / (the page), GET /openapi.json (the schema).
+GET /healthz, GET /metrics, GET / (the page), GET /openapi.json (the schema); and from
+:mod:`zscir.serve.routes`: /livez, /readyz, POST /search/batch, DELETE /sessions/{id}, /docs.
 """
 
 from __future__ import annotations
@@ -30,17 +31,18 @@ from starlette.responses import HTMLResponse, Response
 from zscir import __version__
 from zscir.errors import ZscirError
 from zscir.resolve import open_retrievers
-from zscir.serve import schema
+from zscir.serve import request_log, routes, schema
 from zscir.serve.auth import key_matches, presented_key
 from zscir.serve.body import Body, decode_base64, parse_body, read_body
 from zscir.serve.metrics import CONTENT_TYPE
+from zscir.serve.process_metrics import InFlight
 from zscir.serve.service import Reference, RequestError, SearchService, ServeConfig
 
-SEARCH_FIELDS = ("image", "image_base64", "image_id", "text", "k", "model")
+SEARCH_FIELDS = ("image", "image_base64", "image_id", "text", "k", "model", "offset", "filter", "dedupe")
 REFINE_FIELDS = ("session", "choice", "text", "k", "model")
 STATIC = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 FORM_OVERHEAD = 64 * 1024  # other fields and multipart headers around an upload
-ROUTES = ("/", "/search", "/refine", "/healthz", "/metrics", "/gallery", "/openapi.json")
+ROUTES = ("/", "/search", "/refine", "/healthz", "/metrics", "/gallery", "/openapi.json", *routes.ROUTES)
 
 
 def load_retrievers(index_dir=None, models: Sequence[str] = (), clip=None, pretrained=None, preprocess=None,
@@ -75,6 +77,8 @@ def _route_label(path: str) -> str:
         return "/sessions/{id}"
     if path.startswith("/static/"):
         return "/static/{file}"
+    if path.startswith("/docs/"):
+        return "/docs/{file}"
     return path if path in ROUTES else "other"
 
 
@@ -106,7 +110,7 @@ class _Guard:
             await send(message)
 
         try:
-            if self.key is not None and not key_matches(presented_key(dict(scope["headers"])), self.key):
+            if self.key is not None and path not in routes.OPEN_PATHS and not key_matches(presented_key(dict(scope["headers"])), self.key):
                 err = RequestError(401, "api_key", "missing or wrong API key: send X-API-Key: KEY or "
                                                    "Authorization: Bearer KEY")
                 response = _json(err.to_dict(), 401, {"WWW-Authenticate": 'Basic realm="zscir", charset="UTF-8"'})
@@ -143,18 +147,27 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
         try:
             yield
         finally:  # graceful shutdown: uvicorn has let running requests finish; the workers end after theirs
+            service.stopping = True
             service.stop_watching()
             pool.shutdown(wait=True)
 
-    # no /docs or /redoc: FastAPI's pages load their scripts from a CDN, and zscir works offline; the schema is
-    # at /openapi.json for any OpenAPI viewer or client generator
+    # FastAPI's /docs and /redoc load their scripts from a CDN, and zscir works offline: our /docs serves
+    # Swagger UI from the swagger-ui-bundle package (zscir.serve.routes)
     app = FastAPI(title="zscir", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Composed image retrieval: a reference image plus a modification text -> a ranked "
                               "gallery; refine by choosing a result as the next reference.")
     app.state.service = service
 
+    in_flight, queued = InFlight(), InFlight()
+
+    def started(fn):  # a search leaves the queue when a worker starts it
+        queued.add(-1)
+        return fn()
+
     async def in_pool(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
+        queued.add(1)
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(started,
+                                                                                         functools.partial(fn, *args)))
 
     @app.exception_handler(RequestError)
     async def request_error(request, exc: RequestError):
@@ -180,13 +193,14 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
     errors = {code: {"model": schema.ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422)}
     upload_cap = config.max_upload_bytes
 
-    def answer_search(body: Body) -> dict:
+    def answer_search(body: Body, record: bool = True) -> dict:
         body.check_names(SEARCH_FIELDS)
         given = [n for n in ("image", "image_base64", "image_id")
                  if n in body.files or body.fields.get(n) not in (None, "")]
-        if not given:
-            raise RequestError(422, "image", "no reference image: give image (an uploaded file), image_base64 "
-                                             "or image_id (a gallery image)")
+        f = body.fields
+        if not given:  # a text-only search
+            return service.search(None, f.get("text"), f.get("k", 10), f.get("model"), offset=f.get("offset"),
+                                  filter=f.get("filter"), dedupe=f.get("dedupe"), record=record)
         if len(given) > 1:
             raise RequestError(422, given[1], f"give one reference image, not {' and '.join(given)}")
         if given[0] == "image":
@@ -206,7 +220,8 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
             if not isinstance(image_id, str):
                 raise RequestError(422, "image_id", "field 'image_id' must be a string")
             ref = Reference.from_id(image_id)
-        return service.search(ref, body.fields.get("text"), body.fields.get("k", 10), body.fields.get("model"))
+        return service.search(ref, f.get("text"), f.get("k", 10), f.get("model"), offset=f.get("offset"),
+                              filter=f.get("filter"), dedupe=f.get("dedupe"), record=record)
 
     def answer_refine(body: Body) -> dict:
         body.check_names(REFINE_FIELDS)
@@ -241,9 +256,13 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
 
     @app.get("/images/{image_id:path}", summary="A gallery image's JPEG thumbnail (cached in memory)",
              responses={200: {"content": {"image/jpeg": {}}}, **errors})
-    async def image(image_id: str, size: int | None = Query(None, description="longest side in pixels")):
-        data = await run_in_threadpool(service.thumbnail, image_id, size)  # not behind the searches' queue
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+    async def image(request: Request, image_id: str,
+                    size: int | None = Query(None, description="longest side in pixels")):
+        thumb = await run_in_threadpool(service.thumbnail, image_id, size)  # not behind the searches' queue
+        headers = {"Cache-Control": "private, no-cache", "ETag": thumb.etag}  # revalidated: an update shows at once
+        if thumb.etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(thumb.data, media_type="image/jpeg", headers=headers)
 
     @app.get("/gallery", summary="Gallery ids, a page at a time (to pick a reference from)")
     async def gallery(offset: int = Query(0, ge=0), limit: int = Query(24, ge=1, le=200)):
@@ -256,7 +275,7 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
     @app.get("/metrics", summary="Prometheus metrics: requests, errors, latency histograms per route and stage",
              responses={200: {"content": {"text/plain": {}}}})
     async def metrics():
-        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(routes.metrics_text(service, in_flight, queued), media_type=CONTENT_TYPE)
 
     page = resources.files("zscir.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     static = {name: resources.files("zscir.serve").joinpath(f"static/{name}").read_bytes() for name in STATIC}
@@ -271,6 +290,8 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
             raise RequestError(404, "name", f"no static file {name!r}")
         return Response(static[name], media_type=STATIC[name])
 
+    routes.register(app, service, in_pool, answer_search, errors, upload_cap * 4 // 3 + FORM_OVERHEAD)
     app.add_middleware(_Guard, service=service, api_key=config.api_key)
+    request_log.install(app, config.cors_origins, in_flight, config.access_log)  # outside the key check
     return app
 

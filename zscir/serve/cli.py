@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import click
 
@@ -11,6 +12,7 @@ from zscir.data.images import DEFAULT_MAX_PIXELS
 from zscir.errors import ZscirError
 from zscir.serve.app import create_app, load_retrievers
 from zscir.serve.auth import check_bind
+from zscir.serve.request_log import LOG_FORMATS, configure_logging
 from zscir.serve.runner import bind, serve as run
 from zscir.serve.service import ServeConfig
 
@@ -43,18 +45,35 @@ from zscir.serve.service import ServeConfig
               help="On SIGINT/SIGTERM, seconds to let running requests finish.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
-@click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("--access-log", is_flag=True, help="One log line per request (method, path, status, ms, request id).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              help="json: every log line (access log included) as one JSON object with its request id.")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="An origin (https://app.example.com) whose pages may call the API; repeat for several; "
+                   "'*' for any. Default: none (same-origin only).")
+@click.option("--show-paths", is_flag=True,
+              help="Show the images' absolute server paths in results and the index folder in /healthz "
+                   "(hidden by default).")
+@click.option("--max-batch", type=int, default=32, show_default=True, help="Queries in one POST /search/batch.")
+@click.option("--dedupe-threshold", type=float, default=0.95, show_default=True,
+              help="Cosine at or above which a request's \"dedupe\": true drops a hit as a near duplicate of a "
+                   "higher one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line (url, models, index) once serving.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when the world's index is built on first use).")
 def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, api_key, insecure_no_auth, workers,
           threads, max_upload_mb, max_pixels, max_k, max_sessions, reload_interval, graceful_timeout, log_level,
-          access_log, as_json, no_progress):
+          access_log, log_format, cors_origins, show_paths, max_batch, dedupe_threshold, as_json, no_progress):
     """Serve composed search over HTTP: a JSON API (schema at /openapi.json) and a web page at /."""
     check_bind(host, api_key, insecure_no_auth)
     for name, value, low in (("--workers", workers, 1), ("--max-k", max_k, 1), ("--port", port, 0),
-                             ("--max-sessions", max_sessions, 1)):
+                             ("--max-sessions", max_sessions, 1), ("--max-batch", max_batch, 1)):
         if value < low:
             raise ZscirError(f"option {name} must be at least {low}, got {value}")
+    if not 0.0 < dedupe_threshold <= 1.0:
+        raise ZscirError(f"option --dedupe-threshold must be in (0, 1], got {dedupe_threshold}")
+    for origin in cors_origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ZscirError(f"option --cors-origin: expected '*' or scheme://host[:port] with no path, got {origin!r}")
     if threads is not None and threads < 1:
         raise ZscirError(f"option --threads must be at least 1, got {threads}")
     if not max_upload_mb > 0:
@@ -70,7 +89,9 @@ def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, a
     retrievers = load_retrievers(index_dir, models, clip, pretrained, preprocess, device, progress=not no_progress)
     config = ServeConfig(max_upload_bytes=int(max_upload_mb * 2 ** 20), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                          max_k=max_k, workers=workers, reload_interval=reload_interval, max_sessions=max_sessions,
-                         api_key=api_key or None)
+                         api_key=api_key or None, show_paths=show_paths, max_batch=max_batch,
+                         dedupe_threshold=dedupe_threshold, cors_origins=tuple(cors_origins), access_log=access_log)
+    log_config = configure_logging(log_format, log_level)
     app = create_app(retrievers=retrievers, config=config)
     service = app.state.service
 
@@ -84,4 +105,4 @@ def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, a
                        f"at {url}/  (API schema: {url}/openapi.json; Ctrl-C stops)", err=True)
 
     run(app, host, port, on_ready=ready, log_level=log_level, graceful_timeout=graceful_timeout,
-        access_log=access_log)
+        access_log=False, log_config=log_config)  # our access log (zscir.serve.request_log) has the request id

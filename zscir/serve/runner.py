@@ -42,7 +42,7 @@ def url_of(sock: socket.socket) -> str:
 
 
 def make_server(app, sock: socket.socket, log_level: str = "warning", graceful_timeout: float = 10.0,
-                on_ready: Callable[[], None] | None = None, access_log: bool = False):
+                on_ready: Callable[[], None] | None = None, access_log: bool = False, log_config: dict | None = None):
     import uvicorn  # deferred: heavy, and only needed once a server runs
 
     class Server(uvicorn.Server):
@@ -52,17 +52,19 @@ def make_server(app, sock: socket.socket, log_level: str = "warning", graceful_t
                 on_ready()
 
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=graceful_timeout,
-                            access_log=access_log, lifespan="on")
+                            access_log=access_log, lifespan="on", **({"log_config": log_config} if log_config else {}))
     return Server(config)
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8000, on_ready: Callable[[str], None] | None = None,
-          log_level: str = "info", graceful_timeout: float = 10.0, access_log: bool = False) -> None:
+          log_level: str = "info", graceful_timeout: float = 10.0, access_log: bool = False,
+          log_config: dict | None = None) -> None:
     """Serve in the foreground until SIGINT/SIGTERM."""
     sock = bind(host, port)
     url = url_of(sock)
     server = make_server(app, sock, log_level, graceful_timeout,
-                         on_ready=(lambda: on_ready(url)) if on_ready else None, access_log=access_log)
+                         on_ready=(lambda: on_ready(url)) if on_ready else None, access_log=access_log,
+                         log_config=log_config)
     try:
         server.run(sockets=[sock])
     finally:

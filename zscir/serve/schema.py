@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -12,11 +14,17 @@ class SearchJSON(BaseModel):
                                                        "accepted). Give exactly one of image, image_base64, image_id.")
     image_id: str | None = Field(None, description="The id of a gallery image to use as the reference "
                                                    "(it is left out of its own results).")
-    text: str = Field(..., description="The modification text: what to change in the reference.",
-                      examples=["make the circle red"])
+    text: str | None = Field(None, description="The modification text: what to change in the reference. Without "
+                                               "an image: a text-only search; without a text: image-only.",
+                             examples=["make the circle red"])
     k: int = Field(10, description="Number of results (1 to min(--max-k, gallery size)).")
     model: str | None = Field(None, description="One of the loaded models (GET /healthz lists them); "
                                                 "default: the first one.")
+    offset: int = Field(0, description="Results skipped before the first returned: page past --max-k.")
+    filter: dict[str, Any] | None = Field(None, description="Metadata conditions {field: value or [values]}, "
+                                                           "applied before top-k.", examples=[{"category": "dress"}])
+    dedupe: bool | float | None = Field(None, description="true: drop hits whose cosine to a higher hit is at least "
+                                                          "the server's threshold; a number: that threshold.")
 
 
 class SearchForm(SearchJSON):
@@ -39,7 +47,8 @@ class Result(BaseModel):
     rank: int
     score: float = Field(..., description="Cosine similarity between the query and the image.")
     id: str
-    path: str | None = Field(None, description="The image's file on the server.")
+    path: str | None = Field(None, description="The image's file on the server (only with --show-paths).")
+    metadata: dict[str, Any] | None = Field(None, description="The image's metadata fields (indexes with a table).")
     thumbnail: str = Field(..., description="URL of its thumbnail, relative to the API root.")
 
 
@@ -64,8 +73,8 @@ class ResultSummary(BaseModel):
 
 class TurnSummary(BaseModel):
     turn: int
-    reference: ReferenceInfo
-    text: str
+    reference: ReferenceInfo | None
+    text: str | None
     k: int
     model: str
     results: list[ResultSummary]
@@ -76,8 +85,11 @@ class TurnResponse(BaseModel):
     turn: int
     model: str
     k: int
-    text: str
-    reference: ReferenceInfo
+    text: str | None
+    query: str = Field(..., description="composed, text (no image) or image (no text)")
+    offset: int
+    dropped: dict[str, int] = Field(..., description="Hits left out: missing_files, duplicates.")
+    reference: ReferenceInfo | None
     index_generation: int
     results: list[Result]
     timings_ms: Timings = Field(..., description="Milliseconds per stage of this request.")
@@ -98,3 +110,13 @@ def request_body(*models: tuple[str, type[BaseModel]]) -> dict:
     """An OpenAPI requestBody listing one schema per content type."""
     return {"requestBody": {"required": True, "content": {
         ctype: {"schema": model.model_json_schema()} for ctype, model in models}}}
+
+
+class SearchQuery(SearchJSON):
+    """One query of POST /search/batch (or a /search JSON body): all of its fields but the image upload."""
+
+
+class BatchRequest(BaseModel):
+    """POST /search/batch: several /search JSON bodies, answered in order, without sessions."""
+
+    queries: list[SearchQuery] = Field(..., description="1 to --max-batch queries.")
