@@ -58,7 +58,7 @@ def served(world, warning: str | None = None):
     if warning:
         service = app.state.service
         health = service.health
-        service.health = lambda: {**health(), "warning": warning}
+        service.health = lambda: {**health(), "warnings": [warning]}
     with serve_in_thread(app) as url:
         yield url
 

@@ -357,7 +357,7 @@ async function loadInfo() {
     $("info").textContent = h.index.images + " images \u00b7 model " + h.default_model + " \u00b7 index generation " +
       h.index.generation;
   }
-  const warnings = [].concat(h.warning || []).filter((w) => typeof w === "string" && w);
+  const warnings = [].concat(h.warnings || []).filter((w) => typeof w === "string" && w);
   const notice = $("notice");  // e.g. photos served with the shapes world's CLIP
   notice.textContent = warnings.map((w) => "Warning: " + w).join("\n");
   notice.hidden = warnings.length === 0;
