@@ -189,14 +189,15 @@ def _run(tmp_path, **settings):
 def test_resume_with_another_batch_size_is_refused_naming_each_option(tmp_path, capsys):
     run = _run(tmp_path)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
+    missing = ["--images", tmp_path / "no-such-folder"]  # checked later: a resume not refused fails fast on it
     code, line = one_error_line(["pretrain", "--out", run, "--resume", "--batch-size", "16", "--lr", "0.001",
-                                 "--epochs", "5"], capsys)
+                                 "--epochs", "5", *missing], capsys)
     assert code == 1
     assert "--batch-size 8 -> 16" in line and str(run) in line
     assert "--epochs 2" not in line and "--lr" not in line.split("(only")[0]  # may change / unchanged
     assert "--epochs" in line.split("(only")[1]  # says which options may change
     code, line = one_error_line(["pretrain", "--out", run, "--resume", "--batch-size", "16", "--lr", "0.01",
-                                 "--seed", "3"], capsys)
+                                 "--seed", "3", *missing], capsys)
     assert "--batch-size 8 -> 16" in line and "--lr 0.001 -> 0.01" in line and "--seed 0 -> 3" in line
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing written
 
