@@ -11,7 +11,9 @@ everything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import pickle
 import re
 
 
@@ -126,9 +128,6 @@ def _hint_for(path: str | None) -> str:
 
 def user_message(exc: BaseException) -> str | None:
     """One line for an error the user's input or environment caused; None for a bug (keep the traceback)."""
-    import json
-    import pickle
-
     if isinstance(exc, ZscirError):
         return str(exc)
     if isinstance(exc, OSError):
