@@ -5,7 +5,8 @@ weights, foreign cache files, read-only and full output folders, bad option
 values, existing runs, binary query files and Ctrl-C, and prints a table: case,
 exit code, traceback or not, message. A case passes when the command fails with
 exit 1 or 2, prints exactly one ``error:`` line and no traceback, and (where it
-applies) left the user's files as they were; an "ok" case (a file name that is not
+applies) left the user's files as they were and names what the case expects (the
+file, the option, the cause); an "ok" case (a file name that is not
 UTF-8) must succeed.
 
 Read-only and full folders are real mounts (a read-only tmpfs, a 64 KiB tmpfs filled
@@ -46,6 +47,7 @@ class Case:
     interrupt_after: Optional[Callable[[], bool]] = None  # send Ctrl-C (SIGINT to the group) once this holds
     skip: str = ""
     checked: str = "every name captioned once, ids kept"  # what an "ok" case's check verified
+    expect_in: tuple[str, ...] = ()             # the message must name these (the file, the option, the cause)
 
 
 @dataclass
@@ -96,6 +98,9 @@ def run_case(case: Case, cwd: Path) -> Outcome:
         ok = out.code == 0 and not out.traceback
         out.message = "succeeded" + (f" (checked: {case.checked})" if case.check else "")
     out.problem = case.check() if case.check else ""
+    missing = [needle for needle in case.expect_in if needle not in out.message]
+    if missing and not out.problem:
+        out.problem = "the message does not name " + ", ".join(repr(n) for n in missing)
     out.passed = ok and not out.problem
     return out
 
@@ -451,6 +456,12 @@ def _captioned_all(d: Path, n: int) -> str:
     return ""
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
     planted_marker = d / "PLANTED-PICKLE-RAN"
     no_full = "" if mounts.full_kind else "no full disk can be simulated here (needs root and tmpfs)"
@@ -510,6 +521,12 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
              str(d / "caps.jsonl"), "--out", str(d / "imgs")]),
         Case(f"caption --cache in a {mounts.ro_kind}", ["caption", "--images", str(d / "imgs"), "--cache",
              str(mounts.ro / "cache.jsonl")]),
+        Case(f"pretrain --out on a {mounts.full_kind or 'full disk'}", ["pretrain", "--max-steps", "1", "--out",
+             str(mounts.full / "pretrain-run")], skip=no_full,
+             expect_in=(str(mounts.full / "pretrain-run"), "no space left on device (ENOSPC)")),
+        Case(f"retrieve --html in a {mounts.ro_kind}", ["retrieve", "--ref", str(d / "photo.jpg"), "--text", "red",
+             "--no-progress", "--html", str(mounts.ro / "page.html")],
+             expect_in=(str(mounts.ro / "page.html") + ":",)),
         # --- option values
         Case("pretrain --epochs 0", ["pretrain", "--epochs", "0"]),
         Case("pretrain --max-steps 0", ["pretrain", "--max-steps", "0"]),
@@ -535,6 +552,9 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
              check=unchanged(d / "runs" / "fti" / "log.jsonl")),
         Case("pretrain --resume with another --network-config", ["pretrain", "--out", str(d / "runs" / "fti"),
              "--resume", "--network-config", "fti4cir-tiny"], check=unchanged(d / "runs" / "fti" / "log.jsonl")),
+        Case("pretrain --resume with another --batch-size", ["pretrain", "--out", str(d / "runs" / "fti-b8"),
+             "--resume", "--batch-size", "16"], check=unchanged(d / "runs" / "fti-b8" / "config.json"),
+             expect_in=("--batch-size 8 -> 16",)),
         Case("pretrain --resume --overwrite", ["pretrain", "--out", str(d / "runs" / "fti"), "--resume",
                                                "--overwrite"]),
         Case("pretrain --out a non-empty folder that is no run", ["pretrain", "--out", str(d / "imgs"), "--overwrite"],
@@ -600,6 +620,13 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
         Case("index --exact-max -1", ["index", "--images", str(d / "imgs"), "--out", str(d / "indexes" / "new"),
              "--exact-max", "-1"], check=absent(d / "indexes" / "new")),
     ]
+    for device, cause in (("banana", "expected cpu, cuda, cuda:N or mps"), ("cuda", "no CUDA device available")):
+        cases.append(Case(f"caption --device {device}" + (" (no GPU)" if device == "cuda" else ""),
+                          ["caption", "--images", str(d / "imgs"), "--quiet", "--device", device]
+                          + (["--model", str(blip)] if blip is not None else []),
+                          expect_in=(f"--device {device}: {cause}",),
+                          skip="" if blip is not None and (device != "cuda" or not _has_cuda())
+                          else "needs the tiny BLIP (transformers) and, for cuda, a machine without a GPU"))
     if blip is not None:
         cases.append(Case("caption: a file name that is not UTF-8 (tiny BLIP, cached)",
                           ["caption", "--images", str(d / "imgs-bytes"), "--model", str(blip), "--cache",
@@ -654,6 +681,7 @@ def prepare(d: Path) -> Optional[Path]:
     Image.new("RGB", (32, 32), (200, 30, 30)).save(d / "photo.jpg", "JPEG")
     _write_index_fixtures(d)
     _fake_run(d / "runs" / "fti", "pretrain", {"method": "fti", "network_config": None})
+    _fake_run(d / "runs" / "fti-b8", "pretrain", {"method": "fti", "network_config": None, "batch_size": 8})
     _fake_run(d / "runs" / "sup", "supervised", {"head": "finecir", "dataset": "shapes", "texts": "fine"})
     _write_benchmark_fixtures(d / "bench")
     return _write_tiny_blip(d)

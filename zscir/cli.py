@@ -7,7 +7,8 @@ the commands' own). :func:`main` is the one place where errors become CLI
 lines: :class:`zscir.errors.ZscirError` and what :func:`zscir.errors.user_message`
 recognises (OSError, damaged files, refused pickles, ...) print one line and
 exit 1; usage errors exit 2; Ctrl-C exits 130. Anything else is a bug and keeps
-its traceback.
+its traceback. Every line starts on a line of its own: progress bars still open
+are closed first (their last state stays on screen, then a newline).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib
 import sys
 
 import click
+from tqdm import tqdm
 
 from zscir import __version__
 from zscir.errors import user_message
@@ -86,24 +88,44 @@ def cli():
     """Zero-shot composed image retrieval: a reference image plus a modification text -> a ranked gallery."""
 
 
+def end_progress_bars() -> None:
+    """Close the tqdm bars still open (a command that failed mid-loop) so that what follows starts a line."""
+    classes, bars = [tqdm], set()
+    while classes:  # each tqdm class (tqdm.auto's among them) may keep its own set of open bars
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        bars.update(vars(cls).get("_instances", ()))
+    for bar in bars:
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down already: the message matters more than its last refresh
+            pass
+
+
+def _say(line: str) -> None:
+    end_progress_bars()
+    click.echo(line, err=True)
+
+
 def main(argv=None):
     try:
         rv = cli.main(args=argv, prog_name="zscir", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("interrupted: what was finished is kept; rerun the same command to resume", err=True)
+        _say("interrupted: what was finished is kept; rerun the same command to resume")
         sys.exit(130)
     except click.UsageError as e:  # one line, as every other error: what was wrong, and where the help is
         where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
-        click.echo(f"error: {' '.join(e.format_message().split())}{where}", err=True)
+        _say(f"error: {' '.join(e.format_message().split())}{where}")
         sys.exit(e.exit_code)
     except click.ClickException as e:
-        click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+        _say(f"error: {' '.join(e.format_message().split())}")
         sys.exit(e.exit_code)
     except Exception as e:
         message = user_message(e)
         if message is None:
+            end_progress_bars()
             raise  # a bug: keep the traceback
-        click.echo(f"error: {' '.join(message.split())}", err=True)
+        _say(f"error: {' '.join(message.split())}")
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -11,7 +11,10 @@ everything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import pickle
+import re
 
 
 class ZscirError(Exception):
@@ -22,12 +25,8 @@ class MissingWeightsError(ZscirError):
     """Model weights are not available locally and cannot be downloaded."""
 
 
+# other OSErrors (the disk's refusals of a write: WRITE_ERRNOS below)
 _OS_HINTS = {
-    errno.EACCES: "permission denied: choose a folder you can write (option --out) or fix its permissions",
-    errno.EPERM: "operation not permitted: choose another --out or fix the permissions",
-    errno.EROFS: "the file system is read-only: choose a writable --out",
-    errno.ENOSPC: "no space left on the device: free some space or choose another --out on another disk",
-    errno.EDQUOT: "disk quota exceeded: free some space or choose another --out",
     errno.ENOTDIR: "a part of this path is a file, not a folder: choose another --out",
     errno.EISDIR: "this is a folder, expected a file",
     errno.ENOENT: "no such file or folder",
@@ -35,6 +34,54 @@ _OS_HINTS = {
     errno.ENAMETOOLONG: "the file name is too long",
     errno.EMFILE: "too many open files: raise `ulimit -n`",
 }
+
+
+# the errnos by which a disk refuses a write, each with its cause named as the system names it
+WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on device (ENOSPC): free some space or write it to another disk",
+    errno.EDQUOT: "disk quota exceeded (EDQUOT): free some space or write it to another disk",
+    errno.EROFS: "read-only file system (EROFS): write it to a writable folder",
+    errno.EACCES: "permission denied (EACCES): fix its permissions or choose another path",
+    errno.EPERM: "operation not permitted (EPERM): fix its permissions or choose another path",
+}
+
+
+class WriteFailedError(ZscirError):
+    """Writing ``path`` failed for a reason of the disk (full, read-only, not permitted): one line naming the
+    file being written (never a temporary file) and the cause."""
+
+    def __init__(self, path: str | os.PathLike, errno_: int):
+        self.path, self.errno = os.fspath(path), errno_
+        super().__init__(f"{self.path}: cannot write it: {WRITE_ERRNOS[errno_]}")
+
+
+_OS_ERROR_NUMBER = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]")
+
+
+def write_errno(exc: BaseException, folder: str | os.PathLike | None = None) -> int | None:
+    """The errno of :data:`WRITE_ERRNOS` behind ``exc`` raised while writing into ``folder``, else None.
+
+    An OSError carries it; a writer that wraps it (safetensors: "... (os error 28)") names it in its
+    message; a writer that loses it (torch.save on a full disk: "unexpected pos ...") is taken as
+    ENOSPC when ``folder``'s file system has no free block left.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc.errno if exc.errno in WRITE_ERRNOS else None
+        match = _OS_ERROR_NUMBER.search(str(exc))
+        if match and int(match.group(1) or match.group(2)) in WRITE_ERRNOS:
+            return int(match.group(1) or match.group(2))
+        exc = exc.__cause__ or exc.__context__
+    if folder is not None:
+        try:
+            fs = os.statvfs(folder)
+        except OSError:
+            return None
+        if (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) == 0:
+            return errno.ENOSPC
+    return None
 
 
 def _first_line(text: str, limit: int = 240) -> str:
@@ -54,7 +101,8 @@ def _file_in_traceback(exc: BaseException, must_exist: bool = True) -> str | Non
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     for frame in reversed(frames):
-        for name in ("path", "file", "filename", "sidecar", "weights", "checkpoint_path", "tmp", "out", "fp", "f"):
+        for name in ("path", "file", "filename", "sidecar", "weights", "checkpoint_path", "tmp", "out", "fp", "f",
+                     "log", "handle", "stream"):
             value = frame.f_locals.get(name)
             if not isinstance(value, (str, os.PathLike)) and isinstance(getattr(value, "name", None), str):
                 value = value.name  # an open file
@@ -80,16 +128,15 @@ def _hint_for(path: str | None) -> str:
 
 def user_message(exc: BaseException) -> str | None:
     """One line for an error the user's input or environment caused; None for a bug (keep the traceback)."""
-    import json
-    import pickle
-
     if isinstance(exc, ZscirError):
         return str(exc)
     if isinstance(exc, OSError):
         where = exc.filename if exc.filename is not None else _file_in_traceback(exc, must_exist=False)
         if exc.filename2 is not None:
             where = f"{exc.filename} -> {exc.filename2}"
-        hint = _OS_HINTS.get(exc.errno, exc.strerror or _first_line(exc) or type(exc).__name__)
+        # the disk's refusals by their cause and name: "no space left on device (ENOSPC): ..."
+        hint = WRITE_ERRNOS.get(exc.errno) or _OS_HINTS.get(exc.errno, exc.strerror or _first_line(exc)
+                                                               or type(exc).__name__)
         return f"{where}: {hint}" if where else f"{hint} ({exc.strerror or type(exc).__name__})"
     if isinstance(exc, json.JSONDecodeError):
         path = _file_in_traceback(exc)

@@ -11,6 +11,7 @@ from zscir.data.caption_cache import caption_images, check_cache_file
 from zscir.data.images import DEFAULT_MAX_PIXELS
 from zscir.data.sources import open_image_source
 from zscir.data.splitter import get_splitter
+from zscir.backbone.options import check_device
 from zscir.errors import ZscirError
 from zscir.features.distributed import current_ranks, process_device
 from zscir.generation.cache import json_line
@@ -86,7 +87,7 @@ def caption(images, captioner, model, preset, prompt, captions_file, world, cach
     if captions_file:
         kw["path"] = captions_file
     if device is not None:
-        kw["device"] = device
+        kw["device"] = check_device(device)  # "banana", or cuda without a GPU: one line
     if base == "shapes-world" and ":" not in captioner:
         kw["world"] = world or _find_world(images)
         if kw["world"] is None:

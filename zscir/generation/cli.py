@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from zscir.benchmarks import load_splits
+from zscir.backbone.options import check_device
 from zscir.errors import ZscirError
 from zscir.features.distributed import current_ranks
 from zscir.generation.base import DEFAULT_EDIT_PROMPT, Decoding, EditInput, PromptTemplate
@@ -196,7 +197,7 @@ def edit(editor, pairs_file, benchmark, split, root, captions_file, caption_key,
         template = PromptTemplate(text, system=system, name=Path(prompt_file).name if prompt_file else "zscir-edit-v1")
     kw = generator_kwargs(options)
     if device is not None:
-        kw["device"] = device
+        kw["device"] = check_device(device)  # "banana", or cuda without a GPU: one line
     if benchmark is not None:
         caption_identity, captions = read_captions(captions_file, caption_key)
         pairs, rows, missing = benchmark_pairs(benchmark, root, split, captions, join)

@@ -3,7 +3,8 @@
 A mapping network turns the image into pseudo-words (FTI4CIR: one subject and
 r attribute words; single-token methods: one). Each is a vector in the text
 tower's token-embedding space; its nearest real tokens (cosine against the
-whole token-embedding table, special tokens and the placeholder left out, or
+whole token-embedding table, special tokens, the placeholder and tokens that
+decode to no printable text (byte pieces of a UTF-8 character) left out, or
 against a registered vocabulary's tokens) say what it stands for. Where a
 registered lookup knows the reference's true caption (a shapes-world image:
 its canonical caption with its subject and attribute parts), it is reported
@@ -14,6 +15,7 @@ beside them.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -26,6 +28,18 @@ from zscir.utils.registry import Entries
 
 def _word(tokenizer, token_id: int) -> str:
     return tokenizer.decode([token_id]).strip()
+
+
+def _is_text(word: str) -> bool:
+    """A token that reads as text: not empty, printable, and no broken byte (a BPE piece of a UTF-8 character
+    decodes to U+FFFD on its own)."""
+    return bool(word) and word.isprintable() and "\ufffd" not in word
+
+
+@functools.lru_cache(maxsize=4)
+def _not_words(tokenizer, size: int) -> tuple[int, ...]:
+    """The ids < ``size`` of ``tokenizer`` that decode to no printable text (searched once per tokenizer)."""
+    return tuple(i for i in range(size) if not _is_text(_word(tokenizer, i)))
 
 
 # --vocab NAME -> (backbone) -> the token ids searched, by import path; "all": the whole token-embedding table
@@ -74,8 +88,8 @@ def nearest_words(backbone, pseudo_words: torch.Tensor, k: int = 5, vocabulary: 
     table = backbone.model.token_embedding.weight.detach().float()
     sims = F.normalize(pseudo_words.detach().float().to(table.device), dim=-1) @ F.normalize(table, dim=-1).T
     tok = backbone.tokenizer
-    skip = {backbone.placeholder_token_id, *getattr(tok, "all_special_ids", [])}
-    sims[:, sorted(skip)] = -2.0   # special tokens and the placeholder are no words
+    skip = {backbone.placeholder_token_id, *getattr(tok, "all_special_ids", []), *_not_words(tok, table.shape[0])}
+    sims[:, sorted(skip)] = -2.0   # special tokens, the placeholder and broken byte pieces are no words
     if vocabulary is not None:
         keep = torch.zeros(sims.shape[1], dtype=torch.bool)
         keep[torch.tensor(sorted(set(vocabulary) - skip), dtype=torch.long)] = True

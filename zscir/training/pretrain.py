@@ -33,7 +33,8 @@ from zscir.models.methods import METHODS, get_training
 from zscir.models.objective import LossWeights
 from zscir.utils.registry import load_entry
 from zscir.training.pretrain_data import build_caption_set, build_pretraining_set
-from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
+from zscir.training.state import (MAY_CHANGE_ON_RESUME, Progress, has_train_state, load_train_state,
+                                  save_train_state, settings_changes, trim_log)
 from zscir.utils.atomic import atomic_write_json
 from zscir.utils.paths import cache_dir as default_cache_dir
 from zscir.utils.testpoint import testpoint
@@ -165,6 +166,22 @@ class PretrainConfig:
 METHOD_OPTIONS = tuple(dict.fromkeys(o for m in METHODS.values() if m.training for o in m.training.options))
 
 
+def check_resume_settings(run_dir: Path, cfg: PretrainConfig) -> None:
+    """Refuse to resume the run in ``run_dir`` with other training settings than it was trained with (one
+    line naming each, old -> new); those of :data:`MAY_CHANGE_ON_RESUME` (how long, how often it saves) may change."""
+    try:
+        recorded = json.loads((run_dir / "config.json").read_text())["pretrain"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no readable record to compare with: the CLI refuses such a folder before any work
+    current = {k: v for k, v in asdict(cfg).items() if k not in ("out", "data", "recipe")}
+    options = {k: "--" + k.replace("_", "-") for k in current} | {"save_every_steps": "--save-every"}
+    changes = settings_changes(recorded, current, options)
+    if changes:
+        raise ZscirError(f"--resume: {run_dir} was trained with other settings ({'; '.join(changes)}): resume "
+                         f"with the run's own, or start a new run in another --out (only "
+                         f"{', '.join(options[k] for k in MAY_CHANGE_ON_RESUME)} may change on resume)")
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The shuffled order of epoch ``epoch``: a function of (seed, epoch) only, so a resumed run sees the same."""
     return np.random.default_rng([seed, epoch]).permutation(n)
@@ -212,9 +229,10 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
               "num_processes": world}
     progress = Progress()
     if resume and has_train_state(run_dir):
+        check_resume_settings(run_dir, cfg)
         progress = load_train_state(run_dir, network, optimizer, rank)
         accelerator.print(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step_in_epoch}")
-    elif accelerator.is_main_process:
+    if accelerator.is_main_process:  # on resume too: the settings that may change (--epochs, ...) as now run
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", record)
     if resume and accelerator.is_main_process:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 
 import click
 from click.core import ParameterSource
@@ -89,20 +90,23 @@ def pretrain(ctx, images, captions, captioner, clip, pretrained, preprocess, met
                          max_steps=max_steps, vocabulary=vocabulary, phrases=phrases, oti_steps=oti_steps,
                          oti_batch_size=oti_batch_size, oti_top_k=oti_top_k, oti_images=oti_images, edits=edits)
     cfg.check_method_options()
-    if int(os.environ.get("RANK", "0")) == 0:  # once, before any process writes into the run
-        check_run_dir(out, resume, overwrite, "pretrain",
-                      expect={"method": method, "network_config": network_config or default_network_config(method)},
-                      view=lambda rec: {"method": rec.get("method"), "network_config":
-                                        rec.get("network_config") or default_network_config(rec.get("method"))})
-
     run = dict(captioner=captioner, clip_name=clip, pretrained=pretrained, preprocess=preprocess,
                splitter=splitter)
     if recipe:
         explicit = {RUN_KEYS.get(p, p) for p in ctx.params if ctx.get_parameter_source(p) is ParameterSource.COMMANDLINE}
         cfg, run, record = apply_recipe(recipe, cfg, run, explicit)
         cfg.recipe = record
-        for note in cfg.recipe["notes"]:
-            click.echo(f"recipe {recipe}: {note}", err=True)
+    if int(os.environ.get("RANK", "0")) == 0:  # once, before any process writes into the run
+        # a resume trains on with the run's own settings (but how long and how often it saves): compared, each
+        # differing one named by its option
+        settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "data", "recipe")}
+        check_run_dir(out, resume, overwrite, "pretrain",
+                      expect={"method": method, "network_config": network_config or default_network_config(method)},
+                      view=lambda rec: {"method": rec.get("method"), "network_config":
+                                        rec.get("network_config") or default_network_config(rec.get("method"))},
+                      settings=settings, options={p.name: p.opts[0] for p in ctx.command.params if p.opts})
+    for note in cfg.recipe.get("notes", ()):
+        click.echo(f"recipe {recipe}: {note}", err=True)
     result = run_pretraining(cfg, images=images, captions=captions, feature_cache=feature_cache,
                              cache_dir=cache_dir, resume=resume, **run)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch the main process reports

@@ -81,15 +81,35 @@ RUN_FILES = ("config.json", "log.jsonl", "train_state.safetensors", "train_state
              "model.json")
 
 
+# the settings a resumed run may change: how long it trains and how often it saves; any other refuses --resume
+MAY_CHANGE_ON_RESUME = ("epochs", "max_steps", "save_every_steps")
+
+
+def settings_changes(recorded: dict, current: dict, options: dict[str, str] | None = None,
+                     may_change: tuple[str, ...] = MAY_CHANGE_ON_RESUME) -> list[str]:
+    """``"--batch-size 8 -> 16"`` for each setting in ``current`` that ``recorded`` holds with another value.
+
+    Settings ``recorded`` lacks (a run saved before zscir recorded them) and those of ``may_change``
+    are not compared; ``options`` maps a setting to its option name (default ``--setting-name``).
+    """
+    options = options or {}
+    return [f"{options.get(key, '--' + key.replace('_', '-'))} {recorded[key]} -> {value}"
+            for key, value in current.items()
+            if key in recorded and key not in may_change and recorded[key] != value]
+
+
 def check_run_dir(out, resume: bool, overwrite: bool, kind: str, expect: dict[str, Any],
-                  view: Callable[[dict], dict] = lambda recorded: recorded) -> str:
+                  view: Callable[[dict], dict] = lambda recorded: recorded, settings: dict[str, Any] | None = None,
+                  options: dict[str, str] | None = None) -> str:
     """Decide what to do with the run directory ``out`` before any work; return "new", "resume" or "overwrite".
 
     A directory holding a zscir run (``config.json`` with a ``kind`` section, "pretrain" or
-    "supervised") needs ``--resume`` (``view(recorded section)`` must agree with ``expect``) or
-    ``--overwrite`` (zscir's run files are removed, nothing else). A non-empty folder without a
-    run, or a file, is refused whatever the flags. (On resume the training loop trims
-    ``log.jsonl`` to the steps its saved state covers: :func:`trim_log`.)
+    "supervised") needs ``--resume`` or ``--overwrite`` (zscir's run files are removed, nothing
+    else). A resume must agree with the run: ``view(recorded section)`` with ``expect``, and the
+    recorded section with ``settings`` (the run's training settings, but for
+    :data:`MAY_CHANGE_ON_RESUME`); else one line names each differing option, old -> new. A
+    non-empty folder without a run, or a file, is refused whatever the flags. (On resume the
+    training loop trims ``log.jsonl`` to the steps its saved state covers: :func:`trim_log`.)
     """
     run = Path(out)
     if resume and overwrite:
@@ -113,12 +133,15 @@ def check_run_dir(out, resume: bool, overwrite: bool, kind: str, expect: dict[st
     if not resume:
         raise ZscirError(f"--out {out} already holds a {kind} run: pass --resume to continue it "
                          f"or --overwrite to replace it")
-    recorded = view(recorded)
-    for key, value in expect.items():
-        if recorded.get(key) != value:
-            option = "--" + key.replace("_", "-")
-            raise ZscirError(f"--resume: {out} was trained with {option} {recorded.get(key)}, not {value}: "
-                             f"resume with {option} {recorded.get(key)}, or start a new run in another --out")
+    viewed = view(recorded)
+    changes = settings_changes({k: viewed.get(k) for k in expect}, expect, options, may_change=())
+    changes += settings_changes(recorded, {k: v for k, v in (settings or {}).items() if k not in expect}, options)
+    if changes:
+        may = ", ".join((options or {}).get(k, "--" + k.replace("_", "-")) for k in MAY_CHANGE_ON_RESUME
+                        if k in (settings or {}))
+        raise ZscirError(f"--resume: {out} was trained with other settings ({'; '.join(changes)}): resume with the "
+                         f"run's own, or start a new run in another --out" + (f" (only {may} may change on resume)"
+                                                                               if may else ""))
     return "resume"
 
 
