@@ -250,3 +250,27 @@ def test_caption_with_a_bad_or_missing_device_is_one_line(tmp_path, capsys):
     if not torch.cuda.is_available():
         code, line = one_error_line(["caption", "--images", tmp_path / "imgs", "--device", "cuda"], capsys)
         assert code == 1 and "--device cuda: no CUDA device available" in line
+
+
+def test_a_full_disk_under_the_generation_cache_names_the_cache_file(tmp_path):
+    """`caption --cache` / `edit --cache` on a full disk: the line names the cache file and the cause."""
+    from zscir.errors import user_message
+    from zscir.generation.cache import GenerationCache
+
+    cache = GenerationCache(tmp_path / "captions.jsonl", "test-captioner:1")
+    real = cache._file
+
+    class FullDisk:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    cache._file = FullDisk()
+    with pytest.raises(OSError) as e:
+        cache.add_many([("h1", "a.png", "a red circle")])
+    line = user_message(e.value)
+    assert str(tmp_path / "captions.jsonl") in line and "no space left on device (ENOSPC)" in line
+    cache._file = real
+    assert cache.outputs("h1") is None  # nothing half-recorded

@@ -201,11 +201,14 @@ class GenerationCache:
 
     def _write(self, records: list[dict]) -> None:
         data = b"".join(json_line(r) for r in records)
-        self._file.seek(0, os.SEEK_END)
-        self._file.write(data)  # one write per batch: a kill leaves whole lines plus at most one partial
-        testpoint("caption_cache.write")  # tests: a kill while a batch is written (zscir.utils.testpoint)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.seek(0, os.SEEK_END)
+            self._file.write(data)  # one write per batch: a kill leaves whole lines plus at most one partial
+            testpoint("caption_cache.write")  # tests: a kill while a batch is written (zscir.utils.testpoint)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:  # a full disk: name the cache file (a file object's error names none)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def add_many(self, rows: Sequence[tuple], inputs: Sequence[dict] | None = None) -> None:
         """Append (content_key, id, outputs) rows and make them durable before returning.
