@@ -59,8 +59,9 @@ class TextFeatures:
                                  "`zscir index --captioner ...` encodes its captions again") from None
             self.rows.update(zip(texts, feats.astype(np.float32)))
 
-    def encode_missing(self, backbone, texts: Sequence[str], batch_size: int = TEXT_BATCH) -> int:
+    def encode_missing(self, backbone, texts: Sequence[str], batch_size: int | None = None) -> int:
         """Encode the texts no shard holds, one durable shard per batch; returns how many were encoded."""
+        batch_size = batch_size or TEXT_BATCH
         todo = list(dict.fromkeys(t for t in texts if t not in self.rows))
         self.folder.mkdir(parents=True, exist_ok=True)
         for start in range(0, len(todo), batch_size):
