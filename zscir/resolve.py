@@ -36,6 +36,7 @@ from zscir.backbone.options import backbone_from_options, check_device
 from zscir.benchmarks import BenchmarkSpec, get_benchmark
 from zscir.errors import ZscirError
 from zscir.index.gallery import GalleryIndex
+from zscir.index.live_generations import LiveGenerations
 from zscir.index.retriever import Retriever
 from zscir.models.query import BASELINES, QueryEncoder, load_query_encoder, read_query_checkpoint, training_free
 
@@ -128,8 +129,28 @@ def query_encoder(model: str | Model, backbone: Backbone | None = None, device: 
 
 
 # ---------------------------------------------------------------- retrievers: a query model over a gallery
+@dataclass(frozen=True)
+class GenerationSources:
+    """Where language-model methods read captions and edits in retrieval: ``files`` (the loaded ``--generations``,
+    a Generations object), then the ``captioner`` / ``editor`` specs (built with ``kw``) through the generation
+    cache (``caption_cache`` / ``edit_cache`` files, default one per generator under the zscir cache dir)."""
+
+    files: object | None = None
+    captioner: str | None = None
+    editor: str | None = None
+    kw: dict | None = None
+    caption_cache: str | None = None
+    edit_cache: str | None = None
+
+    def build(self) -> LiveGenerations | None:
+        if self.files is None and self.captioner is None and self.editor is None:
+            return None
+        return LiveGenerations(self.files, self.captioner, self.editor, self.kw, self.caption_cache, self.edit_cache)
+
+
 def load_retriever(index: str | os.PathLike | GalleryIndex, model: str | Model | None = None,
-                   backbone: Backbone | None = None, device: str = "cpu") -> Retriever:
+                   backbone: Backbone | None = None, device: str = "cpu",
+                   generations: GenerationSources | None = None) -> Retriever:
     """The retriever for ``index`` (a directory or an opened index) and the query ``model``.
 
     Without ``model``: the model the index was built for (an error if that file has gone), else
@@ -146,17 +167,24 @@ def load_retriever(index: str | os.PathLike | GalleryIndex, model: str | Model |
                              f"`zscir index --images DIR --out {index.root} --model NEW`")
         model = recorded or default_model_for(index.fingerprint["backbone"])
     spec = model.spec if isinstance(model, Model) else str(model)
-    if backbone is None and (spec in BASELINES or str(device) != "cpu"):
+    if backbone is None and (training_free(spec) or str(device) != "cpu"):
         backbone = index_backbone(index, device)
-    return Retriever(index, query_encoder(model, backbone))
+    return Retriever(index, query_encoder(model, backbone), _generations(generations))
+
+
+def _generations(sources: GenerationSources | None):
+    return sources.build() if sources is not None else None
 
 
 def open_retriever(index: str | os.PathLike | None = None, model: str | None = None, clip: str | None = None,
                    pretrained: str | None = None, preprocess: str | None = None, device: str = "cpu",
-                   progress: bool = True, log: Log | None = None) -> Retriever:
+                   progress: bool = True, log: Log | None = None,
+                   generations: GenerationSources | None = None) -> Retriever:
     """The retriever for a command's --index/--model/--clip/--pretrained/--preprocess/--device (the rules above).
 
     With ``index``, a checkpoint trained on another backbone is reported before any backbone is loaded.
+    ``generations``: where language-model methods (cirevl, ldre, seize, cvsi) read captions and edits
+    (--generations, --captioner, --editor).
     """
     backbone = backbone_from_options(clip, pretrained, preprocess, device)  # validates --device first
     if index is not None:
@@ -165,24 +193,27 @@ def open_retriever(index: str | os.PathLike | None = None, model: str | None = N
         early = chosen.fingerprint() if chosen is not None else None
         if early is not None:
             index.check_fingerprint(early[0], what=f"the query model ({early[1]})")
-        return load_retriever(index, chosen, backbone, device=device)
+        return load_retriever(index, chosen, backbone, device=device, generations=generations)
     if model is None or training_free(model):
         backbone = backbone or default_backbone(device)
         model = model or default_model_for(backbone.identity)
     encoder = query_encoder(model, backbone, device)
-    return Retriever(GalleryIndex.open(default_gallery(encoder.backbone, progress=progress, log=log)), encoder)
+    return Retriever(GalleryIndex.open(default_gallery(encoder.backbone, progress=progress, log=log)), encoder,
+                     _generations(generations))
 
 
 def open_retrievers(index: str | os.PathLike | None = None, models: Iterable[str] = (), clip: str | None = None,
                     pretrained: str | None = None, preprocess: str | None = None, device: str = "cpu",
-                    progress: bool = True, log: Log | None = None) -> list[tuple[str | None, Retriever]]:
+                    progress: bool = True, log: Log | None = None,
+                    generations: GenerationSources | None = None) -> list[tuple[str | None, Retriever]]:
     """(model as given, retriever) for each of ``models`` (none: the default one), all over one opened index and
-    the first model's backbone, each model read once."""
+    the first model's backbone, each model read once; language-model methods share one ``generations``."""
     models = list(models)
-    first = open_retriever(index, models[0] if models else None, clip, pretrained, preprocess, device, progress, log)
+    first = open_retriever(index, models[0] if models else None, clip, pretrained, preprocess, device, progress, log,
+                           generations)
     out: list[tuple[str | None, Retriever]] = [(models[0] if models else None, first)]
     for spec in models[1:]:
-        out.append((spec, Retriever(first.index, query_encoder(spec, first.backbone))))
+        out.append((spec, Retriever(first.index, query_encoder(spec, first.backbone), first.generations)))
     return out
 
 

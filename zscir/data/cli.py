@@ -15,7 +15,7 @@ from zscir.backbone.options import check_device
 from zscir.errors import ZscirError
 from zscir.features.distributed import current_ranks, process_device
 from zscir.generation.cache import json_line
-from zscir.generation.cli import decoding_options, generator_kwargs
+from zscir.generation.cli import captioner_option, decoding_options, generator_kwargs
 from zscir.generation.lookup import WORLD_CAPTIONS
 from zscir.generation.registry import build_captioner
 from zscir.utils.atomic import atomic_path
@@ -36,10 +36,7 @@ def _find_world(images: str) -> str | None:
               help="A folder of images, a text file listing image paths, or tar shards (e.g. 'cc3m/{00000..00331}.tar'). "
                    "Image files: .jpg .jpeg .png .webp .bmp .gif .tif .tiff (any case); dotfiles and hidden folders "
                    "are skipped.")
-@click.option("--captioner", default="blip", show_default=True, metavar="NAME",
-              help="blip, blip2, hf-vlm, openai, lavis, file, webdataset-txt or shapes-world; 'name:arg' fills the "
-                   "main argument (file:caps.jsonl, blip:/path/to/model, blip2:Salesforce/blip2-opt-2.7b, "
-                   "hf-vlm:DIR, openai:MODEL@http://host/v1, shapes-world:/path/to/world).")
+@captioner_option(default="blip")
 @click.option("--model", default=None, metavar="NAME|DIR",
               help="blip, blip2, hf-vlm: a Hugging Face id or a local save_pretrained() folder "
                    "(blip default Salesforce/blip-image-captioning-base); lavis: the model type (default base_coco).")

@@ -12,6 +12,7 @@ from zscir.benchmarks import BENCHMARKS, get_benchmark
 from zscir.benchmarks.fine import FINE_GALLERIES
 from zscir.evaluation import report
 from zscir.evaluation.protocol import FIQ_CAPTION_MODES, Protocol
+from zscir.generation.cli import generations_option
 from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 
 
@@ -23,9 +24,7 @@ from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
                    "searle-xl-oti inverts each reference by OTI: slow), cirevl | ldre | seize | cvsi:MAPPING.safetensors "
                    "(language-model methods, read --generations) or a checkpoint path; repeatable. "
                    "Default: the baselines (shapes: plus the shipped checkpoints).")
-@click.option("--generations", "generations", multiple=True,
-              help="Captions and language-model edits for cirevl/ldre/seize/cvsi: a released LDRE/SEIZE annotation "
-                   "JSON (PATH or PATH#captions=KEY,edits=KEY); repeatable, asked in order.")
+@generations_option
 @backbone_options("Default: the benchmark's own (shapes: the world's CLIP), else each checkpoint's.",
                   random_weights=True, preprocess=None, preprocess_note="Default: targetpad, or the checkpoint's.")
 @click.option("--split", "splits", multiple=True, help="Split(s) to run, repeatable (default: val; shapes: val and val_coarse).")

@@ -54,6 +54,29 @@ def decoding_options(f):
     return f
 
 
+def captioner_option(default: str | None = None, note: str = ""):
+    """--captioner SPEC: the one declaration (`zscir caption`, `zscir index`, `zscir retrieve`)."""
+    return click.option("--captioner", default=default, show_default=default is not None, metavar="NAME",
+                        help="blip, blip2, hf-vlm, openai, lavis, file, webdataset-txt or shapes-world; 'name:arg' "
+                             "fills the main argument (file:caps.jsonl, blip:/path/to/model, "
+                             "blip2:Salesforce/blip2-opt-2.7b, hf-vlm:DIR, openai:MODEL@http://host/v1, "
+                             "shapes-world:/path/to/world)." + (f" {note}" if note else ""))
+
+
+def editor_option(required: bool = False, note: str = ""):
+    """--editor SPEC: the one declaration (`zscir edit`, `zscir retrieve`)."""
+    return click.option("--editor", required=required, default=None, metavar="SPEC",
+                        help="hf-lm:MODEL (a causal or seq2seq LM: Hugging Face id or save_pretrained folder) or "
+                             "openai:MODEL@URL (an OpenAI-compatible chat endpoint)." + (f" {note}" if note else ""))
+
+
+def generations_option(f):
+    """--generations FILE (repeatable): the one declaration (`zscir eval`, `zscir retrieve`)."""
+    return click.option("--generations", "generations", multiple=True,
+                        help="Captions and language-model edits for cirevl/ldre/seize/cvsi: a released LDRE/SEIZE "
+                             "annotation JSON (PATH or PATH#captions=KEY,edits=KEY); repeatable, asked in order.")(f)
+
+
 DECODING_FIELDS = {"decoding": "strategy", "n": "n", "num_beams": "num_beams", "top_p": "top_p",
                    "temperature": "temperature", "seed": "seed", "max_new_tokens": "max_new_tokens"}
 ENDPOINT_FIELDS = {"endpoint_concurrency": "concurrency", "endpoint_timeout": "timeout",
@@ -154,9 +177,7 @@ def benchmark_pairs(benchmark: str, root: str | None, split: str, captions: dict
 
 
 @click.command("edit")
-@click.option("--editor", required=True, metavar="SPEC",
-              help="hf-lm:MODEL (a causal or seq2seq LM: Hugging Face id or save_pretrained folder) or "
-                   "openai:MODEL@URL (an OpenAI-compatible chat endpoint).")
+@editor_option(required=True)
 @click.option("--pairs", "pairs_file", default=None, type=click.Path(dir_okay=False, exists=True), metavar="FILE",
               help="JSONL of {id?, caption, instruction} rows to edit.")
 @click.option("--benchmark", default=None, metavar="NAME", help="Edit the queries of this benchmark's --split instead.")

@@ -18,20 +18,23 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import faiss
 
 from zscir.data.keys import fs_name, safe_name
-from zscir.data.sources import FolderSource
+from zscir.data.sources import FolderSource, open_image_source
 from zscir.errors import ZscirError
 from zscir.features import EncodeOptions, FeatureStore, backbone_fingerprint
 from zscir.features.distributed import fail, update_store
 from zscir.features.interrupt import sigint_deferred
 from zscir.features.shards import save_npy
 from zscir.index import search_index
+from zscir.index.caption_column import PARTS as CAPTION_PARTS
+from zscir.index.caption_column import (CaptionColumn, build_caption_column, read_column, same_column,
+                                        write_column_files)
 from zscir.index.index_files import (FORMAT, FORMAT_VERSION, GENERATION_FILE, describe, read_json_file,
                                      record_files, repair_hint)
 from zscir.utils.atomic import atomic_path, atomic_write_json
@@ -44,7 +47,8 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
                 workers: int | None = None, progress: bool = True, exact_max: int = search_index.EXACT_MAX,
                 log: Callable[[str], None] | None = None, model: str | None = None,
                 force: bool = False, precision: str = "fp32", draft: bool = True, shard_size: int = 2048,
-                ranks=None, max_index_memory: int | None = None) -> dict[str, Any]:
+                ranks=None, max_index_memory: int | None = None, captioner=None, caption_source=None,
+                caption_cache: str | os.PathLike | None = None, caption_batch_size: int = 16) -> dict[str, Any]:
     """Index a folder of ``images`` (ids = paths relative to it) or explicit ``items``; return a summary.
 
     ``items`` are what the feature store accepts: (id, path) pairs, paths, or ImageItems.
@@ -59,6 +63,9 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
     ``ranks`` (:func:`zscir.features.distributed.current_ranks`, 2+ processes): every process
     calls this; each encodes a share of the images, the main process merges the features and
     builds the index (the others return ``{"rank", "features"}`` once their share is merged).
+    ``captioner`` (a :class:`zscir.generation.base.Captioner`): also caption the images of ``caption_source``
+    (an image source with the index's ids; default: ``images``) through the generation cache ``caption_cache``
+    and store the captions' text features as the index's caption column (:mod:`zscir.index.caption_column`).
     """
     out = Path(out)
     check_out(out)  # before any lock file is written beside it
@@ -77,9 +84,24 @@ def build_index(out: str | os.PathLike, backbone, images: str | os.PathLike | No
         store = FeatureStore(out / "features", repair_hint=repair_hint(out, images))
         report = update_store(store, backbone, items, replace(encode, progress=False), ranks)
         return {"index": str(out), "rank": ranks.rank, "features": report.to_dict()}
+    captions = None
+    if captioner is not None:
+        if caption_source is None and images is None:
+            raise ZscirError("--captioner: give the image source to caption (caption_source) with explicit items")
+        captions = CaptionRequest(captioner, caption_source or open_image_source(str(images)), caption_cache,
+                                  caption_batch_size, progress)
     with _build_lock(out):  # two first-use builds of the same index: one builds, the other then finds it
         return _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode, ranks,
-                             max_index_memory)
+                             max_index_memory, captions)
+
+
+@dataclass(frozen=True)
+class CaptionRequest:
+    captioner: Any
+    source: Any
+    cache: Any
+    batch_size: int
+    progress: bool
 
 
 def check_out(out: Path) -> None:
@@ -123,7 +145,7 @@ def _check_existing(out, backbone, precision, force, log):
 
 
 def _build_locked(out, backbone, images, items, kind, exact_max, log, model, encode: EncodeOptions, ranks,
-                  max_index_memory=None):
+                  max_index_memory=None, captions: CaptionRequest | None = None):
     path_of = {safe_name(str(i[0])): safe_name(str(Path(i[1]).absolute())) for i in items if isinstance(i, tuple)}
     images_root = safe_name(str(Path(images).absolute())) if images is not None else None
     force, precision = encode.force, encode.precision
@@ -150,6 +172,7 @@ def _build_locked(out, backbone, images, items, kind, exact_max, log, model, enc
 
     wanted_kind = (search_index.choose_kind(len(ids), exact_max, pooled.shape[1], max_index_memory)
                    if kind == "auto" else kind)
+    column, caption_summary = _caption_column(out, backbone, ids, existing, captions, log)
     stale = _stale_derived_files(out, existing, ids, paths) if existing is not None else "no index.json"
     if stale and existing is not None:
         _say(log, f"rebuilding the search index of {out}: {stale}")
@@ -158,7 +181,9 @@ def _build_locked(out, backbone, images, items, kind, exact_max, log, model, enc
                  and existing.get("requested_kind") == kind and existing.get("count") == len(ids)
                  and existing.get("exact_max") == exact_max
                  and existing.get("max_index_memory") == max_index_memory)
-    if unchanged:
+    if unchanged and column is not None and not same_column(existing, out, column):
+        meta = _write_column(out, existing, column)
+    elif unchanged:
         meta = existing
         recorded = "bytes" in meta and "blocks" in meta  # older indexes: their records are added now
         if (model is not None and meta.get("model") != model) or not recorded:
@@ -175,12 +200,45 @@ def _build_locked(out, backbone, images, items, kind, exact_max, log, model, enc
             meta = _write_generation(out, existing, backbone, built, recall, ids, paths, keys, images_root, kind,
                                      exact_max, precision, index_seconds=time.perf_counter() - t_index,
                                      max_index_memory=max_index_memory,
-                                     model=model if model is not None else (existing or {}).get("model"))
+                                     model=model if model is not None else (existing or {}).get("model"),
+                                     column=column)
     return {"index": str(out), "count": meta["count"], "kind": meta["kind"], "params": meta["params"],
             "recall": meta["recall"], "rebuilt": not unchanged, "features": report.to_dict(),
             "skipped": {"count": len(report.corrupt), "by_reason": _count_reasons(report.corrupt)},
             "escaped_ids": escaped, "precision": precision,
-            "processes": ranks.world if ranks is not None else 1, "seconds": time.perf_counter() - t0}
+            "processes": ranks.world if ranks is not None else 1, "seconds": time.perf_counter() - t0,
+            **({"captions": caption_summary} if caption_summary else {})}
+
+
+def _caption_column(out: Path, backbone, ids, existing, captions: CaptionRequest | None, log):
+    """(the caption column the new generation holds, or None; a summary of the captioning, or None)."""
+    if captions is not None:
+        return build_caption_column(out, backbone, ids, captions.source, captions.captioner, captions.cache,
+                                    captions.batch_size, captions.progress, log)
+    kept = read_column(out, existing) if existing is not None else None
+    if kept is not None and len(kept.captions) != len(ids):
+        raise ZscirError(f"index {str(out)!r} has a caption column (captioner {kept.record.get('captioner')}) and "
+                         "its images changed: pass --captioner again to caption the new images too")
+    return kept, None
+
+
+def _write_column(out: Path, meta: dict, column: CaptionColumn) -> dict[str, Any]:
+    """index.json ``meta`` with a new generation of the caption column (the other files kept)."""
+    gen = _next_generation(out, meta)
+    files = {**{k: v for k, v in meta["files"].items() if k not in CAPTION_PARTS},
+             **write_column_files(out, gen, column)}
+    meta = {**meta, "generation": gen, "files": files, **record_files(out, files),
+            "columns": {"caption": column.record}}
+    atomic_write_json(out / "index.json", meta)
+    _drop_old_generations(out, files)
+    return meta
+
+
+def _drop_old_generations(out: Path, files: dict[str, str]) -> None:
+    for p in out.iterdir():  # older generations: no reader opens them any more once index.json moved on
+        m = GENERATION_FILE.fullmatch(p.name)
+        if m and p.name not in files.values():
+            p.unlink(missing_ok=True)
 
 
 def _count_reasons(corrupt: list[tuple[str, str]]) -> dict[str, int]:
@@ -245,9 +303,11 @@ def _next_generation(out: Path, existing: dict | None) -> int:
 
 def _write_generation(out: Path, existing, backbone, built, recall, ids, paths, keys, images_root, kind, exact_max,
                       precision: str, index_seconds: float, model: str | None,
-                      max_index_memory: int | None = None) -> dict[str, Any]:
+                      max_index_memory: int | None = None, column: CaptionColumn | None = None) -> dict[str, Any]:
     gen = _next_generation(out, existing)
     files = {"ids": f"ids.g{gen:06d}.json", "vectors": f"vectors.g{gen:06d}.npy"}
+    if column is not None:
+        files.update(write_column_files(out, gen, column))
     if isinstance(built.index, faiss.Index):
         files["faiss"] = f"faiss.g{gen:06d}.index"
         with atomic_path(out / files["faiss"]) as tmp:
@@ -274,12 +334,10 @@ def _write_generation(out: Path, existing, backbone, built, recall, ids, paths, 
                        "sample where the gallery is larger than the sample"
                        if built.kind in search_index.APPROXIMATE else None},
             "model": model, "index_seconds": round(index_seconds, 3),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({"columns": {"caption": column.record}} if column is not None else {})}
     atomic_write_json(out / "index.json", meta)
-    for p in out.iterdir():  # older generations: no reader opens them any more once index.json moved on
-        m = GENERATION_FILE.fullmatch(p.name)
-        if m and p.name not in files.values():
-            p.unlink(missing_ok=True)
+    _drop_old_generations(out, files)
     return meta
 
 

@@ -14,12 +14,18 @@ from zscir.data.sources import is_shard_folder, open_image_source
 from zscir.errors import ZscirError
 from zscir.features.distributed import current_ranks, process_device
 from zscir.features.precision import check_precision
+from zscir.generation.cli import captioner_option, editor_option, generations_option
 from zscir.index.autotune import parse_size
 from zscir.index.gallery import GalleryIndex, build_index, verify_index
 from zscir.index.metadata import import_metadata
 from zscir.index.html import write_html
 from zscir.index.queries import check_text, load_reference, read_queries
 from zscir.index.search_index import EXACT_MAX, KINDS
+from zscir.generation.cache import check_cache_file
+from zscir.generation.registry import build_captioner
+from zscir.utils.options import OUTPUT_FILE
+
+MODEL_CAPTIONERS = ("blip", "blip2", "hf-vlm", "lavis")   # backends that load a model on --device
 
 
 def _echo_err(msg: str) -> None:
@@ -95,6 +101,10 @@ def _print_metadata(report: dict, as_json: bool) -> None:
                    "input (2-4x faster); full: always decode every pixel.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=2048, show_default=True,
               help="Images per feature shard: a killed run keeps every finished shard.")
+@captioner_option(note="Also caption the images (through the generation cache: a rerun captions only new ones) and "
+                       "store the captions' text features as the index's caption column (CVSI reads it).")
+@click.option("--caption-cache", default=None, type=OUTPUT_FILE, metavar="FILE",
+              help="--captioner: the generation cache file (default under the zscir cache dir, one per captioner).")
 @click.option("--force", is_flag=True, help="Re-encode every image and rebuild every file (repairs a damaged index).")
 @click.option("--metadata", "metadata_file", type=click.Path(dir_okay=False),
               help="A CSV (header row) or JSONL file of fields per image, keyed by column 'id' (image id) or 'path' "
@@ -104,7 +114,8 @@ def _print_metadata(report: dict, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memory, exact_max, batch_size, workers,
-          precision, decode, shard_size, device, force, metadata_file, verify, as_json, no_progress):
+          precision, decode, shard_size, captioner, caption_cache, device, force, metadata_file, verify, as_json,
+          no_progress):
     """Encode a folder of images (only new or changed ones on a rerun) and build a searchable index.
 
     Rerunning on an index rebuilds a missing or damaged faiss index or index.json from the
@@ -115,7 +126,7 @@ def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memo
     own shards (resumable), the main process merges them and builds the index.
     """
     if verify:
-        if force or images is not None:
+        if force or images is not None or captioner is not None:
             raise ZscirError("--verify only checks an index: give it with --out alone (no --images, no --force)")
         _print_verify(verify_index(out), as_json)
         return
@@ -139,7 +150,12 @@ def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memo
         notice = world_model_notice(backbone)
         if ranks.is_main:
             _echo_err(f"note: {notice}")
-    items = None
+    items, captioner_obj, caption_source = None, None, None
+    if captioner is not None:
+        if caption_cache:
+            check_cache_file(caption_cache)  # before any work: never append to a file zscir did not create
+        captioner_obj = build_captioner(captioner, **({"device": str(device)} if _takes_device(captioner) else {}))
+        caption_source = open_image_source(images)
     if not Path(images).is_dir() or is_shard_folder(images):  # webdataset shards or a list file
         source = open_image_source(images)
         items = list(source)
@@ -151,7 +167,8 @@ def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memo
     summary = build_index(out, backbone, images=images, items=items, kind=kind, batch_size=batch_size, workers=workers,
                           progress=not no_progress, exact_max=exact_max, log=_echo_err, model=model, force=force,
                           precision=precision, draft=decode == "draft", shard_size=shard_size,
-                          ranks=ranks if ranks.world > 1 else None, max_index_memory=max_index_memory)
+                          ranks=ranks if ranks.world > 1 else None, max_index_memory=max_index_memory,
+                          captioner=captioner_obj, caption_source=caption_source, caption_cache=caption_cache)
     if not ranks.is_main:  # a helper process: the main process reports for all of them
         return
     if metadata_file is not None:
@@ -170,6 +187,15 @@ def index(images, out, clip, pretrained, model, preprocess, kind, max_index_memo
                f"(recall@{summary['recall']['k']} vs exact {summary['recall']['value']:.3f}); "
                f"{f['encoded']} encoded, {f['reused']} reused, {f['deleted']} dropped, {f['num_corrupt']} skipped "
                f"in {summary['seconds']:.1f} s{rate}")
+    if "captions" in summary:
+        c = summary["captions"]
+        click.echo(f"caption column ({c['captioner']}): {c['captioned_now']} captioned now, {c['from_cache']} from "
+                   f"the cache, {c['texts_encoded_now']} caption texts encoded, {c['without_caption']} without a caption")
+
+
+def _takes_device(spec: str) -> bool:
+    """Whether the captioner backend of ``spec`` runs a model here (and so takes --device)."""
+    return spec.partition(":")[0] in MODEL_CAPTIONERS
 
 
 def _table(results) -> str:
@@ -189,16 +215,22 @@ def _table(results) -> str:
 @click.option("--queries", type=click.Path(), help="JSONL file of {\"ref\": IMAGE, \"text\": \"...\"} rows, answered in one batch.")
 @click.option("--index", "index_dir", type=click.Path(), help="Index directory (default: the shapes world's gallery).")
 @click.option("--model", help="A zscir checkpoint, or a training-free encoder: image | text | sum | searle-xl-oti "
+                              "| cirevl | ldre | seize | cvsi:MAPPING (the language-model methods read "
+                              "--generations, else --captioner/--editor; cvsi also the index's caption column) "
                               "(default: the shipped FTI checkpoint for the index's backbone, else sum).")
 @backbone_options("For a baseline --model without --index.", random_weights=True, preprocess=None,
                   preprocess_note="With --clip; default: targetpad.")
+@generations_option
+@captioner_option(note="cirevl/ldre/seize/cvsi: caption a reference the --generations lack (cached).")
+@editor_option(note="cirevl/ldre/seize/cvsi: edit a caption the --generations lack (cached; prompted with the "
+                    "method's template).")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Number of results per query.")
 @click.option("--keep-reference", is_flag=True, help="Allow the reference image itself among the results.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML page here.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when an index is built on first use).")
-def retrieve(ref, text, queries, index_dir, model, clip, pretrained, preprocess, k, keep_reference, as_json,
-             html_path, device, no_progress):
+def retrieve(ref, text, queries, index_dir, model, clip, pretrained, preprocess, generations, captioner, editor, k,
+             keep_reference, as_json, html_path, device, no_progress):
     """Rank the gallery for a reference image plus a modification text."""
     if queries is not None and (ref is not None or text is not None):
         raise ZscirError("give either --queries FILE or --ref IMAGE --text TEXT, not both")
@@ -216,8 +248,14 @@ def retrieve(ref, text, queries, index_dir, model, clip, pretrained, preprocess,
         check_text(text, "modification text (option --text)")
         query_list = [(ref, text)]
 
+    sources = None
+    if generations or captioner or editor:
+        # deferred like the other library imports of a command: --help loads none of it
+        from zscir.importers.released_generations import load_generations
+
+        sources = resolve.GenerationSources(load_generations(generations) if generations else None, captioner, editor)
     retriever = resolve.open_retriever(index_dir, model, clip, pretrained, preprocess, device,
-                                       progress=not no_progress, log=_echo_err)
+                                       progress=not no_progress, log=_echo_err, generations=sources)
     results = retriever.search_many(query_list, k, exclude_reference=not keep_reference)
     if html_path:
         write_html(html_path, results, subtitle=f"model {retriever.encoder.name}, index {retriever.index.root}")

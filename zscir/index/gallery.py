@@ -11,6 +11,9 @@
       ids.g<gen>.json       {"ids": [...], "paths": [...], "keys": [...]} in faiss row order
                             (keys: each image's content hash, to recognise a query's own image)
       features/             the shared feature store (zscir.features): fp16 shards + ids + metadata
+      captions.g<gen>.json, caption-vectors.g<gen>.npy
+                            with `zscir index --captioner`: each row's captions and the caption column
+                            (zscir.index.caption_column; its text features resumable in caption-features/)
 
 Opening checks every file against index.json's records before anything is read from it:
 sizes, the ids file's sha256 and the large files' per-block crc32 (the rule and its cost:

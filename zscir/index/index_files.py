@@ -29,8 +29,8 @@ from typing import Any
 FORMAT = "zscir-index"
 FORMAT_VERSION = 1
 BLOCK_BYTES = 64 * 2 ** 20    # crc32 granularity of the large files
-SMALL = ("ids",)              # parts checked by full sha256 on open; the others by their crc32 blocks
-GENERATION_FILE = re.compile(r"(faiss|ids|vectors)\.g(\d+)\.(index|json|npy)")
+SMALL = ("ids", "captions")   # parts checked by full sha256 on open; the others by their crc32 blocks
+GENERATION_FILE = re.compile(r"(faiss|ids|vectors|captions|caption-vectors)\.g(\d+)\.(index|json|npy)")
 
 _noticed: set[str] = set()    # indexes whose missing records were already reported in this process
 

@@ -12,6 +12,13 @@ is part of the gallery (as CIRR's protocol does): "this one, but red" never
 wants "this one" back. "Itself" means the same content (sha256 of the file's
 bytes: a copy or a symlink in the gallery is the reference too) or the same
 file; ``exclude_ids`` leaves out more by id (e.g. an in-memory reference's own id).
+
+Methods with several query vectors and gallery columns (CVSI, SEIZE, ...: an encoder that overrides
+``encode_items``) are answered by :mod:`zscir.index.rescoring`: every row scored by the full rule on an
+exact index, candidates from the image column re-scored exactly on an approximate one. They read captions
+and edits from ``generations`` (:class:`zscir.index.live_generations.LiveGenerations`: ``--generations``
+files, then the configured captioner and editor); the reference is known to them by its gallery id when it
+is a gallery image (else its file name) and by its content.
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ from zscir.index.gallery import GalleryIndex
 from zscir.features.sources import safe_name
 from zscir.index.queries import ImageInput, check_text, read_reference
 from zscir.index.refine import refine_turns
+from zscir.index.rescoring import IndexColumns, rank_rows
 from zscir.index.rows import Lookup
+from zscir.models.composed import ImageRef, QueryItem, SplitContext
+from zscir.models.query import QueryEncoder
 
 
 @dataclass
@@ -55,10 +65,22 @@ def _label(image: ImageInput) -> str:
     return "<image>" if isinstance(image, Image.Image) else safe_name(str(image))
 
 
+def multi_column(encoder) -> bool:
+    """Whether ``encoder`` gives its own named query vectors (else it is the one-vector case, one index search)."""
+    own = getattr(type(encoder), "encode_items", None)
+    return own is not None and own is not QueryEncoder.encode_items
+
+
 class Retriever:
-    def __init__(self, index: GalleryIndex, encoder):
+    def __init__(self, index: GalleryIndex, encoder, generations=None, style: str = "structural"):
         index.check_backbone(encoder.backbone, what=f"the query model ({encoder.name})")
         self.index, self.encoder, self.backbone = index, encoder, encoder.backbone
+        self.generations = generations
+        self.multi = multi_column(encoder)
+        self.columns = IndexColumns(index) if self.multi else None
+        if self.multi:
+            self.columns.check(encoder.rule.columns)   # before any query: one line naming the missing column
+            encoder.prepare(SplitContext(style=style, generations=generations))
         # compact lookups (zscir.index.rows); paths were resolved when the index was built, so none is resolved here
         self._rows_of_path = Lookup(*([index.realpaths] if index.realpaths is not None else []), index.paths)
         self._rows_of_key = Lookup(index.keys if index.keys is not None else [None] * len(index))
@@ -109,17 +131,42 @@ class Retriever:
             lap("decode")
             ref = self.encode_references([im for im, _ in decoded], batch_size)
             lap("image_encoder")
-            q = self.encoder.encode_queries(ref, texts[start:start + batch_size]).float().cpu().numpy()
-            lap("query_encoder")
-            drop = [excluded_ids[start + n] | (self._own_rows(image, key) if exclude_reference else set())
-                    for n, ((image, _), (_, key)) in enumerate(zip(chunk, decoded))]
-            scores, rows = self.index.search(q, k + max(map(len, drop), default=0))
-            lap("search")
-            for (image, _), text, s, r, own in zip(chunk, texts[start:start + batch_size], scores, rows, drop):
-                hits = [(float(sc), int(row)) for sc, row in zip(s, r) if row >= 0 and int(row) not in own][:k]
+            own_rows = [self._own_rows(image, key) for (image, _), (_, key) in zip(chunk, decoded)]
+            drop = [excluded_ids[start + n] | (own if exclude_reference else set()) for n, own in enumerate(own_rows)]
+            if self.multi:
+                ranked = self._multi_column(chunk, decoded, own_rows, ref, texts[start:start + batch_size], k,
+                                            drop, lap)
+            else:
+                q = self.encoder.encode_queries(ref, texts[start:start + batch_size]).float().cpu().numpy()
+                lap("query_encoder")
+                scores, rows = self.index.search(q, k + max(map(len, drop), default=0))
+                lap("search")
+                ranked = [[(float(sc), int(row)) for sc, row in zip(s, r) if row >= 0 and int(row) not in own][:k]
+                          for s, r, own in zip(scores, rows, drop)]
+            for (image, _), text, hits in zip(chunk, texts[start:start + batch_size], ranked):
                 results.append(QueryResult(_label(image), text, [
                     Hit(rank, sc, self.index.ids[row], self.index.paths[row]) for rank, (sc, row) in enumerate(hits, 1)]))
         return results
+
+    def _multi_column(self, chunk, decoded, own_rows, ref, texts, k, drop, lap) -> list[list[tuple[float, int]]]:
+        """The encoder's named vectors for the chunk, ranked by its rule over the index's columns."""
+        items = []
+        for (image, _), (pil, key), own in zip(chunk, decoded, own_rows):
+            path = None if isinstance(image, Image.Image) else str(image)
+            name = self.index.ids[min(own)] if own else (os.path.basename(path) if path else "<image>")
+            reference = ImageRef(name, path)
+            if hasattr(self.generations, "register"):
+                self.generations.register(reference, pil, key)
+            items.append(reference)
+        spent = getattr(self.generations, "seconds", 0.0)
+        vectors = self.encoder.encode_items(ref, [QueryItem([t], (t,), r) for t, r in zip(texts, items)])
+        lap("query_encoder")
+        generated = getattr(self.generations, "seconds", 0.0) - spent
+        lap.move("query_encoder", "generation", generated)
+        ranked = rank_rows(self.encoder.rule, {n: v.float().cpu() for n, v in vectors.items()}, self.columns,
+                           self.index, k, drop)
+        lap("search")
+        return ranked
 
     def refine(self, image: ImageInput, texts: Sequence[str], k: int = 10,
                exclude_reference: bool = True) -> list[QueryResult]:
@@ -175,3 +222,9 @@ class _Laps:
             now = time.perf_counter()
             self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
             self.last = now
+
+    def move(self, source: str, stage: str, seconds: float) -> None:
+        """Count ``seconds`` of what ``source`` took as ``stage`` instead (e.g. generation within the query encoder)."""
+        if self.timings is not None and seconds > 0:
+            self.timings[source] = self.timings.get(source, 0.0) - seconds
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds

@@ -68,6 +68,11 @@ class Rule:
     def describe(self) -> dict:
         raise NotImplementedError
 
+    def candidate_query(self, vectors: Vectors) -> torch.Tensor:
+        """[B, D]: a query whose inner product with the ``"image"`` column ranks candidates for exact re-scoring by
+        :meth:`score` (an approximate index over the image features serves it, :mod:`zscir.index.rescoring`)."""
+        raise NotImplementedError(f"{type(self).__name__} names no candidate query")
+
 
 @dataclass(frozen=True)
 class Linear(Rule):
@@ -86,6 +91,10 @@ class Linear(Rule):
             term = term if w == 1.0 else w * term
             total = term if total is None else total + term
         return total
+
+    def candidate_query(self, vectors: Vectors) -> torch.Tensor:
+        """The image-column part of the rule: ``sum(w * vectors[v])`` over the terms that read ``"image"``."""
+        return sum(w * vectors[v] for v, c, w in self.terms if c == "image")
 
     def describe(self) -> dict:
         return {"rule": "linear", "terms": [{"vector": v, "column": c, "weight": w} for v, c, w in self.terms]}

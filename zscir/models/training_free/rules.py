@@ -42,6 +42,9 @@ class SeizeRule(Rule):
         d = after - before
         return after + self.neg * d.clamp(max=0) + self.pos * d.clamp(min=0)
 
+    def candidate_query(self, vectors: Vectors) -> torch.Tensor:
+        return vectors["edited"]   # s_after: the similarity after the edit
+
     def describe(self) -> dict:
         return {"rule": "seize", "neg_factor": self.neg, "pos_factor": self.pos,
                 "formula": "s_after + neg * min(s_after - s_before, 0) + pos * max(s_after - s_before, 0)",
@@ -94,8 +97,11 @@ class EnsembleWeights(Rule):
     columns = ("image",)
 
     def score(self, vectors: Vectors, columns: Vectors) -> torch.Tensor:
+        return self.candidate_query(vectors) @ columns["image"].T
+
+    def candidate_query(self, vectors: Vectors) -> torch.Tensor:
         w = torch.tensor(self.weights, dtype=vectors["edits"].dtype)
-        return (vectors["edits"] * w[None, :, None]).sum(dim=1) @ columns["image"].T
+        return (vectors["edits"] * w[None, :, None]).sum(dim=1)
 
     def describe(self) -> dict:
         return {"rule": "ldre-adaptive-ensemble", "topk": self.topk, "temperature": self.temperature,
