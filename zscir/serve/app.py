@@ -46,14 +46,16 @@ ROUTES = ("/", "/search", "/refine", "/healthz", "/metrics", "/gallery", "/opena
 
 
 def load_retrievers(index_dir=None, models: Sequence[str] = (), clip=None, pretrained=None, preprocess=None,
-                    device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+                    device: str = "cpu", progress: bool = True, generations=None) -> dict[str, Any]:
     """name -> Retriever, all over one opened index and one backbone (each model loaded once, by zscir.resolve).
 
     No ``index_dir``: the shapes world's gallery; no ``models``: the index's default model
-    (the shipped FTI checkpoint), as `zscir retrieve` does. Names are the methods (fti, sum,
+    (the shipped FTI checkpoint), as `zscir retrieve` does. ``generations``: a
+    :class:`zscir.resolve.GenerationSources` for the language-model methods. Names are the methods (fti, sum,
     ...), or the checkpoint files' names when two models share a method.
     """
-    retrievers = open_retrievers(index_dir, models, clip, pretrained, preprocess, device, progress, log=_stderr)
+    retrievers = open_retrievers(index_dir, models, clip, pretrained, preprocess, device, progress, log=_stderr,
+                                 generations=generations)
     methods = [r.encoder.name for _, r in retrievers]
     out: dict[str, Any] = {}
     for spec, r in retrievers:

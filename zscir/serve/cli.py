@@ -10,6 +10,9 @@ import click
 from zscir.backbone.options import backbone_options
 from zscir.data.images import DEFAULT_MAX_PIXELS
 from zscir.errors import ZscirError
+from zscir.generation.cli import captioner_option, editor_option, generations_option
+from zscir.importers.released_generations import load_generations
+from zscir.resolve import GenerationSources
 from zscir.serve.app import create_app, load_retrievers
 from zscir.serve.auth import check_bind
 from zscir.serve.request_log import LOG_FORMATS, configure_logging
@@ -20,8 +23,12 @@ from zscir.serve.service import ServeConfig
 @click.command("serve")
 @click.option("--index", "index_dir", type=click.Path(), help="Index directory (default: the shapes world's gallery).")
 @click.option("--model", "models", multiple=True,
-              help="A zscir checkpoint or a baseline (image | text | sum); repeat to load several "
+              help="A zscir checkpoint, a baseline (image | text | sum) or a language-model method (cirevl | ldre | "
+                   "seize | cvsi:MAPPING, reading --generations, else --captioner/--editor); repeat to load several "
                    "(a request picks one by name). Default: the index's model, else the shipped FTI checkpoint.")
+@generations_option
+@captioner_option(note="cirevl/ldre/seize/cvsi: caption an uploaded reference (cached; its time is in the timings).")
+@editor_option(note="cirevl/ldre/seize/cvsi: edit a caption the --generations lack (cached).")
 @backbone_options("For a baseline --model without --index.", random_weights=True, preprocess=None,
                   preprocess_note="With --clip; default: targetpad.")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -60,7 +67,7 @@ from zscir.serve.service import ServeConfig
                    "higher one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line (url, models, index) once serving.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when the world's index is built on first use).")
-def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, api_key, insecure_no_auth, workers,
+def serve(index_dir, models, generations, captioner, editor, clip, pretrained, preprocess, device, host, port, api_key, insecure_no_auth, workers,
           threads, max_upload_mb, max_pixels, max_k, max_sessions, reload_interval, graceful_timeout, log_level,
           access_log, log_format, cors_origins, show_paths, max_batch, dedupe_threshold, as_json, no_progress):
     """Serve composed search over HTTP: a JSON API (schema at /openapi.json) and a web page at /."""
@@ -86,7 +93,11 @@ def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, a
         torch.set_num_threads(threads)
 
     bind(host, port).close()  # a taken port is reported before the models load
-    retrievers = load_retrievers(index_dir, models, clip, pretrained, preprocess, device, progress=not no_progress)
+    sources = None
+    if generations or captioner or editor:
+        sources = GenerationSources(load_generations(generations) if generations else None, captioner, editor)
+    retrievers = load_retrievers(index_dir, models, clip, pretrained, preprocess, device, progress=not no_progress,
+                                 generations=sources)
     config = ServeConfig(max_upload_bytes=int(max_upload_mb * 2 ** 20), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                          max_k=max_k, workers=workers, reload_interval=reload_interval, max_sessions=max_sessions,
                          api_key=api_key or None, show_paths=show_paths, max_batch=max_batch,
