@@ -63,6 +63,7 @@ class Timings(BaseModel):
     mapping_network: float | None = Field(None, description="null for a model without a mapping network")
     text_encoder: float
     search: float
+    generation: float | None = Field(None, description="captions/edits made for a language-model method; null otherwise")
     total: float
 
 

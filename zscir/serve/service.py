@@ -33,7 +33,7 @@ from zscir.features.sources import content_key
 from zscir.serve.errors import RequestError
 from zscir.serve.live_index import IndexState, LiveIndex
 from zscir.serve.metrics import Metrics
-from zscir.serve.ranking import REFUSED, query_kind, query_vector, rank
+from zscir.serve.ranking import REFUSED, Ranked, query_kind, query_vector, rank
 from zscir.serve.search_options import check_dedupe, check_filter, check_offset
 from zscir.serve.sessions import SessionStore
 from zscir.serve.thumbnails import THUMB_SIZES, Thumbnail, ThumbnailCache, file_etag, make_thumbnail
@@ -43,7 +43,7 @@ __all__ = ["RequestError", "ServeConfig", "Reference", "SearchService", "IndexSt
 
 log = logging.getLogger("zscir.serve")
 
-STAGES = ("decode", "image_encoder", "mapping_network", "text_encoder", "search")
+STAGES = ("decode", "image_encoder", "mapping_network", "text_encoder", "search", "generation")
 
 
 @dataclass
@@ -215,22 +215,30 @@ class SearchService:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self._timers[name].take()  # drop anything a failed earlier call left on this thread
+        by_rule = kind == "composed" and retriever.multi  # a language-model method: several vectors and columns
+        if by_rule and (conditions or threshold is not None):
+            raise RequestError(422, "filter" if conditions else "dedupe",
+                               f"model {name!r}: filter and dedupe are not available for a language-model method")
         try:
-            q, key, _ = query_vector(retriever, kind, image, text, timings)
+            if by_rule:
+                ranked = self._ranked_by_rule(state, retriever, image, text, k, offset, timings)
+            else:
+                q, key, _ = query_vector(retriever, kind, image, text, timings)
         except ZscirError as e:
             if reference is not None and reference.kind == "id":  # the gallery file went missing or unreadable
                 raise RequestError(404 if "does not exist" in str(e) else 422, "image_id", f"field 'image_id': {e}")
             raise
-        # the reference itself is left out: its own content (an upload's gallery copies) or file
-        exclude: set[int] = set()
-        if image is not None:
-            exclude = retriever._own_rows(image, key or reference.key)  # the rule Retriever.search applies
-        if reference is not None and reference.key:
-            exclude |= {state.row_of_id[i] for i in state.ids_of_key.get(reference.key, [])}
-        allowed = state.metadata.rows_matching(conditions, state.row_of_id) if conditions else None
-        t_search = time.perf_counter()
-        ranked = rank(state.index, q, k, offset, exclude, allowed, threshold)
-        timings["search"] = time.perf_counter() - t_search
+        if not by_rule:
+            # the reference itself is left out: its own content (an upload's gallery copies) or file
+            exclude: set[int] = set()
+            if image is not None:
+                exclude = retriever._own_rows(image, key or reference.key)  # the rule Retriever.search applies
+            if reference is not None and reference.key:
+                exclude |= {state.row_of_id[i] for i in state.ids_of_key.get(reference.key, [])}
+            allowed = state.metadata.rows_matching(conditions, state.row_of_id) if conditions else None
+            t_search = time.perf_counter()
+            ranked = rank(state.index, q, k, offset, exclude, allowed, threshold)
+            timings["search"] = time.perf_counter() - t_search
         if ranked.dropped_missing:
             self.metrics.counter("zscir_missing_files_total", "Hits dropped because their file is gone from disk",
                                  ranked.dropped_missing)
@@ -242,6 +250,7 @@ class SearchService:
             "mapping_network": mapping,
             "text_encoder": timings.get("query_encoder", 0.0) - (mapping or 0.0),
             "search": timings.get("search", 0.0),
+            "generation": timings.get("generation"),
         }
         for stage, seconds in stages.items():
             if seconds is not None:
@@ -258,6 +267,13 @@ class SearchService:
         if not record:
             return turn
         return self._record(session, turn)
+
+    @staticmethod
+    def _ranked_by_rule(state: IndexState, retriever, image, text: str, k: int, offset: int, timings: dict) -> Ranked:
+        """The retriever's own scoring rule over its columns (Retriever.search_many: generations made or read,
+        the reference left out), the hits ``offset + 1`` to ``offset + k``."""
+        (result,) = retriever.search_many([(image, text)], offset + k, timings=timings)
+        return Ranked([(state.row_of_id[h.id], h.score) for h in result.hits][offset:])
 
     def _result(self, state: IndexState, rank_: int, row: int, score: float) -> dict:
         image_id = state.index.ids[row]
