@@ -101,7 +101,7 @@ def check_size(item_id: str, width: int, height: int, max_pixels: int,
                max_aspect: float | None = DEFAULT_MAX_ASPECT) -> None:
     """Raise :class:`BadImageError` for a size over the pixel cap or the aspect cap (see :func:`decode_image`)."""
     if width * height > max_pixels:
-        raise BadImageError(item_id, TOO_LARGE, f"{width}x{height} > {max_pixels} pixels")
+        raise BadImageError(item_id, TOO_LARGE, f"{width}x{height} > {max_pixels} pixels ({width * height} pixels)")
     if max_aspect is not None and max(width, height) > max_aspect * max(1, min(width, height)):
         raise BadImageError(item_id, TOO_ELONGATED, f"{width}x{height}: the long side is over {max_aspect:g} "
                                                     "times the short side")
