@@ -11,6 +11,7 @@ from zscir.data.images import DEFAULT_MAX_PIXELS
 from zscir.errors import ZscirError
 from zscir.serve.app import create_app, load_retrievers
 from zscir.serve.auth import check_bind
+from zscir.serve.limits_cli import limit_options
 from zscir.serve.runner import bind, serve as run
 from zscir.serve.service import ServeConfig
 
@@ -33,7 +34,8 @@ from zscir.serve.service import ServeConfig
 @click.option("--threads", type=int, default=None, help="torch threads per search (default: torch's own choice).")
 @click.option("--max-upload-mb", type=float, default=10.0, show_default=True, help="Largest reference upload.")
 @click.option("--max-pixels", type=int, default=None,
-              help="Largest reference image in pixels (decompression-bomb limit; default: PIL's ~89 MP).")
+              help="Largest reference image in pixels (zscir's own decompression-bomb limit, any value; "
+                   f"default: {DEFAULT_MAX_PIXELS}).")
 @click.option("--max-k", type=int, default=100, show_default=True, help="Largest k a request may ask for.")
 @click.option("--max-sessions", type=int, default=1000, show_default=True,
               help="Refinement sessions kept in memory (the least recently used are dropped).")
@@ -46,9 +48,10 @@ from zscir.serve.service import ServeConfig
 @click.option("--access-log", is_flag=True, help="Log every request.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line (url, models, index) once serving.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when the world's index is built on first use).")
+@limit_options
 def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, api_key, insecure_no_auth, workers,
           threads, max_upload_mb, max_pixels, max_k, max_sessions, reload_interval, graceful_timeout, log_level,
-          access_log, as_json, no_progress):
+          access_log, as_json, no_progress, limits):
     """Serve composed search over HTTP: a JSON API (schema at /openapi.json) and a web page at /."""
     check_bind(host, api_key, insecure_no_auth)
     for name, value, low in (("--workers", workers, 1), ("--max-k", max_k, 1), ("--port", port, 0),
@@ -71,7 +74,7 @@ def serve(index_dir, models, clip, pretrained, preprocess, device, host, port, a
     config = ServeConfig(max_upload_bytes=int(max_upload_mb * 2 ** 20), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                          max_k=max_k, workers=workers, reload_interval=reload_interval, max_sessions=max_sessions,
                          api_key=api_key or None)
-    app = create_app(retrievers=retrievers, config=config)
+    app = create_app(retrievers=retrievers, config=config, limits=limits)
     service = app.state.service
 
     def ready(url):
