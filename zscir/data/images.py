@@ -88,7 +88,8 @@ def decode_image(data: bytes, item_id: str = "<bytes>", max_pixels: int = DEFAUL
         reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
         raise BadImageError(item_id, reason, str(e)) from None
     try:
-        image = ImageOps.exif_transpose(image)  # phones store rotation in EXIF, not in pixels
+        if image.getexif().get(0x0112, 1) != 1:  # else exif_transpose would only copy the pixels
+            image = ImageOps.exif_transpose(image)  # phones store rotation in EXIF, not in pixels
     except Exception:  # a broken EXIF block must not lose an otherwise good image
         pass
     try:

@@ -5,7 +5,9 @@ In order:
 - the API key (when one is set), 401 otherwise;
 - a search request (any POST) must pass the client's rate limit (429) and find room among
   ``workers + max_queue`` held requests (503), both with ``Retry-After``; its body must arrive
-  within ``body_timeout`` seconds (408);
+  within ``body_timeout`` seconds (408); an upload (multipart, or a body over 64 KB) waits, without
+  a thread, for one of ``workers - 1`` upload places, so a decode of a large image never takes
+  the last worker from the searches by gallery id;
 - every answer carries ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``, a
   Content-Security-Policy (unless the route set its own) and ``Referrer-Policy``; an answer
   sent before the request's body was read to its end says ``Connection: close``, and the
@@ -57,6 +59,7 @@ class Guard:
         self.limits = limits or Limits()
         self.admission = Admission(max(1, workers) + self.limits.max_queue)
         self.rates = RateLimiter(self.limits.rate, self.limits.burst, self.limits.max_clients)
+        self.uploads = asyncio.Semaphore(max(1, workers - 1))
         for name, value in self.limits.as_metrics(workers).items():
             service.metrics.gauge("zscir_limit", "The server's limits (options of `zscir serve`)", value, limit=name)
 
@@ -103,7 +106,11 @@ class Guard:
                 else:
                     self._inside_gauge()
                     try:
-                        await self.app(scope, self._timed(receive, state), guarded_send)
+                        if _is_upload(scope):
+                            async with self.uploads:
+                                await self.app(scope, self._timed(receive, state), guarded_send)
+                        else:
+                            await self.app(scope, self._timed(receive, state), guarded_send)
                     finally:
                         self.admission.leave()
                         self._inside_gauge()
@@ -181,6 +188,20 @@ class Guard:
     def _inside_gauge(self) -> None:
         self.service.metrics.gauge("zscir_search_requests_held", "Search requests held: being answered or queued",
                                    self.admission.inside)
+
+
+UPLOAD_BYTES = 64 * 1024
+
+
+def _is_upload(scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type" and value.lower().startswith(b"multipart/"):
+            return True
+        if name == b"content-length" and (not value.strip().isdigit() or int(value) > UPLOAD_BYTES):
+            return True
+        if name == b"transfer-encoding":
+            return True
+    return False
 
 
 def _has_body(scope) -> bool:

@@ -18,6 +18,8 @@ slowly its bytes keep trickling in (uvicorn's keep-alive timer restarts on every
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import socket
 import threading
 import time
@@ -48,6 +50,20 @@ def bind(host: str, port: int) -> socket.socket:
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def return_big_blocks_to_the_system(threshold: int = 1 << 20) -> None:
+    """glibc: allocations over ``threshold`` bytes are always mmap'ed, so freeing a decoded image gives its memory
+    back (by default the threshold rises to the largest block freed, and later image blocks stay in the heap).
+    A no-op elsewhere."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, threshold)
+    except (OSError, AttributeError):
+        pass
 
 
 def limits_of(app) -> Limits:
@@ -112,6 +128,7 @@ def make_server(app, sock: socket.socket, log_level: str = "warning", graceful_t
                 on_ready: Callable[[], None] | None = None, access_log: bool = False):
     import uvicorn  # deferred: heavy, and only needed once a server runs
 
+    return_big_blocks_to_the_system()
     service = getattr(getattr(app, "state", None), "service", None)
 
     def refused(reason: str) -> None:
