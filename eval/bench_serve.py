@@ -2,6 +2,7 @@
 
     python eval/bench_serve.py                       # 4 clients x 200 requests, 1000 world gallery images
     python eval/bench_serve.py --clients 2 --requests 50 --gallery 300 --json bench_serve.json
+    python eval/bench_serve.py --heavy-uploads       # 3 clients upload 88 MP PNGs, a 4th searches (bench_serve_uploads.py)
 
 What it does, in one run and one process tree on this machine:
 
@@ -68,6 +69,11 @@ def child_env() -> dict:
 
 
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--heavy-uploads" in argv:  # the upload scenario (issue 30): eval/bench_serve_uploads.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_serve_uploads import main as heavy_uploads
+        return heavy_uploads([a for a in argv if a != "--heavy-uploads"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--requests", type=int, default=200, help="requests per client in the load phase")

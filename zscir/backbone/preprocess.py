@@ -21,6 +21,15 @@ them with nearest-neighbour), RGBA (resized with premultiplied alpha, then the
 alpha is dropped) and CMYK (padding 0 is white there) it does. zscir's image
 decoder (:func:`zscir.data.images.decode_image`) already returns RGB (alpha
 composited on white), so images read through it are unaffected.
+
+Bounded cost for any input shape: no intermediate image grows past ``CANVAS_FACTOR`` times the
+model's input size per side. TargetPad on an image whose padded canvas would be larger first
+resizes the image (bicubic, antialiased) so that the canvas's shorter side is ``CANVAS_FACTOR *
+size``, and pads after that (a 100000 x 1 strip would otherwise become a 100000 x 80000 canvas);
+a resize whose long side would pass ``CANVAS_FACTOR * size`` (CLIP's and LinCIR's crop of a
+long strip) resizes only the cropped box (PIL's ``resize(box=...)``: the same sampling
+positions; PIL's 8-bit rounding between its two passes may differ slightly). Images within the
+bound take the exact pad-resize-crop path of the official pipelines, pixel for pixel.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from zscir.errors import ZscirError
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 TARGETPAD_RATIO = 1.25
+CANVAS_FACTOR = 4  # no intermediate image side is larger than this times the model's input size
 
 
 def target_pad(image: Image.Image, target_ratio: float = TARGETPAD_RATIO) -> Image.Image:
@@ -51,6 +61,44 @@ def target_pad(image: Image.Image, target_ratio: float = TARGETPAD_RATIO) -> Ima
         canvas.putpalette(image.getpalette())
     canvas.paste(image, (pad_w, pad_h))
     return canvas
+
+
+def shrink_for_pad(image: Image.Image, size: int, target_ratio: float = TARGETPAD_RATIO) -> Image.Image:
+    """``image`` resized (bicubic) so that its TargetPad canvas's shorter side is at most ``CANVAS_FACTOR * size``.
+
+    Unchanged when the canvas is already that small (the official pipeline's pixels exactly).
+    """
+    w, h = image.size
+    long_side, short_side = max(w, h), min(w, h)
+    canvas_short = long_side / target_ratio if long_side / short_side >= target_ratio else short_side
+    bound = CANVAS_FACTOR * size
+    if canvas_short <= bound:
+        return image
+    scale = bound / canvas_short
+    return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+
+
+def resize_and_crop(image: Image.Image, size: int, offset: Callable[[int], int]) -> Image.Image:
+    """Resize the shorter side to ``size`` (as torchvision's ``resize``) and crop ``size`` x ``size`` at
+    ``offset(extra)`` along each side; a long resized side (over ``CANVAS_FACTOR * size``) is never made:
+    only the cropped box of the source is resized."""
+    w, h = image.size
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if max(new_w, new_h) <= CANVAS_FACTOR * size:
+        image = image.resize((new_w, new_h), Image.BICUBIC)
+        left, top = offset(new_w - size), offset(new_h - size)
+        return image.crop((left, top, left + size, top + size))
+    sx, sy = w / new_w, h / new_h
+    left, top = offset(new_w - size), offset(new_h - size)
+    return image.resize((size, size), Image.BICUBIC, box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+
+
+def _torchvision_offset(extra: int) -> int:
+    return int(round(extra / 2.0))  # torchvision's center_crop: half, rounded half to even
+
+
+def _floored_offset(extra: int) -> int:
+    return extra // 2  # transformers' CLIPImageProcessor
 
 
 class Preprocess:
@@ -71,9 +119,9 @@ class Preprocess:
         return self.normalize(self.pixels(image))
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
-        image = self._pad(image)
-        image = TF.resize(image, self.size, interpolation=TF.InterpolationMode.BICUBIC)
-        image = TF.center_crop(image, self.size).convert("RGB")
+        if self._pad is target_pad:  # pad after shrinking: the canvas stays within CANVAS_FACTOR * size
+            image = target_pad(shrink_for_pad(image, self.size))
+        image = resize_and_crop(image, self.size, _torchvision_offset).convert("RGB")
         return TF.pil_to_tensor(image)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -90,10 +138,8 @@ class HFCLIPPreprocess(Preprocess):
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")  # the processor converts first (do_convert_rgb)
-        image = TF.resize(image, self.size, interpolation=TF.InterpolationMode.BICUBIC)
-        w, h = image.size
-        top, left = (h - self.size) // 2, (w - self.size) // 2  # floored, where torchvision rounds
-        return TF.pil_to_tensor(image.crop((left, top, left + self.size, top + self.size)))
+        # the crop's offset is floored, where torchvision rounds
+        return TF.pil_to_tensor(resize_and_crop(image, self.size, _floored_offset))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)

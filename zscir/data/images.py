@@ -3,14 +3,22 @@
 Real image collections are messy. Everything PIL can decode is converted to
 8-bit RGB (CMYK, palette, greyscale, 16-bit, float, alpha); what cannot be
 decoded raises :class:`BadImageError` with a short reason, which long jobs
-record in a :class:`SkipReport` and move on. Decompression bombs (images whose
-header claims more pixels than ``max_pixels``) are refused before decoding, so
-a 100k x 100k PNG of a few kilobytes never allocates 30 GB.
+record in a :class:`SkipReport` and move on.
+
+Bounded cost, decided from the header before any pixel is decoded:
+- more pixels than ``max_pixels`` (zscir's own limit, any size: PIL's global
+  ``Image.MAX_IMAGE_PIXELS`` is not consulted, so a caller may go above it) is refused
+  as a decompression bomb, so a 100k x 100k PNG of a few kilobytes never allocates 30 GB;
+- a long side more than ``max_aspect`` times the short side (a 372-byte 100000 x 1 PNG)
+  is refused as an extreme aspect ratio: nothing useful survives a square model input.
+Preprocessing bounds its own canvases for images that do not come through here
+(:mod:`zscir.backbone.preprocess`).
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,11 +28,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from zscir.errors import ZscirError
 
-# PIL's own default limit (~89.5 megapixels, a 9459 x 9459 image). Bigger
-# images are almost never real photos in a captioning set, and refusing them
-# bounds memory per worker at ~270 MB of RGB. (PIL itself refuses anything above
-# twice its ``Image.MAX_IMAGE_PIXELS`` whatever ``max_pixels`` says.)
+# ~89.5 megapixels (a 9459 x 9459 image; the number PIL uses too). Bigger images are almost
+# never real photos in a captioning set, and refusing them bounds memory per worker at ~270 MB
+# of RGB. zscir's own setting: any value is honoured (PIL's check is lifted while we open).
 DEFAULT_MAX_PIXELS = 89_478_485
+# long side / short side; banners and panoramas stay far below, a 100000 x 1 strip does not
+DEFAULT_MAX_ASPECT = 100.0
+
+TOO_LARGE = "too large (decompression bomb refused)"
+TOO_ELONGATED = "extreme aspect ratio"
+_PIL_LIMIT_LOCK = threading.Lock()  # PIL's limit is a module global: lifted for our open only
 
 # Transparent areas become white: product shots and logos are drawn on white.
 ALPHA_BACKGROUND = (255, 255, 255)
@@ -39,8 +52,11 @@ class BadImageError(ZscirError):
 
 
 def decode_image(data: bytes, item_id: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 min_size: int | None = None) -> Image.Image:
+                 min_size: int | None = None, max_aspect: float | None = DEFAULT_MAX_ASPECT) -> Image.Image:
     """Decode encoded image bytes to an 8-bit RGB image, or raise :class:`BadImageError`.
+
+    Refused from the header alone: more than ``max_pixels`` pixels (reason :data:`TOO_LARGE`), a
+    long side over ``max_aspect`` times the short side (:data:`TOO_ELONGATED`; None: no limit).
 
     ``min_size``: the caller only needs the shorter side to be at least ``min_size`` pixels
     (a model's input size). A JPEG is then decoded in draft mode: libjpeg scales by 1/2,
@@ -54,31 +70,52 @@ def decode_image(data: bytes, item_id: str = "<bytes>", max_pixels: int = DEFAUL
         with warnings.catch_warnings():
             # PIL only *warns* between its limit and twice it; we decide ourselves below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = _open_unchecked(data)
             width, height = image.size  # read from the header, nothing decoded yet
-            if width * height > max_pixels:
-                raise BadImageError(item_id, "too large (decompression bomb refused)",
-                                    f"{width}x{height} > {max_pixels} pixels")
+            check_size(item_id, width, height, max_pixels, max_aspect)
             if min_size is not None:
                 draft_to_cover(image, min_size)
             image.load()
     except BadImageError:
         raise
-    except Image.DecompressionBombError as e:
-        raise BadImageError(item_id, "too large (decompression bomb refused)", str(e)) from None
+    except Image.DecompressionBombError as e:  # a plugin's own check (e.g. an ICO frame) beyond ours
+        raise BadImageError(item_id, TOO_LARGE, str(e)) from None
+    except MemoryError:
+        raise BadImageError(item_id, "out of memory while decoding") from None
     except UnidentifiedImageError:
         raise BadImageError(item_id, "not an image", "PIL cannot identify the format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         reason = "truncated" if "truncated" in str(e).lower() else "corrupt"
         raise BadImageError(item_id, reason, str(e)) from None
     try:
-        image = ImageOps.exif_transpose(image)  # phones store rotation in EXIF, not in pixels
+        if image.getexif().get(0x0112, 1) != 1:  # else exif_transpose would only copy the pixels
+            image = ImageOps.exif_transpose(image)  # phones store rotation in EXIF, not in pixels
     except Exception:  # a broken EXIF block must not lose an otherwise good image
         pass
     try:
         return to_rgb(image)
     except (OSError, ValueError) as e:
         raise BadImageError(item_id, "unsupported pixel format", f"mode {image.mode}: {e}") from None
+
+
+def check_size(item_id: str, width: int, height: int, max_pixels: int,
+               max_aspect: float | None = DEFAULT_MAX_ASPECT) -> None:
+    """Raise :class:`BadImageError` for a size over the pixel cap or the aspect cap (see :func:`decode_image`)."""
+    if width * height > max_pixels:
+        raise BadImageError(item_id, TOO_LARGE, f"{width}x{height} > {max_pixels} pixels ({width * height} pixels)")
+    if max_aspect is not None and max(width, height) > max_aspect * max(1, min(width, height)):
+        raise BadImageError(item_id, TOO_ELONGATED, f"{width}x{height}: the long side is over {max_aspect:g} "
+                                                    "times the short side")
+
+
+def _open_unchecked(data: bytes) -> Image.Image:
+    """``Image.open`` without PIL's global pixel limit (the caller checks its own, any size)."""
+    with _PIL_LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def draft_to_cover(image: Image.Image, min_size: int) -> None:

@@ -17,7 +17,6 @@ import contextlib
 import functools
 import json
 import sys
-import time
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,8 +31,9 @@ from zscir import __version__
 from zscir.errors import ZscirError
 from zscir.resolve import open_retrievers
 from zscir.serve import request_log, routes, schema
-from zscir.serve.auth import key_matches, presented_key
 from zscir.serve.body import Body, decode_base64, parse_body, read_body
+from zscir.serve.guard import Guard
+from zscir.serve.limits import Limits
 from zscir.serve.metrics import CONTENT_TYPE
 from zscir.serve.process_metrics import InFlight
 from zscir.serve.service import Reference, RequestError, SearchService, ServeConfig
@@ -88,55 +88,16 @@ def _json(obj: Any, status: int = 200, headers: dict | None = None) -> Response:
     return Response(json.dumps(obj), status_code=status, media_type="application/json", headers=headers)
 
 
-class _Guard:
-    """ASGI middleware: the API-key check on every request, then request counts and latencies."""
-
-    def __init__(self, app, service: SearchService, api_key: str | None):
-        self.app, self.service = app, service
-        self.key = api_key.encode("utf-8") if api_key else None
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        self.service.start_watching()  # also when mounted in another app, whose lifespan does not reach us
-        t0 = time.perf_counter()
-        root, path = scope.get("root_path", ""), scope["path"]
-        if root and path.startswith(root):  # mounted under a prefix
-            path = path[len(root):]
-        route, status = _route_label(path), [500]
-
-        async def send_and_note(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            if self.key is not None and path not in routes.OPEN_PATHS and not key_matches(presented_key(dict(scope["headers"])), self.key):
-                err = RequestError(401, "api_key", "missing or wrong API key: send X-API-Key: KEY or "
-                                                   "Authorization: Bearer KEY")
-                response = _json(err.to_dict(), 401, {"WWW-Authenticate": 'Basic realm="zscir", charset="UTF-8"'})
-                await response(scope, receive, send_and_note)
-            else:
-                await self.app(scope, receive, send_and_note)
-        finally:
-            m, labels = self.service.metrics, {"route": route, "method": scope["method"]}
-            m.counter("zscir_requests_total", "HTTP requests answered", status=str(status[0]), **labels)
-            if status[0] >= 400:
-                m.counter("zscir_request_errors_total", "HTTP requests answered with a 4xx or 5xx status",
-                          status=str(status[0]), **labels)
-            m.observe("zscir_request_seconds", "Seconds from request to response, per route",
-                      time.perf_counter() - t0, route=route)
-
-
 def create_app(index=None, model: str | Sequence[str] | None = None, *, retrievers: dict[str, Any] | None = None,
-               config: ServeConfig | None = None, **config_options):
+               config: ServeConfig | None = None, limits: Limits | None = None, **config_options):
     """The FastAPI app for ``index`` (default: the shapes world's gallery) and ``model`` (one or several).
 
     Give ``retrievers`` ({name: Retriever} over one index) to serve models you loaded yourself.
-    Options of :class:`ServeConfig` may be passed by name (``max_k=50, workers=4, api_key=...``).
+    Options of :class:`ServeConfig` may be passed by name (``max_k=50, workers=4, api_key=...``);
+    ``limits`` (:class:`zscir.serve.limits.Limits`): queue, rate and time limits (default: their defaults).
     """
     config = config or ServeConfig(**config_options)
+    limits = (limits or Limits()).check()
     if retrievers is None:
         models = [model] if isinstance(model, str) else list(model or [])
         retrievers = load_retrievers(index, models)
@@ -159,6 +120,7 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
                   description="Composed image retrieval: a reference image plus a modification text -> a ranked "
                               "gallery; refine by choosing a result as the next reference.")
     app.state.service = service
+    app.state.limits = limits  # the runner reads the connection and header limits here
 
     in_flight, queued = InFlight(), InFlight()
 
@@ -192,8 +154,10 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
     async def zscir_error(request, exc: ZscirError):
         return _json(RequestError(422, "request", str(exc)).to_dict(), 422)
 
-    errors = {code: {"model": schema.ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422)}
+    errors = {code: {"model": schema.ErrorResponse} for code in (400, 401, 404, 408, 409, 413, 415, 422, 429, 503)}
     upload_cap = config.max_upload_bytes
+    # uploads are draft-decoded (JPEG DCT scaling) to the largest input size among the models, as the indexer does
+    draft = max((getattr(e.backbone.preprocess, "size", 0) for e in service.encoders.values()), default=0) or None
 
     def answer_search(body: Body, record: bool = True) -> dict:
         body.check_names(SEARCH_FIELDS)
@@ -213,10 +177,10 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
             if len(upload.data) > upload_cap:
                 raise RequestError(413, "image", f"field 'image': the upload is {len(upload.data)} bytes, over the "
                                                  f"{upload_cap}-byte cap (--max-upload-mb)")
-            ref = Reference.from_bytes(upload.data, "upload", "image", config.max_pixels)
+            ref = Reference.from_bytes(upload.data, "upload", "image", config.max_pixels, min_size=draft)
         elif given[0] == "image_base64":
             data = decode_base64(body.fields["image_base64"], "image_base64", upload_cap)
-            ref = Reference.from_bytes(data, "base64", "image_base64", config.max_pixels)
+            ref = Reference.from_bytes(data, "base64", "image_base64", config.max_pixels, min_size=draft)
         else:
             image_id = body.fields["image_id"]
             if not isinstance(image_id, str):
@@ -293,7 +257,8 @@ def create_app(index=None, model: str | Sequence[str] | None = None, *, retrieve
         return Response(static[name], media_type=STATIC[name])
 
     routes.register(app, service, in_pool, answer_search, errors, upload_cap * 4 // 3 + FORM_OVERHEAD)
-    app.add_middleware(_Guard, service=service, api_key=config.api_key)
+    app.add_middleware(Guard, service=service, api_key=config.api_key, limits=limits, workers=config.workers,
+                       route_label=_route_label)
     request_log.install(app, config.cors_origins, in_flight, config.access_log)  # outside the key check
     return app
 

@@ -25,6 +25,9 @@ def check_bind(host: str, api_key: str | None, insecure_no_auth: bool) -> None:
     if api_key is not None and not api_key.strip():
         raise ZscirError("option --api-key is empty: give a secret (e.g. from `python -c \"import secrets; "
                          "print(secrets.token_urlsafe(32))\"`)")
+    if api_key is not None and (api_key != api_key.strip() or not api_key.isprintable()):
+        raise ZscirError("option --api-key has spaces around it or control characters: no request could "
+                         "present it (header values are stripped); give the key alone")
     if api_key and insecure_no_auth:
         raise ZscirError("give either --api-key or --insecure-no-auth, not both")
     if not is_loopback(host) and not api_key and not insecure_no_auth:

@@ -16,6 +16,7 @@ from zscir.resolve import GenerationSources
 from zscir.serve.app import create_app, load_retrievers
 from zscir.serve.auth import check_bind
 from zscir.serve.request_log import LOG_FORMATS, configure_logging
+from zscir.serve.limits_cli import limit_options
 from zscir.serve.runner import bind, serve as run
 from zscir.serve.service import ServeConfig
 
@@ -42,7 +43,8 @@ from zscir.serve.service import ServeConfig
 @click.option("--threads", type=int, default=None, help="torch threads per search (default: torch's own choice).")
 @click.option("--max-upload-mb", type=float, default=10.0, show_default=True, help="Largest reference upload.")
 @click.option("--max-pixels", type=int, default=None,
-              help="Largest reference image in pixels (decompression-bomb limit; default: PIL's ~89 MP).")
+              help="Largest reference image in pixels (zscir's own decompression-bomb limit, any value; "
+                   f"default: {DEFAULT_MAX_PIXELS}).")
 @click.option("--max-k", type=int, default=100, show_default=True, help="Largest k a request may ask for.")
 @click.option("--max-sessions", type=int, default=1000, show_default=True,
               help="Refinement sessions kept in memory (the least recently used are dropped).")
@@ -67,9 +69,11 @@ from zscir.serve.service import ServeConfig
                    "higher one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line (url, models, index) once serving.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when the world's index is built on first use).")
-def serve(index_dir, models, generations, captioner, editor, clip, pretrained, preprocess, device, host, port, api_key, insecure_no_auth, workers,
-          threads, max_upload_mb, max_pixels, max_k, max_sessions, reload_interval, graceful_timeout, log_level,
-          access_log, log_format, cors_origins, show_paths, max_batch, dedupe_threshold, as_json, no_progress):
+@limit_options
+def serve(index_dir, models, generations, captioner, editor, clip, pretrained, preprocess, device, host, port, api_key,
+          insecure_no_auth, workers, threads, max_upload_mb, max_pixels, max_k, max_sessions, reload_interval,
+          graceful_timeout, log_level, access_log, log_format, cors_origins, show_paths, max_batch, dedupe_threshold,
+          as_json, no_progress, limits):
     """Serve composed search over HTTP: a JSON API (schema at /openapi.json) and a web page at /."""
     check_bind(host, api_key, insecure_no_auth)
     for name, value, low in (("--workers", workers, 1), ("--max-k", max_k, 1), ("--port", port, 0),
@@ -103,7 +107,7 @@ def serve(index_dir, models, generations, captioner, editor, clip, pretrained, p
                          api_key=api_key or None, show_paths=show_paths, max_batch=max_batch,
                          dedupe_threshold=dedupe_threshold, cors_origins=tuple(cors_origins), access_log=access_log)
     log_config = configure_logging(log_format, log_level)
-    app = create_app(retrievers=retrievers, config=config)
+    app = create_app(retrievers=retrievers, config=config, limits=limits)
     service = app.state.service
 
     def ready(url):

@@ -77,10 +77,11 @@ class Reference:
     key: str | None = None          # content key of uploaded bytes: a gallery copy is left out of its answer
 
     @classmethod
-    def from_bytes(cls, data: bytes, kind: str, field_name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Reference":
+    def from_bytes(cls, data: bytes, kind: str, field_name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   min_size: int | None = None) -> "Reference":
         t0 = time.perf_counter()
         try:
-            image = decode_image(data, item_id=field_name, max_pixels=max_pixels)
+            image = decode_image(data, item_id=field_name, max_pixels=max_pixels, min_size=min_size)
         except BadImageError as e:
             status = 413 if e.reason.startswith("too large") else 422
             raise RequestError(status, field_name, f"field {field_name!r}: {e.reason}"
