@@ -251,8 +251,9 @@ class SearchService:
             "mapping_network": mapping,
             "text_encoder": timings.get("query_encoder", 0.0) - (mapping or 0.0),
             "search": timings.get("search", 0.0),
-            "generation": timings.get("generation"),
         }
+        if by_rule:  # captions and edits made (or read) for a language-model method
+            stages["generation"] = timings.get("generation", 0.0)
         for stage, seconds in stages.items():
             if seconds is not None:
                 self.metrics.observe("zscir_stage_seconds", "Seconds per search stage", max(seconds, 0.0), stage=stage)
