@@ -118,3 +118,19 @@ def test_word_cached_tokenizer_gives_open_clips_ids():
         assert torch.equal(fast(texts, context_length), tokenizer(texts, context_length=context_length))  # from the cache
     assert [is_plain(t) for t in texts[7:12]] == [False] * 5
     assert fast.words  # the plain texts went through the word cache
+
+
+@pytest.mark.parametrize("size_wh", [(2400, 1500), (1500, 2400), (2700, 1100), (1200, 1199)])
+def test_large_ordinary_photos_get_the_official_targetpad_pixels(size_wh):
+    """Bounded-cost preprocessing keeps the official pad -> resize -> center-crop pixels for every image whose
+    padding at most doubles it (an aspect ratio up to 2.5; here up to 3.6 MP), however large; only extreme strips are
+    shrunk before padding."""
+    import numpy as np
+    import torchvision.transforms.functional as TF
+    from skimage import data
+
+    photo = Image.fromarray(data.astronaut()).resize(size_wh, Image.BICUBIC)
+    official = TF.center_crop(TF.resize(target_pad(photo), 224, interpolation=TF.InterpolationMode.BICUBIC), 224)
+    ours = make_preprocess("targetpad", 224, (0.5,) * 3, (0.5,) * 3).pixels(photo)
+    assert torch.equal(ours, TF.pil_to_tensor(official.convert("RGB"))), size_wh
+    assert np.asarray(photo).shape[:2] == size_wh[::-1]

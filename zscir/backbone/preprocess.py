@@ -22,14 +22,15 @@ alpha is dropped) and CMYK (padding 0 is white there) it does. zscir's image
 decoder (:func:`zscir.data.images.decode_image`) already returns RGB (alpha
 composited on white), so images read through it are unaffected.
 
-Bounded cost for any input shape: no intermediate image grows past ``CANVAS_FACTOR`` times the
-model's input size per side. TargetPad on an image whose padded canvas would be larger first
-resizes the image (bicubic, antialiased) so that the canvas's shorter side is ``CANVAS_FACTOR *
-size``, and pads after that (a 100000 x 1 strip would otherwise become a 100000 x 80000 canvas);
-a resize whose long side would pass ``CANVAS_FACTOR * size`` (CLIP's and LinCIR's crop of a
-long strip) resizes only the cropped box (PIL's ``resize(box=...)``: the same sampling
-positions; PIL's 8-bit rounding between its two passes may differ slightly). Images within the
-bound take the exact pad-resize-crop path of the official pipelines, pixel for pixel.
+Bounded cost for any input shape, with the official pixels for every ordinary image: TargetPad
+pads at full resolution (as the official pipelines do) unless the padded canvas would hold more
+than ``PAD_GROWTH`` times the image's own pixels and more than ``(CANVAS_FACTOR * size)**2``
+pixels; only then (an aspect ratio past ``PAD_GROWTH * 1.25`` on a large image: a 100000 x 1 strip
+would become a 100000 x 80000 canvas) is the image first resized (bicubic, antialiased) so that the
+canvas's shorter side is ``CANVAS_FACTOR * size``, and padded after. A short-side resize whose long
+side would pass ``LONG_SIDE_FACTOR * size`` (CLIP's and LinCIR's crop of a strip beyond the
+decoder's aspect limit) resizes only the cropped box (PIL's ``resize(box=...)``: the same sampling
+positions; PIL's 8-bit rounding between its two passes may differ slightly).
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ from zscir.errors import ZscirError
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 TARGETPAD_RATIO = 1.25
-CANVAS_FACTOR = 4  # no intermediate image side is larger than this times the model's input size
+CANVAS_FACTOR = 4      # a shrunk image's padded canvas: its shorter side is this times the model's input size
+PAD_GROWTH = 2         # padding may at most double an image's pixels before the image is shrunk first
+LONG_SIDE_FACTOR = 128  # a short-side resize never makes a long side past this times the input size
 
 
 def target_pad(image: Image.Image, target_ratio: float = TARGETPAD_RATIO) -> Image.Image:
@@ -64,15 +67,14 @@ def target_pad(image: Image.Image, target_ratio: float = TARGETPAD_RATIO) -> Ima
 
 
 def shrink_for_pad(image: Image.Image, size: int, target_ratio: float = TARGETPAD_RATIO) -> Image.Image:
-    """``image`` resized (bicubic) so that its TargetPad canvas's shorter side is at most ``CANVAS_FACTOR * size``.
-
-    Unchanged when the canvas is already that small (the official pipeline's pixels exactly).
-    """
+    """``image`` resized (bicubic) so that its TargetPad canvas's shorter side is ``CANVAS_FACTOR * size``, when
+    padding would more than ``PAD_GROWTH``-fold a large image's pixels; else unchanged (the official pixels)."""
     w, h = image.size
     long_side, short_side = max(w, h), min(w, h)
     canvas_short = long_side / target_ratio if long_side / short_side >= target_ratio else short_side
     bound = CANVAS_FACTOR * size
-    if canvas_short <= bound:
+    canvas_pixels = long_side * canvas_short
+    if canvas_short <= bound or canvas_pixels <= max(PAD_GROWTH * w * h, bound * bound):
         return image
     scale = bound / canvas_short
     return image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
@@ -80,11 +82,11 @@ def shrink_for_pad(image: Image.Image, size: int, target_ratio: float = TARGETPA
 
 def resize_and_crop(image: Image.Image, size: int, offset: Callable[[int], int]) -> Image.Image:
     """Resize the shorter side to ``size`` (as torchvision's ``resize``) and crop ``size`` x ``size`` at
-    ``offset(extra)`` along each side; a long resized side (over ``CANVAS_FACTOR * size``) is never made:
+    ``offset(extra)`` along each side; a long resized side (over ``LONG_SIDE_FACTOR * size``) is never made:
     only the cropped box of the source is resized."""
     w, h = image.size
     new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    if max(new_w, new_h) <= CANVAS_FACTOR * size:
+    if max(new_w, new_h) <= LONG_SIDE_FACTOR * size:
         image = image.resize((new_w, new_h), Image.BICUBIC)
         left, top = offset(new_w - size), offset(new_h - size)
         return image.crop((left, top, left + size, top + size))
@@ -119,7 +121,7 @@ class Preprocess:
         return self.normalize(self.pixels(image))
 
     def pixels(self, image: Image.Image) -> torch.Tensor:
-        if self._pad is target_pad:  # pad after shrinking: the canvas stays within CANVAS_FACTOR * size
+        if self._pad is target_pad:  # an extreme strip is shrunk before it is padded (see the module's docstring)
             image = target_pad(shrink_for_pad(image, self.size))
         image = resize_and_crop(image, self.size, _torchvision_offset).convert("RGB")
         return TF.pil_to_tensor(image)
