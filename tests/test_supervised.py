@@ -219,7 +219,7 @@ def test_cli_and_eval_end_to_end(world, tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)   # the random-init tiny CLIP the CLI loads is the one of the fixtures (same seed)
     with pytest.raises(SystemExit) as e:
         main(["train-supervised", "--dataset", "shapes", "--root", str(world), "--clip", "zscir-tiny-test",
-              "--head", "finecir", "--epochs", "2", "--batch-size", "8", "--out", str(out),
+              "--pretrained", "none", "--head", "finecir", "--epochs", "2", "--batch-size", "8", "--out", str(out),
               "--cache-dir", str(tmp_path / "cache"), "--json"])
     assert e.value.code == 0
     record = json.loads(capsys.readouterr().out)
