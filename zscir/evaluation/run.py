@@ -27,10 +27,13 @@ from zscir.benchmarks import BenchmarkSpec, get_benchmark, load_splits, resolve_
 from zscir.benchmarks.base import EvalSplit
 from zscir.errors import ZscirError
 from zscir.evaluation import report
+from zscir.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, check_pair, compare_rows
+from zscir.evaluation.edit_types import EDIT_KINDS_NOTE, by_edit
 from zscir.evaluation.families import get_family
 from zscir.evaluation.features import CacheReport, default_cache_root, gallery_features, reference_features
 from zscir.evaluation.multiturn import evaluate_multiturn
 from zscir.evaluation.oracles import evaluate_oracles
+from zscir.evaluation.per_query import per_query_scores
 from zscir.evaluation.protocol import Protocol
 from zscir.evaluation.ranking import RANK_CHUNK, encode_queries, rank_split
 from zscir.evaluation.scoring import score_split
@@ -58,6 +61,8 @@ class EvalRequest:
     progress: bool = True
     command: str | None = None                   # the command line, recorded in the results
     oracles: bool = True                         # the benchmark's oracle rows (ceilings), when it has any
+    compare: tuple[str, str] | None = None       # two rows: paired bootstrap interval of their difference
+    bootstrap: tuple[int, int] = (DEFAULT_RESAMPLES, DEFAULT_SEED)   # its resamples and seed
 
 
 class Timer:
@@ -120,6 +125,7 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
         "split": split.name, "kind": split.kind, "category": split.category,
         "queries": len(split.queries), "gallery": len(split.gallery),
         "metrics": metrics,
+        "per_query": per_query_scores(split, ranked) if metrics is not None else None,
         "skipped_queries": int((~valid).sum()),
         "truncated_prompts": truncated,
         "corrupt_images": [{"id": i, "reason": r} for i, r in corrupt.items()],
@@ -128,7 +134,7 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
         "feature_cache": {"encoded": cache.encoded, "reused": cache.reused,
                           "images_per_s": round(cache.images_per_s, 1)},
         "timings_s": {k: round(v, 3) for k, v in timer.seconds.items()},
-        "loader_notes": {k: v for k, v in split.notes.items() if k != "multiturn"}, "sources": split.sources,
+        "loader_notes": {k: v for k, v in split.notes.items() if k not in ("multiturn", EDIT_KINDS_NOTE)}, "sources": split.sources,
         **({"multiturn": turns} if turns is not None else {}),
     }
 
@@ -164,6 +170,8 @@ def evaluate(req: EvalRequest) -> dict:
     backbone = load_backbone_for(req, spec)
     models = list(req.models or default_models(spec, backbone))
     encoders = [load_query_encoder_for(model, backbone, protocol) for model in models]
+    slugs: set[str] = set()
+    check_pair(req.compare, [model_slug(m, slugs) for m in models])   # a bad --compare fails before any work
     if builds_root:
         root, splits = load_benchmark()
     out_dir = Path(req.out_dir) if req.out_dir else Path("runs") / f"eval-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -191,6 +199,9 @@ def evaluate(req: EvalRequest) -> dict:
             "truncated_prompts": sum(r["truncated_prompts"] for r in split_results),
             "seconds": round(time.perf_counter() - t_model, 3),
         })
+    results["by_edit"] = by_edit(results, splits)
+    if req.compare:
+        results["compare"] = compare_rows(results, req.compare, *req.bootstrap)
     if req.oracles and spec.defaults.oracles is not None:
         _say(f"oracle rows ({', '.join(spec.defaults.oracle_notes) or 'ceilings'}) on {', '.join(s.name for s in splits)}")
         results["oracles"] = evaluate_oracles(spec, root, splits, backbone, protocol, cache_root, req.batch_size,
