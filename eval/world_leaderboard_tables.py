@@ -13,6 +13,12 @@ from __future__ import annotations
 import json
 import sys
 
+CPU = "AMD EPYC"   # `lscpu | grep "Model name"` of the runs in eval/results/world_multiseed_*.json
+
+
+def measured(run: dict) -> str:
+    return f". Measured {run['created'][:10]}, CPU: {CPU} (the `--seeds 0,1,2` commands above)."
+
 
 def cell(s: dict) -> str:
     return f"{s['mean']:.2f} ± {s['std']:.2f} ({s['min']:.2f}-{s['max']:.2f})"
@@ -22,7 +28,7 @@ def leaderboard(keep: dict, noref: dict) -> list[str]:
     lines = []
     for split, rows in keep["summary"].items():
         lines += [f"**{split}** ({keep['queries'][split]} queries per seed; seeds {', '.join(map(str, keep['seeds']))}; "
-                  "mean ± sample std (min-max))", "",
+                  "mean ± sample std (min-max))" + measured(keep), "",
                   "| model | mAP@10 | R@10 | share of caption oracle (mean) | mAP@10, --remove-reference |",
                   "|---|---:|---:|---:|---:|"]
         cap = rows.get("[oracle] caption", {}).get("metrics", {}).get("mAP@10", {}).get("values")
@@ -42,7 +48,7 @@ def compare(keep: dict, noref: dict) -> list[str]:
     if not c:
         return []
     lines = [f"**{c['a']} - {c['b']}**, mAP@10: paired bootstrap over queries, {c['resamples']} resamples, "
-             f"seed {c['seed']}, {round(100 * c['level'])}% percentile interval", "",
+             f"seed {c['seed']}, {round(100 * c['level'])}% percentile interval" + measured(keep), "",
              "| split | seed | reference kept: difference [interval] | --remove-reference: difference [interval] |",
              "|---|---:|---:|---:|"]
     for split, per in c["splits"].items():
@@ -59,7 +65,7 @@ def by_edit(keep: dict, grouping: str = "single") -> list[str]:
         t = per[grouping]
         kinds = list(t["queries"])
         lines += [f"**{split}**, {grouping}: {keep['by_edit']['groupings'][grouping]}; pooled over seeds "
-                  f"(min-max over seeds); queries in brackets", "",
+                  f"(min-max over seeds); queries in brackets" + measured(keep), "",
                   "| model | " + " | ".join(f"{k} ({t['queries'][k]})" for k in kinds) + " |",
                   "|---|" + "---:|" * len(kinds)]
         for name, v in t["rows"].items():
