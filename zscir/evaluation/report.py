@@ -6,20 +6,13 @@ a column pair per category plus the category means), a row per model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from zscir.evaluation import leaderboard_report
 from zscir.evaluation.families import FAMILIES
+from zscir.evaluation.tables import Table, markdown_lines, text_lines
 
 
 SHARE_OF = "caption"     # the oracle every row is compared with
 SHARE_METRIC = "mAP@10"
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[str]]
 
 
 def share_of_caption_oracle(results: dict, split: str, metrics: dict | None) -> float | None:
@@ -119,27 +112,13 @@ def _category_table(results: dict, group: str, members: list[str]) -> Table:
     return Table(f"{group}: {n_q} queries over {len(members)} categories", ["model"] + cols + agg_names, rows)
 
 
-def _numeric(t: Table, i: int) -> bool:
-    try:
-        return all(r[i] == "-" or float(r[i]) is not None for r in t.rows)
-    except ValueError:
-        return False
-
-
-def text(results: dict) -> str:
+def text(results: dict, by_edit: bool = False) -> str:
+    """The terminal report; ``by_edit`` adds the per-edit-type tables (results.md always has them)."""
     lines = [f"{results['title']} - protocol: " + ", ".join(
         f"{k}={v}" for k, v in (results.get("protocol") or {}).items()
-        if k in ("remove_reference", "fiq_captions", "fine_gallery", "preprocess"))]
-    for t in tables(results):
-        widths = [max(len(r[i]) for r in [t.columns] + t.rows) for i in range(len(t.columns))]
-        lines.append("")
-        lines.append(t.title)
-        right = [i > 0 and _numeric(t, i) for i in range(len(t.columns))]
-        for r in [t.columns, None] + t.rows:
-            if r is None:
-                lines.append("  ".join("-" * w for w in widths))
-                continue
-            lines.append("  ".join(c.rjust(w) if right[i] else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if k in ("remove_reference", "fiq_captions", "fine_gallery", "preprocess"))
+        + leaderboard_report.reference_note(results.get("protocol"))]
+    lines += text_lines(tables(results) + leaderboard_report.extra_tables(results, by_edit))
     lines.append("")
     lines.append(f"results: {results['out_dir']}/results.json, results.md; rankings in {results['out_dir']}/rankings/")
     return "\n".join(lines)
@@ -149,11 +128,8 @@ def markdown(results: dict) -> str:
     lines = [f"# {results['title']} evaluation", "",
              f"zscir {results['zscir_version']}, {results['created']}, {results.get('seconds', '?')} s; "
              f"data: `{results['root']}`", ""]
-    for t in tables(results):
-        lines += [f"## {t.title}", "", "| " + " | ".join(t.columns) + " |",
-                  "|" + "|".join("---:" if i > 0 and _numeric(t, i) else "---" for i in range(len(t.columns))) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in t.rows]
-        lines.append("")
+    lines += [leaderboard_report.reference_note(results.get("protocol")).lstrip("; "), ""]
+    lines += markdown_lines(tables(results) + leaderboard_report.extra_tables(results, by_edit=True))
     lines += ["## Protocol", ""]
     lines += [f"- {k}: {v}" for k, v in (results.get("protocol") or {}).items()]
     if results.get("oracles"):

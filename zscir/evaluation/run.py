@@ -27,11 +27,14 @@ from zscir.benchmarks import BenchmarkSpec, get_benchmark, load_splits, resolve_
 from zscir.benchmarks.base import EvalSplit
 from zscir.errors import ZscirError
 from zscir.evaluation import report
+from zscir.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, check_pair, compare_rows
+from zscir.evaluation.edit_types import EDIT_KINDS_NOTE, by_edit
 from zscir.evaluation.families import get_family
 from zscir.evaluation.features import (CacheReport, default_cache_root, gallery_features, reference_features,
                                        unreadable_images)
 from zscir.evaluation.multiturn import evaluate_multiturn
 from zscir.evaluation.oracles import evaluate_oracles
+from zscir.evaluation.per_query import per_query_scores
 from zscir.evaluation.protocol import Protocol
 from zscir.evaluation.ranking import RANK_CHUNK, encode_queries, fitted_rule, gallery_columns, query_vectors, rank_split
 from zscir.evaluation.scoring import score_split
@@ -64,6 +67,8 @@ class EvalRequest:
     generations: Sequence[str] | None = None     # released generation files (LDRE/SEIZE JSON) for LLM methods
     allow_missing_images: bool = False           # evaluate a split with unreadable images (left out) or refuse
     overwrite: bool = False                      # replace the results of an existing run in out_dir
+    compare: tuple[str, str] | None = None       # two rows: paired bootstrap interval of their difference
+    bootstrap: tuple[int, int] = (DEFAULT_RESAMPLES, DEFAULT_SEED)   # its resamples and seed
 
 
 class Timer:
@@ -133,6 +138,7 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
         "split": split.name, "kind": split.kind, "category": split.category,
         "queries": len(split.queries), "gallery": len(split.gallery),
         "metrics": metrics,
+        "per_query": per_query_scores(split, ranked) if metrics is not None else None,
         "skipped_queries": int((~valid).sum()),
         "truncated_prompts": truncated,
         "corrupt_images": [{"id": i, "reason": r} for i, r in corrupt.items()],
@@ -143,7 +149,8 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
                           "images_per_s": round(cache.images_per_s, 1)},
         "timings_s": {k: round(v, 3) for k, v in timer.seconds.items()},
         **({"scoring": rule.describe()} if rule is not COSINE else {}),
-        "loader_notes": {k: v for k, v in split.notes.items() if k != "multiturn"}, "sources": split.sources,
+        "loader_notes": {k: v for k, v in split.notes.items() if k not in ("multiturn", EDIT_KINDS_NOTE)},
+        "sources": split.sources,
         **({"multiturn": turns} if turns is not None else {}),
     }
 
@@ -182,6 +189,8 @@ def evaluate(req: EvalRequest) -> dict:
     models = list(req.models or default_models(spec, backbone))
     encoders = [load_query_encoder_for(model, backbone, protocol) for model in models]
     generations = load_generations(req.generations) if req.generations else None
+    slugs: set[str] = set()
+    check_pair(req.compare, [model_slug(m, slugs) for m in models])   # a bad --compare fails before any work
     if builds_root:
         root, splits = load_benchmark()
     cache_root = Path(req.cache_root) if req.cache_root else default_cache_root()
@@ -215,6 +224,9 @@ def evaluate(req: EvalRequest) -> dict:
             "seconds": round(time.perf_counter() - t_model, 3),
             **({"method_card": qe.protocol()} if qe.protocol() else {}),
         })
+    results["by_edit"] = by_edit(results, splits)
+    if req.compare:
+        results["compare"] = compare_rows(results, req.compare, *req.bootstrap)
     if req.oracles and spec.defaults.oracles is not None:
         _say(f"oracle rows ({', '.join(spec.defaults.oracle_notes) or 'ceilings'}) on {', '.join(s.name for s in splits)}")
         results["oracles"] = evaluate_oracles(spec, root, splits, backbone, protocol, cache_root, req.batch_size,

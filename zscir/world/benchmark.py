@@ -9,8 +9,11 @@ Its annotation files are CIRCO's schema (``annotations/{val,test,val_coarse,
 test_coarse,...}.json``) over a gallery list in CIRCO's place, so the CIRCO
 loader reads it unchanged; the train triplets rank the world's separate train
 gallery (``train_gallery/``), the multi-turn sequences theirs (``multiturn_gallery/``;
-each query's sequence and turn go to ``EvalSplit.notes["multiturn"]``). Without a root, the default world is built on
-first use (``zscir.world.build.default_world``) and reused afterwards.
+each query's sequence and turn go to ``EvalSplit.notes["multiturn"]``). Every query carries its edits: their
+kinds, in order, go to ``EvalSplit.notes[EDIT_KINDS_NOTE]`` (one list per query; the per-edit-type table of
+:mod:`zscir.evaluation.edit_types`). Without a root, the default world is built on first use
+(``zscir.world.build.default_world``, seed 0; ``default_root(seed=N)`` builds world N: ``zscir eval --seeds``)
+and reused afterwards.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from zscir.benchmarks import circo
 from zscir.benchmarks.base import BenchmarkDefaults, BenchmarkSpec, EvalSplit, field_of, read_json
+from zscir.evaluation.edit_types import EDIT_KINDS_NOTE
 from zscir.world.build import default_world
 from zscir.world.gallery_index import world_gallery_index
 from zscir.world.oracles import ORACLE_NOTES, oracle_texts
@@ -34,21 +38,36 @@ MULTITURN_LIST = Path("multiturn_gallery/image_info.json")
 MULTITURN_DIR = Path("multiturn_gallery/images")
 
 
-def default_root() -> Path:
+def default_root(seed: int = 0) -> Path:
+    """The default world of ``seed`` (built on first use, cached afterwards)."""
     # messages to stderr: stdout may carry `zscir eval --json` output
-    return Path(default_world(log=lambda msg: print(msg, file=sys.stderr, flush=True)))
+    return Path(default_world(seed=seed, log=lambda msg: print(msg, file=sys.stderr, flush=True)))
 
 
 def load(root: str | Path | None = None, split: str = "val", benchmark: str = "shapes") -> list[EvalSplit]:
     root = default_root() if root is None else root
     if split.startswith("train"):
         # train triplets rank their own gallery, disjoint from the evaluation one
-        return circo.load(root, split, benchmark=benchmark, gallery_list=TRAIN_LIST, image_dir=TRAIN_DIR,
-                          gallery_label=f"{benchmark}-train")
-    if split.startswith("multiturn"):
-        return [_with_turns(s) for s in circo.load(root, split, benchmark=benchmark, gallery_list=MULTITURN_LIST,
-                                                    image_dir=MULTITURN_DIR, gallery_label=f"{benchmark}-multiturn")]
-    return circo.load(root, split, benchmark=benchmark)
+        splits = circo.load(root, split, benchmark=benchmark, gallery_list=TRAIN_LIST, image_dir=TRAIN_DIR,
+                            gallery_label=f"{benchmark}-train")
+    elif split.startswith("multiturn"):
+        splits = [_with_turns(s) for s in circo.load(root, split, benchmark=benchmark, gallery_list=MULTITURN_LIST,
+                                                      image_dir=MULTITURN_DIR, gallery_label=f"{benchmark}-multiturn")]
+    else:
+        splits = circo.load(root, split, benchmark=benchmark)
+    return [_with_edit_kinds(s) for s in splits]
+
+
+def _with_edit_kinds(split: EvalSplit) -> EvalSplit:
+    """Record each query's edit kinds (``"edits"[*]["kind"]`` of its annotation record, in order)."""
+    path = Path(split.sources[0])
+    records = read_json(path, f"shapes world {split.split} annotations")
+    kinds = []
+    for n, r in enumerate(records):
+        edits = field_of(r, "edits", path, f"record {n}")
+        kinds.append([field_of(e, "kind", path, f"record {n} edit") for e in edits])
+    split.notes[EDIT_KINDS_NOTE] = kinds
+    return split
 
 
 def _with_turns(split: EvalSplit) -> EvalSplit:
