@@ -20,6 +20,7 @@ from zscir.generation.edits import edit_pairs
 from zscir.generation.registry import build_editor
 from zscir.utils.atomic import atomic_path
 from zscir.utils.hashing import sha256_file
+from zscir.utils.jsonl import read_jsonl
 from zscir.utils.options import OUTPUT_FILE
 
 
@@ -113,18 +114,11 @@ def _param(text: str) -> tuple[str, object]:
 def read_pairs_file(path: str) -> list[tuple[str, EditInput]]:
     """JSONL rows {"id"?, "caption", "instruction"} -> (id, EditInput); the id defaults to the line number."""
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ZscirError(f"--pairs {path}, line {n}: not valid JSON ({e.msg})") from None
-            if not (isinstance(row, dict) and isinstance(row.get("caption"), str)
-                    and isinstance(row.get("instruction"), str)):
-                raise ZscirError(f"--pairs {path}, line {n}: expected an object with string fields caption and instruction")
-            pairs.append((str(row.get("id", n)), EditInput(row["caption"], row["instruction"])))
+    for n, row in read_jsonl(path, lambda n: f"--pairs {path}, line {n}"):
+        if not (isinstance(row, dict) and isinstance(row.get("caption"), str)
+                and isinstance(row.get("instruction"), str)):
+            raise ZscirError(f"--pairs {path}, line {n}: expected an object with string fields caption and instruction")
+        pairs.append((str(row.get("id", n)), EditInput(row["caption"], row["instruction"])))
     return pairs
 
 

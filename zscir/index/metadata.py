@@ -28,6 +28,7 @@ import numpy as np
 
 from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_write_json
+from zscir.utils.jsonl import read_jsonl
 
 METADATA_FILE = "metadata.json"
 FORMAT = "zscir-metadata"
@@ -49,17 +50,10 @@ def _read_rows(path: Path) -> list[dict]:
                 return rows
         if suffix in (".jsonl", ".ndjson"):
             rows = []
-            with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except ValueError as e:
-                        raise ZscirError(f"metadata file {str(path)!r} line {n}: not JSON ({e.msg})") from None
-                    if not isinstance(row, dict):
-                        raise ZscirError(f"metadata file {str(path)!r} line {n}: expected a JSON object")
-                    rows.append(row)
+            for n, row in read_jsonl(path, lambda n: f"metadata file {str(path)!r} line {n}", "not JSON ({msg})"):
+                if not isinstance(row, dict):
+                    raise ZscirError(f"metadata file {str(path)!r} line {n}: expected a JSON object")
+                rows.append(row)
             return rows
     except (OSError, UnicodeDecodeError) as e:
         raise ZscirError(f"metadata file {str(path)!r} (option --metadata) cannot be read: {e}") from None
