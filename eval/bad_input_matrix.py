@@ -731,6 +731,11 @@ def prepare(d: Path) -> Optional[Path]:
     return _write_tiny_blip(d)
 
 
+def silent(o: Outcome) -> bool:
+    """A wrong result without a word: exit 0 where an error was expected, or the case's check found a problem."""
+    return (o.case.expect != "ok" and o.code == 0) or bool(o.problem)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the outcomes as JSON")
@@ -766,7 +771,8 @@ def main() -> int:
             print(f"| {o.case.name} | {o.code} | {'yes' if o.traceback else 'no'} | {message}{mark} |")
         print(f"\n{passed} of {len(ran)} cases end as expected (one line, exit 1/2 or 130, no traceback; "
               f"'ok' cases exit 0); {len(outcomes) - len(ran)} skipped; read-only folder: {mounts.ro_kind}; "
-              f"full disk: {mounts.full_kind or 'not simulated'}")
+              f"full disk: {mounts.full_kind or 'not simulated'}; {sum(o.traceback for o in ran)} tracebacks, "
+              f"{sum(silent(o) for o in ran)} silently wrong (exit 0 where an error was expected, or a check failed)")
     return 0 if passed == len(ran) else 1
 
 
