@@ -466,7 +466,9 @@ def _captioned_all(d: Path, n: int) -> str:
     """The --out file lists every image (the non-UTF-8 names as escapes) and the cache holds each caption once."""
     rows = [json.loads(line) for line in (d / "bytes.jsonl").read_bytes().decode("utf-8").splitlines()]
     cached = [json.loads(line) for line in (d / "blip-cache.jsonl").read_bytes().decode("utf-8").splitlines()]
-    names = {os.fsencode(r["id"]) for r in rows}
+    from zscir.data.keys import fs_name
+
+    names = {os.fsencode(fs_name(r["id"])) for r in rows}  # an id writes a byte that is not UTF-8 as \xNN
     expected = {b"plain.png", b"caf\xe9-latin1.png", b"bad\xff\xfe.png"}
     if names != expected or len(rows) != n:
         return f"--out lists {sorted(names)}"
