@@ -14,7 +14,7 @@ up) when the script runs as root and ``mount`` works; otherwise the read-only fo
 is a chmod 555 folder (not read-only for root) and the full-disk cases are skipped and
 counted as such.
 
-    python eval/bad_input_matrix.py [--json] [--only SUBSTRING]
+    python eval/bad_input_matrix.py [--json] [--only SUBSTRING ...]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Case:
     skip: str = ""
     checked: str = "every name captioned once, ids kept"  # what an "ok" case's check verified
     expect_in: tuple[str, ...] = ()             # the message must name these (the file, the option, the cause)
+    stdout_starts: str = ""                     # an "ok" case's output must begin with this
 
 
 @dataclass
@@ -69,8 +70,8 @@ def run_case(case: Case, cwd: Path) -> Outcome:
         return out
     start = time.time()
     cmd = [sys.executable, "-m", "zscir.cli", *case.argv]
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as stdout:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=stdout, stderr=err, start_new_session=True)
         if case.interrupt_after is not None:
             deadline = time.time() + 120
             while proc.poll() is None and not case.interrupt_after() and time.time() < deadline:
@@ -84,6 +85,8 @@ def run_case(case: Case, cwd: Path) -> Outcome:
             out.code = proc.wait()
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
+        stdout.seek(0)
+        printed = stdout.read().decode("utf-8", "replace")
     out.seconds = time.time() - start
     lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
     out.traceback = "Traceback (most recent call last)" in stderr
@@ -96,8 +99,11 @@ def run_case(case: Case, cwd: Path) -> Outcome:
         ok = out.code == 130 and not out.traceback and out.error_lines == 1
     else:
         ok = out.code == 0 and not out.traceback
-        out.message = "succeeded" + (f" (checked: {case.checked})" if case.check else "")
+        if ok:
+            out.message = "succeeded" + (f" (checked: {case.checked})" if case.check or case.stdout_starts else "")
     out.problem = case.check() if case.check else ""
+    if case.stdout_starts and not printed.startswith(case.stdout_starts) and not out.problem:
+        out.problem = f"the output does not begin with {case.stdout_starts!r}: {printed[:80]!r}"
     missing = [needle for needle in case.expect_in if needle not in out.message]
     if missing and not out.problem:
         out.problem = "the message does not name " + ", ".join(repr(n) for n in missing)
@@ -218,7 +224,15 @@ def _write_model_fixtures(d: Path) -> None:
         (d / f"fti-{name}.safetensors").write_bytes(data)
         (d / f"fti-{name}.json").write_text(json.dumps(sidecar))
     # the same damage, with a sidecar that matches the damaged bytes (so that the sha256 check passes)
-    for name in ("empty", "truncated", "pickle"):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(CHECKPOINTS / "shapes_fti.safetensors"))
+    first = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[first] = tensors[first].clone()
+    tensors[first].view(-1)[0] = float("nan")  # one NaN, the sidecar resealed over it: only the load check sees it
+    save_file(tensors, str(d / "fti-nan-resealed.safetensors"))
+    variants["nan"] = (d / "fti-nan-resealed.safetensors").read_bytes()
+    for name in ("empty", "truncated", "pickle", "nan"):
         (d / f"fti-{name}-resealed.safetensors").write_bytes(variants[name])
         sealed = dict(sidecar, weights_sha256=sha256_file(d / f"fti-{name}-resealed.safetensors"))
         (d / f"fti-{name}-resealed.json").write_text(json.dumps(sealed))
@@ -269,6 +283,7 @@ def _images(folder: Path, names: list[bytes]) -> None:
 
 def _write_index_fixtures(d: Path) -> None:
     """An index of d/imgs (the shapes world's CLIP), copied and damaged in each way issue 27 found."""
+    from zscir.backbone import load_backbone
     from zscir.features import FeatureStore
     from zscir.resolve import default_backbone
     from zscir.index.gallery import build_index
@@ -313,6 +328,10 @@ def _write_index_fixtures(d: Path) -> None:
     interrupted = copy("interrupted")  # what a killed update leaves: new shards, index.json of before
     FeatureStore(interrupted / "features").update(bb, [(p.name, p) for p in sorted(more.iterdir())],
                                                   progress=False, consolidate=False)
+    # an index of a backbone that ships no query checkpoint (weights in a file, so that the index can reload
+    # them): retrieve falls back to the sum baseline
+    build_index(d / "indexes" / "tiny", load_backbone("zscir-tiny-test", str(d / "other-arch.safetensors")),
+                images=d / "imgs", progress=False)
 
 
 def index_verifies(root: Path) -> Callable[[], str]:
@@ -447,7 +466,9 @@ def _captioned_all(d: Path, n: int) -> str:
     """The --out file lists every image (the non-UTF-8 names as escapes) and the cache holds each caption once."""
     rows = [json.loads(line) for line in (d / "bytes.jsonl").read_bytes().decode("utf-8").splitlines()]
     cached = [json.loads(line) for line in (d / "blip-cache.jsonl").read_bytes().decode("utf-8").splitlines()]
-    names = {os.fsencode(r["id"]) for r in rows}
+    from zscir.data.keys import fs_name
+
+    names = {os.fsencode(fs_name(r["id"])) for r in rows}  # an id writes a byte that is not UTF-8 as \xNN
     expected = {b"plain.png", b"caf\xe9-latin1.png", b"bad\xff\xfe.png"}
     if names != expected or len(rows) != n:
         return f"--out lists {sorted(names)}"
@@ -491,6 +512,8 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
         Case("--model sidecar cut short (bad JSON)", ev + [str(d / "fti-badjson.safetensors")]),
         Case("--model sidecar binary", ev + [str(d / "fti-binjson.safetensors")]),
         Case("--model network of another architecture", ev + [str(d / "fti-otherarch.safetensors")]),
+        Case("--model NaN weights, resealed sidecar", ev + [str(d / "fti-nan-resealed.safetensors")],
+             expect_in=("fti-nan-resealed.safetensors", "NaN")),
         Case("--model pickle .pt (no sidecar)", ev + [str(d / "state.pt")]),
         Case("--model planted pickle .pt", ev + [str(d / "planted.pt")], check=absent(planted_marker)),
         # --- output folders and files
@@ -598,6 +621,14 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
         # --- query files
         Case("retrieve --queries a binary file", ["retrieve", "--queries", str(d / "photo.jpg")]),
         Case("retrieve --queries a JSONL with a bad line", ["retrieve", "--queries", str(d / "notes.txt")]),
+        Case("retrieve --queries a folder", ["retrieve", "--queries", str(d / "imgs")],
+             expect_in=(f"'{d / 'imgs'}' is a folder",)),
+        Case("retrieve --ref a folder", ["retrieve", "--ref", str(d / "imgs"), "--text", "make it red"],
+             expect_in=(f"'{d / 'imgs'}' is a folder",)),
+        Case("retrieve --queries a row with {\"text\": 42}", ["retrieve", "--queries", str(d / "text-42.jsonl")],
+             expect_in=(f'text-42.jsonl:1: field "text" is 42',)),
+        Case("caption on a folder without images", ["caption", "--images", str(d / "no-images"), "--captions",
+             str(d / "caps.jsonl"), "--quiet"], expect_in=("no images", str(d / "no-images"))),
         # --- index files (issue 27)
         Case("retrieve on an index with a flipped byte in its vectors", ["retrieve", "--index",
              str(d / "indexes" / "flipped"), "--model", "image", "--ref", str(d / "imgs" / "a0.png"), "--text",
@@ -613,6 +644,9 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
         Case("index --force over an edited features/meta.json (repaired)", ["index", "--images", str(d / "imgs"),
              "--out", str(d / "indexes" / "meta-force"), "--force", "--no-progress"], expect="ok",
              check=index_verifies(d / "indexes" / "meta-force")),
+        Case("retrieve on a backbone that ships no checkpoint (the table names the model)", ["retrieve", "--index",
+             str(d / "indexes" / "tiny"), "--ref", str(d / "imgs" / "a0.png"), "--text", "make it red", "-k", "2"],
+             expect="ok", stdout_starts="model sum, index ", checked="the table names the model: sum"),
         Case("index --verify after an interrupted update (consistent)", ["index", "--verify", "--out",
              str(d / "indexes" / "interrupted")], expect="ok"),
         Case("index --out an image file", ["index", "--images", str(d / "imgs"), "--out", str(d / "photo.jpg"),
@@ -652,6 +686,15 @@ def build_cases(d: Path, mounts: Mounts, blip: Optional[Path]) -> list[Case]:
                           ["import-checkpoint", str(d / "phi.pt"), "--from", "searle", "--clip", "zscir-tiny-test",
                            "--pretrained", str(pretrained), "--out", str(out)],
                           check=absent(out.with_suffix(".safetensors"))))
+    full_import = mounts.full / "imported"
+    cases.append(Case(f"import-checkpoint --out on a {mounts.full_kind or 'full disk'}",
+                      imp + ["searle", str(d / "phi.pt"), "--out", str(full_import)], skip=no_full,
+                      expect_in=(str(full_import), "no space left on device (ENOSPC)")))
+    if blip is not None:
+        cases.append(Case(f"caption --cache on a {mounts.full_kind or 'full disk'}",
+                          ["caption", "--images", str(d / "imgs"), "--model", str(blip), "--device", "cpu", "--quiet",
+                           "--cache", str(mounts.full / "blip-cache.jsonl")], skip=no_full,
+                          expect_in=(str(mounts.full / "blip-cache.jsonl"), "no space left on device (ENOSPC)")))
     for fmt in ("searle", "lincir"):
         out = d / "imported" / f"phi-as-{fmt}"
         cases.append(Case(f"import-checkpoint: a Phi file as --from {fmt} (shared format, stated)",
@@ -676,6 +719,9 @@ def prepare(d: Path) -> Optional[Path]:
     (d / "caps.jsonl").write_text("".join(json.dumps({"id": f"a{i}.png", "caption": f"a shape {i}"}) + "\n"
                                           for i in range(3)))
     (d / "notes.txt").write_text("my notes\nnot a cache\nlast line without newline")
+    (d / "no-images").mkdir()
+    (d / "no-images" / "readme.txt").write_text("no image here")
+    (d / "text-42.jsonl").write_text(json.dumps({"ref": str(d / "imgs" / "a0.png"), "text": 42}) + "\n")
     from PIL import Image
 
     Image.new("RGB", (32, 32), (200, 30, 30)).save(d / "photo.jpg", "JPEG")
@@ -687,17 +733,23 @@ def prepare(d: Path) -> Optional[Path]:
     return _write_tiny_blip(d)
 
 
+def silent(o: Outcome) -> bool:
+    """A wrong result without a word: exit 0 where an error was expected, or the case's check found a problem."""
+    return (o.case.expect != "ok" and o.code == 0) or bool(o.problem)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the outcomes as JSON")
-    ap.add_argument("--only", default=None, help="run the cases whose name contains this")
+    ap.add_argument("--only", action="append", default=None,
+                    help="run the cases whose name contains this (repeat: any of them)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="zscir-bad-input-") as tmp:
         d = Path(tmp)
         (d / "cwd").mkdir()
         blip = prepare(d)
         with Mounts(d) as mounts:
-            cases = [c for c in build_cases(d, mounts, blip) if args.only is None or args.only in c.name]
+            cases = [c for c in build_cases(d, mounts, blip) if args.only is None or any(o in c.name for o in args.only)]
             outcomes = []
             for case in cases:
                 outcomes.append(run_case(case, d / "cwd"))
@@ -721,7 +773,8 @@ def main() -> int:
             print(f"| {o.case.name} | {o.code} | {'yes' if o.traceback else 'no'} | {message}{mark} |")
         print(f"\n{passed} of {len(ran)} cases end as expected (one line, exit 1/2 or 130, no traceback; "
               f"'ok' cases exit 0); {len(outcomes) - len(ran)} skipped; read-only folder: {mounts.ro_kind}; "
-              f"full disk: {mounts.full_kind or 'not simulated'}")
+              f"full disk: {mounts.full_kind or 'not simulated'}; {sum(o.traceback for o in ran)} tracebacks, "
+              f"{sum(silent(o) for o in ran)} silently wrong (exit 0 where an error was expected, or a check failed)")
     return 0 if passed == len(ran) else 1
 
 

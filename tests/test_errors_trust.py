@@ -274,3 +274,42 @@ def test_a_full_disk_under_the_generation_cache_names_the_cache_file(tmp_path):
     assert str(tmp_path / "captions.jsonl") in line and "no space left on device (ENOSPC)" in line
     cache._file = real
     assert cache.outputs("h1") is None  # nothing half-recorded
+
+
+def test_a_folder_given_as_ref_or_queries_is_called_a_folder(tmp_path, capsys):
+    """Issue 27: a folder given to --ref / --queries was reported as "does not exist"."""
+    code, line = one_error_line(["retrieve", "--ref", tmp_path, "--text", "make it red"], capsys)
+    assert code == 1 and f"'{tmp_path}' is a folder: expected an image file" in line, line
+    code, line = one_error_line(["retrieve", "--queries", tmp_path], capsys)
+    assert code == 1 and f"'{tmp_path}' is a folder: expected a JSONL file (option --queries)" in line, line
+    code, line = one_error_line(["retrieve", "--ref", tmp_path / "nope.png", "--text", "make it red"], capsys)
+    assert code == 1 and "does not exist" in line, line
+
+
+def test_a_query_text_that_is_no_string_names_its_line_and_field(tmp_path, capsys):
+    """Issue 27: {"text": 42} was reported as an empty text; it is a malformed line of the file."""
+    from PIL import Image
+
+    from zscir.index.queries import check_text
+
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(tmp_path / "a.png")
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"ref": "a.png", "text": "make it red"}) + "\n"
+                       + json.dumps({"ref": "a.png", "text": 42}) + "\n")
+    code, line = one_error_line(["retrieve", "--queries", queries], capsys)
+    assert code == 1 and line == f'error: {queries}:2: field "text" is 42: expected a string', line
+    with pytest.raises(ZscirError, match="is 42, not text: expected a string"):
+        check_text(42)
+    with pytest.raises(ZscirError, match="is empty"):
+        check_text("  ")
+
+
+def test_caption_on_an_empty_folder_is_refused_as_index_refuses_it(tmp_path, capsys):
+    """Issue 27: `caption` exited 0 on a folder without images, where `index` refuses it."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image here")
+    (tmp_path / "caps.jsonl").write_text(json.dumps({"id": "a.png", "caption": "a red circle"}) + "\n")
+    code, line = one_error_line(["caption", "--images", tmp_path / "empty", "--captions", tmp_path / "caps.jsonl",
+                                 "--quiet", "--out", tmp_path / "out.jsonl"], capsys)
+    assert code == 1 and f"no images (.jpg, .png, .webp, ...) found under '{tmp_path / 'empty'}'" in line, line
+    assert not (tmp_path / "out.jsonl").exists()

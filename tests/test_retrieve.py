@@ -159,6 +159,16 @@ def test_cli_json_queries_and_html(env, tmp_path):
     assert table.exit_code == 0 and re.search(r"^\s+1\s+[-0-9.]+\s+\S+g\d\d\.png$", table.stdout, re.M)
 
 
+def test_the_text_table_names_the_model_that_ranked(env):
+    """Issue 27: without --model, on a backbone that ships no checkpoint, the sum baseline ranks: the table says so."""
+    runner = CliRunner()
+    args = ["retrieve", "--index", str(env["index"]), "--ref", str(env["paths"][0]), "--text", "make it red", "-k", "2"]
+    for extra, name in (([], "sum"), (["--model", env["fti_A"]], "fti")):
+        res = runner.invoke(cli, args + extra)
+        assert res.exit_code == 0, res.output
+        assert res.stdout.splitlines()[0].startswith(f"model {name}, index "), res.stdout
+
+
 def _main(args, capsys):
     with pytest.raises(SystemExit) as e:
         main(args)

@@ -9,6 +9,7 @@ import click
 
 from zscir.data.caption_cache import caption_images, check_cache_file
 from zscir.data.images import DEFAULT_MAX_PIXELS
+from zscir.data.keys import safe_name
 from zscir.data.sources import open_image_source
 from zscir.data.splitter import get_splitter
 from zscir.backbone.options import check_device
@@ -71,6 +72,8 @@ def caption(images, captioner, model, preset, prompt, captions_file, world, cach
     if cache_path:
         check_cache_file(cache_path)  # before any work: never append to a file zscir did not create
     source = open_image_source(images, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    if source.estimated_len() == 0:  # as `zscir index` refuses it: nothing to caption is no success
+        raise ZscirError(f"no images (.jpg, .png, .webp, ...) found under {safe_name(str(images))!r} (option --images)")
     if captions_file:
         captioner = "file"
     kw = generator_kwargs(options)

@@ -198,8 +198,8 @@ def _takes_device(spec: str) -> bool:
     return spec.partition(":")[0] in MODEL_CAPTIONERS
 
 
-def _table(results) -> str:
-    lines = []
+def _table(results, retriever) -> str:
+    lines = [f"model {retriever.encoder.name}, index {retriever.index.root}", ""]  # what ranked (the default may be sum)
     for n, res in enumerate(results, 1):
         lines.append(f"query {n}: {safe_name(res.ref)}  +  \"{safe_name(res.text)}\"")
         lines.append(f"{'rank':>4}  {'score':>6}  path")
@@ -264,4 +264,4 @@ def retrieve(ref, text, queries, index_dir, model, clip, pretrained, preprocess,
         click.echo(json.dumps({**retriever.identity, "k": k, "queries": [r.to_dict() for r in results],
                                "skipped": skipped}, indent=2))
     else:
-        click.echo(_table(results))
+        click.echo(_table(results, retriever))

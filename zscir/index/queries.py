@@ -26,6 +26,8 @@ def read_reference(image: ImageInput, what: str = "reference image") -> tuple[Im
         return to_rgb(image), None
     path = Path(image)
     label = safe_name(str(path))
+    if path.is_dir():
+        raise ZscirError(f"{what} {label!r} is a folder: expected an image file")
     if not path.is_file():
         raise ZscirError(f"{what} {label!r} does not exist")
     try:
@@ -45,7 +47,10 @@ def load_reference(image: ImageInput, what: str = "reference image") -> Image.Im
 
 
 def check_text(text: str, what: str = "modification text") -> str:
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        raise ZscirError(f"the {what} is {json.dumps(text)[:40]}, not text: expected a string, "
+                         "e.g. \"make the circle red\"")
+    if not text.strip():
         raise ZscirError(f"the {what} is empty: expected a change to apply to the reference, "
                          "e.g. \"make the circle red\"")
     return text.strip()
@@ -54,17 +59,22 @@ def check_text(text: str, what: str = "modification text") -> str:
 def read_queries(path: str | os.PathLike) -> tuple[list[tuple[str, str]], list[dict]]:
     """Rows {"ref": IMAGE, "text": "..."} of a JSONL file -> (usable queries, skipped rows with their error).
 
-    A malformed line is an error (the file is wrong); a row whose image is missing or
-    unreadable, or whose text is empty, is skipped and reported (the rest still runs).
+    A malformed line is an error (the file is wrong: not an object, no "ref" or "text", a "text"
+    that is not a string); a row whose image is missing or unreadable, or whose text is empty,
+    is skipped and reported (the rest still runs).
     A relative ref is taken from the current directory, else from the JSONL file's folder.
     """
     file = Path(path)
+    if file.is_dir():
+        raise ZscirError(f"queries file {str(path)!r} is a folder: expected a JSONL file (option --queries)")
     if not file.is_file():
         raise ZscirError(f"queries file {str(path)!r} does not exist (option --queries)")
     queries, skipped = [], []
     for n, row in read_jsonl(path, invalid="not a JSON object ({msg})"):
         if not isinstance(row, dict) or "ref" not in row or "text" not in row:
             raise ZscirError(f"{path}:{n}: expected an object with \"ref\" and \"text\" fields")
+        if not isinstance(row["text"], str):
+            raise ZscirError(f"{path}:{n}: field \"text\" is {json.dumps(row['text'])[:40]}: expected a string")
         ref = Path(str(row["ref"]))
         if not ref.is_absolute() and not ref.exists() and (file.parent / ref).exists():
             ref = file.parent / ref
