@@ -53,6 +53,14 @@ def decoding_options(f):
     return f
 
 
+def captioner_options(f):
+    """--preset and --prompt: a captioner's settings (``zscir caption`` and ``zscir eval --captioner``)."""
+    f = click.option("--prompt", default=None, metavar="TEXT", help="blip2, hf-vlm, openai: the captioning prompt.")(f)
+    return click.option("--preset", default=None, metavar="NAME",
+                        help="blip2: a method's settings (cirevl, ldre, ldre-opt, ldre-t5); other options override "
+                             "them.")(f)
+
+
 DECODING_FIELDS = {"decoding": "strategy", "n": "n", "num_beams": "num_beams", "top_p": "top_p",
                    "temperature": "temperature", "seed": "seed", "max_new_tokens": "max_new_tokens"}
 ENDPOINT_FIELDS = {"endpoint_concurrency": "concurrency", "endpoint_timeout": "timeout",
