@@ -16,7 +16,7 @@ from zscir.backbone.options import check_device
 from zscir.errors import ZscirError
 from zscir.features.distributed import current_ranks, process_device
 from zscir.generation.cache import json_line
-from zscir.generation.cli import captioner_option, decoding_options, generator_kwargs
+from zscir.generation.cli import captioner_option, captioner_options, decoding_options, generator_kwargs
 from zscir.generation.lookup import WORLD_CAPTIONS
 from zscir.generation.registry import build_captioner
 from zscir.utils.atomic import atomic_path
@@ -41,9 +41,7 @@ def _find_world(images: str) -> str | None:
 @click.option("--model", default=None, metavar="NAME|DIR",
               help="blip, blip2, hf-vlm: a Hugging Face id or a local save_pretrained() folder "
                    "(blip default Salesforce/blip-image-captioning-base); lavis: the model type (default base_coco).")
-@click.option("--preset", default=None, metavar="NAME",
-              help="blip2: a method's settings (cirevl, ldre, ldre-opt, ldre-t5); other options override them.")
-@click.option("--prompt", default=None, metavar="TEXT", help="blip2, hf-vlm, openai: the captioning prompt.")
+@captioner_options
 @click.option("--captions", "captions_file", default=None, type=click.Path(dir_okay=False), metavar="FILE",
               help="Captions file (JSONL, CSV/TSV or JSON id -> caption); implies --captioner file.")
 @click.option("--world", default=None, type=click.Path(file_okay=False), metavar="DIR",

@@ -13,8 +13,10 @@ from zscir.benchmarks.fine import FINE_GALLERIES
 from zscir.evaluation import leaderboard_report, report
 from zscir.evaluation.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, parse_pair
 from zscir.evaluation.protocol import FIQ_CAPTION_MODES, Protocol
-from zscir.generation.cli import generations_option
-from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
+from zscir.errors import ZscirError
+from zscir.generation.cli import (captioner_option, captioner_options, decoding_options, editor_option,
+                                  generations_option, generator_kwargs)
+from zscir.utils.options import OUTPUT_DIR, OUTPUT_FILE, POSITIVE_INT
 
 
 @click.command("eval")
@@ -26,6 +28,16 @@ from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
                    "(language-model methods, read --generations) or a checkpoint path; repeatable. "
                    "Default: the baselines (shapes: plus the shipped checkpoints).")
 @generations_option
+@captioner_option(note="Captions the references (and, for cvsi, the gallery) where --generations has none; cached.")
+@editor_option(note="Edits the captions where --generations has none, one prompt per benchmark kind (CIReVL's "
+                    "templates); cached.")
+@captioner_options
+@decoding_options
+@click.option("--generation-cache", default=None, type=OUTPUT_FILE, metavar="FILE",
+              help="One generation cache file for the captions and edits (default: each generator's own file "
+                   "under the zscir cache dir, as `zscir caption` / `zscir edit` use).")
+@click.option("--generation-batch-size", type=POSITIVE_INT, default=16, show_default=True,
+              help="Images or captions per captioner/editor call.")
 @backbone_options("Default: the benchmark's own (shapes: the world's CLIP), else each checkpoint's.",
                   random_weights=True, preprocess=None, preprocess_note="Default: targetpad, or the checkpoint's.")
 @click.option("--split", "splits", multiple=True, help="Split(s) to run, repeatable (default: val; shapes: val and val_coarse).")
@@ -58,14 +70,28 @@ from zscir.utils.options import OUTPUT_DIR, POSITIVE_INT
 @click.option("--bootstrap-seed", type=click.IntRange(min=0), default=DEFAULT_SEED, show_default=True,
               help="Random seed of --compare's bootstrap (recorded).")
 @click.option("--by-edit", is_flag=True, help="Also print mAP@10 per edit type (results.md always has it).")
-def eval_command(benchmark, root, models, generations, clip, pretrained, preprocess, device, splits, categories,
-                 out_dir, as_json, fiq_captions, remove_reference, fine_gallery, cache_dir, batch_size, no_progress,
+def eval_command(benchmark, root, models, generations, captioner, editor, preset, prompt, generation_cache,
+                 generation_batch_size, clip, pretrained, preprocess, device, splits, categories, out_dir, as_json,
+                 fiq_captions, remove_reference, fine_gallery, cache_dir, batch_size, no_progress,
                  allow_missing_images, overwrite, no_oracles, seeds, compare, bootstrap_resamples, bootstrap_seed,
-                 by_edit):
+                 by_edit, **generator_options):
     """Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir."""
     # deferred: the runner loads torch (through the models it evaluates); `zscir eval --help` must not
     from zscir.evaluation.run import EvalRequest, evaluate
     from zscir.evaluation.seeds import evaluate_seeds, parse_seeds
+    from zscir.models.training_free.backends import ENDPOINT_KEYS, BackendConfig
+
+    kw = generator_kwargs(generator_options)
+    endpoint_kw = {k: kw.pop(k) for k in ENDPOINT_KEYS if k in kw}
+    captioner_kw = {**kw, **{k: v for k, v in (("preset", preset), ("prompt", prompt)) if v is not None}}
+    if captioner_kw and captioner is None:
+        raise ZscirError("--preset/--prompt/--n/--decoding/...: these set the captioner: also give --captioner SPEC")
+    backends = None
+    if captioner or editor:
+        backends = BackendConfig(captioner, editor, captioner_kw, endpoint_kw, device, generation_cache,
+                                 generation_batch_size, progress=not no_progress)
+    elif endpoint_kw or generation_cache:
+        raise ZscirError("--generation-cache/--endpoint-*: give --captioner SPEC and/or --editor SPEC")
 
     if categories and "categories" not in get_benchmark(benchmark).options:
         takes = [name for name in BENCHMARKS if "categories" in get_benchmark(name).options]
@@ -81,7 +107,7 @@ def eval_command(benchmark, root, models, generations, clip, pretrained, preproc
         cache_root=cache_dir, device=device, batch_size=batch_size, progress=not no_progress,
         command=" ".join(["zscir"] + sys.argv[1:]), oracles=not no_oracles, compare=pair,
         bootstrap=(bootstrap_resamples, bootstrap_seed), generations=generations or None,
-        allow_missing_images=allow_missing_images, overwrite=overwrite)
+        allow_missing_images=allow_missing_images, overwrite=overwrite, backends=backends)
     if seed_list is not None:
         combined = evaluate_seeds(req, seed_list)
         click.echo(json.dumps(combined, indent=2) if as_json else leaderboard_report.seeds_text(combined, by_edit))

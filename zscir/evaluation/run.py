@@ -41,6 +41,8 @@ from zscir.evaluation.scoring import score_split
 from zscir.evaluation.submission import check_payloads, ranking_payloads, write_rankings
 from zscir.importers.released_generations import load_generations
 from zscir.models.composed import COSINE, SplitContext
+from zscir.models.training_free.backends import BackendConfig, ModelGenerations
+from zscir.models.training_free.generations import Stacked
 from zscir.utils.atomic import atomic_write_json, atomic_write_text
 
 BASELINES = resolve.EVAL_BASELINES
@@ -69,6 +71,7 @@ class EvalRequest:
     overwrite: bool = False                      # replace the results of an existing run in out_dir
     compare: tuple[str, str] | None = None       # two rows: paired bootstrap interval of their difference
     bootstrap: tuple[int, int] = (DEFAULT_RESAMPLES, DEFAULT_SEED)   # its resamples and seed
+    backends: BackendConfig | None = None        # --captioner/--editor: generate what the files lack (cached)
 
 
 class Timer:
@@ -101,12 +104,23 @@ def load_query_encoder_for(model: str, backbone, protocol: Protocol):
 default_models, model_slug = resolve.default_models, resolve.model_slug
 
 
+def load_sources(req: EvalRequest) -> Stacked | None:
+    """Where the language-model methods read captions and edits: the imported files in the order given, then
+    the generation cache with the --captioner/--editor backends (which generate what is missing)."""
+    sources = list(load_generations(req.generations).sources) if req.generations else []
+    if req.backends is not None:
+        req.backends.check()
+        sources.append(ModelGenerations(req.backends))
+    return Stacked(sources) if sources else None
+
+
 # ---------------------------------------------------------------- one split
 def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, cache_root: Path,
                    out_dir: Path, rankings_dir: Path, generations=None) -> dict:
     bb = qe.backbone
     timer = Timer()
-    qe.prepare(SplitContext(style=get_family(split.kind).generation_style, generations=generations))
+    style = get_family(split.kind).generation_style
+    qe.prepare(SplitContext(style=style, generations=generations.for_style(style) if generations else None))
     cache = CacheReport()
     with timer("gallery"):
         gallery = gallery_features(bb, split, cache_root, cache, req.batch_size, req.progress)
@@ -188,7 +202,7 @@ def evaluate(req: EvalRequest) -> dict:
     backbone = load_backbone_for(req, spec)
     models = list(req.models or default_models(spec, backbone))
     encoders = [load_query_encoder_for(model, backbone, protocol) for model in models]
-    generations = load_generations(req.generations) if req.generations else None
+    generations = load_sources(req)
     slugs: set[str] = set()
     check_pair(req.compare, [model_slug(m, slugs) for m in models])   # a bad --compare fails before any work
     if builds_root:

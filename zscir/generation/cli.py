@@ -75,7 +75,17 @@ def generations_option(f):
     """--generations FILE (repeatable): the one declaration (`zscir eval`, `zscir retrieve`)."""
     return click.option("--generations", "generations", multiple=True,
                         help="Captions and language-model edits for cirevl/ldre/seize/cvsi: a released LDRE/SEIZE "
-                             "annotation JSON (PATH or PATH#captions=KEY,edits=KEY); repeatable, asked in order.")(f)
+                             "annotation JSON (PATH or PATH#captions=KEY,edits=KEY) or a zscir generation cache "
+                             "(PATH or PATH#captioner=KEY,editor=KEY); repeatable, asked in order before "
+                             "--captioner/--editor.")(f)
+
+
+def captioner_options(f):
+    """--preset and --prompt: a captioner's settings (``zscir caption`` and ``zscir eval --captioner``)."""
+    f = click.option("--prompt", default=None, metavar="TEXT", help="blip2, hf-vlm, openai: the captioning prompt.")(f)
+    return click.option("--preset", default=None, metavar="NAME",
+                        help="blip2: a method's settings (cirevl, ldre, ldre-opt, ldre-t5); other options override "
+                             "them.")(f)
 
 
 DECODING_FIELDS = {"decoding": "strategy", "n": "n", "num_beams": "num_beams", "top_p": "top_p",

@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 
 from zscir.errors import ZscirError
+from zscir.models.training_free.backends import CacheFileGenerations, is_generation_cache
 from zscir.models.training_free.generations import Stacked, TableGenerations
 from zscir.models.training_free.templates import instruction_of
 from zscir.utils.hashing import sha256_file
@@ -117,6 +118,14 @@ def read_released(spec: str) -> TableGenerations:
     return table
 
 
+def read_source(spec: str):
+    """A released annotation file, or a zscir generation cache (``FILE#captioner=KEY,editor=KEY``)."""
+    file, _, options = spec.partition("#")
+    if is_generation_cache(file):
+        return CacheFileGenerations(file, dict(p.partition("=")[::2] for p in filter(None, options.split(","))))
+    return read_released(spec)
+
+
 def load_generations(specs) -> Stacked:
     """Every ``--generations`` file, asked in the order given."""
-    return Stacked([read_released(str(s)) for s in specs])
+    return Stacked([read_source(str(s)) for s in specs])

@@ -58,9 +58,15 @@ class CVSIQuery(LanguageModelQuery):
         return Linear(tuple((v, c, w[a] * w[b]) for v, a in (("edited", "ae"), ("pseudo", "ap"), ("reference", "ar"))
                             for c, b in (("image", "bi"), ("caption", "bc")) if w[a] * w[b] != 0.0))
 
+    def edit_inputs(self, item: QueryItem, captions: list[str]) -> list[tuple[str, str, str]]:
+        """The reference's captions joined by ", ", asked for its edit and for the objects likely added."""
+        joined, instruction = ", ".join(captions), instruction_of(item.captions)
+        return [(joined, instruction, "edit"), (joined, instruction, "added")]
+
     def encode_items(self, ref, items: list[QueryItem]) -> Vectors:
         gen = require_generations(self.generations, self.name)
         template = edit_template(self.style)
+        self.fetch(items)
         edited, pseudo_prompts = [], []
         for item in items:
             caption = ", ".join(need_captions(gen, item.reference, None, self.name))
@@ -80,6 +86,7 @@ class CVSIQuery(LanguageModelQuery):
         if name != "caption":
             return super().gallery_column(name, images)
         gen = require_generations(self.generations, self.name)
+        gen.prefetch(images=images)   # the gallery's captions, in batches (cached)
         rows = []
         for image in images:
             caps = need_captions(gen, image, None, self.name)

@@ -4,6 +4,11 @@
     edits(caption, instruction, task)    -> the language model's outputs for that caption and instruction
     provenance()                         -> one record per source: a released file (path, sha256, keys, the models
                                             its keys name) or a model run (captioner/editor identity, prompt, decoding)
+    prefetch(images=..., edits=...)      -> generate what is missing in batches before it is asked for (sources that
+                                            only look answers up do nothing); ``edits`` holds (caption, instruction,
+                                            task) triples
+    for_style(style)                     -> the source as a benchmark family of that generation style asks it (a
+                                            source that runs an editor picks the style's template; others: itself)
 
 ``image`` is an :class:`~zscir.models.composed.ImageRef` (the benchmark's id and the file), so a source keyed
 by image id (a released annotation file) and one keyed by content (the generation cache: sha256 of the file)
@@ -38,6 +43,10 @@ class Generations(Protocol):
 
     def provenance(self) -> list[dict]: ...
 
+    def prefetch(self, images=(), edits=()) -> None: ...
+
+    def for_style(self, style: str) -> "Generations": ...
+
 
 class TableGenerations:
     """Generations held in memory: image id -> captions, :func:`edit_key` -> outputs, plus their provenance."""
@@ -66,27 +75,59 @@ class TableGenerations:
     def provenance(self) -> list[dict]:
         return list(self._provenance)
 
+    def prefetch(self, images=(), edits=()) -> None:
+        return None   # a table holds what it holds
+
+    def for_style(self, style: str) -> "TableGenerations":
+        return self
+
 
 class Stacked:
-    """Several sources asked in order (the first that knows an answer gives it)."""
+    """Several sources asked in order (the first that knows an answer gives it); each source's provenance record
+    counts the captions and edits it answered (``answered``)."""
 
-    def __init__(self, sources: list):
+    def __init__(self, sources: list, counts: list[dict] | None = None):
         self.sources = list(sources)
+        self.counts = counts if counts is not None else [{"captions": 0, "edits": 0} for _ in self.sources]
+
+    def _first(self, ask, kind: str):
+        for n, source in enumerate(self.sources):
+            found = ask(source)
+            if found:
+                self.counts[n][kind] += 1
+                return found
+        return None
 
     def captions(self, image: ImageRef) -> list[str] | None:
-        return next((c for s in self.sources if (c := s.captions(image))), None)
+        return self._first(lambda s: s.captions(image), "captions")
 
     def edits(self, caption: str, instruction: str, task: str = "edit") -> list[str] | None:
-        return next((e for s in self.sources if (e := s.edits(caption, instruction, task))), None)
+        return self._first(lambda s: s.edits(caption, instruction, task), "edits")
+
+    def prefetch(self, images=(), edits=()) -> None:
+        """Each source generates only what no source before it answers."""
+        images, edits = list(images), list(edits)
+        for source in self.sources:
+            if not images and not edits:
+                return
+            source.prefetch(images=images, edits=edits)
+            images = [i for i in images if not source.captions(i)]
+            edits = [e for e in edits if not source.edits(*e)]
+
+    def for_style(self, style: str) -> "Stacked":
+        return Stacked([s.for_style(style) for s in self.sources], self.counts)   # one tally for every style
 
     def provenance(self) -> list[dict]:
-        return [p for s in self.sources for p in s.provenance()]
+        out = []
+        for source, count in zip(self.sources, self.counts):
+            out += [{**p, "answered": dict(count)} for p in source.provenance()]
+        return out
 
 
 def require_generations(generations, method: str):
     if generations is None:
         raise ZscirError(f"--model {method}: needs captions and edits: pass --generations FILE (a released LDRE/SEIZE "
-                         "annotation file or a zscir generations file)")
+                         "annotation file or a zscir generation cache) or --captioner SPEC --editor SPEC")
     return generations
 
 
@@ -96,7 +137,7 @@ def need_captions(generations, image: ImageRef, n: int | None, method: str) -> l
     if not caps or (n is not None and len(caps) < n):
         have = len(caps or [])
         raise ZscirError(f"--model {method}: image {image.id!r} has {have} caption(s) in --generations, expected "
-                         f"{n or 1}: add them to the generations file (or caption the images first)")
+                         f"{n or 1}: add them to a --generations file or pass --captioner SPEC (N captions: --n N --decoding sample)")
     return list(caps[:n] if n is not None else caps)
 
 
@@ -105,5 +146,5 @@ def need_edit(generations, caption: str, instruction: str, method: str, task: st
     outs = generations.edits(caption, instruction, task)
     if not outs:
         raise ZscirError(f"--model {method}: no {task} for caption {caption[:60]!r} and instruction "
-                         f"{instruction[:60]!r} in --generations: add it (or run the editor first)")
+                         f"{instruction[:60]!r}: add it to a --generations file or pass --editor SPEC")
     return outs[0]

@@ -64,6 +64,22 @@ class LanguageModelQuery(QueryEncoder):
         """[n, D] raw (unnormalised) fp32 text features, on the CPU."""
         return self.backbone.encode_text(list(texts)).float().cpu()
 
+    def edit_inputs(self, item: QueryItem, captions: list[str]) -> list[tuple[str, str, str]]:
+        """The (caption, instruction, task) inputs the language model answers for one query: each caption's edit."""
+        return [(c, instruction_of(item.captions), "edit") for c in captions]
+
+    def fetch(self, items: list[QueryItem]) -> None:
+        """Let the generations produce what this batch needs in two batched steps (the references' captions, then
+        the edits of those captions) before the per-query lookups; sources that only look answers up do nothing."""
+        gen = require_generations(self.generations, self.name)
+        gen.prefetch(images=[item.reference for item in items])
+        inputs = []
+        for item in items:
+            captions = gen.captions(item.reference)
+            if captions:
+                inputs += self.edit_inputs(item, list(captions[:self.n] if self.n is not None else captions))
+        gen.prefetch(edits=inputs)
+
     def captions_and_edits(self, item: QueryItem, n: int | None) -> tuple[list[str], list[str]]:
         """The reference's first ``n`` captions and, for each, its edit by the item's instruction. A caption that
         occurs twice takes the source's outputs for it in order (sampled captions repeat)."""
@@ -92,6 +108,7 @@ class CIReVLQuery(LanguageModelQuery):
 
     def encode_items(self, ref, items: list[QueryItem]) -> Vectors:
         template = edit_template(self.style)
+        self.fetch(items)
         texts = []
         for item in items:
             (caption,), (answer,) = self.captions_and_edits(item, 1)
@@ -114,6 +131,7 @@ class LDREQuery(LanguageModelQuery):
 
     def stacked(self, items: list[QueryItem]) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, N, D] raw text features of the N edits and of the N captions."""
+        self.fetch(items)
         pairs = [self.captions_and_edits(item, self.n) for item in items]
         edits = self.text_features([e for _, es in pairs for e in es]).view(len(items), self.n, -1)
         captions = self.text_features([c for cs, _ in pairs for c in cs]).view(len(items), self.n, -1)
