@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from zscir.models.factory import backbone_dims, create_mapping_network
 from zscir.models.losses import clip_contrastive_loss
 from zscir.models.methods import METHODS, get_training, trainable_methods
 from zscir.models.objective import lincir_loss, lincir_noise, pic2word_loss
+from zscir.utils.testpoint import pause_env, wait_paused
 
 DRIVER = str(Path(__file__).parent / "drivers" / "pretrain_driver.py")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -192,12 +192,10 @@ def _log(run_dir: Path) -> list[dict]:
 def test_sigkill_then_resume_gives_the_uninterrupted_run(tmp_path, features, method):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run([sys.executable, DRIVER, "train", features, str(straight), "--method", method], env=ENV, check=True)
-    proc = subprocess.Popen([sys.executable, DRIVER, "train", features, str(killed), "--method", method,
-                             "--slow", "0.3"], env=ENV, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while len(_log(killed)) < 4 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.15)
+    marker = tmp_path / "paused"
+    proc = subprocess.Popen([sys.executable, DRIVER, "train", features, str(killed), "--method", method],
+                            env={**ENV, **pause_env(marker, {"pretrain.step": 4})}, stderr=subprocess.DEVNULL)
+    wait_paused(proc, marker)  # the child waits after its 4th step until the signal, however fast the machine
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode != 0 and not (killed / "model.safetensors").exists(), "the run finished first"

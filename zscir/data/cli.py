@@ -12,7 +12,7 @@ from zscir.data.images import DEFAULT_MAX_PIXELS
 from zscir.data.keys import safe_name
 from zscir.data.sources import open_image_source
 from zscir.data.splitter import get_splitter
-from zscir.backbone.options import check_device
+from zscir.backbone.options import check_device, device_option
 from zscir.errors import ZscirError
 from zscir.features.distributed import current_ranks, process_device
 from zscir.generation.cache import json_line
@@ -53,7 +53,7 @@ def _find_world(images: str) -> str | None:
 @click.option("--splitter", default="auto", show_default=True, type=click.Choice(["auto", "rules", "spacy", "none"]),
               help="Subject/attribute splitter for --out (none: captions only).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default=None, metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+@device_option(None, "Default: cuda when available.")
 @click.option("--max-pixels", default=None, type=click.IntRange(min=1), metavar="N",
               help="Refuse images with more pixels than this (decompression bombs); default ~89.5M.")
 @decoding_options

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from zscir.benchmarks import load_splits
-from zscir.backbone.options import check_device
+from zscir.backbone.options import check_device, device_option
 from zscir.errors import ZscirError
 from zscir.features.distributed import current_ranks
 from zscir.generation.base import DEFAULT_EDIT_PROMPT, Decoding, EditInput, PromptTemplate
@@ -200,7 +200,7 @@ def benchmark_pairs(benchmark: str, root: str | None, split: str, captions: dict
 @click.option("--out", "out_path", default=None, type=OUTPUT_FILE, metavar="FILE",
               help="Write one JSON line per pair (or per query with --benchmark) with its edits.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default=None, metavar="DEV", help="hf-lm: cpu, cuda, cuda:1 ... (default: cuda when available).")
+@device_option(None, "hf-lm models; default: cuda when available.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def edit(editor, pairs_file, benchmark, split, root, captions_file, caption_key, join, prompt_file, system,
