@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -166,9 +167,6 @@ def _model_training_options(default_name: str):
 
 
 def _run_training(command: str, world_dir, out, preset_cfg, given: dict, train, evaluate, card, heldout):
-    from dataclasses import replace
-    from datetime import datetime, timezone
-
     from zscir.world.build import default_world
     from zscir.world.model_card import cpu_name, write_card
 

@@ -47,19 +47,19 @@ class CaptionerConfig:
     seed: int = 0
     steps: int = 20000          # an upper bound: the time budget usually stops first
     seconds: float = 780.0      # training seconds (data preparation and the held-out evaluation come on top)
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 100
+    batch_size: int = 24
+    lr: float = 3e-3
+    warmup_steps: int = 50
     save_every: int = 100
     threads: int = 2
     patch_size: int = 12
-    vision_width: int = 96
-    vision_layers: int = 3
-    qformer_width: int = 96
+    vision_width: int = 64
+    vision_layers: int = 2
+    qformer_width: int = 64
     qformer_layers: int = 2
-    query_tokens: int = 12
-    text_width: int = 128
-    text_layers: int = 3
+    query_tokens: int = 8
+    text_width: int = 96
+    text_layers: int = 2
     vocab_size: int = 1024
 
     def budget(self) -> Budget:

@@ -40,16 +40,16 @@ class EditorConfig:
     seed: int = 0
     steps: int = 20000          # an upper bound: the time budget usually stops first
     seconds: float = 780.0      # training seconds (data preparation and the held-out evaluation come on top)
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 100
+    batch_size: int = 24
+    lr: float = 3e-3
+    warmup_steps: int = 50
     save_every: int = 100
     threads: int = 2
-    width: int = 128
-    layers: int = 4
+    width: int = 96
+    layers: int = 3
     heads: int = 4
     vocab_size: int = 1024
-    per_scene: int = 2          # examples per unlabeled scene and style
+    per_scene: int = 1          # examples per unlabeled scene and style
     styles: tuple = STYLES
 
     def budget(self) -> Budget:
