@@ -1,4 +1,4 @@
-"""`zscir world ...`: generate the shapes world, train and evaluate its tiny CLIP."""
+"""`zscir world ...`: generate the shapes world; train and evaluate its tiny CLIP, captioner and editor."""
 
 from __future__ import annotations
 
