@@ -1,11 +1,12 @@
-"""`zscir world ...`: generate the shapes world, train and evaluate its tiny CLIP."""
+"""`zscir world ...`: generate the shapes world; train and evaluate its tiny CLIP, captioner and editor."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -138,3 +139,76 @@ def eval_backbone_command(clip, pretrained, num_scenes, seed, as_json):
     click.echo("sensitivity  " + "  ".join(f"{k} {v:.3f}" for k, v in result["sensitivity"].items()))
     click.echo(f"sensitivity over {', '.join(TARGET_KINDS)}: mean {result['sensitivity_mean']:.3f}, "
                f"min {result['sensitivity_min']:.3f} (targets: mean >= 0.90, each >= 0.80)")
+
+
+def _model_training_options(default_name: str):
+    """Options shared by train-captioner and train-editor."""
+    def wrap(f):
+        for option in reversed([
+            click.option("--world", "world_dir", type=click.Path(file_okay=False, exists=True), default=None,
+                          help="World whose unlabeled images/captions are used [the default world, seed 0]."),
+            click.option("--out", type=OUTPUT_DIR, default=f"runs/{default_name}/{default_name}", show_default=True,
+                         help="save_pretrained() folder; the card and record go beside it (OUT.md, OUT.json)."),
+            click.option("--run-dir", type=OUTPUT_DIR, default=f"runs/{default_name}/state", show_default=True,
+                         help="Resumable training state; a killed run continues from here."),
+            click.option("--preset", type=click.Choice(["default", "tiny"]), default="default", show_default=True,
+                         help="Model size and budget (tiny: seconds, for tests)."),
+            click.option("--steps", type=POSITIVE_INT, default=None, help="At most this many steps [preset]."),
+            click.option("--seconds", type=POSITIVE_FLOAT, default=None, help="At most this many training seconds [preset]."),
+            click.option("--batch-size", type=POSITIVE_INT, default=None, help="Examples per step [preset]."),
+            click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate [preset]."),
+            click.option("--seed", type=int, default=None, help="Seed of init, batches and examples [0]."),
+            click.option("--heldout", type=NON_NEGATIVE_INT, default=500, show_default=True,
+                         help="Held-out scenes evaluated at the end (0: skip, and no card)."),
+        ]):
+            f = option(f)
+        return f
+    return wrap
+
+
+def _run_training(command: str, world_dir, out, preset_cfg, given: dict, train, evaluate, card, heldout):
+    from zscir.world.build import default_world
+    from zscir.world.model_card import cpu_name, write_card
+
+    cfg = replace(preset_cfg, **{k: v for k, v in given.items() if v is not None})
+    world_dir = world_dir or str(default_world(0))
+    record = train(world_dir, out, cfg)
+    record.update({"command": "zscir world " + " ".join(sys.argv[sys.argv.index(command):]) if command in sys.argv
+                   else f"zscir world {command}", "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                   "cpu": cpu_name()})
+    out = Path(out)
+    if heldout:
+        start = time.time()
+        record["heldout"] = evaluate(out, heldout)
+        record["eval_seconds"] = round(time.time() - start)
+        summary = {k: v for k, v in record["heldout"].items() if k != "examples"}
+        click.echo(json.dumps(summary, indent=2))
+        write_card(out.with_name(out.name + ".md"), card(out.name, record))
+    atomic_write_json(out.with_name(out.name + ".json"), record)
+
+
+@world.command("train-captioner")
+@_model_training_options("shapes_captioner")
+def train_captioner_command(world_dir, out, run_dir, preset, steps, seconds, batch_size, lr, seed, heldout):
+    """Train the world's captioner (a tiny BLIP-2) on its unlabeled images; load it with --captioner blip2:OUT."""
+    # deferred: these load torch/transformers; `zscir world --help` must not
+    from zscir.world.model_card import captioner_card
+    from zscir.world.train_captioner import PRESETS, evaluate_captioner, train_captioner
+
+    _run_training("train-captioner", world_dir, out, PRESETS[preset],
+                  {"steps": steps, "seconds": seconds, "batch_size": batch_size, "lr": lr, "seed": seed},
+                  lambda w, o, cfg: train_captioner(w, o, run_dir, cfg, log=click.echo),
+                  lambda folder, n: evaluate_captioner(f"blip2:{folder}", n), captioner_card, heldout)
+
+
+@world.command("train-editor")
+@_model_training_options("shapes_editor")
+def train_editor_command(world_dir, out, run_dir, preset, steps, seconds, batch_size, lr, seed, heldout):
+    """Train the world's editor (a tiny Llama) on edits of its unlabeled captions; load it with --editor hf-lm:OUT."""
+    from zscir.world.model_card import editor_card
+    from zscir.world.train_editor import PRESETS, evaluate_editor, train_editor
+
+    _run_training("train-editor", world_dir, out, PRESETS[preset],
+                  {"steps": steps, "seconds": seconds, "batch_size": batch_size, "lr": lr, "seed": seed},
+                  lambda w, o, cfg: train_editor(w, o, run_dir, cfg, log=click.echo),
+                  lambda folder, n: evaluate_editor(f"hf-lm:{folder}", n), editor_card, heldout)
