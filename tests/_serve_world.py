@@ -5,12 +5,15 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import torch
 from _images import draw_image
 
 
-def build_world(root: Path, n_images: int = 12) -> dict:
+def build_world(root: Path, n_images: int = 12, more_images: Callable[[Path], None] | None = None) -> dict:
+    """Images g00.png ... drawn into ``root/gallery`` (``more_images(folder)`` adds others), indexed with the FTI
+    checkpoint: {root, weights, backbone, fti, images, paths, index}."""
     from safetensors.torch import save_file
 
     from zscir.backbone import load_backbone
@@ -27,10 +30,12 @@ def build_world(root: Path, n_images: int = 12) -> dict:
     fti = str(save_mapping_checkpoint(root / "fti", create_mapping_network(cfg, backbone_dims(bb)), cfg, bb))
     images = root / "gallery"
     images.mkdir()
-    for i in range(n_images):
-        draw_image(images / f"g{i:02d}.png", i)
+    paths = [draw_image(images / f"g{i:02d}.png", i) for i in range(n_images)]
+    if more_images is not None:
+        more_images(images)
     build_index(root / "index", bb, images=images, progress=False, model=fti)
-    return {"root": root, "weights": weights, "fti": fti, "images": images, "index": root / "index"}
+    return {"root": root, "weights": weights, "backbone": bb, "fti": fti, "images": images, "paths": paths,
+            "index": root / "index"}
 
 
 def strip_png(width: int, height: int) -> bytes:

@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 from _images import draw_image
+from _serve_world import build_world
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -39,28 +40,8 @@ def png_claiming(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny backbone saved as a file, an FTI checkpoint for it, and an index of 18 drawn images."""
-    from safetensors.torch import save_file
-
-    from zscir.backbone import load_backbone
-    from zscir.index.gallery import build_index
-    from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
-
     root = tmp_path_factory.mktemp("serve")
-    torch.manual_seed(0)
-    weights = root / "clip.safetensors"
-    save_file({k: v.contiguous() for k, v in load_backbone("zscir-tiny-test", None).model.state_dict().items()},
-              str(weights))
-    bb = load_backbone("zscir-tiny-test", str(weights))
-    cfg = get_mapping_config("fti4cir-tiny")
-    torch.manual_seed(0)
-    fti = str(save_mapping_checkpoint(root / "fti", create_mapping_network(cfg, backbone_dims(bb)), cfg, bb))
-    images = root / "gallery"
-    images.mkdir()
-    paths = [draw_image(images / f"g{i:02d}.png", i) for i in range(18)]
-    index = root / "index"
-    build_index(index, bb, images=images, progress=False, model=fti)
-    return {"root": root, "backbone": bb, "fti": fti, "images": images, "paths": paths, "index": index,
-            "outside": draw_image(root / "outside.png", 99)}
+    return {**build_world(root, 18), "outside": draw_image(root / "outside.png", 99)}
 
 
 @pytest.fixture(scope="module")

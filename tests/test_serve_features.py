@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from _images import draw_image
+from _serve_world import build_world
 
 from zscir.client import Client, ClientError
 
@@ -25,29 +26,14 @@ CATEGORIES = ("dress", "shirt", "shoe")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny backbone, an FTI checkpoint, 20 drawn images (dup.png a byte copy of g05) with a metadata CSV."""
-    from safetensors.torch import save_file
-
-    from zscir.backbone import load_backbone
-    from zscir.index.gallery import build_index
-    from zscir.models.factory import backbone_dims, create_mapping_network, get_mapping_config, save_mapping_checkpoint
-
     root = tmp_path_factory.mktemp("features")
-    torch.manual_seed(0)
-    weights = root / "clip.safetensors"
-    save_file({k: v.contiguous() for k, v in load_backbone("zscir-tiny-test", None).model.state_dict().items()},
-              str(weights))
-    bb = load_backbone("zscir-tiny-test", str(weights))
-    cfg = get_mapping_config("fti4cir-tiny")
-    torch.manual_seed(0)
-    fti = str(save_mapping_checkpoint(root / "fti", create_mapping_network(cfg, backbone_dims(bb)), cfg, bb))
-    images = root / "gallery"
-    images.mkdir()
-    for i in range(19):
-        draw_image(images / f"g{i:02d}.png", i)
-    shutil.copyfile(images / "g05.png", images / "dup.png")
-    draw_image(images / "gone.png", 40)
-    index = root / "index"
-    build_index(index, bb, images=images, progress=False, model=fti)
+
+    def more_images(images):
+        shutil.copyfile(images / "g05.png", images / "dup.png")
+        draw_image(images / "gone.png", 40)
+
+    w = build_world(root, 19, more_images)
+    index = w["index"]
     csv = root / "items.csv"
     rows = ["path,category,price"] + [f"g{i:02d}.png,{CATEGORIES[i % 3]},{i}" for i in range(19)]
     csv.write_text("\n".join(rows + ["dup.png,shirt,5", "nowhere.png,dress,1"]) + "\n")
@@ -55,7 +41,7 @@ def world(tmp_path_factory):
 
     report = _import_metadata(index, csv)
     assert report["matched"] == 20 and report["unmatched"] == 1
-    return {"root": root, "fti": fti, "images": images, "index": index, "backbone": bb}
+    return w
 
 
 @pytest.fixture(scope="module")
