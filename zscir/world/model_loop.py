@@ -42,6 +42,24 @@ class Budget:
     save_every: int = 100
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    """What every world model's training run sets: its seed, budget, batch and threads (a model's config adds
+    its sizes)."""
+
+    seed: int = 0
+    steps: int = 20000          # an upper bound: the time budget usually stops first
+    seconds: float = 780.0      # training seconds (data preparation and the held-out evaluation come on top)
+    batch_size: int = 24
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    save_every: int = 100
+    threads: int = 2
+
+    def budget(self) -> Budget:
+        return Budget(self.steps, self.seconds, self.lr, self.warmup_steps, save_every=self.save_every)
+
+
 def lr_at(step: int, seconds: float, budget: Budget) -> float:
     if step < budget.warmup_steps:
         return budget.lr * (step + 1) / budget.warmup_steps

@@ -34,7 +34,7 @@ from zscir.generation.registry import build_captioner
 from zscir.world.captions import canonical_caption, random_caption
 from zscir.world.eval_backbone import HELDOUT_SEED, heldout_scenes
 from zscir.world.model_data import caption_scores, unlabeled_images
-from zscir.world.model_loop import Budget, train_loop
+from zscir.world.model_loop import RunConfig, train_loop
 from zscir.world.model_tokenizer import special_ids, train_tokenizer
 from zscir.world.render import render_image
 
@@ -43,15 +43,7 @@ EVAL_MAX_NEW_TOKENS = 64
 
 
 @dataclass(frozen=True)
-class CaptionerConfig:
-    seed: int = 0
-    steps: int = 20000          # an upper bound: the time budget usually stops first
-    seconds: float = 780.0      # training seconds (data preparation and the held-out evaluation come on top)
-    batch_size: int = 24
-    lr: float = 3e-3
-    warmup_steps: int = 50
-    save_every: int = 100
-    threads: int = 2
+class CaptionerConfig(RunConfig):
     patch_size: int = 12
     vision_width: int = 64
     vision_layers: int = 2
@@ -61,9 +53,6 @@ class CaptionerConfig:
     text_width: int = 96
     text_layers: int = 2
     vocab_size: int = 1024
-
-    def budget(self) -> Budget:
-        return Budget(self.steps, self.seconds, self.lr, self.warmup_steps, save_every=self.save_every)
 
 
 # model size and budget by name: the default aims at 15 minutes on 2 cores, tiny at seconds (tests)

@@ -28,7 +28,7 @@ from zscir.generation.hf_editors import HFEditor
 from zscir.generation.registry import build_editor
 from zscir.world.eval_backbone import HELDOUT_SEED, heldout_scenes
 from zscir.world.model_data import STYLES, EditExample, edit_examples, edit_scores, unlabeled_images
-from zscir.world.model_loop import Budget, train_loop
+from zscir.world.model_loop import RunConfig, train_loop
 from zscir.world.model_tokenizer import CHAT_TEMPLATE, special_ids, train_tokenizer
 from zscir.world.train_captioner import save_folder
 
@@ -36,24 +36,13 @@ EVAL_MAX_NEW_TOKENS = 64
 
 
 @dataclass(frozen=True)
-class EditorConfig:
-    seed: int = 0
-    steps: int = 20000          # an upper bound: the time budget usually stops first
-    seconds: float = 780.0      # training seconds (data preparation and the held-out evaluation come on top)
-    batch_size: int = 24
-    lr: float = 3e-3
-    warmup_steps: int = 50
-    save_every: int = 100
-    threads: int = 2
+class EditorConfig(RunConfig):
     width: int = 96
     layers: int = 3
     heads: int = 4
     vocab_size: int = 1024
     per_scene: int = 1          # examples per unlabeled scene and style
     styles: tuple = STYLES
-
-    def budget(self) -> Budget:
-        return Budget(self.steps, self.seconds, self.lr, self.warmup_steps, save_every=self.save_every)
 
 
 # model size and budget by name: the default aims at 15 minutes on 2 cores, tiny at seconds (tests)
