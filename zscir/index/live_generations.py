@@ -15,6 +15,7 @@ the method says so in one line.
 
 from __future__ import annotations
 
+import copy
 import time
 
 from PIL import Image
@@ -88,6 +89,20 @@ class LiveGenerations:
                 cache.add_many([(pair.content_key, pair.content_key[:16], out)], inputs=[pair._asdict()])
             self.seconds += time.perf_counter() - t0
         return cache.outputs(pair.content_key)
+
+    def prefetch(self, images=(), edits=()) -> None:
+        """The files may batch ahead; the backends here answer lookup by lookup (retrieval asks for few queries)."""
+        if self.files is not None:
+            self.files.prefetch(images=images, edits=edits)
+
+    def for_style(self, style: str) -> "LiveGenerations":
+        """The same sources, registered images and caches, with the editor prompted in ``style``'s template."""
+        if style == self.style:
+            return self
+        twin = copy.copy(self)
+        twin.style, twin._editors = style, {}
+        twin.files = self.files.for_style(style) if self.files is not None else None
+        return twin
 
     def provenance(self) -> list[dict]:
         out = self.files.provenance() if self.files is not None else []
