@@ -18,8 +18,6 @@ sentences) built here, greedy, ``--max-new-tokens`` new tokens per edit. Each mo
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,16 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _generation import CORPUS, save_causal_lm, start_llama_server  # noqa: E402
 
 from zscir.generation import Decoding, EditInput, build_editor  # noqa: E402
+from zscir.utils.cpu import cpu_name  # noqa: E402
 
 INSTRUCTIONS = ["make it bigger", "change the colour to purple", "remove the square", "add two dogs"]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def best_of(repeats: int, *runs):

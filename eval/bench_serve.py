@@ -30,7 +30,6 @@ import argparse
 import base64
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -40,17 +39,9 @@ import threading
 import time
 from pathlib import Path
 
+from zscir.utils.cpu import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def pct(values: list[float], q: float) -> float:

@@ -9,6 +9,7 @@ AVX512-BF16 or AMX-BF16. Encoding (zscir.features.precision) and exact search
 from __future__ import annotations
 
 import functools
+import platform
 
 # CPU flags that make each reduced precision native (any one of them suffices)
 NATIVE_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
@@ -25,6 +26,18 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, as measurements record it (``platform`` where /proc/cpuinfo cannot be read)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.split(":", 1)[0].strip() == "model name":
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def has_native(precision: str, flags: frozenset[str] | None = None) -> bool:

@@ -168,7 +168,8 @@ def _model_training_options(default_name: str):
 
 def _run_training(command: str, world_dir, out, preset_cfg, given: dict, train, evaluate, card, heldout):
     from zscir.world.build import default_world
-    from zscir.world.model_card import cpu_name, write_card
+    from zscir.utils.cpu import cpu_name
+    from zscir.world.model_card import write_card
 
     cfg = replace(preset_cfg, **{k: v for k, v in given.items() if v is not None})
     world_dir = world_dir or str(default_world(0))

@@ -6,21 +6,11 @@ record; the record itself goes to ``<name>.json`` beside it.
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 from zscir.utils.atomic import atomic_write_text
+from zscir.utils.cpu import cpu_name
 from zscir.world.model_data import OBJECT_ATTRIBUTES
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _training_lines(record: dict) -> list[str]:
