@@ -249,7 +249,7 @@ def test_killed_update_keeps_finished_shards_and_resumes(tmp_path):
         FeatureStore({str(store_dir)!r}).update(ConvBackbone(), sources, with_tokens=True, batch_size=2,
                                                  shard_size=2, workers=0, progress=False)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr
     manifest = json.loads((store_dir / "manifest.json").read_text())
     assert sum(s["rows"] for s in manifest["shards"]) == 6 and manifest["consolidated"] is None

@@ -36,7 +36,7 @@ def served(tmp_path_factory):
     proc, url = start_llama_server(path, root / "server.log")
     yield folder, url
     proc.terminate()
-    proc.wait(timeout=30)
+    proc.wait(timeout=600)
 
 
 def test_llama_cpp_server_gives_the_transformers_editors_greedy_edits(served):

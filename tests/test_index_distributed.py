@@ -52,7 +52,7 @@ def index_cli(images, out, nproc: int, port: int) -> dict:
         cmd = [sys.executable, "-m", "zscir.cli", *args]
     else:
         cmd = [torchrun(), "--nproc_per_node", str(nproc), "--master_port", str(port), "-m", "zscir.cli", *args]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -94,7 +94,7 @@ def test_killed_two_process_run_resumes_per_shard(gallery, one_process, tmp_path
     base = [torchrun(), "--nproc_per_node", "2", "--master_port", "29583", DRIVER, str(gallery), str(out)]
     # process 1 is SIGKILLed before its 6th batch (of 1 image): its shards of 2 hold 4 images
     killed = subprocess.run([*base, "--kill-rank", "1", "--after", "5"], env=ENV, capture_output=True, text=True,
-                            timeout=240)
+                            timeout=600)
     assert killed.returncode != 0
     assert not (out / "index.json").exists()
     rank1 = FeatureStore(out / "features" / "ranks" / "rank-00001")
@@ -102,7 +102,7 @@ def test_killed_two_process_run_resumes_per_shard(gallery, one_process, tmp_path
     share1 = sorted(p.name for p in gallery.iterdir())[N // 2:]
     assert kept == share1[:4]  # the finished shards, in order
 
-    resumed = subprocess.run(base, env=ENV, capture_output=True, text=True, timeout=240)
+    resumed = subprocess.run(base, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary["count"] == N and summary["features"]["encoded"] == N

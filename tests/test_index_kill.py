@@ -60,8 +60,8 @@ def start_index(images: Path, out: Path) -> tuple[subprocess.Popen, list[str], t
 def finish(proc: subprocess.Popen, reader: threading.Thread) -> bytes:
     """Wait for the child; its stdout, with every byte of stderr collected (only the pump reads stderr)."""
     stdout = proc.stdout.read()
-    proc.wait(timeout=120)
-    reader.join(timeout=30)
+    proc.wait(timeout=600)
+    reader.join(timeout=600)
     return stdout
 
 

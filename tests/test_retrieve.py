@@ -208,7 +208,7 @@ def test_bad_input_through_the_installed_command(env, tmp_path):
     exe = shutil.which("zscir") or None
     for args, needle in cases:
         cmd = [exe, *args] if exe else [sys.executable, "-c", "from zscir.cli import main; main()", *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 1 and proc.stdout == "", proc
         assert proc.stderr.startswith("error: ") and needle in proc.stderr and "Traceback" not in proc.stderr
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
@@ -307,7 +307,7 @@ def test_html_page_renders_in_headless_chromium(tmp_path):
     proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                            "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
                            "--hide-scrollbars", "--window-size=900,700", f"--screenshot={shot}", page.as_uri()],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=600)
     assert shot.is_file(), proc.stderr[-2000:]
     px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
 

@@ -53,7 +53,7 @@ def server(world):
     app = create_app(world["index"], [world["fti"], "sum"], max_upload_bytes=UPLOAD_CAP, max_k=12,
                      reload_interval=0.2, show_paths=True)
     with serve_in_thread(app) as url:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=600) as client:
             yield {"url": url, "client": client, "app": app, "service": app.state.service}
 
 
@@ -266,7 +266,7 @@ def test_api_key_is_required_on_every_request(world):
 
     r = load_retriever(world["index"], world["fti"])
     app = create_app(retrievers={"fti": r}, api_key="s3cret-key", reload_interval=0)
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=600) as c:
         for path in ("/healthz", "/", "/metrics", "/images/g01.png"):
             res = c.get(path)
             assert res.status_code == 401 and res.json()["error"]["field"] == "api_key", path
@@ -313,7 +313,7 @@ def test_index_update_is_swapped_in_whole_while_serving(world, tmp_path):
     images = tmp_path / "images"
     shutil.copytree(world["images"], images)
     app = create_app(retrievers={"fti": load_retriever(index, world["fti"])}, reload_interval=0.05)
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as c:
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=600) as c:
         svc = app.state.service
         gen0 = svc.state.generation
         assert c.get("/healthz").json()["index"]["images"] == 18
@@ -372,7 +372,7 @@ def test_serve_command_runs_and_stops_gracefully(world):
         info = json.loads(line)
         assert info["url"].startswith("http://127.0.0.1:") and info["images"] == 18 and info["models"] == ["fti"]
         query = {"image_id": "g05.png", "text": "make it blue", "k": 4}
-        res = httpx.post(info["url"] + "/search", json=query, timeout=30)
+        res = httpx.post(info["url"] + "/search", json=query, timeout=600)
         assert res.status_code == 200 and len(res.json()["results"]) == 4
 
         # a request in flight when SIGTERM comes: its body is half sent; it must still be answered in full
@@ -382,13 +382,13 @@ def test_serve_command_runs_and_stops_gracefully(world):
         def slow_body():
             yield payload[:10]
             half_sent.set()
-            resume.wait(10)
+            resume.wait(600)
             time.sleep(0.3)  # the server has had the signal for a while
             yield payload[10:]
 
         def client():
             try:
-                r = httpx.post(info["url"] + "/search", content=slow_body(), timeout=30,
+                r = httpx.post(info["url"] + "/search", content=slow_body(), timeout=600,
                                headers={"Content-Type": "application/json"})
                 outcome["status"], outcome["results"] = r.status_code, len(r.json()["results"])
             except httpx.TransportError as e:
@@ -396,12 +396,12 @@ def test_serve_command_runs_and_stops_gracefully(world):
 
         t = threading.Thread(target=client)
         t.start()
-        assert half_sent.wait(10)
+        assert half_sent.wait(600)
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         resume.set()
-        t.join(timeout=30)
-        code = proc.wait(timeout=30)
+        t.join(timeout=600)
+        code = proc.wait(timeout=600)
         err = proc.stderr.read()
         assert outcome == {"status": 200, "results": 4}, (outcome, err)
         assert code in (0, -signal.SIGTERM) and "Traceback" not in err, err
@@ -449,7 +449,7 @@ def test_app_mounts_in_another_service(world):
 
     app = create_app(retrievers={"fti": load_retriever(world["index"], world["fti"])}, reload_interval=0.1)
     parent.mount("/cir", app)
-    with serve_in_thread(parent) as url, httpx.Client(base_url=url, timeout=30, follow_redirects=True) as c:
+    with serve_in_thread(parent) as url, httpx.Client(base_url=url, timeout=600, follow_redirects=True) as c:
         assert c.get("/own").json() == {"mine": True}
         res = c.post("/cir/search", json={"image_id": "g02.png", "text": "make it red", "k": 3}).json()
         assert len(res["results"]) == 3

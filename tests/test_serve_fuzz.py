@@ -94,7 +94,7 @@ def test_a_real_server_survives_generated_requests_and_stays_healthy(app):
     from zscir.serve.runner import serve_in_thread
 
     rng = random.Random(7)
-    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=600) as c:
         for i in range(300):
             body = rng.choice(RAW) if i % 3 == 0 else json.dumps(
                 {rng.choice(FIELDS): rng.choice([None, 1e308, -1, "g01.png", ["a"], {"b": 2}, "x" * 5000, 3])

@@ -65,7 +65,7 @@ def served(world, warning: str | None = None):
 
 @pytest.fixture(scope="module")
 def server(world):
-    with served(world) as url, httpx.Client(base_url=url, timeout=30) as client:
+    with served(world) as url, httpx.Client(base_url=url, timeout=600) as client:
         yield {"url": url, "client": client}
 
 
