@@ -210,3 +210,36 @@ def test_eval_baselines_equal_a_brute_force_ranking(tiny, bb, tmp_path):
                 aps.append(_average_precision([split.gallery[j] for j in order], list(q.targets), k))
             assert m["splits"]["circo/val"]["metrics"][f"mAP@{k}"] == pytest.approx(100 * float(np.mean(aps)),
                                                                                    abs=1e-6), (m["name"], k)
+
+
+# ---------------------------------------------------------------- zscir index / retrieve: exact max over query tokens
+def test_index_and_retrieve_rank_by_the_max_over_query_tokens(tiny, bb, tmp_path):
+    from zscir.index.gallery import build_index
+    from zscir.models import prompts
+    from zscir.resolve import load_retriever
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray((rng.random((24, 20, 3)) * 255).astype(np.uint8)).save(folder / f"im{i:02d}.png")
+    reference = tmp_path / "ref.png"
+    Image.fromarray((rng.random((24, 20, 3)) * 255).astype(np.uint8)).save(reference)
+    summary = build_index(tmp_path / "idx", bb, images=folder, progress=False)
+    assert summary["count"] == 12
+    names = sorted(p.name for p in folder.iterdir())
+    pixels = torch.stack([bb.preprocess(Image.open(folder / n)) for n in names])
+    gallery = torch.nn.functional.normalize(bb.encode_images(pixels).half().float(), dim=-1)
+    # the reference is encoded at query time (fp32), the gallery read from the index's fp16 store
+    image = torch.nn.functional.normalize(bb.encode_images(bb.preprocess(Image.open(reference))[None])[0].mean(0), dim=0)
+    text = "make it red"
+    for model in ("text", "sum"):
+        retriever = load_retriever(tmp_path / "idx", model)   # the index's own backbone, loaded from its source
+        assert retriever.backbone.identity == bb.identity
+        hits = retriever.search(str(reference), text, k=5)
+        t = bb.encode_texts([prompts.clean_text(text)])[0]
+        query = torch.nn.functional.normalize(t if model == "text" else image + t, dim=0)
+        scores = (gallery @ query).amax(dim=1)
+        order = sorted(range(12), key=lambda j: (-float(scores[j]), j))[:5]
+        assert [h.id for h in hits] == [names[j] for j in order]
+        assert [h.score for h in hits] == pytest.approx([float(scores[j]) for j in order], abs=1e-5)

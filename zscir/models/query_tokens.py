@@ -39,6 +39,11 @@ class MaxOverQueryTokens(Rule):
             out[:, start:start + part.shape[0]] = scores.reshape(query.shape[0], part.shape[0], self.tokens).amax(-1)
         return out
 
+    def candidate_query(self, vectors: Vectors) -> torch.Tensor:
+        """[B, Q * D]: the query repeated once per query token, so that an index's inner product with a flattened
+        row is the sum over tokens (the mean-token score, up to a constant) to fetch candidates for the max."""
+        return vectors["query"].repeat(1, self.tokens)
+
     def describe(self) -> dict:
         return {"rule": "max-over-query-tokens", "query_tokens": self.tokens, "vector": "query", "column": "image"}
 
