@@ -52,6 +52,7 @@ class Backbone:
     """A frozen open_clip CLIP model with its tokenizer, preprocessing and identity."""
 
     placeholder = PLACEHOLDER
+    image_layout = "pooled"   # a gallery row is one feature (BLIP-2: "query_tokens", zscir.backbone.blip2)
 
     def __init__(self, model, tokenizer, preprocess: Preprocess, identity: dict, device: torch.device):
         self.model = model.eval().requires_grad_(False)
@@ -78,6 +79,15 @@ class Backbone:
     @property
     def preprocess_name(self) -> str:
         return self.preprocess.name
+
+    @property
+    def feature_width(self) -> int:
+        """Width of one image's row in the feature store (the projected feature: ``embed_dim``)."""
+        return self.embed_dim
+
+    def image_query(self, features: ImageFeatures) -> torch.Tensor:
+        """[B, D]: an image used as a query (the image and sum baselines): its pooled feature."""
+        return features.pooled
 
     @property
     def cast_dtype(self) -> torch.dtype:

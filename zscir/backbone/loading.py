@@ -26,6 +26,7 @@ import open_clip
 import torch
 
 from zscir.backbone.clip import Backbone
+from zscir.backbone.families import family_loader
 from zscir.backbone.preprocess import make_preprocess
 from zscir.checkpoint import check_weights_file
 from zscir.errors import MissingWeightsError, ZscirError
@@ -136,7 +137,12 @@ def load_backbone(name: str, pretrained: Optional[str] = None, device: str | tor
 
     ``pretrained`` is an open_clip tag, a local state-dict file, or None for a
     random init (tests). ``precision`` is open_clip's ('fp32', 'bf16', 'fp16').
+    A name of a registered family (``blip2:...``, :mod:`zscir.backbone.families`) is built by that family.
     """
+    load_family = family_loader(name)
+    if load_family is not None:
+        return load_family(name, pretrained, device=device, preprocess=preprocess, precision=precision,
+                           cache_dir=cache_dir)
     model = _create_model(name, pretrained, device, precision, cache_dir)
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg.get("size", model.visual.image_size)

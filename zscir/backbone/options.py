@@ -19,13 +19,15 @@ from __future__ import annotations
 import click
 
 from zscir import backbone as backbone_package
+from zscir.backbone.families import family_of
 from zscir.errors import ZscirError
 
 RANDOM_WEIGHTS = "none"   # --pretrained none: an explicit request for random weights
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 PREPROCESS_CHOICES = ("targetpad", "clip")
 
-CLIP_HELP = "open_clip model name of the backbone (ViT-B-32, ViT-L-14, ...) or hf-hub:ORG/REPO."
+CLIP_HELP = ("open_clip model name of the backbone (ViT-B-32, ViT-L-14, ...) or hf-hub:ORG/REPO; "
+             "blip2:ID|FOLDER for a BLIP-2 retrieval model.")
 PRETRAINED_HELP = "Its weights: an open_clip pretrained tag (openai, laion2b_s34b_b79k, ...) or a local weights file."
 RANDOM_WEIGHTS_HELP = f"'{RANDOM_WEIGHTS}': random weights (tests only)."
 PREPROCESS_HELP = "Image preprocessing: targetpad (the padding of SEARLE and FTI4CIR) or clip (CLIP's own)."
@@ -100,6 +102,10 @@ def resolve_pretrained(clip: str | None, pretrained: str | None) -> str | None:
         if pretrained is not None:
             raise ZscirError("option --pretrained needs --clip NAME (the open_clip model the weights belong to)")
         return None
+    if family_of(clip) is not None:
+        if pretrained is not None:
+            raise ZscirError(f"--clip {clip} names its weights (a Hugging Face id or a folder): drop --pretrained")
+        return None  # a family's spec names its weights
     if pretrained is None:
         if str(clip).startswith("hf-hub:"):
             return None  # an hf-hub id names its weights

@@ -57,6 +57,12 @@ def backbone_fingerprint(backbone, precision: str = "fp32") -> dict[str, Any]:
     return fp if precision == "fp32" else {**fp, "precision": precision}
 
 
+def row_width(backbone) -> int:
+    """Width of one image's pooled row: the backbone's ``feature_width`` (BLIP-2: Q x D query features,
+    :mod:`zscir.backbone.blip2`), else its ``embed_dim`` (stand-ins with the older interface)."""
+    return int(getattr(backbone, "feature_width", backbone.embed_dim))
+
+
 def describe(fp: dict[str, Any]) -> str:
     bb = fp["backbone"]
     return f"{bb.get('model')}@{bb.get('pretrained')} (preprocess {fp['preprocess']})"
@@ -175,7 +181,7 @@ class StoreFiles:
             return
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **backbone_fingerprint(backbone),
                 "backbone_str": getattr(backbone, "identity_str", None),
-                "embed_dim": int(backbone.embed_dim), "dtype": "float16", "precision": precision,
+                "embed_dim": row_width(backbone), "dtype": "float16", "precision": precision,
                 "pooled": "projected image embedding, not normalised",
                 "tokens": "final transformer block outputs (CLS + patches) before ln_post",
                 "image_key": "sha256:<content hash> (file:<abs path>:<size>:<mtime_ns> in older stores)"}

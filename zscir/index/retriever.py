@@ -39,7 +39,7 @@ from zscir.index.queries import ImageInput, check_text, read_reference
 from zscir.index.refine import refine_turns
 from zscir.index.rescoring import IndexColumns, rank_rows
 from zscir.index.rows import Lookup
-from zscir.models.composed import ImageRef, QueryItem, SplitContext
+from zscir.models.composed import COSINE, ImageRef, QueryItem, SplitContext
 from zscir.models.query import QueryEncoder
 
 
@@ -66,9 +66,10 @@ def _label(image: ImageInput) -> str:
 
 
 def multi_column(encoder) -> bool:
-    """Whether ``encoder`` gives its own named query vectors (else it is the one-vector case, one index search)."""
+    """Whether ``encoder`` gives its own named query vectors or scores by a rule other than cosine (a BLIP-2
+    baseline's max over query tokens): then its rule ranks the index's columns; else one index search."""
     own = getattr(type(encoder), "encode_items", None)
-    return own is not None and own is not QueryEncoder.encode_items
+    return (own is not None and own is not QueryEncoder.encode_items) or encoder.rule is not COSINE
 
 
 class Retriever:

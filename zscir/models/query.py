@@ -25,6 +25,7 @@ from zscir.models import prompts
 from zscir.models.composed import COSINE, QueryItem, Rule, SplitContext, Vectors, one_vector
 from zscir.models.factory import load_mapping_checkpoint
 from zscir.models.methods import get_method
+from zscir.models.query_tokens import layout_rule
 from zscir.utils.registry import Entries
 
 
@@ -76,26 +77,35 @@ class QueryEncoder:
         return one_vector(self, ref, items)
 
 
-class ImageOnly(QueryEncoder):
+class Baseline(QueryEncoder):
+    """The image / text / sum baselines: scored by the rule of the backbone's image layout
+    (:mod:`zscir.models.query_tokens`: cosine for CLIP, max over query tokens for BLIP-2)."""
+
+    @property
+    def rule(self) -> Rule:
+        return layout_rule(self.backbone)
+
+
+class ImageOnly(Baseline):
     name = "image"
 
     def _encode(self, ref, texts):
-        return ref.pooled
+        return self.backbone.image_query(ref)
 
 
-class TextOnly(QueryEncoder):
+class TextOnly(Baseline):
     name = "text"
 
     def _encode(self, ref, texts):
         return self.backbone.encode_text([prompts.clean_text(t) for t in texts])
 
 
-class ImageTextSum(QueryEncoder):
+class ImageTextSum(Baseline):
     name = "sum"
 
     def _encode(self, ref, texts):
         text = self.backbone.encode_text([prompts.clean_text(t) for t in texts])
-        return F.normalize(ref.pooled, dim=-1) + F.normalize(text, dim=-1)
+        return F.normalize(self.backbone.image_query(ref), dim=-1) + F.normalize(text, dim=-1)
 
 
 class PseudoWordQuery(QueryEncoder):
