@@ -57,7 +57,9 @@ CLIP_DEFAULTS = {"epochs": 60, "batch_size": 256, "lr": 2e-4, "weight_decay": 0.
 def train_supervised(dataset, root, texts, head, backbone, clip, pretrained, preprocess, device, out, epochs, batch_size, lr,
                      weight_decay, temperature, learn_temperature, dropout, max_entities, parser, seed, max_steps,
                      threads, cache_dir, resume, overwrite, as_json):
-    """Train a supervised composition head (on frozen CLIP features, or on a BLIP-2), for comparison with zero-shot models.
+    """Train a supervised composition head on frozen CLIP features (cached), for comparison with zero-shot models.
+
+    The BLIP-2 heads (finecir, fashionblip2) train on the BLIP-2 named by --backbone blip2:FOLDER.
 
     The checkpoint (OUT/model.safetensors) is evaluated with `zscir eval ... --model OUT/model.safetensors`.
     """
