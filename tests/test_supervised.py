@@ -94,7 +94,7 @@ def test_finecir_entities_padding_and_grounding():
 
 
 def test_head_config_and_pack():
-    cfg = head_config("finecir", {"dropout": 0.1, "max_entities": None})
+    cfg = head_config("finecir-clip", {"dropout": 0.1, "max_entities": None})
     assert cfg["dropout"] == 0.1 and cfg["max_entities"] == 6
     assert isinstance(create_head(cfg, D), FineCIRHead)
     with pytest.raises(ZscirError, match="unknown supervised head 'clip4cir'"):
@@ -152,12 +152,12 @@ def test_triplet_data_from_a_world(data, world):
 def test_training_learns_and_checkpoint_round_trip(data, backbone, tmp_path):
     from zscir.models.query import load_query_encoder
 
-    cfg = SupervisedConfig(out=str(tmp_path / "run"), head="finecir", epochs=30, batch_size=8, lr=1e-3, seed=0)
+    cfg = SupervisedConfig(out=str(tmp_path / "run"), head="finecir-clip", epochs=30, batch_size=8, lr=1e-3, seed=0)
     path = train(cfg, backbone, data, progress_bar=False, log=lambda m: None)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.5 * losses[0]                    # it fits the 16 training triplets
     head, meta = load_supervised_checkpoint(path)
-    assert meta["kind"] == "supervised" and meta["head"] == "finecir" and meta["parser"] == "rules"
+    assert meta["kind"] == "supervised" and meta["head"] == "finecir-clip" and meta["parser"] == "rules"
     # the query encoder reproduces the head on the training data (the same parse, phrases and patches)
     qe = load_query_encoder(str(path), backbone)
     assert qe.needs_tokens and qe.identity["parser"] == "rules"
@@ -219,7 +219,7 @@ def test_cli_and_eval_end_to_end(world, tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)   # the random-init tiny CLIP the CLI loads is the one of the fixtures (same seed)
     with pytest.raises(SystemExit) as e:
         main(["train-supervised", "--dataset", "shapes", "--root", str(world), "--clip", "zscir-tiny-test",
-              "--pretrained", "none", "--head", "finecir", "--epochs", "2", "--batch-size", "8", "--out", str(out),
+              "--pretrained", "none", "--head", "finecir-clip", "--epochs", "2", "--batch-size", "8", "--out", str(out),
               "--cache-dir", str(tmp_path / "cache"), "--json"])
     assert e.value.code == 0
     record = json.loads(capsys.readouterr().out)
@@ -229,7 +229,7 @@ def test_cli_and_eval_end_to_end(world, tmp_path, monkeypatch, capsys):
                                    clip="zscir-tiny-test", out_dir=tmp_path / "eval", cache_root=tmp_path / "cache",
                                    progress=False))
     metrics = results["models"][0]["splits"]["shapes/val"]["metrics"]
-    assert 0.0 <= metrics["mAP@10"] <= 100.0 and results["models"][0]["identity"]["method"] == "supervised-finecir"
+    assert 0.0 <= metrics["mAP@10"] <= 100.0 and results["models"][0]["identity"]["method"] == "supervised-finecir-clip"
     with pytest.raises(SystemExit) as e:
         main(["train-supervised", "--dataset", "cirr", "--root", str(tmp_path)])
     assert e.value.code == 1
@@ -241,7 +241,7 @@ def test_retrieve_with_a_supervised_checkpoint(world, backbone, data, tmp_path):
     from zscir.index.gallery import build_index
     from zscir.resolve import load_retriever
 
-    path = train(SupervisedConfig(out=str(tmp_path / "run"), head="finecir", epochs=1, batch_size=8), backbone, data,
+    path = train(SupervisedConfig(out=str(tmp_path / "run"), head="finecir-clip", epochs=1, batch_size=8), backbone, data,
                  progress_bar=False)
     gallery = world / "train_gallery" / "images"
     build_index(tmp_path / "index", backbone, images=gallery, progress=False, log=lambda m: None)
@@ -292,3 +292,17 @@ def test_fashioniq_and_fine_fashioniq_training(tmp_path, backbone):
                               with_entities=True, progress=False, log=lambda m: None)
     assert len(fine) == 24 and fine.record["entity_phrases"] == 2      # "dress" and "sleeves", parsed from FineMT
     assert fine.entity_index.shape[1] == 2
+
+
+def test_checkpoint_of_the_old_finecir_name_loads_as_finecir_clip(tmp_path, backbone):
+    """Before FineCIR on BLIP-2 took the name, the CLIP head was "finecir": such checkpoints load as finecir-clip."""
+    from zscir.models.supervised import save_supervised_checkpoint
+
+    torch.manual_seed(5)
+    cfg = head_config("finecir-clip")
+    head = create_head(cfg, backbone.embed_dim)
+    path = save_supervised_checkpoint(tmp_path / "old", head, {**cfg, "head": "finecir"}, backbone, "rules")
+    loaded, meta = load_supervised_checkpoint(path)
+    assert isinstance(loaded, FineCIRHead) and meta["head"] == "finecir-clip" and meta["head_renamed_from"] == "finecir"
+    for (k, v), (_, w) in zip(head.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(v, w), k

@@ -5,8 +5,11 @@
   mapped (Linear -> ReLU -> dropout -> Linear) to a residual in the joint
   space, and a scalar gate lambda from the same concatenation mixes in the
   inputs: ``normalize(residual + lambda * text + (1 - lambda) * image)``.
-- :class:`FineCIRHead` adds FineCIR's entity-guided composition (Li et al.,
-  2025) on the same frozen CLIP: each entity the parser finds in the text
+- :class:`FineCIRHead` (head ``"finecir-clip"``; checkpoints written before the
+  rename say ``"finecir"`` and load as ``"finecir-clip"``, :data:`LEGACY_HEADS`)
+  adds a FineCIR-*style* entity-guided composition (Li et al., 2025) on the
+  same frozen CLIP -- FineCIR as published, on BLIP-2, is head ``"finecir"`` in
+  :mod:`zscir.models.blip2_heads`: each entity the parser finds in the text
   ("the large red circle") is encoded by the CLIP text encoder, attends over
   the reference image's patch tokens to pick up what that entity looks like
   there, and the attended entity features enter the composition as a third
@@ -128,7 +131,11 @@ class FineCIRHead(Combiner):
         return self.compose(image, text, [pooled])
 
 
-HEADS: dict[str, type[Combiner]] = {"combiner": Combiner, "finecir": FineCIRHead}
+HEADS: dict[str, type[Combiner]] = {"combiner": Combiner, "finecir-clip": FineCIRHead}
+
+# head names of older checkpoints -> their name now: "finecir" was the CLIP head until FineCIR as published
+# (on BLIP-2, zscir.models.blip2_heads) took the name; a kind "supervised" checkpoint is always a CLIP head
+LEGACY_HEADS: dict[str, str] = {"finecir": "finecir-clip"}
 
 
 def create_head(config: dict[str, Any], embed_dim: int) -> Combiner:
@@ -191,6 +198,10 @@ def load_supervised_checkpoint(path, checkpoint: tuple[dict, dict] | None = None
     for key in ("config", "embed_dim", "parser", "backbone"):
         if key not in meta:
             raise ZscirError(f"{path}: the sidecar has no field {key!r} (not written by zscir train-supervised?)")
+    head_name = meta["config"].get("head")
+    if head_name in LEGACY_HEADS:
+        meta = {**meta, "head": LEGACY_HEADS[head_name], "head_renamed_from": head_name,
+                "config": {**meta["config"], "head": LEGACY_HEADS[head_name]}}
     head = create_head(meta["config"], meta["embed_dim"])
     try:
         head.load_state_dict(state)

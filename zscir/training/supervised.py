@@ -57,7 +57,7 @@ class SupervisedConfig:
     out: str = "runs/supervised"
     dataset: str = "shapes"
     texts: str = "fine"                   # shapes: fine | coarse modification texts
-    head: str = "finecir"                 # combiner | finecir
+    head: str = "finecir-clip"            # combiner | finecir-clip (the BLIP-2 heads: supervised_blip2)
     epochs: int = 60
     batch_size: int = 256
     lr: float = 2e-4
@@ -257,7 +257,7 @@ def train(cfg: SupervisedConfig, backbone, data: TripletData, resume: bool = Fal
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     net_cfg = head_config(cfg.head, cfg.head_options)
-    if net_cfg["head"] == "finecir" and data.ref_patches is None:
+    if HEADS[net_cfg["head"]].uses_entities and data.ref_patches is None:
         raise ZscirError("the FineCIR-style head needs data built with entities and reference tokens")
     model = Trainable(create_head(net_cfg, backbone.embed_dim), cfg.temperature, cfg.learn_temperature)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
