@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from zscir.backbone.blip2_loading import load_blip2
 from zscir.checkpoint import save_checkpoint
 from zscir.errors import ZscirError
 from zscir.evaluation.protocol import Protocol
@@ -54,19 +55,11 @@ class Blip2Parts:
 
 
 def _load_blip2_backbone(spec: str, device: str = "cpu") -> Blip2Parts:
-    """``blip2:<folder>`` -> its parts. (The one place that loads a BLIP-2 here: to point at zscir.backbone's loader.)"""
-    # deferred: transformers is heavy
-    from transformers import AutoImageProcessor, AutoTokenizer, Blip2ForImageTextRetrieval
-
+    """``blip2:<id or folder>`` -> its parts, through the one BLIP-2 loader (:func:`zscir.backbone.blip2_loading.load_blip2`)."""
     if not spec.startswith(BLIP2_PREFIX):
         raise ZscirError(f"--backbone {spec!r}: a BLIP-2 head needs a BLIP-2 backbone, blip2:<Hugging Face id or folder>")
-    name = spec[len(BLIP2_PREFIX):]
-    if not (Path(name) / "config.json").is_file():
-        raise ZscirError(f"--backbone {spec}: no BLIP-2 folder {name} (expected a config.json there)")
-    model = Blip2ForImageTextRetrieval.from_pretrained(name).to(device).eval()
-    model.requires_grad_(False)   # the heads unfreeze what they train
-    identity = {"family": "blip2", "name": name, "config": model.config.name_or_path or name}
-    return Blip2Parts(model, AutoTokenizer.from_pretrained(name), AutoImageProcessor.from_pretrained(name), identity)
+    backbone = load_blip2(spec, device=device)   # frozen; the heads unfreeze what they train
+    return Blip2Parts(backbone.model, backbone.tokenizer, backbone.processor.image_processor, backbone.identity)
 
 
 @dataclass
