@@ -122,8 +122,11 @@ def test_cirevl_generates_once_then_reruns_from_the_cache(setup, calls):
     assert {g["role"] for g in source["generators"]} == {"captioner", "editor"}
 
 
-def test_missing_generation_without_a_backend_is_one_line(setup, capsys):
+def test_missing_generation_without_a_backend_is_one_line(setup, capsys, monkeypatch):
     tmp, world, blip2, lm = setup
+    from zscir.world import shipped
+
+    monkeypatch.setattr(shipped, "GENERATORS_DIR", tmp / "none")   # no world captioner/editor to fall back on
     base = ["eval", "shapes", "--root", str(world), "--split", "val", "--out", str(tmp / "bad"), "--no-progress",
             "--no-oracles", "--cache-dir", str(tmp / "features"), "--model", "cirevl"]
     code, _, err = run(base, capsys)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from zscir import resolve
 from zscir.benchmarks import get_benchmark, load_splits
 from zscir.cli import main
 from zscir.evaluation.protocol import Protocol
@@ -24,7 +25,6 @@ from zscir.generation import registry
 from zscir.importers.released_generations import read_released
 from zscir.index.caption_column import column_row
 from zscir.index.gallery import GalleryIndex, verify_index
-from zscir.index.live_generations import LiveGenerations
 from zscir.models.training_free.generations import Stacked, TableGenerations
 from zscir.utils.testpoint import pause_env, wait_paused
 
@@ -182,7 +182,7 @@ def test_cvsi_through_index_and_retrieve_equals_eval(env, capsys, fake_editor):
     split = env["split"]
     gallery = TableGenerations({g: [caption_of(int(g))] for g in split.gallery})
     model = f"cvsi:{env['mapping']}"
-    expected = eval_ranking(env, model, LiveGenerations(gallery, editor="fake"), "cvsi")
+    expected = eval_ranking(env, model, resolve.GenerationSources(gallery, editor="fake").build(), "cvsi")
     got = retrieve_ranking(env, capsys, model, "--captioner", f"file:{env['tmp'] / 'caps.jsonl'}",
                            "--editor", "fake")
     assert got == expected

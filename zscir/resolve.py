@@ -26,7 +26,7 @@ world defaults: this module names a benchmark, never the world.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -34,11 +34,13 @@ from zscir.backbone import Backbone, load_backbone, make_preprocess
 from zscir.backbone.loading import resolve_portable_path
 from zscir.backbone.options import backbone_from_options, check_device
 from zscir.benchmarks import BenchmarkSpec, get_benchmark
+from zscir.benchmarks.base import BenchmarkGenerators
 from zscir.errors import ZscirError
 from zscir.index.gallery import GalleryIndex
-from zscir.index.live_generations import LiveGenerations
 from zscir.index.retriever import Retriever
 from zscir.models.query import BASELINES, QueryEncoder, load_query_encoder, read_query_checkpoint, training_free
+from zscir.models.training_free.backends import BackendConfig, ModelGenerations
+from zscir.models.training_free.generations import Stacked
 
 DEFAULT_BENCHMARK = "shapes"  # the benchmark whose backbone, model and gallery answer a bare `zscir retrieve`
 FALLBACK_BASELINE = "sum"     # the query model when the benchmark ships none for the backbone
@@ -132,20 +134,23 @@ def query_encoder(model: str | Model, backbone: Backbone | None = None, device: 
 @dataclass(frozen=True)
 class GenerationSources:
     """Where language-model methods read captions and edits in retrieval: ``files`` (the loaded ``--generations``,
-    a Generations object), then the ``captioner`` / ``editor`` specs (built with ``kw``) through the generation
-    cache (``caption_cache`` / ``edit_cache`` files, default one per generator under the zscir cache dir)."""
+    a Generations object), then the ``captioner`` / ``editor`` specs (the captioner built with ``kw``) through the
+    one generation cache (``cache``: one file; default one per generator under the zscir cache dir), by the
+    one adapter every command uses (:class:`~zscir.models.training_free.backends.ModelGenerations`)."""
 
     files: object | None = None
     captioner: str | None = None
     editor: str | None = None
     kw: dict | None = None
-    caption_cache: str | None = None
-    edit_cache: str | None = None
+    cache: str | None = None
 
-    def build(self) -> LiveGenerations | None:
-        if self.files is None and self.captioner is None and self.editor is None:
-            return None
-        return LiveGenerations(self.files, self.captioner, self.editor, self.kw, self.caption_cache, self.edit_cache)
+    def build(self) -> Stacked | None:
+        sources = [self.files] if self.files is not None else []
+        if self.captioner is not None or self.editor is not None:
+            config = BackendConfig(self.captioner, self.editor, dict(self.kw or {}), cache_path=self.cache)
+            config.check()
+            sources.append(ModelGenerations(config))
+        return Stacked(sources) if sources else None
 
 
 def load_retriever(index: str | os.PathLike | GalleryIndex, model: str | Model | None = None,
@@ -257,10 +262,40 @@ def eval_backbone(spec: BenchmarkSpec, clip: str | None, pretrained: str | None,
     return None
 
 
-def default_models(spec: BenchmarkSpec, backbone: Backbone | None) -> list[str]:
-    """What `zscir eval` runs without --model: the baselines, and the benchmark's shipped models for the backbone."""
+def benchmark_generators(spec: BenchmarkSpec, backbone: Backbone | None) -> BenchmarkGenerators | None:
+    """The captioner and editor the benchmark brings for ``backbone`` (None: it brings none)."""
+    make = spec.defaults.generators
+    return make(backbone) if make is not None and backbone is not None else None
+
+
+def generation_config(given: BackendConfig | None, own: BenchmarkGenerators | None,
+                      progress: bool = False) -> BackendConfig | None:
+    """--captioner/--editor as given; each one not given is the benchmark's own, where it has one (the captioner
+    with the benchmark's options, e.g. its decoding; a given captioner keeps the options given with it)."""
+    if own is None or (own.captioner is None and own.editor is None):
+        return given
+    config = given or BackendConfig(progress=progress)
+    if config.captioner is None and own.captioner is not None:
+        config = replace(config, captioner=own.captioner, captioner_kw={**own.captioner_kw, **config.captioner_kw})
+    if config.editor is None and own.editor is not None:
+        config = replace(config, editor=own.editor, edit_prompt=own.edit_prompt)
+    return config
+
+
+def default_models(spec: BenchmarkSpec, backbone: Backbone | None, backends: BackendConfig | None = None,
+                   say: Log | None = None) -> list[str]:
+    """What `zscir eval` runs without --model: the baselines, the benchmark's shipped models for the backbone, and
+    its language-model rows when a captioner and an editor are there (``backends``, default the benchmark's
+    own); else those rows are left out and ``say`` is told in one line how to get them."""
     if spec.defaults.models is not None and backbone is not None:
-        return list(EVAL_BASELINES) + list(spec.defaults.models(backbone))
+        own = benchmark_generators(spec, backbone)
+        rows = list(own.models) if own is not None else []
+        backends = backends if backends is not None else generation_config(None, own)
+        if rows and (backends is None or backends.captioner is None or backends.editor is None):
+            if say is not None:
+                say(f"skipped {', '.join(r.partition(':')[0] for r in rows)}: {own.missing}")
+            rows = []
+        return list(EVAL_BASELINES) + list(spec.defaults.models(backbone)) + rows
     if backbone is None:
         raise ZscirError(f"nothing to evaluate: pass --model (a checkpoint, or {', '.join(EVAL_BASELINES)} "
                          "with --clip/--pretrained)")

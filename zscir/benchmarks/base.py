@@ -23,6 +23,30 @@ KINDS = ("circo", "cirr", "fashioniq")
 
 
 @dataclass(frozen=True)
+class BenchmarkGenerators:
+    """The captioner and editor a benchmark brings for the language-model methods, and the rows they serve.
+
+    captioner, editor: generator specs (``blip2:DIR``, ``hf-lm:DIR``); None where the benchmark's is not there
+    captioner_kw:      the captioner's options (its decoding: as many captions as the rows read)
+    models:            the method rows `zscir eval` adds with them (``cirevl``, ``ldre:n=5``, ``cvsi:MAPPING``...)
+    edit_prompt:       the prompt the editor was trained on (a ``PromptTemplate``), asked for every edit in place of
+                       the family's template (None: the family's template)
+    missing:           one line: what is absent and how to get it (said when a row is skipped for it)
+    """
+
+    captioner: str | None
+    editor: str | None
+    captioner_kw: dict = field(default_factory=dict)
+    models: tuple[str, ...] = ()
+    edit_prompt: Any = None
+    missing: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.captioner is not None and self.editor is not None
+
+
+@dataclass(frozen=True)
 class BenchmarkDefaults:
     """What a benchmark brings of its own, so that the evaluation and indexing layers need no word of it.
 
@@ -33,6 +57,11 @@ class BenchmarkDefaults:
                  (built on first use), which `zscir retrieve` / `zscir serve` search without --index
     oracles:     (root, split) -> {oracle name: one query text per query}: ceilings, reported beside models
     oracle_notes: oracle name -> what its text is
+    generators:  backbone -> :class:`BenchmarkGenerators`: the captioner and editor the language-model methods
+                 use when no --captioner/--editor is given, and the method rows they add to `zscir eval`
+    generation_oracles: (root, split, generations) -> {row name: one query text per query}: rows that split a
+                 generation pipeline (a true caption + the editor, the captioner + an exact edit), reported
+                 beside the oracles; ``generations`` is the run's (:mod:`zscir.models.training_free.generations`)
     """
 
     backbone: Callable[[str, str], Any] | None = None
@@ -41,6 +70,8 @@ class BenchmarkDefaults:
     gallery: Callable[..., Path] | None = None
     oracles: Callable[[Path, "EvalSplit"], dict[str, list[str]]] | None = None
     oracle_notes: dict[str, str] = field(default_factory=dict)
+    generators: Callable[[Any], BenchmarkGenerators] | None = None
+    generation_oracles: Callable[[Path, "EvalSplit", Any], dict[str, list[str]]] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ text tower alone and ranked against the same gallery features with the same
 protocol as the models. Results go to ``results["oracles"]`` (each entry has
 ``"oracle": true``), never to ``results["models"]``; the tables print them as
 ``[oracle] NAME`` rows and give every row's share of the caption oracle
-(:func:`zscir.evaluation.report.share_of_caption_oracle`).
+(:func:`zscir.evaluation.report.share_of_caption_oracle`). A benchmark may also split a generation pipeline
+(``spec.defaults.generation_oracles``: a true caption + the run's editor, the run's captioner + an exact edit):
+those rows read the run's generations and are reported the same way.
 """
 
 from __future__ import annotations
@@ -33,18 +35,26 @@ def encode_texts(backbone, texts: list[str], batch_size: int = 256):
     return F.normalize(torch.cat(parts), dim=-1)
 
 
+def oracle_texts(spec: BenchmarkSpec, root: Path, split: EvalSplit, generations=None) -> dict[str, list[str]]:
+    """The benchmark's oracle texts of ``split``, then those of its generation-pipeline rows (which read the
+    run's ``generations``)."""
+    texts = dict(spec.defaults.oracles(root, split)) if spec.defaults.oracles is not None else {}
+    if spec.defaults.generation_oracles is not None:
+        texts.update(spec.defaults.generation_oracles(root, split, generations))
+    return texts
+
+
 def evaluate_oracles(spec: BenchmarkSpec, root: Path, splits: list[EvalSplit], backbone, protocol: Protocol,
-                     cache_root: Path, batch_size: int = 64, progress: bool = True) -> list[dict]:
+                     cache_root: Path, batch_size: int = 64, progress: bool = True, generations=None) -> list[dict]:
     """One entry per oracle: {"name", "oracle": True, "description", "splits": {split: {metrics, ...}}}."""
-    make = spec.defaults.oracles
-    if make is None or backbone is None:
+    if (spec.defaults.oracles is None and spec.defaults.generation_oracles is None) or backbone is None:
         return []
     entries: dict[str, dict] = {}
     for split in splits:
         if not split.has_ground_truth:
             continue
         gallery = gallery_features(backbone, split, cache_root, CacheReport(), batch_size, progress)
-        for name, texts in make(root, split).items():
+        for name, texts in oracle_texts(spec, root, split, generations).items():
             queries = encode_texts(backbone, texts)
             ranked, subset = rank_split(split, queries, np.ones(len(texts), dtype=bool), gallery, protocol,
                                         protocol.top_k)

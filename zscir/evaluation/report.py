@@ -86,15 +86,22 @@ def _split_table(results: dict, split: str, info: dict) -> Table:
         return Table(title + " (no ground truth: submission files written)", ["model", "rankings"], rows)
     cols = list(metrics)
     rows = [[m["name"]] + [_fmt(m["splits"][split]["metrics"][c]) for c in cols] for m in results["models"]]
+    cost = [m["splits"][split].get("generation") for m in results["models"]]
+    extra = []
+    if any(cost):   # generation-based rows: their time and generated tokens per query
+        extra = ["s/query", "gen tokens/query"]
+        rows = [r + (["-", "-"] if c is None else [f"{c['time_per_query_s']:.4f}", f"{c['generated_tokens_per_query']:.1f}"])
+                for r, c in zip(rows, cost)]
     oracles = [o for o in results.get("oracles") or [] if split in o["splits"] and o["splits"][split]["metrics"]]
     if not oracles:
-        return Table(title, ["model"] + cols, rows)
+        return Table(title, ["model"] + cols + extra, rows)
+    rows += [[o["name"]] + [_fmt(o["splits"][split]["metrics"][c]) for c in cols] + ["-"] * len(extra)
+             for o in oracles]
     # ceilings: rows marked [oracle], and every row's share of the caption oracle
-    rows += [[o["name"]] + [_fmt(o["splits"][split]["metrics"][c]) for c in cols] for o in oracles]
     shares = [share_of_caption_oracle(results, split, e["splits"][split]["metrics"])
               for e in results["models"] + oracles]
     rows = [r + ["-" if x is None else f"{x:.2f}"] for r, x in zip(rows, shares)]
-    return Table(title, ["model"] + cols + [f"{SHARE_METRIC} / {SHARE_OF} oracle"], rows)
+    return Table(title, ["model"] + cols + extra + [f"{SHARE_METRIC} / {SHARE_OF} oracle"], rows)
 
 
 def _category_table(results: dict, group: str, members: list[str]) -> Table:

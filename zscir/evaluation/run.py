@@ -104,13 +104,15 @@ def load_query_encoder_for(model: str, backbone, protocol: Protocol):
 default_models, model_slug = resolve.default_models, resolve.model_slug
 
 
-def load_sources(req: EvalRequest) -> Stacked | None:
+def load_sources(req: EvalRequest, backends: BackendConfig | None = None) -> Stacked | None:
     """Where the language-model methods read captions and edits: the imported files in the order given, then
-    the generation cache with the --captioner/--editor backends (which generate what is missing)."""
+    the generation cache with the backends (--captioner/--editor, else the benchmark's own: ``backends``), which
+    generate what is missing."""
+    backends = backends if backends is not None else req.backends
     sources = list(load_generations(req.generations).sources) if req.generations else []
-    if req.backends is not None:
-        req.backends.check()
-        sources.append(ModelGenerations(req.backends))
+    if backends is not None:
+        backends.check()
+        sources.append(ModelGenerations(backends))
     return Stacked(sources) if sources else None
 
 
@@ -132,9 +134,14 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
         raise ZscirError(f"{unreadable}: leaving them out would change the metrics; replace the files, or pass "
                          "--allow-missing-images to evaluate without them")
     truncated_before = bb.truncated_prompts
+    tokens_before, generating_before = getattr(qe, "generated_tokens", None), getattr(generations, "seconds", 0.0)
     with timer("queries"):
         queries, valid = query_vectors(qe, split, refs, protocol, req.batch_size, req.progress)
     truncated = bb.truncated_prompts - truncated_before
+    generation = None
+    if tokens_before is not None:   # a method that reads generated texts: its cost per query
+        generation = generation_cost(timer.seconds["queries"], qe.generated_tokens - tokens_before,
+                                     getattr(generations, "seconds", 0.0) - generating_before, int(valid.sum()))
     with timer("ranking"):
         columns = gallery_columns(split, gallery, qe.rule, qe.gallery_column)
         rule = fitted_rule(qe.rule, queries, valid, columns)
@@ -162,11 +169,21 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
         "feature_cache": {"encoded": cache.encoded, "reused": cache.reused,
                           "images_per_s": round(cache.images_per_s, 1)},
         "timings_s": {k: round(v, 3) for k, v in timer.seconds.items()},
+        **({"generation": generation} if generation is not None else {}),
         **({"scoring": rule.describe()} if rule is not COSINE else {}),
         "loader_notes": {k: v for k, v in split.notes.items() if k not in ("multiturn", EDIT_KINDS_NOTE)},
         "sources": split.sources,
         **({"multiturn": turns} if turns is not None else {}),
     }
+
+
+def generation_cost(seconds: float, tokens: int, generating: float, queries: int) -> dict:
+    """A generation-based row's cost: time per query (the query stage, generation included) and the tokens of
+    the generated texts each query reads (captions and language-model answers, by the generator's tokenizer);
+    ``generation_s``: of the query stage, the seconds spent generating now (0 when the cache held everything)."""
+    n = max(queries, 1)
+    return {"queries": queries, "time_per_query_s": round(seconds / n, 6), "generated_tokens": tokens,
+            "generated_tokens_per_query": round(tokens / n, 3), "generation_s": round(generating, 3)}
 
 
 def aggregates(split_results: list[dict]) -> dict[str, dict]:
@@ -200,9 +217,10 @@ def evaluate(req: EvalRequest) -> dict:
     if not builds_root:
         root, splits = load_benchmark()
     backbone = load_backbone_for(req, spec)
-    models = list(req.models or default_models(spec, backbone))
+    backends = resolve.generation_config(req.backends, resolve.benchmark_generators(spec, backbone), req.progress)
+    models = list(req.models or default_models(spec, backbone, backends, _say))
     encoders = [load_query_encoder_for(model, backbone, protocol) for model in models]
-    generations = load_sources(req)
+    generations = load_sources(req, backends)
     slugs: set[str] = set()
     check_pair(req.compare, [model_slug(m, slugs) for m in models])   # a bad --compare fails before any work
     if builds_root:
@@ -243,8 +261,10 @@ def evaluate(req: EvalRequest) -> dict:
         results["compare"] = compare_rows(results, req.compare, *req.bootstrap)
     if req.oracles and spec.defaults.oracles is not None:
         _say(f"oracle rows ({', '.join(spec.defaults.oracle_notes) or 'ceilings'}) on {', '.join(s.name for s in splits)}")
+        # the pipeline-split rows run the generators: only when a language-model method is evaluated
+        reads_generations = any(getattr(qe, "generated_tokens", None) is not None for qe in encoders)
         results["oracles"] = evaluate_oracles(spec, root, splits, backbone, protocol, cache_root, req.batch_size,
-                                              req.progress)
+                                              req.progress, generations if reads_generations else None)
     galleries = {s.name: {"definition": spec.gallery_definition or s.gallery_name, "size": len(s.gallery),
                           "label": s.gallery_name} for s in splits}
     results["protocol"] = protocol.record(

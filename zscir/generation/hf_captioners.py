@@ -62,6 +62,11 @@ class ProcessorCaptioner(Captioner):
 
     about = describe  # recorded in the cache declaration
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of one output by this model's tokenizer (no special tokens)."""
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def model_inputs(self, images) -> dict:
         raise NotImplementedError
 

@@ -40,6 +40,10 @@ class HFEditor(Editor):
         self.identity = (f"hf-lm:{model_ref}|{decoding.tag()}|{template.tag()}"
                          f"|{'chat' if self.chat else 'plain'}|{precision}")
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of one output by this model's tokenizer (no special tokens)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     @classmethod
     def from_pretrained(cls, model: str, template: PromptTemplate = DEFAULT_EDIT_PROMPT,
                         cache_dir: str | None = None, revision: str | None = None, **kw) -> "HFEditor":

@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 from zscir.errors import ZscirError
-from zscir.models.training_free.backends import CacheFileGenerations, is_generation_cache
+from zscir.models.training_free.cache_file import CacheFileGenerations, is_generation_cache
 from zscir.models.training_free.generations import Stacked, TableGenerations
 from zscir.models.training_free.templates import instruction_of
 from zscir.utils.hashing import sha256_file

@@ -16,8 +16,8 @@ file; ``exclude_ids`` leaves out more by id (e.g. an in-memory reference's own i
 Methods with several query vectors and gallery columns (CVSI, SEIZE, ...: an encoder that overrides
 ``encode_items``) are answered by :mod:`zscir.index.rescoring`: every row scored by the full rule on an
 exact index, candidates from the image column re-scored exactly on an approximate one. They read captions
-and edits from ``generations`` (:class:`zscir.index.live_generations.LiveGenerations`: ``--generations``
-files, then the configured captioner and editor); the reference is known to them by its gallery id when it
+and edits from ``generations`` (:class:`zscir.resolve.GenerationSources`: the ``--generations`` files, then
+the configured captioner and editor through :class:`zscir.models.training_free.backends.ModelGenerations`); the reference is known to them by its gallery id when it
 is a gallery image (else its file name) and by its content.
 """
 

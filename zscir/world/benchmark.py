@@ -3,7 +3,8 @@
 The benchmark registry names it by import path (``zscir.benchmarks.BENCHMARKS["shapes"]`` is
 ``"zscir.world.benchmark:SPEC"``) and imports it on first use: the world is a plugin on top of the
 layers below it. Its :data:`DEFAULTS` (backbone, shipped query models, the query model `zscir retrieve`
-uses, oracle ceilings) are the only source of world defaults for the commands below it.
+uses, oracle ceilings, the captioner and editor of the language-model methods, the rows that split their
+pipeline) are the only source of world defaults for the commands below it.
 
 Its annotation files are CIRCO's schema (``annotations/{val,test,val_coarse,
 test_coarse,...}.json``) over a gallery list in CIRCO's place, so the CIRCO
@@ -27,7 +28,8 @@ from zscir.evaluation.edit_types import EDIT_KINDS_NOTE
 from zscir.world.build import default_world
 from zscir.world.gallery_index import world_gallery_index
 from zscir.world.oracles import ORACLE_NOTES, oracle_texts
-from zscir.world.shipped import shapes_backbone, shipped_checkpoints, shipped_fti_checkpoint
+from zscir.world.pipeline_oracles import PIPELINE_NOTES, pipeline_texts
+from zscir.world.shipped import shapes_backbone, shapes_generators, shipped_checkpoints, shipped_fti_checkpoint
 
 FINE_SPLITS = ("val", "test", "train")
 TRAIN_LIST = Path("train_gallery/image_info.json")   # the world's train gallery (zscir.world.build)
@@ -92,7 +94,8 @@ def _query_model(backbone_identity: dict) -> str | None:
 
 DEFAULTS = BenchmarkDefaults(backbone=shapes_backbone, models=_models, query_model=_query_model,
                              gallery=world_gallery_index, oracles=oracle_texts,
-                             oracle_notes=ORACLE_NOTES)
+                             oracle_notes={**ORACLE_NOTES, **PIPELINE_NOTES}, generators=shapes_generators,
+                             generation_oracles=pipeline_texts)
 SPEC = BenchmarkSpec("shapes", "shapes world", "circo", load, FINE_SPLITS + COARSE_SPLITS + MULTITURN_SPLITS,
                      ("val", "val_coarse"), remove_reference=False, default_root=default_root, defaults=DEFAULTS,
                      gallery_definition="the world split's gallery")

@@ -1,7 +1,8 @@
 """Generations from models: the one generation cache in front of a captioner and editors chosen by spec strings.
 
 :class:`ModelGenerations` implements the :class:`~zscir.models.training_free.generations.Generations` interface
-for ``--captioner SPEC`` / ``--editor SPEC``:
+for ``--captioner SPEC`` / ``--editor SPEC``, for every command: `zscir eval` (batched ahead of the queries),
+`zscir retrieve` and the server (behind the ``--generations`` files, :class:`~.generations.Stacked`):
 
 - captions: the image file's sha256 is the content key; what the cache holds for the captioner's identity is
   read, what it lacks is captioned in batches (:func:`zscir.data.caption_cache.caption_images`) and appended;
@@ -16,35 +17,53 @@ are built on first need (a run whose answers all come from imported files loads 
 :meth:`ModelGenerations.provenance` names a generator that ran or was read: its identity, model, decoding,
 prompt (text and sha256), cache file, and how many inputs were generated now or found in the cache.
 
-:class:`CacheFileGenerations` reads a generation cache file with no model at all (``--generations FILE`` where
-FILE is a zscir generation cache, e.g. copied from the GPU machine that filled it): its one captioner's
-captions, and per template the edits of the editor declared with that prompt's sha256.
+Retrieval tells it what a reference is (:meth:`ModelGenerations.register`: the decoded image and its content
+key, ``sha256:HEX`` of the upload's bytes, else of its decoded pixels), so an in-memory upload is captioned and
+cached by content too; ``seconds`` adds up the time spent generating (the retriever's ``generation`` stage).
+A generated text's tokens are counted by its generator's tokenizer (:meth:`ModelGenerations.count_tokens`;
+words for a backend without one).
+
+:class:`~zscir.models.training_free.cache_file.CacheFileGenerations` reads a generation cache file with no
+model at all (``--generations FILE``).
 """
 
 from __future__ import annotations
 
 import inspect
-import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from zscir.data.caption_cache import caption_images
 from zscir.data.items import ImageItem, ImageSource
 from zscir.errors import ZscirError
-from zscir.generation.base import EditInput, PromptTemplate
-from zscir.generation.cache import HEADER, captioner_key, check_cache_file, default_cache_path, edit_key
+from zscir.generation.base import EditInput, PromptTemplate, check_outputs
+from zscir.generation.cache import (GenerationCache, captioner_key, check_cache_file, default_cache_path,
+                                   edit_key)
 from zscir.generation.edits import edit_pairs
 from zscir.generation.registry import CAPTIONERS, EDITORS, build_captioner, build_editor, load_target
 from zscir.models.composed import ImageRef
 from zscir.models.training_free.templates import ADDED_OBJECTS, Template, edit_template
-from zscir.utils.hashing import sha256_file
+from zscir.utils.hashing import sha256_bytes, sha256_file
 
 ENDPOINT_KEYS = ("concurrency", "timeout", "retries", "key_env", "params")
 
 
-def template_for(style: str, task: str) -> Template:
-    """The prompt a task is asked with: the style's edit template, or CVSI's added-objects question."""
-    return ADDED_OBJECTS if task == "added" else edit_template(style)
+def template_for(style: str, task: str, edit_prompt: PromptTemplate | None = None) -> Template:
+    """The prompt a task is asked with: the style's edit template (or ``edit_prompt``, the one an editor was
+    trained on, when given), or CVSI's added-objects question."""
+    if task == "added":
+        return ADDED_OBJECTS
+    return Template(edit_prompt.name, edit_prompt.text) if edit_prompt is not None else edit_template(style)
+
+
+def pixel_key(image) -> str:
+    """The content key of an in-memory image: sha256 of its mode, size and pixels."""
+    return sha256_bytes(f"{image.mode}:{image.size}".encode() + b"\0" + image.tobytes())
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
 
 
 def prompt_of(template: Template) -> PromptTemplate:
@@ -65,6 +84,7 @@ class BackendConfig:
     cache_path: str | None = None       # one file for captions and edits (None: each generator's default file)
     batch_size: int = 16
     progress: bool = False
+    edit_prompt: PromptTemplate | None = None   # the editor's own prompt for edits (None: the style's template)
 
     def check(self) -> None:
         """Refuse endpoint options that no chosen backend takes (before any model loads)."""
@@ -131,7 +151,29 @@ class ModelGenerations:
     def __init__(self, config: BackendConfig, style: str = "structural", _shared: dict | None = None):
         self.config, self.style = config, style
         self.shared = _shared if _shared is not None else {"hash": {}, "captions": {}, "edits": {}, "runs": {},
-                                                            "captioner": None, "editors": {}}
+                                                            "captioner": None, "editors": {}, "images": {},
+                                                            "seconds": 0.0}
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent generating (not reading the cache) so far, every style together."""
+        return self.shared["seconds"]
+
+    def register(self, ref: ImageRef, image, key: str | None) -> None:
+        """The reference ``ref`` is this decoded image (PIL, or None) with this content key (``sha256:HEX``, or
+        None: the pixels' key, else the file's)."""
+        content = key.removeprefix("sha256:") if key else (pixel_key(image) if image is not None else
+                                                            sha256_file(ref.path) if ref.path else None)
+        if content is not None:
+            self.shared["images"][str(ref.id)] = (content, image)
+
+    def count_tokens(self, role: str, text: str) -> int:
+        """Tokens of a generated ``text`` by the tokenizer of the generator of ``role`` ("caption" or "edit"),
+        words where that generator was not built here or has no tokenizer."""
+        generator = (self.shared["captioner"] if role == "caption" else
+                     next(iter(self.shared["editors"].values()), (None,))[0])
+        count = getattr(generator, "count_tokens", None)
+        return count(text) if count is not None else count_words(text)
 
     def for_style(self, style: str) -> "ModelGenerations":
         return ModelGenerations(self.config, style, self.shared)
@@ -157,6 +199,9 @@ class ModelGenerations:
 
     # ---- the interface
     def _hash(self, image: ImageRef) -> str | None:
+        registered = self.shared["images"].get(str(image.id))
+        if registered is not None:
+            return registered[0]
         if image.path is None or not Path(image.path).is_file():
             return None
         key = str(image.path)
@@ -175,7 +220,7 @@ class ModelGenerations:
     def edits(self, caption: str, instruction: str, task: str = "edit") -> list[str] | None:
         if self.config.editor is None:
             return None
-        key = (template_for(self.style, task).name, edit_key(caption, instruction))
+        key = (template_for(self.style, task, self.config.edit_prompt).name, edit_key(caption, instruction))
         if key not in self.shared["edits"]:
             self.prefetch(edits=[(caption, instruction, task)])
         return self.shared["edits"].get(key)
@@ -193,7 +238,7 @@ class ModelGenerations:
         if self.config.editor is not None:
             by_template: dict[str, tuple[Template, list]] = {}
             for caption, instruction, task in edits:
-                template = template_for(self.style, task)
+                template = template_for(self.style, task, self.config.edit_prompt)
                 if (template.name, edit_key(caption, instruction)) not in self.shared["edits"]:
                     by_template.setdefault(template.name, (template, []))[1].append((caption, instruction))
             for template, pairs in by_template.values():
@@ -202,17 +247,54 @@ class ModelGenerations:
     def _caption(self, todo: dict[ImageRef, str]) -> None:
         captioner = self._captioner()
         run = self.shared["runs"]["caption"]
-        result = caption_images(_RefSource(list(todo)), captioner, run.cache, batch_size=self.config.batch_size,
-                                progress=self.config.progress)
-        run.generated += result.captioned
-        run.from_cache += result.from_cache
-        for image, h in todo.items():
-            if str(image.id) in result.outputs:
-                self.shared["captions"][h] = list(result.outputs[str(image.id)])
+        t0 = time.perf_counter()
+        decoded = {i: h for i, h in todo.items() if self.shared["images"].get(str(i.id), (None, None))[1] is not None}
+        if decoded:
+            self._caption_decoded(captioner, run, decoded)
+        files = [i for i in todo if i not in decoded]
+        if files:
+            result = caption_images(_RefSource(files), captioner, run.cache, batch_size=self.config.batch_size,
+                                    progress=self.config.progress)
+            run.generated += result.captioned
+            run.from_cache += result.from_cache
+            for image in files:
+                if str(image.id) in result.outputs:
+                    self.shared["captions"][todo[image]] = list(result.outputs[str(image.id)])
+        self.shared["seconds"] += time.perf_counter() - t0
+
+    def _caption_decoded(self, captioner, run: "_Run", todo: dict[ImageRef, str]) -> None:
+        """Registered in-memory images (uploads): looked up by content key, the rest captioned in one batch."""
+        cache = GenerationCache(run.cache, captioner.identity, about=captioner.about()) if run.cache else None
+        try:
+            missing = []
+            for image, h in todo.items():
+                if cache is not None and h in cache:
+                    self.shared["captions"][h] = cache.outputs(h)
+                    run.from_cache += 1
+                else:
+                    missing.append((image, h))
+            if not missing:
+                return
+            items = [ImageItem(str(image.id), data=b"") for image, _ in missing]
+            pictures = [self.shared["images"][str(image.id)][1] for image, _ in missing]
+            outputs = check_outputs(captioner.caption(items, pictures if captioner.needs_images else None),
+                                    len(items), captioner.decoding.n, captioner.identity)
+            rows = [(h, str(image.id), out[0] if len(out) == 1 else out)
+                    for (image, h), out in zip(missing, outputs) if out is not None]
+            if cache is not None:
+                cache.add_many(rows)
+            for (image, h), out in zip(missing, outputs):
+                if out is not None:
+                    self.shared["captions"][h] = list(out)
+                    run.generated += 1
+        finally:
+            if cache is not None:
+                cache.close()
 
     def _edit(self, template: Template, pairs: list[tuple[str, str]]) -> None:
         editor, path = self._editor(template)
         run = self.shared["runs"][template.name]
+        t0 = time.perf_counter()
         result = edit_pairs([(str(n), EditInput(c, i)) for n, (c, i) in enumerate(pairs)], editor, path,
                             batch_size=self.config.batch_size, progress=self.config.progress)
         run.generated += result.edited
@@ -220,104 +302,7 @@ class ModelGenerations:
         for n, (caption, instruction) in enumerate(pairs):
             if str(n) in result:
                 self.shared["edits"][(template.name, edit_key(caption, instruction))] = list(result[str(n)])
+        self.shared["seconds"] += time.perf_counter() - t0
 
     def provenance(self) -> list[dict]:
         return [run.record() for run in self.shared["runs"].values()]
-
-
-class CacheFileGenerations:
-    """A generation cache file read with no model: ``--generations CACHE.jsonl``.
-
-    Captions: the file's one declared captioner (``FILE#captioner=KEY`` picks one of several). Edits: per
-    template, the editor declared with that template's prompt sha256 (``#editor=KEY`` when several are).
-    """
-
-    def __init__(self, path: str | Path, options: dict | None = None, style: str = "structural", _state=None):
-        self.path, self.style = Path(path), style
-        if _state is None:
-            _state = self._read(options or {})
-        self.state = _state
-        self.hashes: dict[str, str] = _state["hashes"]
-
-    def _read(self, options: dict) -> dict:
-        declared: dict[str, tuple[str, str, dict]] = {}   # key -> (kind, identity, about)
-        entries: dict[str, dict[str, list[str]]] = {}
-        with open(self.path, "rb") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue   # a line cut short by a kill
-                if not isinstance(record, dict) or record == HEADER or "c" not in record:
-                    continue
-                if "h" in record:
-                    value = record.get("outputs", record.get("caption"))
-                    entries.setdefault(record["c"], {})[record["h"]] = [value] if isinstance(value, str) else value
-                for kind in ("captioner", "editor"):
-                    if kind in record:
-                        declared[record["c"]] = (kind, record[kind], record.get("about") or {})
-        unknown = set(options) - {"captioner", "editor"}
-        if unknown:
-            raise ZscirError(f"--generations {self.path}#{','.join(unknown)}: expected captioner=KEY and/or editor=KEY")
-        captioners = [k for k, (kind, _, _) in declared.items() if kind == "captioner"]
-        if "captioner" in options:
-            captioners = [options["captioner"]] if options["captioner"] in captioners else []
-        if len(captioners) > 1:
-            raise ZscirError(f"--generations {self.path}: {len(captioners)} captioners declared ("
-                             f"{', '.join(captioners)}): pick one with {self.path}#captioner=KEY")
-        return {"declared": declared, "entries": entries, "captioner": captioners[0] if captioners else None,
-                "editor": options.get("editor"), "hashes": {}, "sha256": sha256_file(self.path), "used": set()}
-
-    def for_style(self, style: str) -> "CacheFileGenerations":
-        return CacheFileGenerations(self.path, style=style, _state=self.state)
-
-    def _editor_key(self, template: Template) -> str | None:
-        sha = prompt_of(template).sha256
-        keys = [k for k, (kind, _, about) in self.state["declared"].items()
-                if kind == "editor" and (about.get("prompt") or {}).get("sha256") == sha]
-        if self.state["editor"]:
-            keys = [k for k in keys if k == self.state["editor"]]
-        if len(keys) > 1:
-            raise ZscirError(f"--generations {self.path}: {len(keys)} editors with the prompt {template.name} "
-                             f"({', '.join(keys)}): pick one with {self.path}#editor=KEY")
-        return keys[0] if keys else None
-
-    def captions(self, image: ImageRef) -> list[str] | None:
-        key = self.state["captioner"]
-        if key is None or image.path is None or not Path(image.path).is_file():
-            return None
-        path = str(image.path)
-        if path not in self.hashes:
-            self.hashes[path] = sha256_file(path)
-        found = self.state["entries"].get(key, {}).get(self.hashes[path])
-        if found:
-            self.state["used"].add(key)
-        return found
-
-    def edits(self, caption: str, instruction: str, task: str = "edit") -> list[str] | None:
-        key = self._editor_key(template_for(self.style, task))
-        found = self.state["entries"].get(key, {}).get(edit_key(caption, instruction)) if key else None
-        if found:
-            self.state["used"].add(key)
-        return found
-
-    def prefetch(self, images=(), edits=()) -> None:
-        return None
-
-    def provenance(self) -> list[dict]:
-        used = sorted(self.state["used"]) or [k for k in [self.state["captioner"]] if k]
-        return [{"source": "imported file", "kind": "zscir generation cache", "path": str(self.path.resolve()),
-                 "sha256": self.state["sha256"],
-                 "generators": [{"cache_key": k, "role": self.state["declared"][k][0],
-                                 "identity": self.state["declared"][k][1], **self.state["declared"][k][2]}
-                                for k in used]}]
-
-
-def is_generation_cache(path: str | Path) -> bool:
-    """Whether ``path`` starts with the generation cache's header."""
-    try:
-        with open(path, "rb") as f:
-            first = json.loads(f.readline(4096) or b"null")
-    except (OSError, ValueError):
-        return False
-    return isinstance(first, dict) and first.get("zscir") == HEADER["zscir"]

@@ -31,6 +31,7 @@ from zscir.models.training_free.templates import ADDED_OBJECTS, edit_template, i
 WEIGHTS = {"structural": ((0.6, 0.4, 0.0), (0.8, 0.2)), "contextual": ((0.6, 0.4, 0.0), (0.8, 0.2)),
            "fashion": ((0.2, 0.6, 0.2), (0.9, 0.1))}
 WEIGHT_KEYS = ("ae", "ap", "ar", "bi", "bc")
+COLUMN_BATCH = 256   # gallery caption texts per text-tower call
 
 
 class CVSIQuery(LanguageModelQuery):
@@ -69,10 +70,14 @@ class CVSIQuery(LanguageModelQuery):
         self.fetch(items)
         edited, pseudo_prompts = [], []
         for item in items:
-            caption = ", ".join(need_captions(gen, item.reference, None, self.name))
-            instruction = instruction_of(item.captions)
-            edited.append(template.parse(need_edit(gen, caption, instruction, self.name), instruction))
-            added = ADDED_OBJECTS.parse(need_edit(gen, caption, instruction, self.name, task="added"), "")
+            captions = need_captions(gen, item.reference, None, self.name)
+            caption, instruction = ", ".join(captions), instruction_of(item.captions)
+            answers = [need_edit(gen, caption, instruction, self.name), need_edit(gen, caption, instruction,
+                                                                                  self.name, task="added")]
+            self.count_generated("caption", captions)
+            self.count_generated("edit", answers)
+            edited.append(template.parse(answers[0], instruction))
+            added = ADDED_OBJECTS.parse(answers[1], "")
             pseudo_prompts.append(f"a photo of {prompts.PLACEHOLDER} that {prompts.clean_text(instruction)}. "
                                   f"And the photo should have {prompts.clean_text(added)}.")
         with torch.no_grad():
@@ -86,9 +91,10 @@ class CVSIQuery(LanguageModelQuery):
         if name != "caption":
             return super().gallery_column(name, images)
         gen = require_generations(self.generations, self.name)
-        gen.prefetch(images=images)   # the gallery's captions, in batches (cached)
-        rows = []
-        for image in images:
-            caps = need_captions(gen, image, None, self.name)
-            rows.append(F.normalize(F.normalize(self.text_features(caps), dim=-1).mean(dim=0), dim=-1))
-        return torch.stack(rows)
+        gen.prefetch(images=images)   # the gallery's captions, in batches, through the generation cache
+        captions = [need_captions(gen, image, None, self.name) for image in images]
+        texts = list(dict.fromkeys(t for caps in captions for t in caps))   # each distinct caption encoded once
+        feats = F.normalize(torch.cat([self.text_features(texts[i:i + COLUMN_BATCH])
+                                       for i in range(0, len(texts), COLUMN_BATCH)]), dim=-1)
+        row_of = {t: n for n, t in enumerate(texts)}
+        return torch.stack([F.normalize(feats[[row_of[t] for t in caps]].mean(dim=0), dim=-1) for caps in captions])

@@ -114,6 +114,24 @@ class Stacked:
             images = [i for i in images if not source.captions(i)]
             edits = [e for e in edits if not source.edits(*e)]
 
+    def register(self, ref: ImageRef, image, key: str | None) -> None:
+        """Retrieval's word on what a reference is, passed to the sources that read images by content."""
+        for source in self.sources:
+            if hasattr(source, "register"):
+                source.register(ref, image, key)
+
+    @property
+    def seconds(self) -> float:
+        """Seconds the sources spent generating."""
+        return sum(getattr(source, "seconds", 0.0) for source in self.sources)
+
+    def count_tokens(self, role: str, text: str) -> int:
+        """Tokens of a generated text by the first source that counts them (a model's tokenizer), else words."""
+        for source in self.sources:
+            if hasattr(source, "count_tokens"):
+                return source.count_tokens(role, text)
+        return len(text.split())
+
     def for_style(self, style: str) -> "Stacked":
         return Stacked([s.for_style(style) for s in self.sources], self.counts)   # one tally for every style
 

@@ -52,6 +52,7 @@ class LanguageModelQuery(QueryEncoder):
         self.settings = options
         self.generations = None
         self.style = "structural"
+        self.generated_tokens = 0   # tokens of the generated texts the encoded queries read (see count_generated)
 
     @classmethod
     def from_spec(cls, backbone, options: str):
@@ -59,6 +60,13 @@ class LanguageModelQuery(QueryEncoder):
 
     def prepare(self, context: SplitContext) -> None:
         self.generations, self.style = context.generations, context.style
+
+    def count_generated(self, role: str, texts: list[str]) -> None:
+        """Add the tokens of generated ``texts`` (``role``: "caption" or "edit") that one query reads: counted by
+        the generations' own tokenizer where they have one (the generator's), else as words. A caption read by
+        two queries counts for each."""
+        count = getattr(self.generations, "count_tokens", None)
+        self.generated_tokens += sum(count(role, t) if count is not None else len(t.split()) for t in texts)
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """[n, D] raw (unnormalised) fp32 text features, on the CPU."""
@@ -92,6 +100,8 @@ class LanguageModelQuery(QueryEncoder):
             outputs = gen.edits(caption, instruction) or [need_edit(gen, caption, instruction, self.name)]
             edits.append(outputs[min(seen[caption], len(outputs) - 1)])
             seen[caption] += 1
+        self.count_generated("caption", captions)
+        self.count_generated("edit", edits)
         return captions, edits
 
     def protocol(self) -> dict:
