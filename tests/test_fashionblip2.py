@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zscir.models.blip2_heads import blip2_head_config, create_blip2_head
+from zscir.models.blip2_heads.registry import blip2_head_config, create_blip2_head
 from zscir.models.blip2_heads import qformer
 from zscir.training.supervised import SupervisedConfig, load_train_splits
 from zscir.training.supervised_blip2 import _load_blip2_backbone, best_token_loss, build_blip2_triplets, train_blip2

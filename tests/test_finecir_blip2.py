@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zscir.models.blip2_heads import blip2_head_config, create_blip2_head
+from zscir.models.blip2_heads.registry import blip2_head_config, create_blip2_head
 from zscir.models.blip2_heads.graph import GraphAttention, entity_graphs
 from zscir.text import get_parser
 from zscir.training.supervised import SupervisedConfig, load_train_splits

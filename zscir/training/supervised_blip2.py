@@ -33,7 +33,7 @@ from zscir.checkpoint import save_checkpoint
 from zscir.errors import ZscirError
 from zscir.evaluation.protocol import Protocol
 from zscir.models import prompts
-from zscir.models.blip2_heads import blip2_head_config, create_blip2_head, recipe
+from zscir.models.blip2_heads.registry import blip2_head_config, create_blip2_head, recipe
 from zscir.text import get_parser
 from zscir.training.pretrain import epoch_order
 from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log

@@ -81,7 +81,7 @@ def train_supervised(dataset, root, texts, head, backbone, clip, pretrained, pre
     out = out or f"runs/supervised-{dataset}-{texts}-{head}"
     check_run_dir(out, resume, overwrite, "supervised", expect={"head": head, "dataset": dataset, "texts": texts})
     if blip2:
-        from zscir.models.blip2_heads import recipe
+        from zscir.models.blip2_heads.registry import recipe
         defaults = recipe(head)["training"]
         head_options = {"max_entities": max_entities} if head == "finecir" else {}
     else:
