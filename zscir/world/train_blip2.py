@@ -76,7 +76,7 @@ def train_blip2(world: str | os.PathLike, out: str | os.PathLike, run_dir: str |
     if len(images) < cfg.batch_size:
         raise ZscirError(f"--batch-size {cfg.batch_size}: the world has only {len(images)} unlabeled images")
     texts = image_texts(world, images, cfg.captions_per_image, cfg.seed)
-    tokenizer = train_qformer_tokenizer([t for row in texts for t in row], cfg.vocab_size)
+    tokenizer = train_qformer_tokenizer(t for row in texts for t in row)
     pixels_u8 = load_images([im.path for im in images])
     blip, processor = build_model(cfg, tokenizer, pixels_u8.shape[1])
     tokens = tokenize_texts(processor.tokenizer, texts, cfg.max_text_tokens)

@@ -31,9 +31,6 @@ from zscir.world.model_loop import RunConfig
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 HEADS = 4
-# transformers' vision default is 1e-10 (BLIP-2's ViT comes pretrained and frozen): from scratch that gives every
-# image the same features and no gradient, so the ViT starts as the Q-Former does
-INIT_STD = 0.02
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,6 @@ class Blip2WorldConfig(RunConfig):
     qformer_layers: int = 2
     query_tokens: int = 8
     embed_dim: int = 128        # the ITC space (config.image_text_hidden_size)
-    vocab_size: int = 512       # an upper bound: WordPiece stops when every word of the captions is one token
     max_text_tokens: int = 128  # the Q-Former's position table (captions reach about 55 tokens)
     captions_per_image: int = 4  # the world's caption, the canonical one and rewordings of the same scene
     # BLIP-2's learnable temperature (clamped to [0.001, 0.5]) starts at 0.07; here at 0.02, as the world's CLIP starts
@@ -56,6 +52,9 @@ class Blip2WorldConfig(RunConfig):
     # softmax leaves that plateau sooner (tiny preset, measured: about step 35 instead of 55)
     init_temp: float = 0.02
     itm_weight: float = 1.0
+    # init std of every weight (transformers' ViT default, 1e-10, is for a pretrained frozen ViT: from scratch it gives
+    # every image the same features and no gradient)
+    init_std: float = 0.02
 
 
 PRESETS = {"default": Blip2WorldConfig(),
@@ -64,17 +63,23 @@ PRESETS = {"default": Blip2WorldConfig(),
                                     query_tokens=4, embed_dim=32, max_text_tokens=96)}
 
 
-def train_qformer_tokenizer(texts: Iterable[str], vocab_size: int):
-    """A BERT-style WordPiece tokenizer (transformers fast tokenizer) trained on ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # heavy
+def train_qformer_tokenizer(texts: Iterable[str]):
+    """A BERT-style WordPiece tokenizer (transformers fast tokenizer) whose vocabulary is read off ``texts``.
+
+    Every word of the texts is a token of its own and every character they use is a token with and
+    without the ``##`` continuation prefix, so any other word spelled with those characters reads as
+    pieces. Tokens are numbered in sorted order after the specials: the same texts give the same ids in
+    every process (a trained WordPiece vocabulary breaks ties differently from one process to the next).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors  # heavy
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
-                                                             show_progress=False))
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = {w for text in texts for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text))}
+    chars = {c for w in words for c in w}
+    tokens = sorted(words | chars | {"##" + c for c in chars})
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate((*SPECIALS, *tokens))}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, splitter, decoders.WordPiece()
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
@@ -108,12 +113,12 @@ def build_model(cfg: Blip2WorldConfig, tokenizer, image_size: int):
     config = Blip2Config(
         vision_config=dict(hidden_size=cfg.vision_width, intermediate_size=4 * cfg.vision_width,
                            num_hidden_layers=cfg.vision_layers, num_attention_heads=HEADS, image_size=image_size,
-                           patch_size=cfg.patch_size, initializer_range=INIT_STD),
+                           patch_size=cfg.patch_size, initializer_range=cfg.init_std),
         qformer_config=dict(hidden_size=cfg.qformer_width, num_hidden_layers=cfg.qformer_layers,
                             num_attention_heads=HEADS, intermediate_size=4 * cfg.qformer_width,
                             encoder_hidden_size=cfg.vision_width, cross_attention_frequency=1,
                             vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                            max_position_embeddings=cfg.max_text_tokens, use_qformer_text_input=True,
+                            max_position_embeddings=cfg.max_text_tokens, use_qformer_text_input=True, initializer_range=cfg.init_std,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
         num_query_tokens=cfg.query_tokens, image_text_hidden_size=cfg.embed_dim, image_token_index=None)
     torch.manual_seed(cfg.seed)
