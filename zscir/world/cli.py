@@ -166,7 +166,8 @@ def _model_training_options(default_name: str):
     return wrap
 
 
-def _run_training(command: str, world_dir, out, preset_cfg, given: dict, train, evaluate, card, heldout):
+def _run_training(command: str, world_dir, out, preset_cfg, given: dict, train, evaluate, card, heldout,
+                  as_json: bool = False):
     from zscir.world.build import default_world
     from zscir.utils.cpu import cpu_name
     from zscir.world.model_card import write_card
@@ -183,9 +184,11 @@ def _run_training(command: str, world_dir, out, preset_cfg, given: dict, train, 
         record["heldout"] = evaluate(out, heldout)
         record["eval_seconds"] = round(time.time() - start)
         summary = {k: v for k, v in record["heldout"].items() if k != "examples"}
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps(summary, indent=2), err=as_json)
         write_card(out.with_name(out.name + ".md"), card(out.name, record))
     atomic_write_json(out.with_name(out.name + ".json"), record)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
 
 
 @world.command("train-captioner")
@@ -213,3 +216,20 @@ def train_editor_command(world_dir, out, run_dir, preset, steps, seconds, batch_
                   {"steps": steps, "seconds": seconds, "batch_size": batch_size, "lr": lr, "seed": seed},
                   lambda w, o, cfg: train_editor(w, o, run_dir, cfg, log=click.echo),
                   lambda folder, n: evaluate_editor(f"hf-lm:{folder}", n), editor_card, heldout)
+
+
+@world.command("train-blip2")
+@_model_training_options("shapes_blip2")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's record as JSON on stdout (progress goes to stderr).")
+def train_blip2_command(world_dir, out, run_dir, preset, steps, seconds, batch_size, lr, seed, heldout, as_json):
+    """Train the world's BLIP-2 retrieval model (ITC + ITM) on its unlabeled images and captions; load OUT with
+    Blip2ForImageTextRetrieval.from_pretrained."""
+    from zscir.world.model_card import blip2_card
+    from zscir.world.train_blip2 import train_blip2
+    from zscir.world.train_blip2_eval import evaluate_blip2
+    from zscir.world.train_blip2_model import PRESETS
+
+    _run_training("train-blip2", world_dir, out, PRESETS[preset],
+                  {"steps": steps, "seconds": seconds, "batch_size": batch_size, "lr": lr, "seed": seed},
+                  lambda w, o, cfg: train_blip2(w, o, run_dir, cfg, log=lambda m: click.echo(m, err=as_json)),
+                  evaluate_blip2, blip2_card, heldout, as_json=as_json)

@@ -108,3 +108,54 @@ def editor_card(name: str, record: dict) -> str:
 
 def write_card(path: str | Path, text: str) -> None:
     atomic_write_text(path, text)
+
+
+def blip2_card(name: str, record: dict) -> str:
+    held = record["heldout"]
+    recall = ["| | R@1 | R@5 | R@10 |", "|---|---:|---:|---:|",
+              *(f"| {label} | " + " | ".join(f"{held[key][k]:.3f}" for k in ("R@1", "R@5", "R@10")) + " |"
+                for label, key in (("image → text", "image_to_text"), ("text → image", "text_to_image")))]
+    itm = held["itm_accuracy"]
+    kinds = list(held["itc_sensitivity"])
+    matching = ["| pairs | ITM accuracy |", "|---|---:|", f"| image with its own caption (match) | {itm['matched']:.3f} |",
+                f"| image with another held-out scene's caption (no match) | {itm['other_scene']:.3f} |",
+                f"| both, balanced | {itm['matched_vs_other']:.3f} |",
+                *(f"| own caption with one {k} word changed (no match) | {itm[k]:.3f} |" for k in kinds)]
+    sensitivity = ["| " + " | ".join(kinds) + " |", "|" + "---:|" * len(kinds),
+                   "| " + " | ".join(f"{held['itc_sensitivity'][k]:.3f}" for k in kinds) + " |"]
+    cfg = record["config"]
+    return "\n".join([
+        f"# {name}: the shapes world's BLIP-2 retrieval model",
+        "",
+        "A tiny `Blip2ForImageTextRetrieval` (ViT "
+        f"{cfg['vision_layers']}x{cfg['vision_width']}, {cfg['patch_size']}-px patches, fixed 2-D sin-cos positions; "
+        f"Q-Former {cfg['qformer_layers']}x{cfg['qformer_width']} with {cfg['query_tokens']} query tokens; "
+        f"{cfg['embed_dim']}-d ITC space; a WordPiece tokenizer of {record['vocabulary']} tokens trained on the captions) "
+        f"trained from scratch with BLIP-2's first-stage ITC and ITM losses (no ITG) on the world's "
+        f"{record['unlabeled_images']} unlabeled images and their captions only (no triplet, reference-target pair, "
+        "gallery or annotation of any split). Load it as any BLIP-2 retrieval folder: "
+        f"`Blip2ForImageTextRetrieval.from_pretrained(\"checkpoints/{name}\")` with "
+        f"`Blip2Processor.from_pretrained(\"checkpoints/{name}\")`, or `blip2:checkpoints/{name}` where zscir takes a backbone.",
+        "",
+        "## Held-out scenes",
+        "",
+        f"{held['scenes']} distinct scenes from the evaluation part of the spec space (never trained on), rendered from "
+        "their own seed, canonical captions; every score comes from the loaded folder's forward "
+        "(`zscir.world.train_blip2_eval`). Recall ranks by ITC (max over query tokens of the cosine similarities).",
+        "",
+        *recall,
+        "",
+        *matching,
+        "",
+        "ITC attribute sensitivity (share of images whose true caption scores above the same caption with one "
+        "attribute word changed; as for the world's CLIP, `checkpoints/shapes_clip.md`):",
+        "",
+        *sensitivity,
+        "",
+        "## Training",
+        "",
+        *_training_lines(record),
+        f"- final temperature {record['final_temperature']}; ITM weight {cfg['itm_weight']}; "
+        f"{cfg['captions_per_image']} texts per image (the world's caption, the canonical one, rewordings)",
+        "",
+    ])
