@@ -22,10 +22,8 @@ killed build resumes where it stopped) and renamed to ``OUT`` when complete.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -40,6 +38,7 @@ from zscir.utils.hashing import sha256_bytes
 from zscir.utils.jsonl import read_jsonl
 from zscir.utils.locks import file_lock
 from zscir.utils.paths import cache_dir
+from zscir.utils.pools import spawn_pool
 from zscir.utils.testpoint import testpoint
 from zscir.world.captions import random_caption
 from zscir.world.matching import GalleryIndex
@@ -244,10 +243,8 @@ def render_all(root: Path, images: list[WorldImage], config: WorldConfig, worker
         for chunk in chunks:
             bar.update(_render_chunk(chunk))
     else:
-        # spawn, not fork: the caller may hold torch threads, which do not survive a fork
-        # workers ignore Ctrl-C: the main process alone stops the pool (no traceback per worker); rerun resumes
-        with multiprocessing.get_context("spawn").Pool(workers, initializer=signal.signal,
-                                                       initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
+        # workers ignore Ctrl-C from their start: the main process alone stops the pool; rerun resumes
+        with spawn_pool(workers) as pool:
             for n in pool.imap_unordered(_render_chunk, chunks):
                 bar.update(n)
                 testpoint("world.render")  # tests: Ctrl-C after the n-th chunk (zscir.utils.testpoint)

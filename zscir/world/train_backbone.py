@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import resource
 import time
@@ -50,6 +49,7 @@ from zscir.backbone import load_backbone, register_model_configs
 from zscir.backbone.tokenize import WordCachedTokenizer
 from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_path, atomic_write_json
+from zscir.utils.pools import spawn_pool
 from zscir.world.captions import canonical_caption, random_caption
 from zscir.world.eval_backbone import SENSITIVITY_KINDS, perturbed_caption
 from zscir.world.render import render_array, render_rng
@@ -173,7 +173,7 @@ def prepare_data(scenes: list[Scene], seed: int, size: int, model: str, per_scen
     images = np.empty((len(scenes), size, size, 3), dtype=np.uint8)
     tokens = np.zeros((len(scenes), per_scene + (1 if negative_kinds else 0), context_length), dtype=np.int32)
     bar = tqdm(total=len(scenes), desc="rendering", unit="img", leave=False)
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    pool = spawn_pool(workers) if workers > 1 else None
     results = pool.imap(_prepare_chunk, jobs) if pool else map(_prepare_chunk, jobs)
     for job, (chunk_images, chunk_tokens) in zip(jobs, results):
         images[job[1]:job[1] + len(chunk_images)] = chunk_images
