@@ -45,12 +45,15 @@ INIT_STD = 0.02
 
 @dataclass(frozen=True)
 class CaptionerConfig(RunConfig):
-    patch_size: int = 12
-    vision_width: int = 64
+    batch_size: int = 32
+    lr: float = 2e-3
+    # one patch per cell of the world's 3 x 3 grid (72 px images): a token per object; 9 query tokens
+    patch_size: int = 24
+    vision_width: int = 96
     vision_layers: int = 2
     qformer_width: int = 64
     qformer_layers: int = 2
-    query_tokens: int = 8
+    query_tokens: int = 9
     text_width: int = 96
     text_layers: int = 2
     vocab_size: int = 1024
