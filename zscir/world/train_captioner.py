@@ -46,7 +46,9 @@ INIT_STD = 0.02
 @dataclass(frozen=True)
 class CaptionerConfig(RunConfig):
     batch_size: int = 32
-    lr: float = 2e-3
+    # the Q-Former is post-LN BERT: at 2e-3 the held-out count was still at chance (0.23) after 2000 steps, at
+    # 5e-4 it was 0.89 after 500 and 1.0 after 1000 (the first thing the image must say beyond the background)
+    lr: float = 5e-4
     # one patch per cell of the world's 3 x 3 grid (72 px images): a token per object; 9 query tokens
     patch_size: int = 24
     vision_width: int = 96
