@@ -127,3 +127,57 @@ def test_a_killed_run_resumes_from_its_saved_step(world, tmp_path, command):
     history = torch.load(tmp_path / "killed-state" / "state.pt", weights_only=True)["history"]
     want = torch.load(tmp_path / "straight-state" / "state.pt", weights_only=True)["history"]
     assert len(history) == 40 and history == pytest.approx(want, abs=2e-3)
+
+
+def test_attribute_words_are_single_tokens_and_a_caption_fits_30_tokens(world):
+    """One token per attribute decision, the same ids in a caption, an instruction and an edited caption (an
+    editor copies by identity), and a four-object canonical caption plus </s> within the captioners' 30 tokens."""
+    from zscir.generation.base import DEFAULT_EDIT_PROMPT
+    from zscir.world.model_tokenizer import ATOMIC_WORDS, train_tokenizer
+
+    examples = edit_examples([im.scene for im in unlabeled_images(world)], 0, 1)
+    tok = train_tokenizer([t for ex in examples for t in (DEFAULT_EDIT_PROMPT.fill(ex.caption, ex.instruction),
+                                                           " " + ex.edited)], 400, bos=False)
+    for word in ("red", "circle", "dotted", "small", "at the bottom left", "background"):
+        assert word in ATOMIC_WORDS and len(tok(" " + word, add_special_tokens=False)["input_ids"]) == 1
+    four = next(s for s in heldout_scenes(200) if len(s.objects) == 4)
+    text = canonical_caption(four).text
+    ids = tok(" " + text, add_special_tokens=False)["input_ids"]
+    assert len(ids) + 1 <= 30 and tok.decode(ids) == " " + text
+    prompt = tok(DEFAULT_EDIT_PROMPT.fill(text, "make it blue"), add_special_tokens=False)["input_ids"]
+    assert ids[1:-1] == prompt[1:len(ids) - 1]  # the caption's tokens reappear in the prompt (bar its first)
+
+
+def test_the_captioner_starts_with_a_live_vision_tower_and_distinct_queries(world):
+    from zscir.world.model_tokenizer import train_tokenizer
+    from zscir.world.train_captioner import PRESETS, build_model
+
+    tok = train_tokenizer([canonical_caption(s).text for s in heldout_scenes(20)], 300)
+    model, _ = build_model(PRESETS["tiny"], tok, 72)
+    assert 0.015 < float(model.vision_model.embeddings.patch_embedding.weight.detach().std()) < 0.025
+    queries = model.query_tokens[0].detach()
+    assert float(queries.std()) > 0.01 and float((queries[0] - queries[1]).abs().max()) > 0
+
+
+def test_the_editor_trains_on_the_tokens_hf_lm_sends(world, tmp_path):
+    """Training prompt ids == what the saved folder, loaded as hf-lm:PATH, feeds the model; labels cover the answer."""
+    from zscir.generation.hf_editors import HFEditor
+    from zscir.world.model_tokenizer import CHAT_TEMPLATE, train_tokenizer
+    from zscir.world.train_captioner import save_folder
+    from zscir.world.train_editor import PRESETS, build_model, edit_batches, encode_examples
+
+    examples = edit_examples([im.scene for im in unlabeled_images(world)][:20], 0, 1)
+    tok = train_tokenizer([ex.caption + " " + ex.instruction for ex in examples], 400, bos=False,
+                          chat_template=CHAT_TEMPLATE)
+    model = build_model(PRESETS["tiny"], tok)
+    encoded = encode_examples(HFEditor(model, tok, "training", device="cpu"), examples)
+    save_folder(model, tok, tmp_path / "lm")
+    loaded = build_editor(f"hf-lm:{tmp_path / 'lm'}", device="cpu")
+    for ex, (prompt, answer) in zip(examples, encoded):
+        sent = loaded.tokenizer([loaded.prompt_text(ex.caption, ex.instruction)], add_special_tokens=not loaded.chat)
+        assert sent["input_ids"][0] == prompt
+        assert loaded.tokenizer.decode(answer, skip_special_tokens=True).strip() == ex.edited
+    ids, mask, labels = edit_batches(PRESETS["tiny"], encoded, tok.pad_token_id)(0)
+    for row_ids, row_mask, row_labels in zip(ids, mask, labels):
+        kept = row_labels[row_labels != -100].tolist()
+        assert kept and kept[-1] == tok.eos_token_id and row_ids[row_mask.bool()].tolist()[-len(kept):] == kept

@@ -1,10 +1,13 @@
 """A byte-level BPE tokenizer trained on the world's own texts, saved with its model.
 
 The alphabet is printable ASCII and newline (every world text is ASCII; anything else reads
-as ``<unk>``). Attribute words (colors, shapes, patterns, backgrounds) are always tokens of
-their own, so that a new combination of attributes is a new sequence of known tokens; the
-glue between them may merge across spaces (" at the top left, a small" can be one token),
-which keeps a four-object caption within 30 tokens, the captioners' default length.
+as ``<unk>``). Every attribute word or phrase of the world's captions -- colors, shapes,
+patterns, backgrounds, sizes and positions, in all their wordings -- is a token of its own, so
+that one token is one decision and a new combination of attributes is a new sequence of known
+tokens; only the glue between them merges (", a", " and a", " on a"). A canonical caption is
+then 6 tokens per object plus 3 ("... on a gray background"): 27 for four objects, within
+30, the captioners' default length. The same words get the same tokens wherever they stand
+(in a caption, in an instruction, in an edited caption), so an editor copies by identity.
 Every text a ``"<s>"`` starts (a BLIP-2 prompt starts with it, after the image tokens).
 """
 
@@ -13,10 +16,14 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from zscir.world.captions import PATTERN_WORDS, POSITION_WORDS, SIZE_WORDS
 from zscir.world.spec import BACKGROUNDS, COLORS, PATTERNS, SHAPES
 
-# words that stay tokens of their own (with their leading space, if any)
-ATOMIC_WORDS = tuple(dict.fromkeys((*COLORS, *SHAPES, *PATTERNS, *BACKGROUNDS)))
+# words and phrases that stay tokens of their own (with their leading space, if any); longest first, so
+# that "at the top left" is one token and not "at the top" + " left"
+_PHRASES = (*COLORS, *SHAPES, *PATTERNS, *BACKGROUNDS, *(w for words in SIZE_WORDS.values() for w in words),
+            *(w for words in PATTERN_WORDS.values() for w in words if w), *(w for words in POSITION_WORDS for w in words), "background")
+ATOMIC_WORDS = tuple(sorted(dict.fromkeys(_PHRASES), key=lambda w: (-len(w), w)))
 ATOMIC_PATTERN = r" ?\b(?:" + "|".join(map(re.escape, ATOMIC_WORDS)) + r")\b"
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 # user/assistant turns as plain lines: what the world's editor reads and what a chat endpoint is sent

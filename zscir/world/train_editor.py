@@ -37,9 +37,13 @@ EVAL_MAX_NEW_TOKENS = 64
 
 @dataclass(frozen=True)
 class EditorConfig(RunConfig):
-    width: int = 96
-    layers: int = 3
-    heads: int = 4
+    # the answer is mostly a copy of the caption, which needs induction heads: with 4 layers of 8 heads at lr 1e-3
+    # the loss was 0.45 after 800 steps of 32, with 3 layers of 4 heads at 3e-3 (24 a step) still 0.84, not copying
+    batch_size: int = 32
+    lr: float = 1e-3
+    width: int = 128
+    layers: int = 4
+    heads: int = 8
     vocab_size: int = 1024
     per_scene: int = 1          # examples per unlabeled scene and style
     styles: tuple = STYLES
@@ -48,7 +52,7 @@ class EditorConfig(RunConfig):
 # model size and budget by name: the default aims at 15 minutes on 2 cores, tiny at seconds (tests)
 PRESETS = {"default": EditorConfig(),
            "tiny": EditorConfig(steps=40, seconds=600.0, batch_size=8, lr=3e-3, warmup_steps=5, save_every=10,
-                                width=32, layers=1, vocab_size=400, per_scene=1)}
+                                width=32, layers=1, heads=4, vocab_size=400, per_scene=1)}
 
 
 def build_model(cfg: EditorConfig, tokenizer):
