@@ -156,6 +156,7 @@ BASELINES: Entries = Entries({
 CHECKPOINT_KINDS: Entries = Entries({
     "mapping": "zscir.models.query:PseudoWordQuery.from_checkpoint",
     "supervised": "zscir.models.supervised:SupervisedQuery.from_checkpoint",
+    "supervised-blip2": "zscir.models.blip2_query:Blip2HeadQuery.from_checkpoint",
 })
 
 

@@ -7,6 +7,9 @@ one-vector query (``{"query": [B, D]}``) against the gallery's ``"image"`` colum
 - ``"query_tokens"`` (BLIP-2, :mod:`zscir.backbone.blip2`): each gallery row holds the image's ``Q`` query
   features flattened (``Q * D``); the score is the largest dot product over them, as BLIP-2's image-text
   contrastive head scores a text against an image (:class:`MaxOverQueryTokens`).
+
+A trained BLIP-2 head scores by its own rule over such rows (:mod:`zscir.models.blip2_query`): FineCIR by
+:class:`MaxOverQueryTokens`, FashionBLIP-2 by :class:`MultiHeadMaxOverQueryTokens`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,34 @@ class MaxOverQueryTokens(Rule):
 
     def describe(self) -> dict:
         return {"rule": "max-over-query-tokens", "query_tokens": self.tokens, "vector": "query", "column": "image"}
+
+
+@dataclass(frozen=True)
+class MultiHeadMaxOverQueryTokens(Rule):
+    """FashionBLIP-2's multi-head query-candidate matching (:mod:`zscir.models.blip2_heads.fashionblip2`) over the
+    same rows: the query and each of the ``tokens`` query features are cut into ``heads`` slices of ``D / heads``,
+    each slice L2-normalised; per head the best query token's slice cosine; the score is the mean over heads."""
+
+    tokens: int
+    heads: int
+
+    def score(self, vectors: Vectors, columns: Vectors) -> torch.Tensor:
+        query, gallery = vectors["query"].float(), columns["image"].float()
+        q = F.normalize(query.reshape(query.shape[0], self.heads, -1), dim=-1)            # [B, H, D/H]
+        out = torch.empty(query.shape[0], gallery.shape[0])
+        for start in range(0, gallery.shape[0], GALLERY_CHUNK):
+            part = gallery[start:start + GALLERY_CHUNK]
+            part = F.normalize(part.reshape(part.shape[0], self.tokens, self.heads, -1), dim=-1)   # [G, Q, H, D/H]
+            out[:, start:start + part.shape[0]] = torch.einsum("bhd,gqhd->bghq", q, part).amax(-1).mean(-1)
+        return out
+
+    def candidate_query(self, vectors: Vectors) -> torch.Tensor:
+        """As :meth:`MaxOverQueryTokens.candidate_query`: the query repeated once per query token."""
+        return vectors["query"].repeat(1, self.tokens)
+
+    def describe(self) -> dict:
+        return {"rule": "multi-head-max-over-query-tokens", "query_tokens": self.tokens, "heads": self.heads,
+                "vector": "query", "column": "image"}
 
 
 # backbone.image_layout -> (backbone -> the rule of the one-vector baselines)

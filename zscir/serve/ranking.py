@@ -8,7 +8,14 @@ Kinds of query, by what the request gives (:data:`QUERY_KINDS`):
     image      image alone: the reference's own features (the ``image`` baseline), refused for the
                ``text`` baseline, which has no image path
 
-Ranking rule: candidates come in order of exact score; a candidate is taken unless it is the
+Scoring: the query's rule (:func:`query_rule`, the rule `zscir eval` and `zscir retrieve` score by). The
+cosine of a CLIP model is the index's own inner product, ranked below. Any other rule (a BLIP-2 backbone's
+max over query tokens, a trained BLIP-2 head's own score, a language-model method's several vectors and
+columns) ranks by :func:`zscir.index.rescoring.rank_rows` over the index's columns, as the Retriever does:
+a text-only or image-only query scores its one vector by the model's one-vector rule (the encoder's own
+when it gives one vector, else its backbone's layout rule, :mod:`zscir.models.query_tokens`).
+
+Ranking rule (cosine): candidates come in order of exact score; a candidate is taken unless it is the
 reference itself, fails the filter, has a file that is gone (counted as ``dropped_missing``), or is
 a near duplicate (cosine >= the threshold) of a higher hit kept. ``offset`` skips the first taken hits.
 A filter is applied before top-k: when it selects at most :data:`FILTER_EXACT_MAX` images they are
@@ -30,7 +37,11 @@ import torch
 import torch.nn.functional as F
 
 from zscir.index.queries import read_reference
+from zscir.index.rescoring import IndexColumns, rank_rows
 from zscir.models import prompts
+from zscir.models.composed import COSINE, Rule
+from zscir.models.query import QueryEncoder
+from zscir.models.query_tokens import layout_rule
 
 FILTER_EXACT_MAX = 200_000   # a filter selecting at most this many images scores them all exactly
 WIDEN = 4
@@ -66,11 +77,34 @@ def query_vector(retriever, kind: str, image, text: str | None, timings: dict) -
     ref = retriever.encode_references([decoded])
     laps("image_encoder")
     if kind == "image":
-        q = F.normalize(ref.pooled.float(), dim=-1)
+        q = F.normalize(encoder.backbone.image_query(ref).float(), dim=-1)
     else:
         q = encoder.encode_queries(ref, [text]).float()
     laps("query_encoder")
     return q.cpu().numpy(), key, image
+
+
+def query_rule(encoder, kind: str) -> Rule:
+    """The rule that scores a ``kind`` query of ``encoder`` (module doc)."""
+    if kind == "composed" or type(encoder).encode_items is QueryEncoder.encode_items:
+        return encoder.rule
+    return layout_rule(encoder.backbone)
+
+
+def rank_by_rule(index, rule: Rule, q: np.ndarray, k: int, offset: int = 0,
+                 exclude: set[int] | frozenset = frozenset(), columns: IndexColumns | None = None) -> Ranked:
+    """The hits ranked ``offset + 1`` to ``offset + k`` for the one query vector ``q`` [1, D] by ``rule`` over the
+    index's columns (``columns``: the retriever's, loaded once), leaving out the rows of ``exclude``."""
+    columns = columns if columns is not None else IndexColumns(index)
+    (hits,) = rank_rows(rule, {"query": torch.from_numpy(np.asarray(q, dtype=np.float32))}, columns, index,
+                        offset + k, [set(exclude)])
+    return Ranked([(row, score) for score, row in hits][offset:])
+
+
+def by_rule(retriever, kind: str) -> bool:
+    """Whether a ``kind`` query ranks by the model's rule rather than by the index's inner product (a composed
+    query: as the Retriever decides, :func:`zscir.index.retriever.multi_column`)."""
+    return retriever.multi if kind == "composed" else query_rule(retriever.encoder, kind) is not COSINE
 
 
 def vectors_of(index) -> np.ndarray | None:

@@ -33,7 +33,7 @@ from zscir.features.sources import content_key
 from zscir.serve.errors import RequestError
 from zscir.serve.live_index import IndexState, LiveIndex
 from zscir.serve.metrics import Metrics
-from zscir.serve.ranking import REFUSED, Ranked, query_kind, query_vector, rank
+from zscir.serve.ranking import REFUSED, Ranked, by_rule, query_kind, query_rule, query_vector, rank, rank_by_rule
 from zscir.serve.search_options import check_dedupe, check_filter, check_offset
 from zscir.serve.sessions import SessionStore
 from zscir.serve.thumbnails import THUMB_SIZES, Thumbnail, ThumbnailCache, file_etag, make_thumbnail
@@ -216,12 +216,15 @@ class SearchService:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self._timers[name].take()  # drop anything a failed earlier call left on this thread
-        by_rule = kind == "composed" and retriever.multi  # a language-model method: several vectors and columns
-        if by_rule and (conditions or threshold is not None):
+        # the model's own rule (a language-model method, a BLIP-2 model's max over query tokens), not the cosine
+        ruled = by_rule(retriever, kind)
+        searched = ruled and kind == "composed"   # the Retriever's search: generations made or read, its rule
+        if ruled and (conditions or threshold is not None):
             raise RequestError(422, "filter" if conditions else "dedupe",
-                               f"model {name!r}: filter and dedupe are not available for a language-model method")
+                               f"model {name!r}: filter and dedupe are not available for a model that ranks by its "
+                               "own scoring rule (a language-model method, a BLIP-2 model)")
         try:
-            if by_rule:
+            if searched:
                 ranked = self._ranked_by_rule(state, retriever, image, text, k, offset, timings)
             else:
                 q, key, _ = query_vector(retriever, kind, image, text, timings)
@@ -229,7 +232,7 @@ class SearchService:
             if reference is not None and reference.kind == "id":  # the gallery file went missing or unreadable
                 raise RequestError(404 if "does not exist" in str(e) else 422, "image_id", f"field 'image_id': {e}")
             raise
-        if not by_rule:
+        if not searched:
             # the reference itself is left out: its own content (an upload's gallery copies) or file
             exclude: set[int] = set()
             if image is not None:
@@ -238,7 +241,11 @@ class SearchService:
                 exclude |= {state.row_of_id[i] for i in state.ids_of_key.get(reference.key, [])}
             allowed = state.metadata.rows_matching(conditions, state.row_of_id) if conditions else None
             t_search = time.perf_counter()
-            ranked = rank(state.index, q, k, offset, exclude, allowed, threshold)
+            if ruled:
+                ranked = rank_by_rule(state.index, query_rule(retriever.encoder, kind), q, k, offset, exclude,
+                                      retriever.columns)
+            else:
+                ranked = rank(state.index, q, k, offset, exclude, allowed, threshold)
             timings["search"] = time.perf_counter() - t_search
         if ranked.dropped_missing:
             self.metrics.counter("zscir_missing_files_total", "Hits dropped because their file is gone from disk",
@@ -252,7 +259,7 @@ class SearchService:
             "text_encoder": timings.get("query_encoder", 0.0) - (mapping or 0.0),
             "search": timings.get("search", 0.0),
         }
-        if by_rule:  # captions and edits made (or read) for a language-model method
+        if searched:  # captions and edits made (or read) for a language-model method
             stages["generation"] = timings.get("generation", 0.0)
         for stage, seconds in stages.items():
             if seconds is not None:

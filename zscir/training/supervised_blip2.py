@@ -52,6 +52,7 @@ class Blip2Parts:
     tokenizer: object
     image_processor: object
     identity: dict
+    source: dict | None = None      # how to load it again (the backbone's ``source``), recorded in the checkpoint
 
 
 def _load_blip2_backbone(spec: str, device: str = "cpu") -> Blip2Parts:
@@ -59,7 +60,8 @@ def _load_blip2_backbone(spec: str, device: str = "cpu") -> Blip2Parts:
     if not spec.startswith(BLIP2_PREFIX):
         raise ZscirError(f"--backbone {spec!r}: a BLIP-2 head needs a BLIP-2 backbone, blip2:<Hugging Face id or folder>")
     backbone = load_blip2(spec, device=device)   # frozen; the heads unfreeze what they train
-    return Blip2Parts(backbone.model, backbone.tokenizer, backbone.processor.image_processor, backbone.identity)
+    return Blip2Parts(backbone.model, backbone.tokenizer, backbone.processor.image_processor, backbone.identity,
+                      backbone.source)
 
 
 @dataclass
@@ -191,7 +193,7 @@ def train_blip2(cfg: SupervisedConfig, parts: Blip2Parts, data: Blip2Triplets, r
             save_train_state(run_dir, head, optimizer, progress, record, [torch.get_rng_state()])
     head.eval()
     meta = {"kind": "supervised-blip2", "method": f"supervised-{cfg.head}", "head": cfg.head, "config": net_cfg,
-            "parser": parser.name, "backbone": parts.identity,
+            "parser": parser.name, "backbone": parts.identity, "backbone_source": parts.source,
             "training": {"steps": progress.global_step, "epochs_done": progress.epoch, "dataset": cfg.dataset,
                          "texts": cfg.texts, "config": asdict(cfg) | {"data": {}}, "data": data.record}}
     return save_checkpoint(run_dir / "model", head.state_dict(), meta)

@@ -46,8 +46,8 @@ class FineCIRBlip2(nn.Module):
         super().__init__()
         object.__setattr__(self, "blip2", model)   # not a submodule: its frozen vision encoder stays out of state_dict
         for name in ("qformer", "embeddings", "vision_projection", "text_projection"):
-            setattr(self, name, getattr(model, name))
-        self.query_tokens = model.query_tokens
+            setattr(self, name, getattr(model, name).requires_grad_(True))   # a loaded BLIP-2 comes frozen
+        self.query_tokens = model.query_tokens.requires_grad_(True)
         self.graph = GraphAttention(model.config.qformer_config.hidden_size, graph_heads)
         self.temperature = nn.Parameter(torch.tensor(float(temperature)))
         self.tokenizer, self.parser = tokenizer, parser
