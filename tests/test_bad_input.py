@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from zscir.cli import main
 from zscir.errors import ZscirError
 from zscir.utils.paths import repo_checkpoints_dir
-from zscir.utils.testpoint import pause_env, wait_paused
+from zscir.utils.testpoint import interruptible, pause_env, wait_paused
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -391,7 +391,8 @@ def test_ctrl_c_in_world_generate_exits_130_without_traceback_and_the_rerun_comp
     # the main process pauses after its n-th rendered chunk (256 images; the world has 5) until the signal
     marker, chunks = tmp_path / "paused", random.Random(7).randint(1, 3)
     proc = subprocess.Popen(cmd + ["--out", str(out)] + args, env={**ENV, **pause_env(marker, {"world.render": chunks})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=interruptible)
     wait_paused(proc, marker)
     os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
     stderr = proc.communicate(timeout=600)[1].decode()

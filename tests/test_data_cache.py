@@ -17,7 +17,7 @@ from zscir.generation.base import Captioner
 from zscir.generation.registry import build_captioner
 from zscir.data.sources import open_image_source
 from zscir.errors import ZscirError
-from zscir.utils.testpoint import pause_env, wait_paused
+from zscir.utils.testpoint import interruptible, pause_env, wait_paused
 
 FAKE_CAPTIONER = '''
 import time
@@ -74,8 +74,9 @@ def test_sigkill_midway_then_rerun_captions_every_image_exactly_once(tmp_path):
     log, cache, marker = tmp_path / "calls.log", tmp_path / "cache.jsonl", tmp_path / "hanging"
     script = RUN_SCRIPT.format(tmp=str(tmp_path), log=str(log), hang=4, marker=str(marker),
                                images=str(images), cache=str(cache), delay=0.02)
-    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 60
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=interruptible)
+    deadline = time.time() + 600
     while not marker.exists():
         assert proc.poll() is None, "the captioning run ended before reaching the kill point"
         assert time.time() < deadline, "the captioning run never reached the kill point"
@@ -149,7 +150,7 @@ def test_sigint_and_sigkill_at_random_points_lose_nothing_and_redo_nothing_finis
         point = rng.choice([("fake.caption", batches + 1), ("caption_cache.write", batches)])
         marker = tmp_path / f"paused{round_}"
         proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL,
-                                env={**os.environ, **pause_env(marker, dict([point]))})
+                                env={**os.environ, **pause_env(marker, dict([point]))}, preexec_fn=interruptible)
         wait_paused(proc, marker)  # the child waits there until the signal, however busy the machine
         proc.send_signal(sig)
         proc.wait()

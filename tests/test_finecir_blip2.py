@@ -17,7 +17,7 @@ from zscir.text import get_parser
 from zscir.training.supervised import SupervisedConfig, load_train_splits
 from zscir.training.supervised_blip2 import (_load_blip2_backbone, best_token_loss, build_blip2_triplets,
                                              train_blip2)
-from zscir.utils.testpoint import pause_env, wait_paused
+from zscir.utils.testpoint import interruptible, pause_env, wait_paused
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_blip2 import build_tiny_blip2  # noqa: E402
@@ -182,7 +182,7 @@ def test_train_supervised_kill_and_resume_equals_the_uninterrupted_run(folder, w
                    stderr=subprocess.DEVNULL)
     marker = tmp_path / "paused"
     proc = subprocess.Popen(_cli(world, folder, tmp_path / "b"), env={**env, **pause_env(marker, {
-        "supervised_blip2.step": 6})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        "supervised_blip2.step": 6})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=interruptible)
     wait_paused(proc, marker)      # after step 6: epoch 0 (4 steps) saved, epoch 1 half done
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from zscir.utils.testpoint import interruptible
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 N_IMAGES = 360
@@ -46,7 +48,7 @@ def start_index(images: Path, out: Path) -> tuple[subprocess.Popen, list[str], t
     cmd = [sys.executable, "-c", "from zscir.cli import main; main()", "index", "--images", str(images),
            "--out", str(out), "--batch-size", "1", "--workers", "1", "--json"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=interruptible)
     err: list[str] = []
 
     def pump():
@@ -100,7 +102,7 @@ def test_sigint_and_sigkill_at_random_points_lose_nothing_finished(tmp_path):
         note = f"round {round_} ({signal.Signals(sig).name}), seed {seed}"
         proc, err, reader = start_index(images, out)
         target = rng.uniform(0.05, 0.8)  # a random point of the encoding: this fraction of the images to do
-        deadline = time.time() + 120
+        deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline:
             bars = re.findall(r"encoding images:\s+\d+%\|[^|]*\| (\d+)/(\d+)", "".join(err))
             if bars and int(bars[-1][0]) >= target * int(bars[-1][1]):

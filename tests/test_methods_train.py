@@ -24,7 +24,7 @@ from zscir.models.factory import backbone_dims, create_mapping_network
 from zscir.models.losses import clip_contrastive_loss
 from zscir.models.methods import METHODS, get_training, trainable_methods
 from zscir.models.objective import lincir_loss, lincir_noise, pic2word_loss
-from zscir.utils.testpoint import pause_env, wait_paused
+from zscir.utils.testpoint import interruptible, pause_env, wait_paused
 
 DRIVER = str(Path(__file__).parent / "drivers" / "pretrain_driver.py")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -194,7 +194,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(tmp_path, features, met
     subprocess.run([sys.executable, DRIVER, "train", features, str(straight), "--method", method], env=ENV, check=True)
     marker = tmp_path / "paused"
     proc = subprocess.Popen([sys.executable, DRIVER, "train", features, str(killed), "--method", method],
-                            env={**ENV, **pause_env(marker, {"pretrain.step": 4})}, stderr=subprocess.DEVNULL)
+                            env={**ENV, **pause_env(marker, {"pretrain.step": 4})}, stderr=subprocess.DEVNULL,
+                            preexec_fn=interruptible)
     wait_paused(proc, marker)  # the child waits after its 4th step until the signal, however fast the machine
     proc.send_signal(signal.SIGKILL)
     proc.wait()

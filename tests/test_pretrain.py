@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zscir.utils.testpoint import pause_env, wait_paused
+from zscir.utils.testpoint import interruptible, pause_env, wait_paused
 
 DRIVER = str(Path(__file__).parent / "drivers" / "pretrain_driver.py")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -45,7 +45,8 @@ def test_sigint_and_sigkill_at_random_points_then_resume_gives_the_uninterrupted
         point = [("pretrain.step", steps), ("driver.forward", steps + 1), ("driver.save", 1)][int(rng.integers(0, 3))]
         marker = tmp_path / f"paused{n}"
         cmd = [sys.executable, DRIVER, "train", features, str(killed), "--pause-points"] + (["--resume"] if n else [])
-        proc = subprocess.Popen(cmd, env={**ENV, **pause_env(marker, dict([point]))}, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, env={**ENV, **pause_env(marker, dict([point]))}, stderr=subprocess.DEVNULL,
+                                preexec_fn=interruptible)
         wait_paused(proc, marker)  # the child waits there until the signal, however busy the machine
         proc.send_signal(sig)
         proc.wait()

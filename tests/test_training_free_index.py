@@ -26,7 +26,7 @@ from zscir.importers.released_generations import read_released
 from zscir.index.caption_column import column_row
 from zscir.index.gallery import GalleryIndex, verify_index
 from zscir.models.training_free.generations import Stacked, TableGenerations
-from zscir.utils.testpoint import pause_env, wait_paused
+from zscir.utils.testpoint import interruptible, pause_env, wait_paused
 
 from test_eval import TINY, make_world, tiny_weights  # noqa: F401  (tiny_weights: the module's fixture)
 
@@ -249,7 +249,8 @@ def test_a_kill_loses_no_finished_caption_or_text_feature(env, tmp_path, point, 
     script = RUN.format(tmp=str(env["tmp"]), tiny=TINY, weights=env["weights"], out=str(out), images=str(env["folder"]),
                         log=str(log), cache=str(cache))
     marker = tmp_path / "paused"
-    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, **pause_env(marker, {point: hit})})
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, **pause_env(marker, {point: hit})},
+                            preexec_fn=interruptible)
     try:
         assert wait_paused(proc, marker) == point
     finally:

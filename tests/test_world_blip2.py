@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zscir.utils.testpoint import pause_env, wait_paused
+from zscir.utils.testpoint import interruptible, pause_env, wait_paused
 from zscir.world.build import WorldConfig, generate_world
 from zscir.world.captions import canonical_caption
 from zscir.world.eval_backbone import SENSITIVITY_KINDS, perturbed_caption
@@ -132,7 +132,7 @@ def test_a_killed_run_resumes_from_its_saved_step(world, tmp_path):
 
     marker = tmp_path / "paused"
     proc = subprocess.Popen(cmd("killed"), env={**ENV, **pause_env(marker, {"world_models.step": 10})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=interruptible)
     wait_paused(proc, marker)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -13,7 +13,7 @@ import torch
 from tests._cli import run
 from zscir.generation.base import Decoding, EditInput
 from zscir.generation.registry import build_captioner, build_editor
-from zscir.utils.testpoint import pause_env, wait_paused
+from zscir.utils.testpoint import interruptible, pause_env, wait_paused
 from zscir.world.build import WorldConfig, generate_world
 from zscir.world.captions import canonical_caption, random_caption
 from zscir.world.edits import apply_edits
@@ -112,7 +112,7 @@ def test_a_killed_run_resumes_from_its_saved_step(world, tmp_path, command):
 
     marker = tmp_path / "paused"
     proc = subprocess.Popen(cmd("killed"), env={**ENV, **pause_env(marker, {"world_models.step": 10})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=interruptible)
     wait_paused(proc, marker)  # the child waits there until the signal, however busy the machine
     proc.send_signal(signal.SIGKILL)
     proc.wait()

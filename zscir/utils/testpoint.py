@@ -16,6 +16,7 @@ however busy the machine.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +25,15 @@ PAUSE_AT = "ZSCIR_TEST_PAUSE_AT"
 PAUSE_FILE = "ZSCIR_TEST_PAUSE_FILE"
 
 _hits: dict[str, int] = {}
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child a test will interrupt: SIGINT as a terminal's foreground process has it.
+
+    A shell starts a background job (``pytest ... &``, ``nohup``) with SIGINT ignored, and an ignored
+    signal is inherited by every child: without this, the child would sleep through the test's Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _targets(spec: str) -> dict[str, int]:
