@@ -32,14 +32,17 @@ def make_tiny_blip2(folder: Path, seed: int = 0) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     vision = Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               image_size=32, patch_size=8)
+                               image_size=32, patch_size=8, initializer_range=0.2)  # default 1e-10: images all alike
     qformer = Blip2QFormerConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                  intermediate_size=64, encoder_hidden_size=32, max_position_embeddings=64,
-                                 use_qformer_text_input=True)
+                                 use_qformer_text_input=True, initializer_range=0.2)
     config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), num_query_tokens=4,
                          image_text_hidden_size=16)
     torch.manual_seed(seed)
-    Blip2ForImageTextRetrieval(config).save_pretrained(folder)
+    model = Blip2ForImageTextRetrieval(config)
+    with torch.no_grad():
+        model.query_tokens.normal_(0.0, 0.2)   # zeros by default: every query token alike
+    model.save_pretrained(folder)
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
     BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
