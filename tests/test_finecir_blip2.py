@@ -182,7 +182,7 @@ def test_train_supervised_kill_and_resume_equals_the_uninterrupted_run(folder, w
                    stderr=subprocess.DEVNULL)
     marker = tmp_path / "paused"
     proc = subprocess.Popen(_cli(world, folder, tmp_path / "b"), env={**env, **pause_env(marker, {
-        "supervised_blip2.step": 6})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=interruptible)
+        "supervised.step": 6})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=interruptible)
     wait_paused(proc, marker)      # after step 6: epoch 0 (4 steps) saved, epoch 1 half done
     proc.send_signal(signal.SIGKILL)
     proc.wait()

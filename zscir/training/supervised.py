@@ -14,9 +14,7 @@ the whole ``zscir train-supervised`` job.
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +23,6 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from zscir.backbone import load_backbone
 from zscir.backbone.options import resolve_pretrained
@@ -38,9 +35,7 @@ from zscir.models import prompts
 from zscir.models.supervised import (HEADS, create_head, encode_phrases, entity_phrases, head_config,
                                      project_patches, save_supervised_checkpoint)
 from zscir.text import get_parser
-from zscir.training.pretrain import epoch_order
-from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
-from zscir.utils.atomic import atomic_write_json
+from zscir.training.supervised_loop import run_epochs, start_run, steps_per_epoch
 
 # dataset name -> (benchmark, {text style: split})
 DATASETS: dict[str, tuple[str, dict[str, str]]] = {
@@ -249,9 +244,7 @@ def train(cfg: SupervisedConfig, backbone, data: TripletData, resume: bool = Fal
           log=print) -> Path:
     """Train (or resume) a head on ``data``; return the path of the final checkpoint."""
     run_dir = Path(cfg.out)
-    steps_per_epoch = len(data) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ZscirError(f"only {len(data)} triplets: fewer than one batch of --batch-size {cfg.batch_size}")
+    steps_per_epoch(len(data), cfg.batch_size)
     if cfg.threads:
         # the head's matrices are small: on a busy CPU, extra threads mostly wait for each other
         torch.set_num_threads(cfg.threads)
@@ -264,51 +257,10 @@ def train(cfg: SupervisedConfig, backbone, data: TripletData, resume: bool = Fal
                                   weight_decay=cfg.weight_decay)
     record = {"supervised": asdict(cfg), "network": net_cfg, "backbone": backbone.identity,
               "backbone_source": backbone.source, "preprocess": backbone.preprocess_name}
-    progress = Progress()
-    if resume and has_train_state(run_dir):
-        progress = load_train_state(run_dir, model, optimizer, rank=0)
-        log(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step_in_epoch}")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", record)
-    if resume:
-        trim_log(run_dir / "log.jsonl", progress.global_step)  # the steps after the last checkpoint are redone
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    bar = tqdm(total=total_steps, initial=progress.global_step, disable=not progress_bar, unit="step",
-               desc=f"train {cfg.head}", file=sys.stderr, dynamic_ncols=True)
-    t_start = time.perf_counter()
-    model.train()
-    with open(run_dir / "log.jsonl", "a") as log_file:
-        while progress.epoch < cfg.epochs and progress.global_step < total_steps:
-            order = epoch_order(len(data), cfg.seed, progress.epoch)[: steps_per_epoch * cfg.batch_size]
-            order = order.reshape(steps_per_epoch, cfg.batch_size)
-            variants = np.random.default_rng([cfg.seed, progress.epoch, 1]).integers(0, 2, size=len(data))
-            epoch_loss = []
-            while progress.step_in_epoch < steps_per_epoch and progress.global_step < total_steps:
-                rows = order[progress.step_in_epoch]
-                loss = in_batch_loss(model, data.batch(rows, variants[rows]), data.targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if not math.isfinite(loss.item()):
-                    raise ZscirError(f"loss became {loss.item()} at step {progress.global_step}: lower --lr")
-                progress.step_in_epoch += 1
-                progress.global_step += 1
-                epoch_loss.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            entry = {"epoch": progress.epoch, "step": progress.global_step, "loss": float(np.mean(epoch_loss or [0])),
-                     "scale": float(model.scale), "seconds": round(time.perf_counter() - t_start, 2)}
-            log_file.write(json.dumps(entry) + "\n")
-            log_file.flush()
-            if progress.step_in_epoch == steps_per_epoch:
-                progress.epoch += 1
-                progress.step_in_epoch = 0
-            save_train_state(run_dir, model, optimizer, progress, record, [torch.get_rng_state()])
-    bar.close()
-    model.eval()
+    progress = start_run(run_dir, model, optimizer, record, resume, log)
+    progress = run_epochs(cfg, model, optimizer, progress, len(data), run_dir, record,
+                          lambda rows, variants: in_batch_loss(model, data.batch(rows, variants[rows]), data.targets),
+                          log_extra=lambda losses: {"scale": float(model.scale)}, progress_bar=progress_bar)
     return save_supervised_checkpoint(
         run_dir / "model", model.head, net_cfg, backbone, data.record.get("parser", "none"),
         {"training": {"steps": progress.global_step, "epochs_done": progress.epoch, "temperature": 1 / float(model.scale),

@@ -17,8 +17,6 @@ end; a resumed run redoes the steps after it and ends with the uninterrupted run
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,11 +33,8 @@ from zscir.evaluation.protocol import Protocol
 from zscir.models import prompts
 from zscir.models.blip2_heads.registry import blip2_head_config, create_blip2_head, recipe
 from zscir.text import get_parser
-from zscir.training.pretrain import epoch_order
-from zscir.training.state import Progress, has_train_state, load_train_state, save_train_state, trim_log
 from zscir.training.supervised import SupervisedConfig, load_train_splits
-from zscir.utils.atomic import atomic_write_json
-from zscir.utils.testpoint import testpoint
+from zscir.training.supervised_loop import run_epochs, start_run, steps_per_epoch
 
 BLIP2_PREFIX = "blip2:"
 
@@ -133,12 +128,10 @@ def _optimizer(head, cfg: SupervisedConfig, training: dict):
 
 
 def train_blip2(cfg: SupervisedConfig, parts: Blip2Parts, data: Blip2Triplets, resume: bool = False,
-                log=print) -> Path:
+                progress_bar: bool = True, log=print) -> Path:
     """Train (or resume) a BLIP-2 head on ``data``; return the path of the final checkpoint."""
     run_dir = Path(cfg.out)
-    steps_per_epoch = len(data) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ZscirError(f"only {len(data)} triplets: fewer than one batch of --batch-size {cfg.batch_size}")
+    steps_per_epoch(len(data), cfg.batch_size)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -147,51 +140,18 @@ def train_blip2(cfg: SupervisedConfig, parts: Blip2Parts, data: Blip2Triplets, r
     head = create_blip2_head(net_cfg, parts.model, parts.tokenizer, parser)
     optimizer = _optimizer(head, cfg, recipe(cfg.head)["training"])
     record = {"supervised": asdict(cfg), "network": net_cfg, "backbone": parts.identity}
-    progress = Progress()
-    if resume and has_train_state(run_dir):
-        progress = load_train_state(run_dir, head, optimizer, rank=0)
-        log(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step_in_epoch}")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", record)
-    if resume:
-        trim_log(run_dir / "log.jsonl", progress.global_step)
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    progress = start_run(run_dir, head, optimizer, record, resume, log)
     device = parts.model.device
-    t_start = time.perf_counter()
-    head.train()
-    with open(run_dir / "log.jsonl", "a") as log_file:
-        while progress.epoch < cfg.epochs and progress.global_step < total_steps:
-            order = epoch_order(len(data), cfg.seed, progress.epoch)[: steps_per_epoch * cfg.batch_size]
-            order = order.reshape(steps_per_epoch, cfg.batch_size)
-            variants = np.random.default_rng([cfg.seed, progress.epoch, 1]).integers(0, 2, size=len(data))
-            epoch_loss = []
-            while progress.step_in_epoch < steps_per_epoch and progress.global_step < total_steps:
-                rows = torch.from_numpy(order[progress.step_in_epoch])
-                texts = [data.texts[r][variants[r] % len(data.texts[r])] for r in rows.tolist()]
-                target_rows = data.target_row[rows]
-                loss = best_token_loss(head, data.ref_hidden[data.ref_row[rows]].to(device), texts,
-                                       data.target_hidden[target_rows].to(device), target_rows, data.positives[rows])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if not math.isfinite(loss.item()):
-                    raise ZscirError(f"loss became {loss.item()} at step {progress.global_step}: lower --lr")
-                progress.step_in_epoch += 1
-                progress.global_step += 1
-                epoch_loss.append(loss.item())
-                testpoint("supervised_blip2.step")  # tests: a kill after a step, before its save (zscir.utils.testpoint)
-            entry = {"epoch": progress.epoch, "step": progress.global_step, "loss": float(np.mean(epoch_loss or [0])),
-                     "losses": epoch_loss, "seconds": round(time.perf_counter() - t_start, 2)}
-            log_file.write(json.dumps(entry) + "\n")
-            log_file.flush()
-            if progress.step_in_epoch == steps_per_epoch:
-                progress.epoch += 1
-                progress.step_in_epoch = 0
-            save_train_state(run_dir, head, optimizer, progress, record, [torch.get_rng_state()])
-    head.eval()
+
+    def step_loss(rows: np.ndarray, variants: np.ndarray) -> torch.Tensor:
+        rows = torch.from_numpy(rows)
+        texts = [data.texts[r][variants[r] % len(data.texts[r])] for r in rows.tolist()]
+        target_rows = data.target_row[rows]
+        return best_token_loss(head, data.ref_hidden[data.ref_row[rows]].to(device), texts,
+                               data.target_hidden[target_rows].to(device), target_rows, data.positives[rows])
+
+    progress = run_epochs(cfg, head, optimizer, progress, len(data), run_dir, record, step_loss,
+                          log_extra=lambda losses: {"losses": losses}, progress_bar=progress_bar)
     meta = {"kind": "supervised-blip2", "method": f"supervised-{cfg.head}", "head": cfg.head, "config": net_cfg,
             "parser": parser.name, "backbone": parts.identity, "backbone_source": parts.source,
             "training": {"steps": progress.global_step, "epochs_done": progress.epoch, "dataset": cfg.dataset,
