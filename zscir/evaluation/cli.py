@@ -72,11 +72,14 @@ from zscir.utils.options import OUTPUT_DIR, OUTPUT_FILE, POSITIVE_INT
 @click.option("--bootstrap-seed", type=click.IntRange(min=0), default=DEFAULT_SEED, show_default=True,
               help="Random seed of --compare's bootstrap (recorded).")
 @click.option("--by-edit", is_flag=True, help="Also print mAP@10 per edit type (results.md always has it).")
+@click.option("--itm-rerank", "itm_rerank", type=POSITIVE_INT, metavar="K",
+              help="Re-order each query's top K by the backbone's image-text matching probability of (candidate, "
+                   "modification text); BLIP-2 backbones only. Recorded in results.json (scoring, protocol).")
 def eval_command(benchmark, root, models, generations, captioner, editor, preset, prompt, generation_cache,
                  generation_batch_size, clip, pretrained, preprocess, device, splits, categories, out_dir, as_json,
                  fiq_captions, remove_reference, fine_gallery, cache_dir, batch_size, no_progress,
                  allow_missing_images, overwrite, no_oracles, seeds, compare, bootstrap_resamples, bootstrap_seed,
-                 by_edit, **generator_options):
+                 by_edit, itm_rerank, **generator_options):
     """Evaluate on BENCHMARK: metrics table, results.json/.md and top-50 rankings (submission format) in the run dir."""
     # deferred: the runner loads torch (through the models it evaluates); `zscir eval --help` must not
     from zscir.evaluation.run import EvalRequest, evaluate
@@ -109,7 +112,8 @@ def eval_command(benchmark, root, models, generations, captioner, editor, preset
         cache_root=cache_dir, device=device, batch_size=batch_size, progress=not no_progress,
         command=" ".join(["zscir"] + sys.argv[1:]), oracles=not no_oracles, compare=pair,
         bootstrap=(bootstrap_resamples, bootstrap_seed), generations=generations or None,
-        allow_missing_images=allow_missing_images, overwrite=overwrite, backends=backends)
+        allow_missing_images=allow_missing_images, overwrite=overwrite, backends=backends,
+        itm_rerank=itm_rerank)
     if seed_list is not None:
         combined = evaluate_seeds(req, seed_list)
         click.echo(json.dumps(combined, indent=2) if as_json else leaderboard_report.seeds_text(combined, by_edit))

@@ -32,6 +32,7 @@ from zscir.evaluation.edit_types import EDIT_KINDS_NOTE, by_edit
 from zscir.evaluation.families import get_family
 from zscir.evaluation.features import (CacheReport, default_cache_root, gallery_features, reference_features,
                                        unreadable_images)
+from zscir.evaluation.itm_rerank import first_stage_k, rerank_split
 from zscir.evaluation.multiturn import evaluate_multiturn
 from zscir.evaluation.oracles import evaluate_oracles
 from zscir.evaluation.per_query import per_query_scores
@@ -41,6 +42,7 @@ from zscir.evaluation.scoring import score_split
 from zscir.evaluation.submission import check_payloads, ranking_payloads, write_rankings
 from zscir.importers.released_generations import load_generations
 from zscir.models.composed import COSINE, SplitContext
+from zscir.models.itm_rerank import ItmRerank, check_backbone
 from zscir.models.training_free.backends import BackendConfig, ModelGenerations
 from zscir.models.training_free.generations import Stacked
 from zscir.utils.atomic import atomic_write_json, atomic_write_text
@@ -72,6 +74,7 @@ class EvalRequest:
     compare: tuple[str, str] | None = None       # two rows: paired bootstrap interval of their difference
     bootstrap: tuple[int, int] = (DEFAULT_RESAMPLES, DEFAULT_SEED)   # its resamples and seed
     backends: BackendConfig | None = None        # --captioner/--editor: generate what the files lack (cached)
+    itm_rerank: int | None = None                # re-order each query's top K by ITM (zscir.models.itm_rerank)
 
 
 class Timer:
@@ -145,7 +148,13 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
     with timer("ranking"):
         columns = gallery_columns(split, gallery, qe.rule, qe.gallery_column)
         rule = fitted_rule(qe.rule, queries, valid, columns)
-        ranked, subset = rank_split(split, queries, valid, gallery, protocol, protocol.top_k, rule, columns)
+        rerank = ItmRerank(req.itm_rerank) if req.itm_rerank else None
+        ranked, subset = rank_split(split, queries, valid, gallery, protocol, first_stage_k(rerank, protocol.top_k),
+                                    rule, columns)
+    if rerank is not None:
+        with timer("itm rerank"):
+            ranked, subset = rerank_split(rerank, qe, split, protocol, ranked, subset, valid, req.progress)
+    with timer("ranking"):
         metrics = score_split(split, ranked, subset)
     turns = None
     if "multiturn" in split.notes and metrics is not None:
@@ -170,11 +179,18 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
                           "images_per_s": round(cache.images_per_s, 1)},
         "timings_s": {k: round(v, 3) for k, v in timer.seconds.items()},
         **({"generation": generation} if generation is not None else {}),
-        **({"scoring": rule.describe()} if rule is not COSINE else {}),
+        **scoring_record(rule, rerank),
         "loader_notes": {k: v for k, v in split.notes.items() if k not in ("multiturn", EDIT_KINDS_NOTE)},
         "sources": split.sources,
         **({"multiturn": turns} if turns is not None else {}),
     }
+
+
+def scoring_record(rule, rerank: ItmRerank | None) -> dict:
+    """The split's ``scoring`` block: the first stage's rule (when not plain cosine) and any ITM re-ranking."""
+    scoring = {**(rule.describe() if rule is not COSINE else {}),
+               **({"itm_rerank": rerank.describe()} if rerank is not None else {})}
+    return {"scoring": scoring} if scoring else {}
 
 
 def generation_cost(seconds: float, tokens: int, generating: float, queries: int) -> dict:
@@ -220,6 +236,10 @@ def evaluate(req: EvalRequest) -> dict:
     backends = resolve.generation_config(req.backends, resolve.benchmark_generators(spec, backbone), req.progress)
     models = list(req.models or default_models(spec, backbone, backends, _say))
     encoders = [load_query_encoder_for(model, backbone, protocol) for model in models]
+    if req.itm_rerank:
+        ItmRerank(req.itm_rerank)                    # a bad K, then a backbone without ITM: one line, before any work
+        for qe in encoders:
+            check_backbone(qe.backbone)
     generations = load_sources(req, backends)
     slugs: set[str] = set()
     check_pair(req.compare, [model_slug(m, slugs) for m in models])   # a bad --compare fails before any work
@@ -255,6 +275,7 @@ def evaluate(req: EvalRequest) -> dict:
             "truncated_prompts": sum(r["truncated_prompts"] for r in split_results),
             "seconds": round(time.perf_counter() - t_model, 3),
             **({"method_card": qe.protocol()} if qe.protocol() else {}),
+            **({"itm_rerank": ItmRerank(req.itm_rerank).describe()} if req.itm_rerank else {}),
         })
     results["by_edit"] = by_edit(results, splits)
     if req.compare:
@@ -271,6 +292,8 @@ def evaluate(req: EvalRequest) -> dict:
         spec.name, sorted({m["preprocess"] for m in results["models"]}),
         fiq_rules={m["name"]: m["fiq_captions"] for m in results["models"]},
         truncated_prompts={m["name"]: m["truncated_prompts"] for m in results["models"]}, galleries=galleries)
+    if req.itm_rerank:
+        results["protocol"]["itm_rerank"] = ItmRerank(req.itm_rerank).describe()
     cards = {m["name"]: m["method_card"] for m in results["models"] if "method_card" in m}
     if cards:
         results["protocol"]["methods"] = cards

@@ -199,7 +199,9 @@ def _takes_device(spec: str) -> bool:
 
 
 def _table(results, retriever) -> str:
-    lines = [f"model {retriever.encoder.name}, index {retriever.index.root}", ""]  # what ranked (the default may be sum)
+    itm = getattr(retriever, "itm_rerank", None)
+    rerank = f", top {itm.k} re-ranked by ITM" if itm is not None else ""
+    lines = [f"model {retriever.encoder.name}, index {retriever.index.root}{rerank}", ""]  # what ranked
     for n, res in enumerate(results, 1):
         lines.append(f"query {n}: {safe_name(res.ref)}  +  \"{safe_name(res.text)}\"")
         lines.append(f"{'rank':>4}  {'score':>6}  path")
@@ -226,11 +228,14 @@ def _table(results, retriever) -> str:
                     "method's template).")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Number of results per query.")
 @click.option("--keep-reference", is_flag=True, help="Allow the reference image itself among the results.")
+@click.option("--itm-rerank", "itm_rerank", type=click.IntRange(min=1), metavar="K",
+              help="Re-order each query's top K by the backbone's image-text matching probability of (image, "
+                   "text); BLIP-2 backbones only. Scores stay the first stage's; --json records it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML page here.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when an index is built on first use).")
 def retrieve(ref, text, queries, index_dir, model, clip, pretrained, preprocess, generations, captioner, editor, k,
-             keep_reference, as_json, html_path, device, no_progress):
+             keep_reference, itm_rerank, as_json, html_path, device, no_progress):
     """Rank the gallery for a reference image plus a modification text."""
     if queries is not None and (ref is not None or text is not None):
         raise ZscirError("give either --queries FILE or --ref IMAGE --text TEXT, not both")
@@ -256,6 +261,7 @@ def retrieve(ref, text, queries, index_dir, model, clip, pretrained, preprocess,
         sources = resolve.GenerationSources(load_generations(generations) if generations else None, captioner, editor)
     retriever = resolve.open_retriever(index_dir, model, clip, pretrained, preprocess, device,
                                        progress=not no_progress, log=_echo_err, generations=sources)
+    retriever.use_itm_rerank(itm_rerank)
     results = retriever.search_many(query_list, k, exclude_reference=not keep_reference)
     if html_path:
         write_html(html_path, results, subtitle=f"model {retriever.encoder.name}, index {retriever.index.root}")

@@ -40,6 +40,7 @@ from zscir.index.refine import refine_turns
 from zscir.index.rescoring import IndexColumns, rank_rows
 from zscir.index.rows import Lookup
 from zscir.models.composed import COSINE, ImageRef, QueryItem, SplitContext
+from zscir.models.itm_rerank import ItmRerank, check_backbone
 from zscir.models.query import QueryEncoder
 
 
@@ -77,6 +78,7 @@ class Retriever:
         index.check_backbone(encoder.backbone, what=f"the query model ({encoder.name})")
         self.index, self.encoder, self.backbone = index, encoder, encoder.backbone
         self.generations = generations
+        self.itm_rerank: ItmRerank | None = None   # use_itm_rerank(K): each answer's top K re-ordered by ITM
         self.multi = multi_column(encoder)
         self.columns = IndexColumns(index) if self.multi else None
         if self.multi:
@@ -90,7 +92,16 @@ class Retriever:
     @property
     def identity(self) -> dict:
         return {"model": self.encoder.identity, "index": str(self.index.root), "index_kind": self.index.meta["kind"],
-                "index_recall": self.index.meta["recall"]}
+                "index_recall": self.index.meta["recall"],
+                **({"itm_rerank": self.itm_rerank.describe()} if self.itm_rerank is not None else {})}
+
+    def use_itm_rerank(self, k: int | None) -> None:
+        """Re-order each answer's top ``k`` by the backbone's ITM probability of (image, text)
+        (:mod:`zscir.models.itm_rerank`; hits keep their first-stage score); None: the first stage alone."""
+        rerank = ItmRerank(k) if k else None
+        if rerank is not None:
+            check_backbone(self.backbone)
+        self.itm_rerank = rerank
 
     @torch.no_grad()
     def encode_references(self, images: Sequence[Image.Image], batch_size: int = 64) -> ImageFeatures:
@@ -125,6 +136,7 @@ class Retriever:
         texts = [check_text(t) for _, t in queries]
         excluded_ids = self._excluded_rows_by_id(exclude_ids, len(queries))
         lap = _Laps(timings)
+        fetch = k if self.itm_rerank is None else max(k, self.itm_rerank.k)   # the first stage's answers
         results = []
         for start in range(0, len(queries), batch_size):
             chunk = list(queries[start:start + batch_size])
@@ -135,19 +147,33 @@ class Retriever:
             own_rows = [self._own_rows(image, key) for (image, _), (_, key) in zip(chunk, decoded)]
             drop = [excluded_ids[start + n] | (own if exclude_reference else set()) for n, own in enumerate(own_rows)]
             if self.multi:
-                ranked = self._multi_column(chunk, decoded, own_rows, ref, texts[start:start + batch_size], k,
+                ranked = self._multi_column(chunk, decoded, own_rows, ref, texts[start:start + batch_size], fetch,
                                             drop, lap)
             else:
                 q = self.encoder.encode_queries(ref, texts[start:start + batch_size]).float().cpu().numpy()
                 lap("query_encoder")
-                scores, rows = self.index.search(q, k + max(map(len, drop), default=0))
+                scores, rows = self.index.search(q, fetch + max(map(len, drop), default=0))
                 lap("search")
-                ranked = [[(float(sc), int(row)) for sc, row in zip(s, r) if row >= 0 and int(row) not in own][:k]
+                ranked = [[(float(sc), int(row)) for sc, row in zip(s, r) if row >= 0 and int(row) not in own][:fetch]
                           for s, r, own in zip(scores, rows, drop)]
+            ranked = self._reranked(ranked, texts[start:start + batch_size], k, lap)
             for (image, _), text, hits in zip(chunk, texts[start:start + batch_size], ranked):
                 results.append(QueryResult(_label(image), text, [
                     Hit(rank, sc, self.index.ids[row], self.index.paths[row]) for rank, (sc, row) in enumerate(hits, 1)]))
         return results
+
+    def _reranked(self, ranked: list[list[tuple[float, int]]], texts: list[str], k: int,
+                  lap) -> list[list[tuple[float, int]]]:
+        """Each answer's first stage (``(score, row)`` best first) with its top K re-ordered by ITM, cut to ``k``."""
+        if self.itm_rerank is None:
+            return ranked
+        out = []
+        for hits, text in zip(ranked, texts):
+            probs = self.itm_rerank.probabilities(self.backbone, [text],
+                                                  lambda row: (self.index.ids[row], self.index.paths[row]))
+            out.append(self.itm_rerank.reorder(hits, lambda top: probs([row for _, row in top]))[:k])
+        lap("itm_rerank")
+        return out
 
     def _multi_column(self, chunk, decoded, own_rows, ref, texts, k, drop, lap) -> list[list[tuple[float, int]]]:
         """The encoder's named vectors for the chunk, ranked by its rule over the index's columns."""
