@@ -195,3 +195,58 @@ def test_itm_rerank_on_clip_is_one_line_without_traceback(tmp_path):
     assert lines[0].startswith("error: --itm-rerank: the backbone zscir-tiny-test")
     assert "no image-text matching head" in lines[0] and "--clip blip2:" in lines[0]
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+# ---------------------------------------------------------------- a trained head: its first stage, its BLIP-2's ITM
+def test_eval_itm_rerank_of_a_trained_head(tmp_path_factory, tmp_path):
+    """FineCIR (2 training steps, test_blip2_pipeline's fixture recipe): the head ranks, then the ITM of the
+    head's own BLIP-2 (its trained Q-Former) on (candidate, modification text) re-orders its top K."""
+    from test_blip2_pipeline import HEADS, hidden_of, own_head
+    from transformers import AutoTokenizer
+
+    from zscir.benchmarks import load_splits
+    from zscir.evaluation.run import EvalRequest, evaluate
+    from zscir.training.supervised import SupervisedConfig, load_train_splits
+    from zscir.training.supervised_blip2 import _load_blip2_backbone, build_blip2_triplets, train_blip2
+    from zscir.world.build import WorldConfig, generate_world
+
+    folder = make_tiny_blip2(tmp_path / "blip2", seed=3)   # images told apart (test_backbone_blip2)
+    work = tmp_path_factory.mktemp("head")
+    world = generate_world(work / "w", WorldConfig.tiny(seed=5), workers=1, progress=False, log=lambda m: None)
+    parts = _load_blip2_backbone(f"blip2:{folder}")
+    data = build_blip2_triplets(load_train_splits("shapes", "train", world), parts, log=lambda m: None)
+    cfg = SupervisedConfig(out=str(work / "finecir"), head="finecir", epochs=2, batch_size=16, lr=1e-3, seed=0,
+                           parser="rules", head_options=HEADS["finecir"])
+    checkpoint = str(train_blip2(cfg, parts, data, log=lambda m: None))
+
+    root = make_world(tmp_path / "world", n_gallery=24, n_queries=8)
+    K = 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = evaluate(EvalRequest("circo", root=root, splits=["val"], models=[checkpoint], clip=f"blip2:{folder}",
+                                       cache_root=tmp_path / "cache", out_dir=tmp_path / "run", progress=False,
+                                       itm_rerank=K))
+    split = load_splits("circo", root, "val")[0]
+    bb = load_backbone(f"blip2:{folder}")
+    head = own_head(folder, checkpoint)
+    reference = (head.blip2.eval(), AutoTokenizer.from_pretrained(folder))
+    pixels = torch.stack([bb.preprocess(Image.open(split.images[g])) for g in split.gallery])
+    with torch.no_grad():
+        gallery = head.candidates(hidden_of(head, bb, [split.images[g] for g in split.gallery])).half().float()
+        refs = hidden_of(head, bb, [split.images[q.reference] for q in split.queries]).half().float()
+        composed = head.compose(refs, [prompts.clean_text(q.captions[0]) for q in split.queries])
+        scores = head.scores(composed, gallery)                                   # [queries, gallery]
+    aps, changed = {c: [] for c in (5, 10, 25)}, 0
+    for i, q in enumerate(split.queries):
+        itc = sorted(range(len(split.gallery)), key=lambda j: (-float(scores[i, j]), j))
+        text = prompts.clean_text(q.captions[0])
+        probs = {j: itm_probability(reference, pixels[j], text) for j in itc[:K]}
+        order = sorted(itc[:K], key=lambda j: -probs[j]) + itc[K:]
+        changed += order != itc
+        for c in aps:
+            aps[c].append(_average_precision([split.gallery[j] for j in order], list(q.targets), c))
+    row = results["models"][0]["splits"]["circo/val"]
+    assert changed > 0 and row["scoring"]["rule"] == "max-over-query-tokens"
+    assert row["scoring"]["itm_rerank"]["top_k"] == K
+    for c, values in aps.items():
+        assert row["metrics"][f"mAP@{c}"] == pytest.approx(100 * float(np.mean(values)), abs=1e-6), c
