@@ -19,6 +19,7 @@ from zscir.backbone.families import family_of
 from zscir.backbone.loading import load_backbone
 from zscir.backbone.options import resolve_pretrained
 from zscir.errors import MissingWeightsError, ZscirError
+from zscir.models.itm_rerank import ItmRerank
 
 WORDS = "a photo of the red blue green circle square make it small big with and thing".split()
 
@@ -115,19 +116,23 @@ def test_itm_scores_and_reranking_only_reorder_the_top_k(bb, tiny):
 
     scores = bb.similarity(bb.encode_images(pixels), bb.encode_texts(TEXTS[:2]))
     k = 5
-    reranked = bb.rerank_top_k(scores, TEXTS[:2], pixels, k)
-    called = []
-    by_function = bb.rerank_top_k(scores, TEXTS[:2], lambda idx: called.append(idx) or pixels[idx], k)
-    assert torch.equal(reranked, by_function) and all(len(c) == k for c in called)
+    rerank = ItmRerank(k)
     for t, text in enumerate(TEXTS[:2]):
         itc = sorted(range(12), key=lambda j: (-float(scores[t, j]), j))
-        got = reranked[t].tolist()
+        called = []
+
+        def probs(candidates):
+            called.append(list(candidates))
+            return bb.itm_scores(pixels[candidates], [text] * len(candidates)).tolist()
+
+        got = rerank.reorder(itc, probs)
+        assert called == [itc[:k]]   # only the top k are scored
         assert got[k:] == itc[k:] and sorted(got[:k]) == sorted(itc[:k])
-        probs = bb.itm_scores(pixels[itc[:k]], [text] * k)
-        assert got[0] == itc[int(probs.argmax())]
-        assert [float(p) for p in bb.itm_scores(pixels[got[:k]], [text] * k)] == sorted(probs.tolist(), reverse=True)
+        top_probs = bb.itm_scores(pixels[itc[:k]], [text] * k)
+        assert got[0] == itc[int(top_probs.argmax())]
+        assert [float(p) for p in bb.itm_scores(pixels[got[:k]], [text] * k)] == sorted(top_probs.tolist(), reverse=True)
     with pytest.raises(ZscirError, match="at least 1"):
-        bb.rerank_top_k(scores, TEXTS[:2], pixels, 0)
+        ItmRerank(0)
 
 
 def _one_line(error) -> str:

@@ -11,7 +11,7 @@ Features are computed as BLIP-2's image-text contrastive (ITC) head computes the
 
 Image-text matching (ITM): the Q-Former over the query tokens and the text together, cross-attending the
 image; ``itm_head`` on the ``Q`` query outputs, averaged; the match probability is the softmax's class 1.
-:meth:`Blip2Backbone.rerank_top_k` re-orders the ITC top-k by it, and only the top-k.
+:class:`zscir.models.itm_rerank.ItmRerank` re-orders a ranking's top k by it, and only the top k.
 
 In the feature store (and so in ``zscir eval``'s gallery cache) one image is one row of width ``Q * D``:
 its ``Q`` normalised query features, flattened in query order (:attr:`feature_width`; the store's
@@ -22,7 +22,7 @@ to score such rows by the max over query tokens (:mod:`zscir.models.query_tokens
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -173,25 +173,6 @@ class Blip2Backbone:
                         encoder_hidden_states=hidden, encoder_attention_mask=image_mask).last_hidden_state
         logits = m.itm_head(out[:, :query.shape[1], :].to(m.itm_head.weight.dtype)).mean(dim=1)
         return logits.float().softmax(dim=-1)[:, 1]
-
-    def rerank_top_k(self, scores: torch.Tensor, texts: Sequence[str],
-                     images: torch.Tensor | Callable[[list[int]], torch.Tensor], k: int) -> torch.Tensor:
-        """Rankings [Nt, Ni] by ITC ``scores`` [Nt, Ni] (ties by image order), the first ``k`` of each re-ordered
-        by ITM match probability (ties by ITC order); positions after ``k`` are left as ITC put them.
-
-        ``images``: the gallery's pixel_values [Ni, 3, H, W], or a function giving those of a list of indices.
-        """
-        if k < 1:
-            raise ZscirError(f"rerank_top_k: k must be at least 1 (got {k})")
-        order = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
-        top = order[:, :k].clone()
-        pick = images if callable(images) else (lambda idx: images[idx])
-        for t, text in enumerate(texts):
-            candidates = top[t].tolist()
-            probs = self.itm_scores(pick(candidates), [text] * len(candidates))
-            top[t] = top[t][torch.sort(probs.cpu(), descending=True, stable=True).indices]
-        order[:, :k] = top
-        return order
 
     @staticmethod
     def normalize(x: torch.Tensor) -> torch.Tensor:
