@@ -17,6 +17,7 @@ from zscir.utils.atomic import atomic_write_json
 from zscir.utils.hashing import sha256_file
 from zscir.utils.options import FRACTION, NON_NEGATIVE_INT, OUTPUT_DIR, OUTPUT_FILE, POSITIVE_FLOAT, POSITIVE_INT
 from zscir.world.build import WorldConfig, default_world_dir, generate_world
+from zscir.world.train_precision import TRAIN_PRECISIONS
 
 
 @click.group("world")
@@ -76,17 +77,21 @@ def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size,
               help="NegCLIP-style text negatives: comma-separated kinds among color,shape,size,position,pattern,background [none].")
 @click.option("--init", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Start from these weights (fine-tuning) instead of a random init.")
+@click.option("--precision", type=click.Choice(TRAIN_PRECISIONS), default=None,
+              help="The towers' forward: fp32, or bf16 autocast (weights and optimizer stay fp32; on a CPU only "
+                   "where it has AVX512-BF16/AMX-BF16, refused elsewhere) [fp32].")
 @click.option("--eval-scenes", type=NON_NEGATIVE_INT, default=1000, show_default=True, help="Held-out scenes evaluated at the end (0: skip).")
 @click.option("--report", type=OUTPUT_FILE, default=None,
               help="Training record JSON [beside --out, same name, .json].")
 def train_backbone_command(out, run_dir, model, seed, num_scenes, steps, batch_size, lr, twin_fraction, text_lock_steps,
-                           twin_kinds, text_negatives, init, eval_scenes, report):
+                           twin_kinds, text_negatives, init, precision, eval_scenes, report):
     """Train the world's tiny CLIP on rendered scenes and their captions (2 CPU cores: ~40 minutes)."""
     # deferred here and below: these load torch/open_clip; `zscir world --help` must not
     from zscir.world.train_backbone import TrainConfig, train_backbone
 
     given = {"model": model, "seed": seed, "num_scenes": num_scenes, "steps": steps, "batch_size": batch_size,
-             "lr": lr, "twin_fraction": twin_fraction, "text_lock_steps": text_lock_steps, "init": init}
+             "lr": lr, "twin_fraction": twin_fraction, "text_lock_steps": text_lock_steps, "init": init,
+             "precision": precision}
     if text_negatives:
         given["text_negatives"] = tuple(k.strip() for k in text_negatives.split(",") if k.strip())
     if twin_kinds is not None:

@@ -20,7 +20,7 @@ A short trainer, readable top to bottom:
    to match, and the pair sits on a saddle where neither tower learns
    position (measured: position sensitivity 0.51-0.61 after 700 steps). A
    locked random text tower still tells "top left" from "bottom", so the
-   image tower has to learn where things are;
+   image tower has to learn where things are; ``precision``: :mod:`zscir.world.train_precision`;
 4. save the weights in fp16 safetensors, loadable by
    ``zscir.backbone.load_backbone(name, pretrained=path)``.
 
@@ -49,12 +49,14 @@ from zscir.backbone import load_backbone, register_model_configs
 from zscir.backbone.tokenize import WordCachedTokenizer
 from zscir.errors import ZscirError
 from zscir.utils.atomic import atomic_path, atomic_write_json
+from zscir.utils.cpu import cpu_name
 from zscir.utils.pools import spawn_pool
 from zscir.world.captions import canonical_caption, random_caption
 from zscir.world.eval_backbone import SENSITIVITY_KINDS, perturbed_caption
 from zscir.world.render import render_array, render_rng
 from zscir.world.spec import BACKGROUNDS, Scene, sample_scene, spec_part
 from zscir.world.spec import ATTRIBUTES, choice
+from zscir.world.train_precision import check_train_precision, tower_autocast, validate_train_precision
 
 DEFAULT_MODEL = "zscir-shapes-vit"
 # what a twin changes, with weights: position, shape and pattern are what a contrastive model learns
@@ -85,6 +87,7 @@ class TrainConfig:
     # joins the batch's texts as an extra negative (empty: off, as for the shipped weights)
     text_negatives: tuple = ()
     init: Optional[str] = None        # start from these weights instead of a random init (fine-tuning)
+    precision: str = "fp32"           # "bf16": the towers' forward under bf16 autocast (zscir.world.train_precision)
 
     def __post_init__(self):
         if self.batch_size % 2:
@@ -99,6 +102,7 @@ class TrainConfig:
         unknown = [k for k in self.text_negatives if k not in SENSITIVITY_KINDS]
         if unknown:
             raise ZscirError(f"--text-negatives: unknown kind(s) {', '.join(unknown)}; expected among {', '.join(SENSITIVITY_KINDS)}")
+        validate_train_precision(self.precision)
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -263,6 +267,44 @@ def batch_order(cfg: TrainConfig) -> np.ndarray:
     return np.stack([2 * pairs, 2 * pairs + 1], axis=-1).reshape(cfg.steps, cfg.batch_size)
 
 
+# --- one step -----------------------------------------------------------------------------------------
+
+def batch_inputs(images: np.ndarray, tokens: torch.Tensor, idx: np.ndarray, variants: np.ndarray,
+                 mean: torch.Tensor, std: torch.Tensor, cfg: TrainConfig):
+    """(images, caption tokens, text negatives or None) of scenes ``idx`` with caption ``variants``."""
+    x = to_model_input(images[idx], mean, std)
+    t = tokens[torch.from_numpy(idx), torch.from_numpy(variants)]
+    return x, t, tokens[torch.from_numpy(idx), cfg.captions_per_scene] if cfg.text_negatives else None
+
+
+def batch_loss(model, x: torch.Tensor, t: torch.Tensor, negatives: Optional[torch.Tensor], loss_fn,
+               precision: str = "fp32") -> torch.Tensor:
+    """The contrastive loss of one batch: towers in ``precision``, features and loss in fp32."""
+    with tower_autocast(precision, x.device):
+        image = model.encode_image(x)
+    image_features = F.normalize(image.float(), dim=-1)
+    with tower_autocast(precision, x.device):
+        text = encode_text_bucketed(model, t if negatives is None else torch.cat([t, negatives]))
+    texts = F.normalize(text.float(), dim=-1)
+    if negatives is None:
+        return loss_fn(image_features, texts, model.logit_scale.exp())
+    return clip_loss_with_text_negatives(image_features, texts[:len(t)], texts[len(t):], model.logit_scale.exp())
+
+
+def optimizer_step(model, optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+
+
+def same_config(saved: str, cfg: TrainConfig) -> bool:
+    """Whether a state's config (JSON) is ``cfg``; a field added after the state was saved counts at its default."""
+    saved, current, defaults = (json.loads(j) for j in (saved, json.dumps(asdict(cfg)), json.dumps(asdict(TrainConfig()))))
+    return {**{k: defaults[k] for k in current.keys() - saved.keys()}, **saved} == current
+
+
 # --- training -----------------------------------------------------------------------------------------
 
 def cpu_seconds() -> float:
@@ -285,6 +327,7 @@ def train_backbone(cfg: TrainConfig, out: str | os.PathLike, run_dir: str | os.P
     import open_clip  # deferred: heavy
     from open_clip.loss import ClipLoss
 
+    check_train_precision(cfg.precision, "cpu")  # before any work: refused with one line where not native
     start = time.time()
     torch.set_num_threads(cfg.threads)
     run_dir = Path(run_dir)
@@ -316,7 +359,7 @@ def train_backbone(cfg: TrainConfig, out: str | os.PathLike, run_dir: str | os.P
     step, history = 0, []
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("config") != json.dumps(asdict(cfg), sort_keys=True):
+        if not same_config(state.get("config") or "{}", cfg):
             raise ZscirError(f"{state_path} was saved by a run with another config: use another --run-dir or delete it")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -332,24 +375,11 @@ def train_backbone(cfg: TrainConfig, out: str | os.PathLike, run_dir: str | os.P
     while step < cfg.steps:
         for p in text_params:
             p.requires_grad_(step >= cfg.text_lock_steps)
-        idx = order[step]
-        x = to_model_input(images[idx], mean, std)
-        t = tokens[torch.from_numpy(idx), torch.from_numpy(variants[step])]
+        x, t, negatives = batch_inputs(images, tokens, order[step], variants[step], mean, std, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        image_features = F.normalize(model.encode_image(x), dim=-1)
-        if cfg.text_negatives:
-            negatives = tokens[torch.from_numpy(idx), cfg.captions_per_scene]
-            texts = F.normalize(encode_text_bucketed(model, torch.cat([t, negatives])), dim=-1)
-            loss = clip_loss_with_text_negatives(image_features, texts[:len(t)], texts[len(t):], model.logit_scale.exp())
-        else:
-            text_features = F.normalize(encode_text_bucketed(model, t), dim=-1)
-            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        loss = batch_loss(model, x, t, negatives, loss_fn, cfg.precision)
+        optimizer_step(model, optimizer, loss)
         step += 1
         history.append(round(loss.item(), 4))
         bar.update(1)
@@ -363,7 +393,7 @@ def train_backbone(cfg: TrainConfig, out: str | os.PathLike, run_dir: str | os.P
     save_fp16(model, out)
     record = {"config": asdict(cfg), "data_seconds": round(data_time), "train_seconds": round(time.time() - train_start),
               "wall_seconds": round(time.time() - start), "cpu_seconds": round(cpu_seconds()),
-              "load_average": [round(x, 2) for x in os.getloadavg()], "final_loss": float(np.mean(history[-20:])),
+              "load_average": [round(x, 2) for x in os.getloadavg()], "cpu": cpu_name(), "final_loss": float(np.mean(history[-20:])),
               "pairs_per_second": round(cfg.steps * cfg.batch_size / max(1e-9, time.time() - train_start), 1)}
     log(f"weights written to {out}: {record}")
     return record
