@@ -69,7 +69,7 @@ def reference_model(folder):
 
 
 def test_interface(bb):
-    assert family_of(f"blip2:x") == "blip2" and family_of("ViT-B-32") is None and family_of("hf-hub:a/b") is None
+    assert family_of("blip2:x") == "blip2" and family_of("ViT-B-32") is None and family_of("hf-hub:a/b") is None
     assert bb.identity["family"] == "blip2" and bb.identity["pretrained"].startswith("sha256:")
     assert (bb.embed_dim, bb.num_query_tokens, bb.feature_width, bb.image_size) == (16, 4, 64, 32)
     assert not bb.model.training and not any(p.requires_grad for p in bb.model.parameters())

@@ -18,7 +18,8 @@ from zscir.cli import main
 from zscir.errors import ZscirError
 from zscir.evaluation.features import ReferenceFeatures
 from zscir.evaluation.protocol import Protocol, fashioniq_texts
-from zscir.evaluation.run import EvalRequest, encode_queries, evaluate
+from zscir.evaluation.ranking import encode_queries
+from zscir.evaluation.run import EvalRequest, evaluate
 from zscir.evaluation.scoring import score_split
 from zscir.evaluation.submission import check_payloads, ranking_payloads, read_rankings
 from test_benchmarks_fixtures import SHARED, make_cirr, make_fashioniq, needs_shared

@@ -16,7 +16,7 @@ from zscir.errors import ZscirError
 from zscir.evaluation import metrics
 from zscir.evaluation.features import ReferenceFeatures
 from zscir.evaluation.protocol import FIQ_RULES, Protocol, fashioniq_texts
-from zscir.evaluation.run import encode_queries
+from zscir.evaluation.ranking import encode_queries
 from zscir.evaluation.scoring import score_split
 from zscir.evaluation.submission import read_rankings
 from zscir.models.methods import METHODS

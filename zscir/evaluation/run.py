@@ -37,7 +37,7 @@ from zscir.evaluation.multiturn import evaluate_multiturn
 from zscir.evaluation.oracles import evaluate_oracles
 from zscir.evaluation.per_query import per_query_scores
 from zscir.evaluation.protocol import Protocol
-from zscir.evaluation.ranking import RANK_CHUNK, encode_queries, fitted_rule, gallery_columns, query_vectors, rank_split
+from zscir.evaluation.ranking import fitted_rule, gallery_columns, query_vectors, rank_split
 from zscir.evaluation.scoring import score_split
 from zscir.evaluation.submission import check_payloads, ranking_payloads, write_rankings
 from zscir.importers.released_generations import load_generations
@@ -48,7 +48,6 @@ from zscir.models.training_free.generations import Stacked
 from zscir.utils.atomic import atomic_write_json, atomic_write_text
 
 BASELINES = resolve.EVAL_BASELINES
-RANK_CHUNK = 256   # queries scored at once: 256 x 123k fp32 scores = 126 MB
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from zscir.utils.atomic import atomic_write_text
-from zscir.utils.cpu import cpu_name
 from zscir.world.model_data import OBJECT_ATTRIBUTES
 
 
