@@ -108,3 +108,29 @@ def test_killed_two_process_run_resumes_per_shard(gallery, one_process, tmp_path
     assert summary["count"] == N and summary["features"]["encoded"] == N
     assert summary["features"]["by_process"][1] == len(share1) - 4  # only what the kill lost was encoded again
     assert_same_index(one_process[0], out)
+
+
+
+PROCESS_GROUP_SCRIPT = """
+import atexit, os, sys
+import torch.distributed as dist
+out = sys.argv[1]
+# registered before current_ranks, so it runs after zscir's exit handler (atexit runs the last registered first)
+atexit.register(lambda: open(f"{out}.exit{os.environ['RANK']}", "w").write(str(dist.is_initialized())))
+from zscir.features.distributed import current_ranks
+ranks = current_ranks("cpu")
+ranks.barrier()
+"""
+
+
+def test_a_launched_process_ends_its_process_group_before_the_interpreter_teardown(tmp_path):
+    """gloo's threads left to the interpreter's teardown can abort a finished process (SIGABRT, "terminate called
+    without an active exception"), failing the launcher's job: zscir ends the group in an exit handler."""
+    script = tmp_path / "pg.py"
+    script.write_text(PROCESS_GROUP_SCRIPT)
+    out = tmp_path / "mark"
+    proc = subprocess.run([torchrun(), "--nproc_per_node", "2", "--master_port", "29585", str(script), str(out)],
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the group was alive after current_ranks (the barrier ran) and gone when the later exit handler ran
+    assert [(tmp_path / f"mark.exit{r}").read_text() for r in (0, 1)] == ["False", "False"]

@@ -27,6 +27,7 @@ from zscir.errors import ZscirError
 from zscir.features.options import EncodeOptions
 from zscir.features.sources import _item_id
 from zscir.features.store import FeatureStore, UpdateReport, backbone_fingerprint
+from zscir.utils.process_group import end_at_exit
 
 RANKS_DIR = "ranks"
 PLAN_TIMEOUT_HOURS = 24
@@ -92,6 +93,7 @@ def current_ranks(device: str = "cpu") -> Ranks:
     # the others wait while the main process hashes a new gallery (hours at 100M images): no 30-min timeout
     accelerator = Accelerator(cpu=str(device) == "cpu",
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=PLAN_TIMEOUT_HOURS))])
+    end_at_exit()
     return Ranks(accelerator.process_index, accelerator.num_processes, accelerator)
 
 

@@ -37,6 +37,7 @@ from zscir.training.state import (MAY_CHANGE_ON_RESUME, Progress, has_train_stat
                                   save_train_state, settings_changes, trim_log)
 from zscir.utils.atomic import atomic_write_json
 from zscir.utils.paths import cache_dir as default_cache_dir
+from zscir.utils.process_group import end_at_exit
 from zscir.utils.testpoint import testpoint
 
 # the images (or captions) of a bare `zscir pretrain`: the default shapes world, a plugin above this layer
@@ -211,6 +212,7 @@ def train(cfg: PretrainConfig, backbone, data, accelerator=None, resume: bool = 
     from accelerate import Accelerator  # deferred (accelerate): heavy, and only a run needs it
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    end_at_exit()
     run_dir = Path(cfg.out)
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.batch_size % world:
@@ -321,6 +323,7 @@ def run_pretraining(cfg: PretrainConfig, images: Optional[str] = None, captions:
         raise ZscirError(f"--method {cfg.method} trains on captions alone: pass --captions FILE, not --images")
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    end_at_exit()
     device = accelerator.device
     if clip_name is None:
         backbone = default_backbone(device, preprocess)
