@@ -171,3 +171,43 @@ def test_edit_cli_on_a_benchmark_split_edits_every_caption_of_each_reference(tmp
     assert first["captions"] == [f"ref {queries[0].reference}", f"alt {queries[0].reference}"]
     assert first["edits"] == [[c.upper()] for c in first["captions"]]
     assert first["instruction"] == " and ".join(queries[0].captions)
+
+
+def test_a_job_starting_beside_another_never_replaces_the_file_the_other_appends_to(tmp_path, monkeypatch):
+    # Two ranks open one new cache: the first creates it and appends while the second is still
+    # preparing its header; the second must join that file, not replace it (the first's lines were lost).
+    import zscir.generation.cache as cache_module
+
+    path = tmp_path / "gen.jsonl"
+    first = {}
+    real_mkstemp = cache_module.tempfile.mkstemp
+
+    def the_other_job_wins(*args, **kwargs):
+        if not first:
+            first["cache"] = None  # the first job's own creation goes through here too
+            first["cache"] = GenerationCache(path, "cap-A")
+            first["cache"].add_many([("h1", "a.png", "a cat")])
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module.tempfile, "mkstemp", the_other_job_wins)
+    second = GenerationCache(path, "cap-A")
+    second.add_many([("h2", "b.png", "a dog")])
+    first["cache"].add_many([("h3", "c.png", "a cow")])
+    first["cache"].close()
+    second.close()
+    monkeypatch.undo()
+    with GenerationCache(path, "cap-A") as reread:
+        assert reread.entries == {"h1": "a cat", "h2": "a dog", "h3": "a cow"}
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[0])["zscir"] == "caption-cache" and sum('"captioner"' in line for line in lines) == 1
+
+
+def test_an_empty_file_made_by_hand_gets_the_header_in_place(tmp_path):
+    path = tmp_path / "gen.jsonl"
+    path.touch()
+    inode = path.stat().st_ino
+    with GenerationCache(path, "cap-A") as cache:
+        cache.add_many([("h1", "a.png", "a cat")])
+    assert path.stat().st_ino == inode
+    with GenerationCache(path, "cap-A") as reread:
+        assert reread.entries == {"h1": "a cat"}

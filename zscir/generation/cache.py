@@ -105,9 +105,13 @@ def check_cache_file(path: str | os.PathLike) -> None:
 
 
 def create_cache_file(path: Path) -> None:
-    """Create ``path`` holding only the header, unless it exists (then it must be a zscir cache)."""
+    """Create ``path`` holding only the header, unless it exists (then it must be a zscir cache).
+
+    An existing file is never replaced: another job may already hold it open and append to it.
+    """
     check_cache_file(path)
-    if path.exists() and path.stat().st_size:
+    if path.exists():
+        _header_into_empty(path)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -117,22 +121,23 @@ def create_cache_file(path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
-        if path.exists():  # an empty file (created by hand): replace it by the header
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # exclusive: of two jobs starting together, one creates the file
-            except FileExistsError:
-                check_cache_file(path)
-            except OSError:  # a file system without hard links: create exclusively and write in place
-                try:
-                    with open(path, "xb") as f:
-                        f.write(json_line(HEADER))
-                except FileExistsError:
-                    check_cache_file(path)
+        try:
+            os.link(tmp, path)  # exclusive: of two jobs starting together, one creates the file
+        except OSError:  # the other job was first (FileExistsError), or a file system without hard links
+            _header_into_empty(path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _header_into_empty(path: Path) -> None:
+    """Write the header into ``path`` (created if missing) under its lock if it is empty; keep it otherwise."""
+    with open(path, "ab") as f, file_lock(f):
+        if f.seek(0, os.SEEK_END) == 0:  # made by hand, or created here: one small write, in place
+            f.write(json_line(HEADER))
+            f.flush()
+            os.fsync(f.fileno())
+    check_cache_file(path)
 
 
 def outputs_of(value: str | list[str] | None) -> list[str] | None:
