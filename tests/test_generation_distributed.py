@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from _generation import noise_images, save_blip2, save_causal_lm
+from _torchrun import torchrun
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -33,15 +33,9 @@ def setup(tmp_path_factory):
     return {"images": images, "pairs": pairs, "blip2": save_blip2(root / "blip2"), "lm": save_causal_lm(root / "lm")}
 
 
-def launch(args: list[str], nproc: int, port: int) -> dict:
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "zscir.cli", *args]
-    else:
-        torchrun = shutil.which("torchrun")
-        if torchrun is None:
-            pytest.skip("torchrun not on PATH")
-        cmd = [torchrun, "--nproc_per_node", str(nproc), "--master_port", str(port), "-m", "zscir.cli", *args]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
+def launch(args: list[str], nproc: int) -> dict:
+    start = [sys.executable] if nproc == 1 else torchrun(nproc)
+    proc = subprocess.run([*start, "-m", "zscir.cli", *args], env=ENV, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout[proc.stdout.index("{"):])
 
@@ -58,8 +52,8 @@ def test_two_processes_caption_and_edit_into_the_same_cache_as_one(setup, tmp_pa
     caption = ["caption", "--images", str(setup["images"]), "--captioner", f"blip2:{setup['blip2']}",
                "--decoding", "sample", "--num-outputs", "2", "--seed", "3", "--max-new-tokens", "4", "--device", "cpu",
                "--batch-size", "2", "--json", "--quiet"]
-    one = launch([*caption, "--cache", str(tmp_path / "one.jsonl"), "--out", str(tmp_path / "one.out")], 1, 0)
-    two = launch([*caption, "--cache", str(tmp_path / "two.jsonl"), "--out", str(tmp_path / "two.out")], 2, 29611)
+    one = launch([*caption, "--cache", str(tmp_path / "one.jsonl"), "--out", str(tmp_path / "one.out")], 1)
+    two = launch([*caption, "--cache", str(tmp_path / "two.jsonl"), "--out", str(tmp_path / "two.out")], 2)
     assert one["captioned_now"] == N + 1 and two["processes"] == 2 and one["images"] == two["images"] == N + 1
     # the copy of img0 is in the other process's share: it finds img0's caption in the cache or captions it too
     assert two["captioned_now"] + two["from_cache"] == N + 1
@@ -69,8 +63,8 @@ def test_two_processes_caption_and_edit_into_the_same_cache_as_one(setup, tmp_pa
 
     edit = ["edit", "--editor", f"hf-lm:{setup['lm']}", "--pairs", str(setup["pairs"]), "--max-new-tokens", "4",
             "--device", "cpu", "--batch-size", "2", "--json", "--quiet"]
-    one = launch([*edit, "--cache", str(tmp_path / "e1.jsonl"), "--out", str(tmp_path / "e1.out")], 1, 0)
-    two = launch([*edit, "--cache", str(tmp_path / "e2.jsonl"), "--out", str(tmp_path / "e2.out")], 2, 29613)
+    one = launch([*edit, "--cache", str(tmp_path / "e1.jsonl"), "--out", str(tmp_path / "e1.out")], 1)
+    two = launch([*edit, "--cache", str(tmp_path / "e2.jsonl"), "--out", str(tmp_path / "e2.out")], 2)
     assert one["edited_now"] == two["edited_now"] == N and two["processes"] == 2
     assert entries(tmp_path / "e1.jsonl") == entries(tmp_path / "e2.jsonl")
     assert (tmp_path / "e1.out").read_text() == (tmp_path / "e2.out").read_text()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from _torchrun import torchrun
 from zscir.features import FeatureStore
 from zscir.index.gallery import GalleryIndex, normalized
 
@@ -38,21 +38,11 @@ def gallery(tmp_path_factory) -> Path:
     return folder
 
 
-def torchrun() -> str:
-    path = shutil.which("torchrun")
-    if path is None:
-        pytest.skip("torchrun not on PATH")
-    return path
-
-
-def index_cli(images, out, nproc: int, port: int) -> dict:
+def index_cli(images, out, nproc: int) -> dict:
     args = ["index", "--images", str(images), "--out", str(out), "--batch-size", "4", "--shard-size", "4",
             "--workers", "0", "--json", "--no-progress"]
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "zscir.cli", *args]
-    else:
-        cmd = [torchrun(), "--nproc_per_node", str(nproc), "--master_port", str(port), "-m", "zscir.cli", *args]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    start = [sys.executable] if nproc == 1 else torchrun(nproc)
+    proc = subprocess.run([*start, "-m", "zscir.cli", *args], env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -77,12 +67,12 @@ def assert_same_index(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def one_process(gallery, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("one") / "index"
-    return out, index_cli(gallery, out, 1, 0)
+    return out, index_cli(gallery, out, 1)
 
 
 def test_two_processes_give_the_same_features_and_index_as_one(gallery, one_process, tmp_path):
     reference, one = one_process
-    two = index_cli(gallery, tmp_path / "two", 2, 29581)
+    two = index_cli(gallery, tmp_path / "two", 2)
     assert one["processes"] == 1 and two["processes"] == 2
     assert two["features"]["encoded"] == one["features"]["encoded"] == N
     assert two["features"]["by_process"] == [N // 2, N - N // 2]  # each process encoded its share
@@ -91,7 +81,7 @@ def test_two_processes_give_the_same_features_and_index_as_one(gallery, one_proc
 
 def test_killed_two_process_run_resumes_per_shard(gallery, one_process, tmp_path):
     out = tmp_path / "idx"
-    base = [torchrun(), "--nproc_per_node", "2", "--master_port", "29583", DRIVER, str(gallery), str(out)]
+    base = [*torchrun(2), DRIVER, str(gallery), str(out)]
     # process 1 is SIGKILLed before its 6th batch (of 1 image): its shards of 2 hold 4 images
     killed = subprocess.run([*base, "--kill-rank", "1", "--after", "5"], env=ENV, capture_output=True, text=True,
                             timeout=600)
@@ -129,7 +119,7 @@ def test_a_launched_process_ends_its_process_group_before_the_interpreter_teardo
     script = tmp_path / "pg.py"
     script.write_text(PROCESS_GROUP_SCRIPT)
     out = tmp_path / "mark"
-    proc = subprocess.run([torchrun(), "--nproc_per_node", "2", "--master_port", "29585", str(script), str(out)],
+    proc = subprocess.run([*torchrun(2), str(script), str(out)],
                           env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the group was alive after current_ranks (the barrier ran) and gone when the later exit handler ran

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _torchrun import torchrun
 from zscir.utils.testpoint import interruptible, pause_env, wait_paused
 
 DRIVER = str(Path(__file__).parent / "drivers" / "pretrain_driver.py")
@@ -69,12 +69,9 @@ def test_sigint_and_sigkill_at_random_points_then_resume_gives_the_uninterrupted
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_give_same_loss_and_gradients_as_one(tmp_path, features):
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not on PATH")
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     subprocess.run([sys.executable, DRIVER, "grads", features, str(one)], env=ENV, check=True)
-    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29571", DRIVER, "grads", features, str(two)],
+    subprocess.run([*torchrun(2), DRIVER, "grads", features, str(two)],
                    env=ENV, check=True, capture_output=True)
     g1, g2 = load_file(one), load_file(two)
     assert g1["processes"].item() == 1 and g2["processes"].item() == 2
