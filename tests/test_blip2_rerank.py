@@ -182,6 +182,45 @@ def test_retrieve_itm_rerank_equals_a_brute_force(tiny, bb, reference, tmp_path)
     assert payload["itm_rerank"]["top_k"] == K
 
 
+# ---------------------------------------------------------------- zscir serve --itm-rerank K
+def test_serve_itm_rerank_equals_a_brute_force_and_outlives_a_reload(tiny, bb, reference, tmp_path):
+    from zscir.index.gallery import build_index
+    from zscir.serve.app import load_retrievers
+    from zscir.serve.service import Reference, SearchService, ServeConfig
+
+    paths = _images(tmp_path / "images", 12, seed=4)
+    ref = _images(tmp_path / "ref", 1, seed=5)[0]
+    build_index(tmp_path / "idx", bb, images=tmp_path / "images", progress=False)
+    K = 5
+    service = SearchService(load_retrievers(tmp_path / "idx", ["sum"], progress=False, itm_rerank=K),
+                            ServeConfig(reload_interval=0))
+    assert service.health()["models"]["sum"]["itm_rerank"]["top_k"] == K
+    text = "make the red circle big"
+    t = bb.encode_texts([prompts.clean_text(text)])[0]
+    image = F.normalize(bb.encode_images(bb.preprocess(Image.open(ref))[None])[0].mean(0), dim=0)
+
+    def expected(paths):
+        pixels = torch.stack([bb.preprocess(Image.open(p)) for p in paths])
+        gallery_q = F.normalize(bb.encode_images(pixels).half().float(), dim=-1)   # the index's fp16 store
+        itc, order = brute_force(reference, gallery_q, pixels, image + t, text, K)
+        return itc, [paths[j].name for j in order]
+
+    def served(k):
+        turn = service.search(Reference.from_bytes(ref.read_bytes(), "upload", "image"), text, k=k)
+        return [r["id"] for r in turn["results"]]
+
+    itc, order = expected(paths)
+    assert served(8) == order[:8] and [paths[j].name for j in itc[:8]] != order[:8]   # ITM moved some
+    # a new generation of the index (two more images): the reloaded model still re-ranks
+    more = _images(tmp_path / "more", 2, seed=9)
+    for n, extra in enumerate(more):
+        paths.append(extra.rename(tmp_path / "images" / f"im{12 + n:02d}.png"))
+    build_index(tmp_path / "idx", bb, images=tmp_path / "images", progress=False)
+    assert service.reload_if_changed()
+    itc, order = expected(paths)
+    assert served(8) == order[:8] and [paths[j].name for j in itc[:8]] != order[:8]
+
+
 # ---------------------------------------------------------------- a backbone without ITM: one line
 def test_itm_rerank_on_clip_is_one_line_without_traceback(tmp_path):
     root = make_world(tmp_path / "world", n_gallery=6, n_queries=2)

@@ -225,6 +225,12 @@ def test_serve_app_answers_as_retrieve(env, capsys):
                                          "k": 29})
         assert r.status_code == 200, r.text
         assert [str(int(Path(h["id"]).stem)) for h in r.json()["results"]] == want
+    # the server's next index generation gets the same model with its generations (zscir.serve.live_index)
+    again = retriever.over(GalleryIndex.open(env["index"]))
+    assert again.generations is retriever.generations
+    q = split.queries[0]
+    (result,) = again.search_many([(split.images[q.reference], q.captions[0])], 29)
+    assert [str(int(Path(h.id).stem)) for h in result.hits] == expected[0]
 
 
 RUN = '''

@@ -21,6 +21,7 @@ import click
 from zscir import backbone as backbone_package
 from zscir.backbone.families import family_of
 from zscir.errors import ZscirError
+from zscir.utils.options import POSITIVE_INT
 
 RANDOM_WEIGHTS = "none"   # --pretrained none: an explicit request for random weights
 DEVICE_KINDS = ("cpu", "cuda", "mps")
@@ -124,3 +125,11 @@ def backbone_from_options(clip: str | None, pretrained: str | None, preprocess: 
     if clip is None:
         return None
     return backbone_package.load_backbone(clip, weights, device=device, preprocess=preprocess or "targetpad")
+
+
+def itm_rerank_option(recorded: str):
+    """``--itm-rerank K`` (:mod:`zscir.models.itm_rerank`), one help text; ``recorded`` says where the command
+    records it."""
+    return click.option("--itm-rerank", "itm_rerank", type=POSITIVE_INT, metavar="K",
+                        help="Re-order each query's top K by the backbone's image-text matching probability of "
+                             f"(candidate, modification text); BLIP-2 backbones only. {recorded}")

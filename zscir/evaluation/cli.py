@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from zscir.backbone.options import backbone_options, check_device, resolve_pretrained
+from zscir.backbone.options import backbone_options, check_device, itm_rerank_option, resolve_pretrained
 from zscir.benchmarks import BENCHMARKS, get_benchmark
 from zscir.benchmarks.fine import FINE_GALLERIES
 from zscir.evaluation import leaderboard_report, report
@@ -72,9 +72,7 @@ from zscir.utils.options import OUTPUT_DIR, OUTPUT_FILE, POSITIVE_INT
 @click.option("--bootstrap-seed", type=click.IntRange(min=0), default=DEFAULT_SEED, show_default=True,
               help="Random seed of --compare's bootstrap (recorded).")
 @click.option("--by-edit", is_flag=True, help="Also print mAP@10 per edit type (results.md always has it).")
-@click.option("--itm-rerank", "itm_rerank", type=POSITIVE_INT, metavar="K",
-              help="Re-order each query's top K by the backbone's image-text matching probability of (candidate, "
-                   "modification text); BLIP-2 backbones only. Recorded in results.json (scoring, protocol).")
+@itm_rerank_option("Recorded in results.json (scoring, protocol).")
 def eval_command(benchmark, root, models, generations, captioner, editor, preset, prompt, generation_cache,
                  generation_batch_size, clip, pretrained, preprocess, device, splits, categories, out_dir, as_json,
                  fiq_captions, remove_reference, fine_gallery, cache_dir, batch_size, no_progress,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from zscir import resolve
-from zscir.backbone.options import backbone_options, check_device
+from zscir.backbone.options import backbone_options, check_device, itm_rerank_option
 from zscir.data.keys import safe_name
 from zscir.data.sources import is_shard_folder, open_image_source
 from zscir.errors import ZscirError
@@ -228,9 +228,7 @@ def _table(results, retriever) -> str:
                     "method's template).")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="Number of results per query.")
 @click.option("--keep-reference", is_flag=True, help="Allow the reference image itself among the results.")
-@click.option("--itm-rerank", "itm_rerank", type=click.IntRange(min=1), metavar="K",
-              help="Re-order each query's top K by the backbone's image-text matching probability of (image, "
-                   "text); BLIP-2 backbones only. Scores stay the first stage's; --json records it.")
+@itm_rerank_option("Scores stay the first stage's; --json records it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML page here.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when an index is built on first use).")

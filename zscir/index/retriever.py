@@ -77,7 +77,7 @@ class Retriever:
     def __init__(self, index: GalleryIndex, encoder, generations=None, style: str = "structural"):
         index.check_backbone(encoder.backbone, what=f"the query model ({encoder.name})")
         self.index, self.encoder, self.backbone = index, encoder, encoder.backbone
-        self.generations = generations
+        self.generations, self.style = generations, style
         self.itm_rerank: ItmRerank | None = None   # use_itm_rerank(K): each answer's top K re-ordered by ITM
         self.multi = multi_column(encoder)
         self.columns = IndexColumns(index) if self.multi else None
@@ -94,6 +94,13 @@ class Retriever:
         return {"model": self.encoder.identity, "index": str(self.index.root), "index_kind": self.index.meta["kind"],
                 "index_recall": self.index.meta["recall"],
                 **({"itm_rerank": self.itm_rerank.describe()} if self.itm_rerank is not None else {})}
+
+    def over(self, index: GalleryIndex) -> "Retriever":
+        """The same model (its encoder, generations, style and ITM re-ranking) over another index, e.g. the next
+        generation of the one a server watches."""
+        other = Retriever(index, self.encoder, self.generations, self.style)
+        other.itm_rerank = self.itm_rerank
+        return other
 
     def use_itm_rerank(self, k: int | None) -> None:
         """Re-order each answer's top ``k`` by the backbone's ITM probability of (image, text)

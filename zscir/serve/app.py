@@ -46,13 +46,15 @@ ROUTES = ("/", "/search", "/refine", "/healthz", "/metrics", "/gallery", "/opena
 
 
 def load_retrievers(index_dir=None, models: Sequence[str] = (), clip=None, pretrained=None, preprocess=None,
-                    device: str = "cpu", progress: bool = True, generations=None) -> dict[str, Any]:
+                    device: str = "cpu", progress: bool = True, generations=None,
+                    itm_rerank: int | None = None) -> dict[str, Any]:
     """name -> Retriever, all over one opened index and one backbone (each model loaded once, by zscir.resolve).
 
     No ``index_dir``: the shapes world's gallery; no ``models``: the index's default model
     (the shipped FTI checkpoint), as `zscir retrieve` does. ``generations``: a
-    :class:`zscir.resolve.GenerationSources` for the language-model methods. Names are the methods (fti, sum,
-    ...), or the checkpoint files' names when two models share a method.
+    :class:`zscir.resolve.GenerationSources` for the language-model methods. ``itm_rerank``: each model's
+    composed answers get their top K re-ordered by ITM (:mod:`zscir.models.itm_rerank`; BLIP-2 backbones).
+    Names are the methods (fti, sum, ...), or the checkpoint files' names when two models share a method.
     """
     retrievers = open_retrievers(index_dir, models, clip, pretrained, preprocess, device, progress, log=_stderr,
                                  generations=generations)
@@ -64,6 +66,7 @@ def load_retrievers(index_dir=None, models: Sequence[str] = (), clip=None, pretr
             name = Path(spec).stem if spec else name
         if name in out:
             raise ZscirError(f"--model {spec!r} is given twice (as {name!r})")
+        r.use_itm_rerank(itm_rerank)
         out[name] = r
     return out
 

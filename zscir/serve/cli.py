@@ -7,7 +7,7 @@ import re
 
 import click
 
-from zscir.backbone.options import backbone_options
+from zscir.backbone.options import backbone_options, itm_rerank_option
 from zscir.data.images import DEFAULT_MAX_PIXELS
 from zscir.errors import ZscirError
 from zscir.generation.cli import captioner_option, editor_option, generations_option
@@ -67,13 +67,14 @@ from zscir.serve.service import ServeConfig
 @click.option("--dedupe-threshold", type=float, default=0.95, show_default=True,
               help="Cosine at or above which a request's \"dedupe\": true drops a hit as a near duplicate of a "
                    "higher one.")
+@itm_rerank_option("Composed queries; scores stay the first stage's; /healthz records it per model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line (url, models, index) once serving.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (when the world's index is built on first use).")
 @limit_options
 def serve(index_dir, models, generations, captioner, editor, clip, pretrained, preprocess, device, host, port, api_key,
           insecure_no_auth, workers, threads, max_upload_mb, max_pixels, max_k, max_sessions, reload_interval,
           graceful_timeout, log_level, access_log, log_format, cors_origins, show_paths, max_batch, dedupe_threshold,
-          as_json, no_progress, limits):
+          itm_rerank, as_json, no_progress, limits):
     """Serve composed search over HTTP: a JSON API (schema at /openapi.json) and a web page at /."""
     check_bind(host, api_key, insecure_no_auth)
     for name, value, low in (("--workers", workers, 1), ("--max-k", max_k, 1), ("--port", port, 0),
@@ -101,7 +102,7 @@ def serve(index_dir, models, generations, captioner, editor, clip, pretrained, p
     if generations or captioner or editor:
         sources = GenerationSources(load_generations(generations) if generations else None, captioner, editor)
     retrievers = load_retrievers(index_dir, models, clip, pretrained, preprocess, device, progress=not no_progress,
-                                 generations=sources)
+                                 generations=sources, itm_rerank=itm_rerank)
     config = ServeConfig(max_upload_bytes=int(max_upload_mb * 2 ** 20), max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
                          max_k=max_k, workers=workers, reload_interval=reload_interval, max_sessions=max_sessions,
                          api_key=api_key or None, show_paths=show_paths, max_batch=max_batch,

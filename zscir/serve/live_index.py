@@ -19,7 +19,6 @@ from typing import Any, Callable
 from zscir.errors import ZscirError
 from zscir.index.gallery import GalleryIndex
 from zscir.index.metadata import METADATA_FILE, Metadata, load_metadata
-from zscir.index.retriever import Retriever
 from zscir.serve.notices import world_clip_notice
 
 log = logging.getLogger("zscir.serve")
@@ -77,7 +76,7 @@ class LiveIndex:
         if len(roots) > 1:
             raise ZscirError(f"the served models must search one index, got {len(roots)}: {', '.join(sorted(roots))}")
         self.root = Path(next(iter(retrievers.values())).index.root)
-        self.encoders = {name: r.encoder for name, r in retrievers.items()}
+        self.models = dict(retrievers)      # each model as loaded: a new index generation gets the same ones
         self.state = IndexState(dict(retrievers), signature(self.root))
         self.interval, self.on_swap, self.metrics = interval, on_swap, metrics
         self.loading = False                 # True while a changed index is being opened
@@ -123,7 +122,7 @@ class LiveIndex:
                 sig = now
                 continue
             try:
-                return IndexState({name: Retriever(index, enc) for name, enc in self.encoders.items()}, sig)
+                return IndexState({name: r.over(index) for name, r in self.models.items()}, sig)
             except ZscirError as e:  # rebuilt with another backbone (or a damaged metadata table)
                 problem = e
                 break

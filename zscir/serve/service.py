@@ -369,7 +369,7 @@ class SearchService:
         if self.config.show_paths:
             index["root"] = str(self.root)
         return {"status": "ok", "state": self.readiness(),
-                "models": {n: _model_info(e) for n, e in self.encoders.items()},
+                "models": {n: _model_info(r) for n, r in self.live.models.items()},
                 "default_model": self.default_model, "index": index, "warnings": list(s.notices),
                 "limits": {"max_k": min(self.config.max_k, len(s.index)),
                            "max_upload_bytes": self.config.max_upload_bytes, "max_pixels": self.config.max_pixels,
@@ -382,7 +382,8 @@ def _summary(turn: dict) -> dict:
             "model": turn["model"], "results": [{"id": r["id"], "score": r["score"]} for r in turn["results"]]}
 
 
-def _model_info(encoder) -> dict:
-    ident = encoder.identity
+def _model_info(retriever) -> dict:
+    ident = retriever.encoder.identity
+    rerank = {"itm_rerank": retriever.itm_rerank.describe()} if retriever.itm_rerank is not None else {}
     return json.loads(json.dumps({"method": ident.get("method"), "checkpoint_sha256": ident.get("checkpoint_sha256"),
-                                  "backbone": ident.get("backbone", {}).get("model")}, default=str))
+                                  "backbone": ident.get("backbone", {}).get("model"), **rerank}, default=str))
