@@ -9,7 +9,7 @@ coarse twins ("change the circle's color"), for
     single-token ZS           (a pretrained single pseudo-word network, checkpoint)
     FTI ZS                    (a pretrained FTI4CIR network, checkpoint)
     Combiner                  (CLIP4Cir head trained on the world's train triplets, same text style)
-    FineCIR-style             (entity-guided head trained likewise)
+    FineCIR-style on CLIP     (entity-guided head, finecir-clip, trained likewise)
 
 it prints mAP@10 and R@1 (the annotated target), and the training time of
 each head. Heads are trained with `zscir train-supervised` defaults (one run
@@ -37,7 +37,7 @@ import click
 from zscir.utils.atomic import atomic_write_json, atomic_write_text
 
 ROWS = [("sum", "image+text sum"), ("single", "single-token ZS"), ("fti", "FTI ZS"),
-        ("combiner", "Combiner (supervised)"), ("finecir", "FineCIR-style (supervised)")]
+        ("combiner", "Combiner (supervised)"), ("finecir-clip", "FineCIR-style on CLIP (supervised)")]
 STYLES = {"fine": "val", "coarse": "val_coarse"}
 METRICS = ("mAP@10", "R@1")
 
@@ -60,7 +60,7 @@ def train_heads(out: Path, world: Path, clip, pretrained, cache_dir, epochs: int
 
     heads = {}
     for style in STYLES:
-        for head in ("combiner", "finecir"):
+        for head in ("combiner", "finecir-clip"):
             run = out / "heads" / f"{style}-{head}"
             done = run / "model.safetensors"
             record_file = run / "study_record.json"
@@ -131,7 +131,7 @@ def main(world, clip, pretrained, fti, single, epochs, batch_size, threads, out,
 
     heads = train_heads(out, world, clip, pretrained, cache_dir, epochs, batch_size, threads, retrain, log)
     models = ["sum"] + [zero_shot[m] for m in ("single", "fti") if m in zero_shot]
-    models += [heads[(style, head)]["checkpoint"] for style in STYLES for head in ("combiner", "finecir")]
+    models += [heads[(style, head)]["checkpoint"] for style in STYLES for head in ("combiner", "finecir-clip")]
     results = evaluate(EvalRequest("shapes", root=world, splits=list(STYLES.values()), models=models, clip=clip,
                                    pretrained=pretrained, out_dir=out / "eval", cache_root=cache_dir,
                                    command=" ".join(sys.argv), overwrite=True))   # the study's own: a rerun replaces it
@@ -147,7 +147,7 @@ def main(world, clip, pretrained, fti, single, epochs, batch_size, threads, out,
         return with_top1(r["metrics"], out / "eval" / r["rankings"][0], splits[style])
 
     def model_of(row: str, trained_on: str | None):
-        if row in ("combiner", "finecir"):
+        if row in ("combiner", "finecir-clip"):
             return heads[(trained_on, row)]["checkpoint"]
         return "sum" if row == "sum" else zero_shot.get(row)
 
@@ -155,7 +155,7 @@ def main(world, clip, pretrained, fti, single, epochs, batch_size, threads, out,
     for row, title in ROWS:
         table[row] = {style: metrics(model_of(row, style), style) for style in STYLES}
     crossed = {f"{head} trained on {a}": metrics(heads[(a, head)]["checkpoint"], b)
-               for head in ("combiner", "finecir") for a, b in (("fine", "coarse"), ("coarse", "fine"))}
+               for head in ("combiner", "finecir-clip") for a, b in (("fine", "coarse"), ("coarse", "fine"))}
     training = {f"{style}-{head}": heads[(style, head)]["seconds"]["training"] for style, head in heads}
 
     lines = [f"Shapes world `{world}`, {results['splits']}, backbone {backbone.identity_str}; "
