@@ -1,11 +1,12 @@
 """Markdown tables of docs/world_leaderboard.md from two multi-seed runs of `zscir eval shapes --seeds`.
 
     python eval/world_leaderboard_tables.py eval/results/world_multiseed_keep.json eval/results/world_multiseed_noref.json \
-        [leaderboard] [compare] [by-edit] [by-edit-contains]
+        [leaderboard] [compare] [cost] [by-edit] [by-edit-contains]
 
 KEEP is the run with the reference kept in the gallery (the world's convention, as CIRCO), NOREF the same
 command with --remove-reference. Prints: per split, each row's mAP@10 and R@10 mean ± std (min-max) over
-the seeds with the --remove-reference mAP@10 beside it; the --compare intervals; mAP@10 per edit type.
+the seeds with the --remove-reference mAP@10 beside it; the --compare intervals; the generation-based rows' time
+and tokens per query (from each seed's results.json, OUT/seed<N>/ beside KEEP); mAP@10 per edit type.
 """
 
 from __future__ import annotations
@@ -75,13 +76,50 @@ def by_edit(keep: dict, grouping: str = "single") -> list[str]:
     return lines
 
 
-SECTIONS = {"leaderboard": leaderboard, "compare": compare,
+def cost(keep: dict, noref: dict, seed_runs: dict | None = None) -> list[str]:
+    """Per split, the generation-based rows' time and generated tokens per query, mean over the seeds (each seed's
+    results.json, found beside KEEP as runs[seed]['results'] or in ``seed_runs``)."""
+    runs = seed_runs if seed_runs is not None else _seed_results(keep)
+    if not runs:
+        return []
+    per: dict = {}
+    for seed_result in runs.values():
+        for m in seed_result["models"]:
+            for split, r in m["splits"].items():
+                if r.get("generation"):
+                    per.setdefault(split, {}).setdefault(m["name"], []).append(r["generation"])
+    lines = []
+    for split, rows in per.items():
+        lines += [f"**{split}**: generation cost per query, mean over seeds {', '.join(map(str, keep['seeds']))} "
+                  "(captions and edits made or read from the one generation cache)" + measured(keep), "",
+                  "| model | s/query | generated tokens/query |", "|---|---:|---:|"]
+        for name, cs in rows.items():
+            lines.append(f"| {name} | {sum(c['time_per_query_s'] for c in cs) / len(cs):.4f} | "
+                         f"{sum(c['generated_tokens_per_query'] for c in cs) / len(cs):.1f} |")
+        lines.append("")
+    return lines
+
+
+def _seed_results(keep: dict) -> dict:
+    from pathlib import Path
+
+    root = Path(keep.get("_path", ".")).parent
+    out = {}
+    for seed, run in keep.get("runs", {}).items():
+        path = root / run["results"]
+        if path.is_file():
+            out[seed] = json.load(open(path))
+    return out
+
+
+SECTIONS = {"leaderboard": leaderboard, "compare": compare, "cost": cost,
             "by-edit": lambda keep, noref: by_edit(keep, "single"),
             "by-edit-contains": lambda keep, noref: by_edit(keep, "contains")}
 
 
 def main(keep_path: str, noref_path: str, *sections: str) -> None:
     keep, noref = (json.load(open(p)) for p in (keep_path, noref_path))
+    keep["_path"] = keep_path
     print("\n".join(line for name in (sections or SECTIONS) for line in SECTIONS[name](keep, noref)))
 
 
