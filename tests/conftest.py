@@ -9,6 +9,16 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): its models are
+    small, and one thread is faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
     """A random-init tiny CLIP (registered config ``zscir-tiny-test``), shared by the session."""

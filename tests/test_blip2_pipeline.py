@@ -20,16 +20,8 @@ from zscir.text import get_parser
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_blip2 import build_tiny_blip2  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_torch_thread")]
 HEADS = {"finecir": {"graph_heads": 4}, "fashionblip2": {}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -26,15 +26,7 @@ from test_eval import make_world  # noqa: E402
 from zscir.backbone.loading import load_backbone  # noqa: E402
 from zscir.models import prompts  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

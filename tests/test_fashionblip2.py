@@ -18,14 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_blip2 import build_tiny_blip2  # noqa: E402
 
 TEXTS = ["make the circle blue", "add a small star", "is darker"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

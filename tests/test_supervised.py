@@ -15,15 +15,7 @@ from zscir.training.supervised import (SupervisedConfig, Trainable, build_triple
                                        in_batch_loss_reference, load_train_splits, train)
 
 D = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The heads are small: one thread is faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
