@@ -66,6 +66,20 @@ def test_without_the_folders_the_rows_are_skipped_in_one_line(tmp_path, shipped_
     assert "zscir world train-captioner" in said[0] and str(tmp_path / shipped.CAPTIONER_FOLDER) in said[0]
 
 
+def test_multiturn_closed_loop_runs_a_several_vector_method_by_its_rule(world, generators, shipped_in, tmp_path,
+                                                                         monkeypatch):
+    """ldre (several query vectors, its own scoring rule) in the closed loop: it once stopped with "this step takes
+    one"; the loop ranks by the rule the split's ranking fitted, and turn 1 starts from the annotated reference
+    in both modes, so it scores the same."""
+    shipped_in(generators)
+    monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path / "zscir-cache"))
+    res = evaluate(EvalRequest("shapes", root=world, splits=["multiturn"], models=[f"ldre:n={shipped.WORLD_CAPTIONS}"],
+                               out_dir=tmp_path / "run", cache_root=tmp_path / "feats", progress=False, oracles=False))
+    turns = res["models"][0]["splits"]["shapes/multiturn"]["multiturn"]["turns"]
+    assert len(turns) >= 2 and turns["1"]["queries"] == 6
+    assert turns["1"]["closed_loop"] == turns["1"]["true_previous"]
+
+
 def test_eval_rows_use_the_worlds_generators_with_their_cost(world, generators, shipped_in, tmp_path, monkeypatch):
     shipped_in(generators)
     monkeypatch.setenv("ZSCIR_CACHE", str(tmp_path / "zscir-cache"))   # the generators' default cache files

@@ -20,7 +20,8 @@ from zscir.benchmarks.base import EvalSplit, Query
 from zscir.evaluation import metrics
 from zscir.evaluation.features import CacheReport, GalleryFeatures, reference_features
 from zscir.evaluation.protocol import Protocol
-from zscir.evaluation.ranking import encode_queries, rank_split
+from zscir.evaluation.ranking import query_vectors, rank_split
+from zscir.models.composed import COSINE, Rule
 from zscir.index.refine import refine_turns
 
 TURN_METRICS = ("mAP@10", "R@10")
@@ -49,8 +50,12 @@ def sessions(split: EvalSplit) -> list[list[int]]:
 
 
 def closed_loop_ranking(qe, split: EvalSplit, gallery: GalleryFeatures, protocol: Protocol, cache_root: Path,
-                        batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """[Q, top_k] rankings where each turn after the first starts from the previous turn's top-1."""
+                        batch_size: int = 64, progress: bool = True, rule: Rule = COSINE,
+                        columns: dict | None = None) -> np.ndarray:
+    """[Q, top_k] rankings where each turn after the first starts from the previous turn's top-1.
+
+    ``rule`` and ``columns``: the model's scoring rule as the split's own ranking fitted it, and the gallery
+    columns it reads (a language-model method's several query vectors); the default is the cosine."""
     # any gallery image may become a reference: features (and tokens, if the model reads them) for all
     every = replace(split, queries=[Query(f"g{n}", g, ("",)) for n, g in enumerate(gallery.ids)])
     refs = reference_features(qe.backbone, every, gallery, qe.needs_tokens, cache_root, CacheReport(), batch_size,
@@ -58,8 +63,8 @@ def closed_loop_ranking(qe, split: EvalSplit, gallery: GalleryFeatures, protocol
 
     def search(ref_ids: list[str], query_idx: list[int]) -> list[list[int]]:
         sub = replace(split, queries=[replace(split.queries[i], reference=r) for r, i in zip(ref_ids, query_idx)])
-        feats, valid = encode_queries(qe, sub, refs, protocol, batch_size, progress=False)
-        ranked, _ = rank_split(sub, feats, valid, gallery, protocol, protocol.top_k)
+        vectors, valid = query_vectors(qe, sub, refs, protocol, batch_size, progress=False)
+        ranked, _ = rank_split(sub, vectors, valid, gallery, protocol, protocol.top_k, rule, columns)
         return [[int(j) for j in row if j >= 0] for row in ranked]
 
     seqs = sessions(split)
@@ -73,8 +78,9 @@ def closed_loop_ranking(qe, split: EvalSplit, gallery: GalleryFeatures, protocol
 
 
 def evaluate_multiturn(qe, split: EvalSplit, ranked: np.ndarray, gallery: GalleryFeatures, protocol: Protocol,
-                       cache_root: Path, batch_size: int = 64, progress: bool = True) -> dict:
-    closed = closed_loop_ranking(qe, split, gallery, protocol, cache_root, batch_size, progress)
+                       cache_root: Path, batch_size: int = 64, progress: bool = True, rule: Rule = COSINE,
+                       columns: dict | None = None) -> dict:
+    closed = closed_loop_ranking(qe, split, gallery, protocol, cache_root, batch_size, progress, rule, columns)
     true_prev, loop = per_turn(split, ranked), per_turn(split, closed)
     return {"metrics": list(TURN_METRICS), "modes": list(MODES),
             "turns": {t: {"queries": true_prev[t]["queries"],

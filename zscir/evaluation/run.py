@@ -158,7 +158,8 @@ def evaluate_split(qe, split: EvalSplit, protocol: Protocol, req: EvalRequest, c
     turns = None
     if "multiturn" in split.notes and metrics is not None:
         with timer("closed loop"):
-            turns = evaluate_multiturn(qe, split, ranked, gallery, protocol, cache_root, req.batch_size, req.progress)
+            turns = evaluate_multiturn(qe, split, ranked, gallery, protocol, cache_root, req.batch_size, req.progress,
+                                       rule, columns)
     with timer("writing"):
         paths = write_rankings(rankings_dir, split, ranked, subset)
         problems = check_payloads(split, ranking_payloads(split, ranked, subset))
