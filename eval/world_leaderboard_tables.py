@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 CPU = "AMD EPYC"   # `lscpu | grep "Model name"` of the runs in eval/results/world_multiseed_*.json
 
@@ -76,14 +77,13 @@ def by_edit(keep: dict, grouping: str = "single") -> list[str]:
     return lines
 
 
-def cost(keep: dict, noref: dict, seed_runs: dict | None = None) -> list[str]:
-    """Per split, the generation-based rows' time and generated tokens per query, mean over the seeds (each seed's
-    results.json, found beside KEEP as runs[seed]['results'] or in ``seed_runs``)."""
-    runs = seed_runs if seed_runs is not None else _seed_results(keep)
-    if not runs:
+def cost(keep: dict, noref: dict, seed_runs: dict) -> list[str]:
+    """Per split, the generation-based rows' time and generated tokens per query, mean over the seeds
+    (``seed_runs``: seed -> that seed's results.json, :func:`seed_results`)."""
+    if not seed_runs:
         return []
     per: dict = {}
-    for seed_result in runs.values():
+    for seed_result in seed_runs.values():
         for m in seed_result["models"]:
             for split, r in m["splits"].items():
                 if r.get("generation"):
@@ -100,15 +100,13 @@ def cost(keep: dict, noref: dict, seed_runs: dict | None = None) -> list[str]:
     return lines
 
 
-def _seed_results(keep: dict) -> dict:
-    from pathlib import Path
-
-    root = Path(keep.get("_path", ".")).parent
+def seed_results(keep: dict, root: Path) -> dict:
+    """seed -> the seed's results.json, found under ``root`` (KEEP's folder) as ``runs[seed]['results']``."""
     out = {}
     for seed, run in keep.get("runs", {}).items():
         path = root / run["results"]
         if path.is_file():
-            out[seed] = json.load(open(path))
+            out[seed] = json.loads(path.read_text())
     return out
 
 
@@ -119,8 +117,9 @@ SECTIONS = {"leaderboard": leaderboard, "compare": compare, "cost": cost,
 
 def main(keep_path: str, noref_path: str, *sections: str) -> None:
     keep, noref = (json.load(open(p)) for p in (keep_path, noref_path))
-    keep["_path"] = keep_path
-    print("\n".join(line for name in (sections or SECTIONS) for line in SECTIONS[name](keep, noref)))
+    runs = seed_results(keep, Path(keep_path).parent)
+    makers = {**SECTIONS, "cost": lambda k, n: cost(k, n, runs)}
+    print("\n".join(line for name in (sections or SECTIONS) for line in makers[name](keep, noref)))
 
 
 if __name__ == "__main__":
