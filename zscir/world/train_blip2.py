@@ -100,7 +100,7 @@ def train_blip2(world: str | os.PathLike, out: str | os.PathLike, run_dir: str |
     save_folder(blip, processor, out)
     record.update({"config": asdict(cfg), "world": str(world), "unlabeled_images": len(images),
                    "text_tokens_max": int(tokens.shape[2]), "vocabulary": len(processor.tokenizer),
-                   "final_temperature": round(float(model.temp), 4), "data_seconds": round(data_seconds),
+                   "final_temperature": round(float(model.temp.detach()), 4), "data_seconds": round(data_seconds),
                    "parameters": parameters, "wall_seconds": round(time.time() - start)})
     log(f"saved to {out} after {record['steps']} steps (final loss {record['final_loss']})")
     return record
