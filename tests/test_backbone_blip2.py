@@ -1,12 +1,13 @@
 """The BLIP-2 backbone family on a tiny random BLIP-2 built here (1-layer ViT of width 32 on 32 px images,
 a 2-layer Q-Former of width 32 with 4 query tokens, a 20-word BERT vocabulary), loaded as ``blip2:<folder>``.
 
-:func:`make_tiny_blip2` is importable by other tests (``from test_backbone_blip2 import make_tiny_blip2``).
+The builder is tests/_tiny_blip2.py's ``drawn_tiny_blip2`` (shared with test_blip2_rerank.py).
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -21,37 +22,13 @@ from zscir.backbone.options import resolve_pretrained
 from zscir.errors import MissingWeightsError, ZscirError
 from zscir.models.itm_rerank import ItmRerank
 
-WORDS = "a photo of the red blue green circle square make it small big with and thing".split()
-
-
-def make_tiny_blip2(folder: Path, seed: int = 0) -> Path:
-    """A random ``Blip2ForImageTextRetrieval`` with its tokenizer and image processor, saved to ``folder``."""
-    from transformers import (BertTokenizerFast, Blip2Config, Blip2ForImageTextRetrieval, Blip2QFormerConfig,
-                              Blip2VisionConfig, BlipImageProcessor)
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    vision = Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               image_size=32, patch_size=8, initializer_range=0.2)  # default 1e-10: images all alike
-    qformer = Blip2QFormerConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=64, encoder_hidden_size=32, max_position_embeddings=64,
-                                 use_qformer_text_input=True, initializer_range=0.2)
-    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), num_query_tokens=4,
-                         image_text_hidden_size=16)
-    torch.manual_seed(seed)
-    model = Blip2ForImageTextRetrieval(config)
-    with torch.no_grad():
-        model.query_tokens.normal_(0.0, 0.2)   # zeros by default: every query token alike
-    model.save_pretrained(folder)
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+sys.path.insert(0, str(Path(__file__).parent))
+from _tiny_blip2 import drawn_tiny_blip2  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return make_tiny_blip2(tmp_path_factory.mktemp("blip2") / "tiny")
+    return drawn_tiny_blip2(tmp_path_factory.mktemp("blip2") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +142,7 @@ def test_missing_model_is_one_line(tmp_path, monkeypatch):
 
 
 def test_identity_follows_the_weights(tiny, tmp_path, bb):
-    other = make_tiny_blip2(tmp_path / "other", seed=1)
+    other = drawn_tiny_blip2(tmp_path / "other", seed=1)
     moved = tmp_path / "moved"
     shutil.copytree(tiny, moved)
     assert load_backbone(f"blip2:{moved}").identity == bb.identity

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_backbone_blip2 import make_tiny_blip2  # noqa: E402
+from _tiny_blip2 import drawn_tiny_blip2  # noqa: E402
 from test_eval import make_world  # noqa: E402
 
 from zscir.backbone.loading import load_backbone  # noqa: E402
@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.use
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return make_tiny_blip2(tmp_path_factory.mktemp("blip2") / "tiny", seed=3)
+    return drawn_tiny_blip2(tmp_path_factory.mktemp("blip2") / "tiny", seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +241,7 @@ def test_eval_itm_rerank_of_a_trained_head(tmp_path_factory, tmp_path):
     from zscir.training.supervised_blip2 import _load_blip2_backbone, build_blip2_triplets, train_blip2
     from zscir.world.build import WorldConfig, generate_world
 
-    folder = make_tiny_blip2(tmp_path / "blip2", seed=3)   # images told apart (test_backbone_blip2)
+    folder = drawn_tiny_blip2(tmp_path / "blip2", seed=3)   # images told apart (test_backbone_blip2)
     work = tmp_path_factory.mktemp("head")
     world = generate_world(work / "w", WorldConfig.tiny(seed=5), workers=1, progress=False, log=lambda m: None)
     parts = _load_blip2_backbone(f"blip2:{folder}")
