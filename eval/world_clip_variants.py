@@ -1,16 +1,19 @@
 """Variants of the world CLIP's image tower: their step cost, and the shipped recipe trained on each.
 
 The world CLIP (`zscir-shapes-vit`, 72 px, 12-px patches) does not separate compact shapes or solid vs
-dotted (checkpoints/shapes_clip.md). Two ways to give the image tower more pixels per object:
+dotted (checkpoints/shapes_clip.md). Two ways to give the image tower more pixels per object, and a wider one:
 
-    p8   8-px patches on the same 72-px render (9x9 grid, 82 tokens; the world's images unchanged)
-    r96  a 96-px render with 12-px patches (8x8 grid, 65 tokens; a new world render)
+    p8    8-px patches on the same 72-px render (9x9 grid, 82 tokens; the world's images unchanged)
+    r96   a 96-px render with 12-px patches (8x8 grid, 65 tokens; a new world render)
+    w192  the shipped grid with an image tower of width 192 (6 heads of 32) instead of 128
 
-    python eval/world_clip_variants.py --step-cost           # s/step of base, p8, r96 in one run (random batch)
+    python eval/world_clip_variants.py --step-cost           # s/step of every variant in one run (random batch)
     python eval/world_clip_variants.py --train p8 --out runs/clip-p8   # the shipped recipe, one thing changed
+    python eval/world_clip_variants.py --train w192 --steps 1200       # fewer steps: the same training time
 
-``--train`` uses `zscir world train-backbone`'s defaults (seed 0, 100,000 scenes, 700 steps, batch 256)
-and writes OUT/record.json: timings, the machine's load average and the held-out numbers
+``--train`` uses `zscir world train-backbone`'s defaults (seed 0, 200,000 scenes, 1,700 steps, batch 256;
+runs 6 and 7 of the card ran the then defaults, 100,000 scenes and 700 steps), ``--steps`` overriding the
+step count, and writes OUT/record.json: timings, the machine's load average and the held-out numbers
 (`zscir world eval-backbone`'s 1,000 scenes).
 """
 
@@ -23,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = {"base": {}, "p8": {"patch_size": 8}, "r96": {"image_size": 96}}
+VARIANTS = {"base": {}, "p8": {"patch_size": 8}, "r96": {"image_size": 96}, "w192": {"width": 192}}
 
 
 def register_variants() -> None:
@@ -75,14 +78,14 @@ def step_cost(steps: int = 6, warmup: int = 2) -> dict:
     return {"seconds_per_step": out, "ratio_to_base": {k: round(v / out["base"], 2) for k, v in out.items()}}
 
 
-def train_variant(name: str, out: Path) -> dict:
+def train_variant(name: str, out: Path, steps: int | None = None) -> dict:
     import os
 
     from zscir.backbone import load_backbone
     from zscir.world.eval_backbone import evaluate_backbone
     from zscir.world.train_backbone import TrainConfig, train_backbone
 
-    cfg = TrainConfig(model=f"zscir-shapes-vit-{name}")
+    cfg = TrainConfig(model=f"zscir-shapes-vit-{name}", **({"steps": steps} if steps else {}))
     out.mkdir(parents=True, exist_ok=True)
     record = train_backbone(cfg, out / "weights.safetensors", out / "run")
     start = time.time()
@@ -98,6 +101,7 @@ def main() -> None:
     parser.add_argument("--step-cost", action="store_true", help="Measure each variant's seconds per step.")
     parser.add_argument("--train", choices=sorted(VARIANTS), help="Train the shipped recipe on this variant.")
     parser.add_argument("--out", type=Path, default=None, help="Run folder of --train [runs/clip-VARIANT].")
+    parser.add_argument("--steps", type=int, default=None, help="Optimizer steps of --train [train-backbone's].")
     args = parser.parse_args()
     if not (args.step_cost or args.train):
         parser.error("give --step-cost and/or --train VARIANT")
@@ -105,7 +109,7 @@ def main() -> None:
     if args.step_cost:
         print(json.dumps(step_cost()))
     if args.train:
-        record = train_variant(args.train, args.out or Path(f"runs/clip-{args.train}"))
+        record = train_variant(args.train, args.out or Path(f"runs/clip-{args.train}"), args.steps)
         print(json.dumps(record["heldout"]))
 
 
