@@ -9,7 +9,7 @@ dotted (checkpoints/shapes_clip.md). Two ways to give the image tower more pixel
 
     python eval/world_clip_variants.py --step-cost           # s/step of every variant in one run (random batch)
     python eval/world_clip_variants.py --train p8 --out runs/clip-p8   # the shipped recipe, one thing changed
-    python eval/world_clip_variants.py --train w192 --steps 1200       # fewer steps: the same training time
+    python eval/world_clip_variants.py --train w192 --steps 1600 --out runs/clip-w192-1600   # card's run 10: 45 min
 
 ``--train`` uses `zscir world train-backbone`'s defaults (seed 0, 200,000 scenes, 1,700 steps, batch 256;
 runs 6 and 7 of the card ran the then defaults, 100,000 scenes and 700 steps), ``--steps`` overriding the

@@ -110,16 +110,17 @@ def seed_results(keep: dict, root: Path) -> dict:
     return out
 
 
-SECTIONS = {"leaderboard": leaderboard, "compare": compare, "cost": cost,
-            "by-edit": lambda keep, noref: by_edit(keep, "single"),
-            "by-edit-contains": lambda keep, noref: by_edit(keep, "contains")}
+# each section: (KEEP, NOREF, the seed runs beside KEEP) -> lines
+SECTIONS = {"leaderboard": lambda keep, noref, runs: leaderboard(keep, noref),
+            "compare": lambda keep, noref, runs: compare(keep, noref), "cost": cost,
+            "by-edit": lambda keep, noref, runs: by_edit(keep, "single"),
+            "by-edit-contains": lambda keep, noref, runs: by_edit(keep, "contains")}
 
 
 def main(keep_path: str, noref_path: str, *sections: str) -> None:
     keep, noref = (json.load(open(p)) for p in (keep_path, noref_path))
     runs = seed_results(keep, Path(keep_path).parent)
-    makers = {**SECTIONS, "cost": lambda k, n: cost(k, n, runs)}
-    print("\n".join(line for name in (sections or SECTIONS) for line in makers[name](keep, noref)))
+    print("\n".join(line for name in (sections or SECTIONS) for line in SECTIONS[name](keep, noref, runs)))
 
 
 if __name__ == "__main__":
