@@ -67,7 +67,7 @@ def generate(out, seed, num_val, num_test, num_train, num_unlabeled, image_size,
 @click.option("--model", default=None, help="open_clip model name [zscir-shapes-vit].")
 @click.option("--seed", type=int, default=None, help="Seed of scenes, renderings, captions, init and batches [0].")
 @click.option("--num-scenes", type=POSITIVE_INT, default=None, help="Pre-rendered training scenes [200000].")
-@click.option("--steps", type=POSITIVE_INT, default=None, help="Optimizer steps [1700].")
+@click.option("--steps", type=POSITIVE_INT, default=None, help="Optimizer steps [1600].")
 @click.option("--batch-size", type=POSITIVE_INT, default=None, help="Pairs per step [256].")
 @click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Peak learning rate [1e-3].")
 @click.option("--twin-fraction", type=FRACTION, default=None, help="Share of one-attribute twin pairs [0.8].")

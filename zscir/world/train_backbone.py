@@ -71,7 +71,7 @@ class TrainConfig:
     seed: int = 0
     num_scenes: int = 200_000
     captions_per_scene: int = 4
-    steps: int = 1700
+    steps: int = 1600
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.1
