@@ -1,17 +1,19 @@
 """Variants of the world CLIP's image tower: their step cost, and the shipped recipe trained on each.
 
-The world CLIP (`zscir-shapes-vit`, 72 px, 12-px patches) does not separate compact shapes or solid vs
-dotted (checkpoints/shapes_clip.md). Two ways to give the image tower more pixels per object, and a wider one:
+The world CLIP (`zscir-shapes-vit`, 72 px, 12-px patches) separated compact shapes and solid vs dotted worst
+(checkpoints/shapes_clip.md). The variants tried, each one change from the 128-wide tower shipped until
+2026-12-07 (run 8 of the card):
 
+    base  that 128-wide image tower (4 heads of 32)
     p8    8-px patches on the same 72-px render (9x9 grid, 82 tokens; the world's images unchanged)
     r96   a 96-px render with 12-px patches (8x8 grid, 65 tokens; a new world render)
-    w192  the shipped grid with an image tower of width 192 (6 heads of 32) instead of 128
+    w192  an image tower of width 192 (6 heads of 32): the shipped `zscir-shapes-vit` since 2026-12-07 (run 10)
 
     python eval/world_clip_variants.py --step-cost           # s/step of every variant in one run (random batch)
     python eval/world_clip_variants.py --train p8 --out runs/clip-p8   # the shipped recipe, one thing changed
     python eval/world_clip_variants.py --train w192 --steps 1600 --out runs/clip-w192-1600   # card's run 10: 45 min
 
-``--train`` uses `zscir world train-backbone`'s defaults (seed 0, 200,000 scenes, 1,700 steps, batch 256;
+``--train`` uses `zscir world train-backbone`'s defaults (seed 0, 200,000 scenes, 1,600 steps, batch 256;
 runs 6 and 7 of the card ran the then defaults, 100,000 scenes and 700 steps), ``--steps`` overriding the
 step count, and writes OUT/record.json: timings, the machine's load average and the held-out numbers
 (`zscir world eval-backbone`'s 1,000 scenes).
@@ -26,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = {"base": {}, "p8": {"patch_size": 8}, "r96": {"image_size": 96}, "w192": {"width": 192}}
+VARIANTS = {"base": {"width": 128}, "p8": {"width": 128, "patch_size": 8}, "r96": {"width": 128, "image_size": 96},
+            "w192": {"width": 192}}
 
 
 def register_variants() -> None:
